@@ -1,0 +1,89 @@
+"""Argument checks shared by every module.
+
+Each helper raises a :class:`ValueError` or :class:`TypeError` whose message
+names the argument and shows the offending value, so that bad input is caught
+before any state changes.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "check_int",
+    "check_float",
+    "check_tensor",
+    "check_finite",
+    "check_labels",
+]
+
+
+def check_int(name: str, value: object, *, minimum: Optional[int] = None) -> int:
+    """Return ``value`` as an ``int`` if it is an integral number ``>= minimum``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {value!r} of type {type(value).__name__}")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def check_float(
+    name: str,
+    value: object,
+    *,
+    minimum: Optional[float] = None,
+    maximum: Optional[float] = None,
+    strict_minimum: bool = False,
+) -> float:
+    """Return ``value`` as a finite ``float`` inside the given bounds.
+
+    ``strict_minimum`` makes the lower bound exclusive (``value > minimum``).
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r} of type {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if minimum is not None:
+        if strict_minimum and not value > minimum:
+            raise ValueError(f"{name} must be > {minimum}, got {value}")
+        if not strict_minimum and value < minimum:
+            raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value}")
+    return value
+
+
+def check_tensor(name: str, value: object, *, ndim: Optional[int] = None, floating: bool = False) -> Tensor:
+    """Check that ``value`` is a tensor of rank ``ndim`` (and floating point if asked)."""
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if ndim is not None and value.dim() != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(value.shape)}")
+    if floating and not value.is_floating_point():
+        raise TypeError(f"{name} must have a floating-point dtype, got {value.dtype}")
+    return value
+
+
+def check_finite(name: str, value: Tensor) -> None:
+    """Raise if ``value`` holds NaN or Inf (one device sync; skipped for empty tensors)."""
+    if value.numel() and not bool(torch.isfinite(value).all()):
+        raise ValueError(f"{name} must be finite, got NaN or Inf values")
+
+
+def check_labels(name: str, labels: Tensor, num_classes: int) -> None:
+    """Check a 1-D integer label tensor with values in ``[0, num_classes)``."""
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integer labels, got dtype {labels.dtype}")
+    if labels.numel():
+        low = int(labels.min())
+        high = int(labels.max())
+        if low < 0 or high >= num_classes:
+            bad = low if low < 0 else high
+            raise ValueError(f"{name} must be in [0, {num_classes}), got label {bad}")

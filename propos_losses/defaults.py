@@ -1,0 +1,47 @@
+"""The paper's hyper-parameters, in one place.
+
+Every default used by the losses, the k-means, the reference trainer, its
+presets, its command line and the docs is read from here, so that a value is
+never written twice. Values follow ProPos (Huang et al., TPAMI) at CIFAR scale
+unless the name says otherwise.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+#: ``tau`` of the prototype scattering loss (Eq. 4).
+TEMPERATURE: Final[float] = 0.5
+#: ``lambda_psl`` weight of PSL in ``L = L_psa + lambda_psl * L_psl`` (Eq. 12).
+LAMBDA_PSL: Final[float] = 0.1
+#: ``lambda_psl`` on ImageNet-1k.
+LAMBDA_PSL_IMAGENET1K: Final[float] = 0.001
+#: ``sigma`` of the positive sampling noise (Eq. 9).
+SIGMA: Final[float] = 1e-3
+#: ``sigma`` on ImageNet-1k.
+SIGMA_IMAGENET1K: Final[float] = 1e-4
+#: ``m_0`` of the BYOL cosine momentum schedule (Eq. 11).
+BASE_MOMENTUM: Final[float] = 0.996
+#: Momentum reached at the last step of the cosine schedule.
+FINAL_MOMENTUM: Final[float] = 1.0
+
+#: Spherical k-means of the E-step.
+KMEANS_N_INIT: Final[int] = 10
+KMEANS_MAX_ITER: Final[int] = 300
+KMEANS_TOL: Final[float] = 1e-4
+
+#: Optimisation recipe (CIFAR scale): ``lr = BASE_LR * batch / LR_REFERENCE_BATCH``.
+BASE_LR: Final[float] = 0.05
+LR_REFERENCE_BATCH: Final[int] = 256
+PREDICTOR_LR_MULTIPLIER: Final[float] = 10.0
+WEIGHT_DECAY: Final[float] = 5e-4
+SGD_MOMENTUM: Final[float] = 0.9
+EPOCHS: Final[int] = 1000
+WARMUP_EPOCHS: Final[int] = 50
+BATCH_SIZE: Final[int] = 256
+#: E-step every ``r`` epochs.
+ESTEP_EVERY: Final[int] = 1
+
+#: Projector / predictor ``Linear(d, HIDDEN_DIM)-BN-ReLU-Linear(HIDDEN_DIM, PROJECTION_DIM)``.
+HIDDEN_DIM: Final[int] = 4096
+PROJECTION_DIM: Final[int] = 256

@@ -1,0 +1,163 @@
+"""The only place that talks to :mod:`torch.distributed`.
+
+Every module of the package goes through these helpers, which behave as the
+identity (or the single-process equivalent) when no process group is
+initialised, so nothing here ever requires ``torch.distributed`` to be set up.
+
+Gradient contract: :func:`all_reduce_sum` is differentiable and its backward
+all-reduces (sums) the incoming gradients. Every rank that computes a loss from
+the reduced value therefore receives ``world_size`` times its share, and after
+DDP's gradient *averaging* the gradient on every rank equals the
+single-process gradient on the concatenated global batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any, List, Optional, Tuple
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+__all__ = [
+    "is_distributed",
+    "get_world_size",
+    "get_rank",
+    "all_reduce_sum",
+    "all_reduce_sum_",
+    "all_gather_cat",
+    "all_gather_cat_autograd",
+    "broadcast_",
+]
+
+ProcessGroup = Any  # torch.distributed.ProcessGroup; kept loose for typing across versions
+
+
+def is_distributed(group: Optional[ProcessGroup] = None) -> bool:
+    """``True`` when a process group is initialised and has more than one rank."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
+
+
+def get_world_size(group: Optional[ProcessGroup] = None) -> int:
+    """World size, 1 without a process group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(group)
+    return 1
+
+
+def get_rank(group: Optional[ProcessGroup] = None) -> int:
+    """Rank of this process, 0 without a process group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(group)
+    return 0
+
+
+class _AllReduceSum(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, tensor: Tensor, group: Optional[ProcessGroup]) -> Tensor:  # type: ignore[override]
+        ctx.group = group
+        out = tensor.detach().clone().contiguous()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor) -> Tuple[Tensor, None]:  # type: ignore[override]
+        grad = grad_output.detach().clone().contiguous()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
+        return grad, None
+
+
+def all_reduce_sum(tensor: Tensor, group: Optional[ProcessGroup] = None) -> Tensor:
+    """Differentiable sum over ranks; returns ``tensor`` itself without a process group.
+
+    Args:
+        tensor: any shape; the same shape and dtype on every rank.
+        group: process group, the default group when ``None``.
+
+    Returns:
+        The element-wise sum of ``tensor`` over all ranks, a new tensor that
+        carries gradient: its backward sums the incoming gradients over ranks.
+    """
+    if not is_distributed(group):
+        return tensor
+    return _AllReduceSum.apply(tensor, group)
+
+
+def all_reduce_sum_(tensor: Tensor, group: Optional[ProcessGroup] = None) -> Tensor:
+    """In-place, gradient-free sum over ranks (for counts and statistics)."""
+    if is_distributed(group):
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=group)
+    return tensor
+
+
+def broadcast_(tensor: Tensor, src: int = 0, group: Optional[ProcessGroup] = None) -> Tensor:
+    """In-place broadcast from ``src``; a no-op without a process group."""
+    if is_distributed(group):
+        dist.broadcast(tensor, src=src, group=group)
+    return tensor
+
+
+def _gather_sizes(n: int, device: torch.device, group: Optional[ProcessGroup]) -> List[int]:
+    size = torch.tensor([n], dtype=torch.long, device=device)
+    sizes = [torch.zeros_like(size) for _ in range(get_world_size(group))]
+    dist.all_gather(sizes, size, group=group)
+    return [int(s.item()) for s in sizes]
+
+
+def _all_gather_padded(tensor: Tensor, sizes: List[int], group: Optional[ProcessGroup]) -> List[Tensor]:
+    max_n = max(sizes)
+    padded = tensor.new_zeros((max_n,) + tuple(tensor.shape[1:]))
+    padded[: tensor.shape[0]] = tensor
+    chunks = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(chunks, padded.contiguous(), group=group)
+    return [c[:n] for c, n in zip(chunks, sizes)]
+
+
+def all_gather_cat(tensor: Tensor, group: Optional[ProcessGroup] = None) -> Tensor:
+    """Concatenate ``tensor`` from every rank in rank order, without gradient.
+
+    The first dimension may differ between ranks; the other dimensions and the
+    dtype must agree. Without a process group, returns ``tensor`` unchanged.
+
+    Args:
+        tensor: ``(n_r, ...)`` on rank ``r``.
+
+    Returns:
+        ``(sum_r n_r, ...)``, identical on every rank.
+    """
+    if not is_distributed(group):
+        return tensor
+    tensor = tensor.detach()
+    sizes = _gather_sizes(tensor.shape[0], tensor.device, group)
+    return torch.cat(_all_gather_padded(tensor, sizes, group), dim=0)
+
+
+class _AllGatherCat(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, tensor: Tensor, group: Optional[ProcessGroup]) -> Tensor:  # type: ignore[override]
+        sizes = _gather_sizes(tensor.shape[0], tensor.device, group)
+        rank = get_rank(group)
+        ctx.group = group
+        ctx.start = sum(sizes[:rank])
+        ctx.stop = ctx.start + sizes[rank]
+        return torch.cat(_all_gather_padded(tensor.detach(), sizes, group), dim=0)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor) -> Tuple[Tensor, None]:  # type: ignore[override]
+        grad = grad_output.detach().clone().contiguous()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
+        return grad[ctx.start : ctx.stop], None
+
+
+def all_gather_cat_autograd(tensor: Tensor, group: Optional[ProcessGroup] = None) -> Tensor:
+    """Differentiable :func:`all_gather_cat`.
+
+    The backward sums the gradient of the gathered tensor over ranks and
+    returns this rank's slice, so, as for :func:`all_reduce_sum`, DDP's
+    gradient averaging yields the single-process gradient of the global batch
+    (no ``1 / world_size`` scaling, unlike a gather whose backward keeps only
+    the local slice).
+    """
+    if not is_distributed(group):
+        return tensor
+    return _AllGatherCat.apply(tensor, group)
