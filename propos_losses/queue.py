@@ -1,0 +1,317 @@
+"""A FIFO memory queue of target features with their cluster labels (paper Sec. 5.9).
+
+The prototype sums of the prototype scattering loss can run over the current
+batch *and* a queue of earlier target features, so that small batches still see
+every cluster. The queue here fixes defect 5 of the official code: it starts
+**empty** (no random vectors that count as data) and only filled slots are ever
+returned. Everything that must survive a restart (features, labels, sample
+indices, write pointer, fill level) is a persistent buffer, so ``state_dict``
+round-trips the queue exactly, also after it has wrapped around.
+
+Labels go stale when the E-step re-clusters the data; the queue therefore keeps
+the dataset index of every stored sample (when given) and :meth:`PrototypeQueue.relabel`
+refreshes the labels from the new label vector. :meth:`PrototypeQueue.reset` empties it.
+
+Under :mod:`torch.distributed`, :meth:`PrototypeQueue.push` gathers the global
+batch in rank order and every rank enqueues the same rows, so the queues stay
+identical on every rank.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from propos_losses._validation import check_finite, check_int, check_tensor
+from propos_losses.distributed import all_gather_cat, all_reduce_sum_, is_distributed
+
+__all__ = ["PrototypeQueue"]
+
+# Value of ``labels`` / ``indices`` in an empty slot, or of ``indices`` for a
+# sample pushed without its dataset index. Valid labels and indices are >= 0.
+_UNKNOWN = -1
+
+
+def _check_index_tensor(name: str, value: object, batch_size: int) -> Tensor:
+    """Check a 1-D integer tensor of ``batch_size`` non-negative entries."""
+    tensor = check_tensor(name, value, ndim=1)
+    if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
+        raise TypeError(f"{name} must have an integer dtype, got {tensor.dtype}")
+    if tensor.shape[0] != batch_size:
+        raise ValueError(f"{name} must have {batch_size} entries (one per row of features), got {tensor.shape[0]}")
+    if tensor.numel():
+        low = int(tensor.min())
+        if low < 0:
+            raise ValueError(f"{name} must be >= 0, got {low}")
+    return tensor
+
+
+class PrototypeQueue(nn.Module):
+    """FIFO ring buffer of features, cluster labels and dataset indices.
+
+    The queue starts empty; :func:`len` is the number of filled slots and
+    :meth:`contents` returns only those, oldest first. Pushing more rows than
+    fit overwrites the oldest ones; a batch larger than the queue keeps its
+    newest ``size`` rows.
+
+    Buffers (all persistent, i.e. in ``state_dict``):
+
+    * ``features``: ``(size, feature_dim)`` of ``dtype``, zeros when empty;
+    * ``labels``: ``(size,)`` int64, ``-1`` in empty slots;
+    * ``indices``: ``(size,)`` int64 dataset index of each sample, ``-1`` when
+      empty or unknown (pushed without ``indices``);
+    * ``ptr``: ``()`` int64, the next slot to write;
+    * ``fill``: ``()`` int64, the number of filled slots.
+
+    Args:
+        size: number of slots, ``>= 1``.
+        feature_dim: size ``d`` of each stored feature vector, ``>= 1``.
+        dtype: floating dtype of the stored features (pushed features are cast).
+
+    Raises:
+        TypeError: ``size`` or ``feature_dim`` not an int, ``dtype`` not a
+            floating torch dtype.
+        ValueError: ``size`` or ``feature_dim`` smaller than 1.
+
+    Example:
+        >>> import torch
+        >>> queue = PrototypeQueue(size=4, feature_dim=2)
+        >>> len(queue)
+        0
+        >>> queue.push(torch.ones(3, 2), torch.tensor([0, 1, 1]), indices=torch.tensor([7, 8, 9]))
+        >>> queue.push(torch.zeros(2, 2), torch.tensor([2, 2]))
+        >>> features, labels, indices = queue.contents()
+        >>> len(queue), queue.is_full, labels.tolist(), indices.tolist()
+        (4, True, [1, 1, 2, 2], [8, 9, -1, -1])
+    """
+
+    features: Tensor
+    labels: Tensor
+    indices: Tensor
+    ptr: Tensor
+    fill: Tensor
+
+    def __init__(self, size: int, feature_dim: int, *, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        size = check_int("size", size, minimum=1)
+        feature_dim = check_int("feature_dim", feature_dim, minimum=1)
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
+        self.size = size
+        self.feature_dim = feature_dim
+        self.register_buffer("features", torch.zeros(size, feature_dim, dtype=dtype))
+        self.register_buffer("labels", torch.full((size,), _UNKNOWN, dtype=torch.int64))
+        self.register_buffer("indices", torch.full((size,), _UNKNOWN, dtype=torch.int64))
+        self.register_buffer("ptr", torch.zeros((), dtype=torch.int64))
+        self.register_buffer("fill", torch.zeros((), dtype=torch.int64))
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}, feature_dim={self.feature_dim}, dtype={self.features.dtype}"
+
+    def __len__(self) -> int:
+        return int(self.fill)
+
+    @property
+    def is_full(self) -> bool:
+        """``True`` when every slot holds a pushed sample."""
+        return len(self) == self.size
+
+    def _filled_slots(self) -> Tensor:
+        """Slot numbers of the filled slots, oldest first, as a ``(n,)`` int64 tensor."""
+        fill = self.fill
+        oldest = torch.remainder(self.ptr - fill, self.size)
+        steps = torch.arange(int(fill), dtype=torch.int64, device=self.ptr.device)
+        return torch.remainder(oldest + steps, self.size)
+
+    def contents(self) -> Tuple[Tensor, Tensor, Tensor]:
+        """The filled slots, oldest first.
+
+        Returns:
+            ``(features, labels, indices)``: ``(n, feature_dim)`` of the queue
+            dtype, ``(n,)`` int64 and ``(n,)`` int64 (``-1`` for unknown
+            indices), where ``n = len(self)``; new tensors, detached from the
+            queue (``(0, feature_dim)`` and ``(0,)`` when empty).
+
+        Example:
+            >>> queue = PrototypeQueue(size=3, feature_dim=2)
+            >>> [tuple(t.shape) for t in queue.contents()]
+            [(0, 2), (0,), (0,)]
+        """
+        slots = self._filled_slots()
+        return (
+            self.features.index_select(0, slots).detach(),
+            self.labels.index_select(0, slots),
+            self.indices.index_select(0, slots),
+        )
+
+    def _validate_push(
+        self, features: object, labels: object, indices: object
+    ) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+        features = check_tensor("features", features, ndim=2, floating=True)
+        if features.shape[1] != self.feature_dim:
+            raise ValueError(
+                f"features must have feature_dim={self.feature_dim} columns (the queue's), "
+                f"got shape {tuple(features.shape)}"
+            )
+        check_finite("features", features)
+        batch_size = features.shape[0]
+        labels = _check_index_tensor("labels", labels, batch_size)
+        if indices is not None:
+            indices = _check_index_tensor("indices", indices, batch_size)
+        return features, labels, indices
+
+    def push(self, features: Tensor, labels: Tensor, indices: Optional[Tensor] = None) -> None:
+        """Enqueue a batch, overwriting the oldest slots once the queue is full.
+
+        Everything is validated before the queue changes. Under
+        :mod:`torch.distributed` every rank must call ``push`` (collective):
+        the batches of all ranks are gathered in rank order with
+        :func:`propos_losses.distributed.all_gather_cat` and the global batch
+        is enqueued on every rank, so all queues stay identical. If the input
+        is bad on any rank, every rank raises (no rank hangs in the gather)
+        and no queue changes.
+
+        Args:
+            features: ``(b, feature_dim)`` floating, finite; stored as a
+                detached copy cast to the queue dtype and device. ``b`` may
+                differ between ranks and may be 0.
+            labels: ``(b,)`` integer cluster labels ``>= 0`` (stored as int64).
+            indices: ``(b,)`` integer dataset indices ``>= 0`` of the samples,
+                needed by :meth:`relabel`; ``None`` stores ``-1`` (unknown).
+
+        Raises:
+            TypeError: a non-tensor argument or a wrong dtype.
+            ValueError: wrong shapes, a batch-size mismatch, non-finite
+                features, negative labels or indices, or bad input on another rank.
+
+        Example:
+            >>> queue = PrototypeQueue(size=2, feature_dim=3)
+            >>> queue.push(torch.randn(5, 3), torch.arange(5))  # only the newest 2 rows fit
+            >>> queue.contents()[1].tolist()
+            [3, 4]
+        """
+        error: Optional[Exception] = None
+        try:
+            features, labels, indices = self._validate_push(features, labels, indices)
+        except (TypeError, ValueError) as exc:
+            error = exc
+        if is_distributed():
+            # Agree on success before the gathers: a rank that raised alone
+            # would leave the others blocked in all_gather forever.
+            device = features.device if isinstance(features, Tensor) else self.features.device
+            failures = torch.tensor([0 if error is None else 1], dtype=torch.int64, device=device)
+            all_reduce_sum_(failures)
+            if error is None and int(failures) > 0:
+                raise ValueError("PrototypeQueue.push received bad input on another rank; no queue was changed")
+        if error is not None:
+            raise error
+
+        features = features.detach().to(dtype=self.features.dtype)
+        if indices is None:
+            indices = torch.full_like(labels, _UNKNOWN, dtype=torch.int64)
+        # Labels and indices travel together: one gather instead of two.
+        meta = torch.stack((labels.to(torch.int64), indices.to(device=labels.device, dtype=torch.int64)), dim=1)
+        features = all_gather_cat(features)
+        meta = all_gather_cat(meta.to(features.device))
+        self._enqueue(features, meta[:, 0], meta[:, 1])
+
+    @torch.no_grad()
+    def _enqueue(self, features: Tensor, labels: Tensor, indices: Tensor) -> None:
+        # Only the newest `size` rows can survive; keeping just those also makes
+        # the target slots below distinct, so the writes are deterministic.
+        keep = min(features.shape[0], self.size)
+        if keep == 0:
+            return
+        device = self.features.device
+        slots = torch.remainder(self.ptr + torch.arange(keep, dtype=torch.int64, device=device), self.size)
+        self.features.index_copy_(0, slots, features[-keep:].to(device))
+        self.labels.index_copy_(0, slots, labels[-keep:].to(device))
+        self.indices.index_copy_(0, slots, indices[-keep:].to(device))
+        # Pointer and fill level stay on the device: no host synchronisation per push.
+        self.ptr.copy_(torch.remainder(self.ptr + keep, self.size))
+        self.fill.copy_(torch.clamp(self.fill + keep, max=self.size))
+
+    @torch.no_grad()
+    def relabel(self, new_labels: Tensor) -> None:
+        """Refresh the labels of the filled slots from a dataset-wide label vector.
+
+        Sets ``labels[slot] = new_labels[indices[slot]]`` for every filled
+        slot, e.g. after the E-step has re-clustered the data.
+
+        Args:
+            new_labels: ``(N_dataset,)`` integer labels ``>= 0`` of every sample.
+
+        Raises:
+            TypeError: ``new_labels`` not an integer tensor.
+            ValueError: ``new_labels`` not 1-D, a filled slot without a known
+                index, an index ``>= N_dataset``, or a negative new label;
+                the queue is left unchanged.
+
+        Example:
+            >>> queue = PrototypeQueue(size=3, feature_dim=2)
+            >>> queue.push(torch.zeros(2, 2), torch.tensor([0, 0]), indices=torch.tensor([4, 1]))
+            >>> queue.relabel(torch.tensor([5, 6, 7, 8, 9]))
+            >>> queue.contents()[1].tolist()
+            [9, 6]
+        """
+        new_labels = check_tensor("new_labels", new_labels, ndim=1)
+        if new_labels.is_floating_point() or new_labels.is_complex() or new_labels.dtype == torch.bool:
+            raise TypeError(f"new_labels must have an integer dtype, got {new_labels.dtype}")
+        slots = self._filled_slots()
+        if slots.numel() == 0:
+            return
+        indices = self.indices.index_select(0, slots)
+        low, high = int(indices.min()), int(indices.max())
+        if low < 0:
+            raise ValueError(
+                "PrototypeQueue.relabel needs the dataset index of every queued sample, "
+                "but some samples were pushed without indices"
+            )
+        if high >= new_labels.shape[0]:
+            raise ValueError(
+                f"new_labels has {new_labels.shape[0]} entries but the queue holds dataset index {high}"
+            )
+        labels = new_labels.to(device=indices.device).index_select(0, indices).to(torch.int64)
+        if int(labels.min()) < 0:
+            raise ValueError(f"new_labels must be >= 0 for queued samples, got {int(labels.min())}")
+        self.labels.index_copy_(0, slots, labels)
+
+    @torch.no_grad()
+    def reset(self) -> None:
+        """Empty the queue (features zeroed, labels and indices ``-1``, ``ptr = fill = 0``).
+
+        Example:
+            >>> queue = PrototypeQueue(size=3, feature_dim=2)
+            >>> queue.push(torch.ones(2, 2), torch.tensor([0, 1]))
+            >>> queue.reset()
+            >>> len(queue)
+            0
+        """
+        self.features.zero_()
+        self.labels.fill_(_UNKNOWN)
+        self.indices.fill_(_UNKNOWN)
+        self.ptr.zero_()
+        self.fill.zero_()
+
+    def _load_from_state_dict(
+        self,
+        state_dict: Dict[str, Any],
+        prefix: str,
+        local_metadata: Dict[str, Any],
+        strict: bool,
+        missing_keys: List[str],
+        unexpected_keys: List[str],
+        error_msgs: List[str],
+    ) -> None:
+        # Refuse a pointer or fill level that cannot belong to a queue of this
+        # size before anything is copied (shape mismatches are caught by torch).
+        for name, high in (("ptr", self.size - 1), ("fill", self.size)):
+            value = state_dict.get(prefix + name)
+            if isinstance(value, Tensor) and value.numel() == 1 and not 0 <= int(value) <= high:
+                error_msgs.append(f"{prefix}{name} must be in [0, {high}] for a queue of size {self.size}, got {int(value)}")
+                return
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
