@@ -1,0 +1,174 @@
+"""Cluster prototypes (ProPos Eq. 6, 7).
+
+A prototype is the L2-normalised sum of the L2-normalised features assigned to
+a cluster::
+
+    mu_k = normalize( sum_i p(k|x_i) z_i ),   z_i = f(x_i) / ||f(x_i)||
+
+Dividing by the cluster size first, as the official code does, changes nothing
+after the normalisation, so only sums and counts (total weights) are kept:
+they are what the distributed loss all-reduces.
+
+Hard labels ``(N,)`` are summed with :meth:`torch.Tensor.index_add` (memory
+``O(K d)``, never a dense ``K x N`` matrix); soft weights ``(N, K)`` with one
+matrix product.
+"""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from propos_losses._validation import check_finite, check_int, check_labels, check_tensor
+
+__all__ = ["cluster_sums", "normalize_features", "normalize_prototypes", "compute_prototypes"]
+
+
+def normalize_features(features: Tensor) -> Tensor:
+    """L2-normalise the rows of ``features``; zero rows stay zero (no NaN).
+
+    The norm is clamped at ``torch.finfo(dtype).eps``: for rows that are sums of
+    unit vectors a smaller norm is rounding noise, and the clamp keeps the
+    gradient of ``x / ||x||`` finite.
+
+    Args:
+        features: ``(N, d)`` floating-point tensor.
+
+    Returns:
+        ``(N, d)`` tensor of the same dtype whose non-zero rows have unit norm.
+
+    Example:
+        >>> import torch
+        >>> normalize_features(torch.tensor([[3.0, 4.0], [0.0, 0.0]]))
+        tensor([[0.6000, 0.8000],
+                [0.0000, 0.0000]])
+    """
+    return F.normalize(features, dim=1, eps=torch.finfo(features.dtype).eps)
+
+
+def _cluster_sums(features: Tensor, assignments: Tensor, num_clusters: int) -> Tuple[Tensor, Tensor]:
+    """Unchecked core of :func:`cluster_sums` (callers validate first)."""
+    if assignments.dim() == 1:
+        index = assignments.long()
+        sums = features.new_zeros((num_clusters, features.shape[1])).index_add(0, index, features)
+        counts = torch.bincount(index, minlength=num_clusters).to(features.dtype)
+        return sums, counts
+    weights = assignments.to(features.dtype)
+    return weights.t() @ features, weights.sum(dim=0)
+
+
+def _check_assignments(assignments: Tensor, batch_size: int, num_clusters: int) -> None:
+    """Validate hard labels ``(N,)`` or soft weights ``(N, K)`` (raises ValueError/TypeError)."""
+    check_tensor("assignments", assignments)
+    if assignments.dim() == 1:
+        if assignments.is_floating_point():
+            raise TypeError(
+                f"assignments given as (B,) must hold integer cluster labels, got dtype {assignments.dtype}; "
+                "pass soft weights as a (B, K) tensor"
+            )
+        check_labels("assignments", assignments, num_clusters)
+    elif assignments.dim() == 2:
+        if not assignments.is_floating_point():
+            raise TypeError(f"assignments given as (B, K) must be floating-point weights, got dtype {assignments.dtype}")
+        if assignments.shape[1] != num_clusters:
+            raise ValueError(
+                f"assignments must have num_clusters={num_clusters} columns, got shape {tuple(assignments.shape)}"
+            )
+        check_finite("assignments", assignments)
+        if assignments.numel():
+            low = float(assignments.min())
+            if low < 0:
+                raise ValueError(f"assignments must be non-negative weights, got minimum {low}")
+            if not bool((assignments > 0).any()):
+                raise ValueError("assignments must not be all zero: no sample is assigned to any cluster")
+    else:
+        raise ValueError(
+            f"assignments must be (B,) integer labels or (B, K) weights, got shape {tuple(assignments.shape)}"
+        )
+    if assignments.shape[0] != batch_size:
+        raise ValueError(
+            f"assignments must have {batch_size} rows (one per feature row), got shape {tuple(assignments.shape)}"
+        )
+
+
+def cluster_sums(features: Tensor, assignments: Tensor, num_clusters: int) -> Tuple[Tensor, Tensor]:
+    """Per-cluster feature sums and total weights.
+
+    Args:
+        features: ``(N, d)`` floating-point tensor (normalise it first for Eq. 6).
+        assignments: ``(N,)`` integer labels in ``[0, num_clusters)`` or
+            ``(N, num_clusters)`` non-negative floating-point weights.
+        num_clusters: ``K >= 1``.
+
+    Returns:
+        ``(sums, counts)``: ``sums`` ``(K, d)`` with ``sums[k] = sum_i p(k|x_i) features[i]``
+        and ``counts`` ``(K,)`` the total weight of each cluster, both in the
+        dtype of ``features``. Differentiable in ``features`` (and soft weights).
+
+    Example:
+        >>> import torch
+        >>> sums, counts = cluster_sums(torch.eye(3), torch.tensor([0, 0, 2]), 3)
+        >>> sums
+        tensor([[1., 1., 0.],
+                [0., 0., 0.],
+                [0., 0., 1.]])
+        >>> counts
+        tensor([2., 0., 1.])
+    """
+    num_clusters = check_int("num_clusters", num_clusters, minimum=1)
+    check_tensor("features", features, ndim=2, floating=True)
+    _check_assignments(assignments, features.shape[0], num_clusters)
+    return _cluster_sums(features, assignments, num_clusters)
+
+
+def normalize_prototypes(sums: Tensor) -> Tensor:
+    """Prototypes from per-cluster sums: ``mu_k = sums_k / ||sums_k||`` (Eq. 6, 7).
+
+    Empty clusters (zero sums) give zero prototypes, never NaN.
+
+    Args:
+        sums: ``(K, d)`` floating-point tensor from :func:`cluster_sums`.
+
+    Returns:
+        ``(K, d)`` prototypes, unit norm for every non-zero sum.
+
+    Example:
+        >>> import torch
+        >>> normalize_prototypes(torch.tensor([[2.0, 0.0], [0.0, 0.0]]))
+        tensor([[1., 0.],
+                [0., 0.]])
+    """
+    check_tensor("sums", sums, ndim=2, floating=True)
+    return normalize_features(sums)
+
+
+def compute_prototypes(features: Tensor, assignments: Tensor, num_clusters: int) -> Tensor:
+    """Normalised cluster prototypes of (unnormalised) features, Eq. 6/7.
+
+    Features are L2-normalised per row, summed per cluster with the weights
+    ``p(k|x)`` and the sums L2-normalised.
+
+    Args:
+        features: ``(N, d)`` floating-point tensor, e.g. projector outputs.
+        assignments: ``(N,)`` integer labels in ``[0, num_clusters)`` or
+            ``(N, num_clusters)`` non-negative weights.
+        num_clusters: ``K >= 1``.
+
+    Returns:
+        ``(K, d)`` prototypes in the dtype of ``features``; rows of empty
+        clusters are zero.
+
+    Example:
+        >>> import torch
+        >>> compute_prototypes(torch.tensor([[2.0, 0.0], [0.0, 5.0]]), torch.tensor([1, 1]), 2)
+        tensor([[0.0000, 0.0000],
+                [0.7071, 0.7071]])
+    """
+    num_clusters = check_int("num_clusters", num_clusters, minimum=1)
+    check_tensor("features", features, ndim=2, floating=True)
+    _check_assignments(assignments, features.shape[0], num_clusters)
+    sums, _ = _cluster_sums(normalize_features(features), assignments, num_clusters)
+    return normalize_features(sums)

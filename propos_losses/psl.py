@@ -1,0 +1,382 @@
+"""Prototype scattering loss (ProPos Eq. 4, 5), module and functional twin.
+
+Over the set ``A`` of non-empty clusters, with online prototypes ``mu_k`` and
+target prototypes ``mu'_k`` (Eq. 6, 7, see :mod:`propos_losses.prototypes`)::
+
+    L_psl = 1/|A| sum_{k in A} -log( exp(mu_k.mu'_k / tau) /
+            ( exp(mu_k.mu'_k / tau) + sum_{j in A, j != k} exp(mu_k.mu_j / tau) ) )
+
+Eq. 5 splits it into ``alignment = mean_{k in A} -mu_k.mu'_k / tau`` and
+``uniformity = mean_{k in A} log sum_{j in A, j != k} exp(mu_k.mu_j / tau)``.
+
+Numerics: empty clusters are removed exactly (their logits are ``-inf`` inside
+a log-sum-exp whose positive column is always finite, and their rows are
+excluded from the mean), the loss is computed in float32 (float64 inputs stay
+float64) with autocast disabled, and the target side is detached.
+
+Distributed (``torch.distributed`` initialised, see
+:mod:`propos_losses.distributed`): the per-cluster online sums go through the
+differentiable :func:`~propos_losses.distributed.all_reduce_sum`, the target
+sums and the counts through the gradient-free
+:func:`~propos_losses.distributed.all_reduce_sum_`; the empty-cluster mask
+comes from the global counts, so every rank computes the same loss, and with
+DDP gradient averaging the gradients equal the single-process gradients on the
+concatenated global batch. The memory queue is identical on every rank, so its
+sums are added *after* the all-reduce.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import ContextManager, Literal, NamedTuple, Optional, Tuple, Union, overload
+
+import torch
+from torch import Tensor, nn
+
+from propos_losses import defaults
+from propos_losses._validation import check_finite, check_float, check_int, check_labels, check_tensor
+from propos_losses.distributed import all_reduce_sum, all_reduce_sum_
+from propos_losses.prototypes import _check_assignments, _cluster_sums, normalize_features
+from propos_losses.queue import PrototypeQueue
+
+__all__ = ["PSLTerms", "prototype_scattering_loss", "PrototypeScatteringLoss", "PSL"]
+
+
+class PSLTerms(NamedTuple):
+    """The loss and its Eq. 5 terms, all 0-d tensors identical on every rank.
+
+    Attributes:
+        loss: ``L_psl`` (Eq. 4), floating point.
+        alignment: ``mean_{k in A} -mu_k.mu'_k / tau``.
+        uniformity: ``mean_{k in A} log sum_{j in A, j != k} exp(mu_k.mu_j / tau)``;
+            ``-inf`` when only one cluster is non-empty (no negatives: the log of
+            an empty sum).
+        num_active: ``|A|``, the number of non-empty clusters (int64).
+    """
+
+    loss: Tensor
+    alignment: Tensor
+    uniformity: Tensor
+    num_active: Tensor
+
+
+def _no_autocast(device: torch.device) -> ContextManager[object]:
+    """Context that disables autocast on ``device`` (a no-op where autocast does not exist)."""
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    # float64 stays float64 (gradcheck, oracles); half, bfloat16 and float32 run in float32.
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _check_features(online: Tensor, target: Tensor) -> None:
+    check_tensor("online", online, ndim=2, floating=True)
+    check_tensor("target", target, ndim=2, floating=True)
+    if online.shape != target.shape:
+        raise ValueError(
+            f"online and target must have the same shape (B, d), got {tuple(online.shape)} and {tuple(target.shape)}"
+        )
+    if online.shape[0] < 1 or online.shape[1] < 1:
+        raise ValueError(f"online must be (B, d) with B >= 1 and d >= 1, got shape {tuple(online.shape)}")
+    check_finite("online", online)
+    check_finite("target", target)
+
+
+def _check_queue(
+    queue_features: Optional[Tensor], queue_labels: Optional[Tensor], feature_dim: int, num_clusters: int
+) -> None:
+    if (queue_features is None) != (queue_labels is None):
+        raise ValueError(
+            "queue_features and queue_labels must be given together, got "
+            f"queue_features={'None' if queue_features is None else 'a tensor'} and "
+            f"queue_labels={'None' if queue_labels is None else 'a tensor'}"
+        )
+    if queue_features is None or queue_labels is None:
+        return
+    check_tensor("queue_features", queue_features, ndim=2, floating=True)
+    check_tensor("queue_labels", queue_labels, ndim=1)
+    if queue_features.shape[1] != feature_dim:
+        raise ValueError(
+            f"queue_features must have feature size d={feature_dim} like online, got shape {tuple(queue_features.shape)}"
+        )
+    if queue_labels.shape[0] != queue_features.shape[0]:
+        raise ValueError(
+            f"queue_labels must have one label per queue_features row ({queue_features.shape[0]}), "
+            f"got shape {tuple(queue_labels.shape)}"
+        )
+    check_labels("queue_labels", queue_labels, num_clusters)
+    check_finite("queue_features", queue_features)
+
+
+def _scattering_terms(online_sums: Tensor, target_sums: Tensor, counts: Tensor, temperature: float) -> PSLTerms:
+    """Eq. 4/5 from global per-cluster sums ``(K, d)`` and total weights ``(K,)``."""
+    mu = normalize_features(online_sums)
+    mu_target = normalize_features(target_sums)
+    active = counts > 0
+    num_clusters = counts.shape[0]
+    positive = (mu * mu_target).sum(dim=1) / temperature  # (K,)
+    similarity = mu @ mu.t() / temperature  # (K, K)
+    eye = torch.eye(num_clusters, dtype=torch.bool, device=mu.device)
+    # -inf (not a finite fill) removes empty clusters and the diagonal exactly: exp(-inf) == 0.
+    negative = similarity.masked_fill(~active[None, :] | eye, float("-inf"))
+    # The positive column is always finite, so every row's log-sum-exp and its gradient are finite.
+    log_partition = torch.logsumexp(torch.cat([positive[:, None], negative], dim=1), dim=1)
+    num_active = active.sum()
+    denominator = num_active.to(mu.dtype)
+    zero = mu.new_zeros(())
+    # torch.where, not a multiplication by the mask: rows of empty clusters drop out of value and gradient.
+    loss = torch.where(active, log_partition - positive, zero).sum() / denominator
+    alignment = torch.where(active, -positive, zero).sum() / denominator
+    uniformity = torch.where(active, torch.logsumexp(negative, dim=1), zero).sum() / denominator
+    return PSLTerms(loss, alignment, uniformity, num_active)
+
+
+def _psl(
+    online: Tensor,
+    target: Tensor,
+    assignments: Tensor,
+    num_clusters: int,
+    temperature: float,
+    queue_features: Optional[Tensor],
+    queue_labels: Optional[Tensor],
+) -> Tuple[PSLTerms, Tensor]:
+    """Unchecked core; returns the terms and the normalised, detached target features ``(B, d)``."""
+    dtype = _compute_dtype(online.dtype)
+    with _no_autocast(online.device):
+        z_online = normalize_features(online.to(dtype))
+        z_target = normalize_features(target.detach().to(dtype))
+        online_sums, counts = _cluster_sums(z_online, assignments, num_clusters)
+        target_sums, _ = _cluster_sums(z_target, assignments.detach(), num_clusters)
+        # Differentiable all-reduce for the online side (its backward sums gradients over ranks);
+        # one gradient-free all-reduce for target sums and counts together.
+        online_sums = all_reduce_sum(online_sums)
+        statistics = all_reduce_sum_(torch.cat([target_sums, counts.detach()[:, None]], dim=1))
+        target_sums, counts = statistics[:, :-1], statistics[:, -1]
+        if queue_features is not None and queue_labels is not None and queue_features.shape[0] > 0:
+            # The queue is identical on every rank: add it after the all-reduce, or it counts world_size times.
+            queue_sums, queue_counts = _cluster_sums(
+                normalize_features(queue_features.detach().to(dtype)), queue_labels, num_clusters
+            )
+            online_sums = online_sums + queue_sums
+            target_sums = target_sums + queue_sums
+            counts = counts + queue_counts
+        terms = _scattering_terms(online_sums, target_sums, counts, temperature)
+    return terms, z_target
+
+
+@overload
+def prototype_scattering_loss(
+    online: Tensor,
+    target: Tensor,
+    assignments: Tensor,
+    num_clusters: int,
+    *,
+    temperature: float = ...,
+    queue_features: Optional[Tensor] = ...,
+    queue_labels: Optional[Tensor] = ...,
+    return_terms: Literal[False] = ...,
+) -> Tensor: ...
+
+
+@overload
+def prototype_scattering_loss(
+    online: Tensor,
+    target: Tensor,
+    assignments: Tensor,
+    num_clusters: int,
+    *,
+    temperature: float = ...,
+    queue_features: Optional[Tensor] = ...,
+    queue_labels: Optional[Tensor] = ...,
+    return_terms: Literal[True],
+) -> PSLTerms: ...
+
+
+def prototype_scattering_loss(
+    online: Tensor,
+    target: Tensor,
+    assignments: Tensor,
+    num_clusters: int,
+    *,
+    temperature: float = defaults.TEMPERATURE,
+    queue_features: Optional[Tensor] = None,
+    queue_labels: Optional[Tensor] = None,
+    return_terms: bool = False,
+) -> Union[Tensor, PSLTerms]:
+    """Prototype scattering loss ``L_psl`` (Eq. 4), functional form.
+
+    Args:
+        online: ``(B, d)`` online projector outputs ``f(x)`` (normalised here),
+            any floating dtype; gradients flow back into it.
+        target: ``(B, d)`` target projector outputs ``f'(x)``; detached.
+        assignments: ``(B,)`` integer cluster labels in ``[0, K)``, or ``(B, K)``
+            non-negative float weights ``p(k|x)`` (rows may be zero, not all).
+        num_clusters: ``K >= 2``.
+        temperature: ``tau > 0``.
+        queue_features: optional ``(Q, d)`` features of a memory queue (target
+            features, normalised here), added to both prototype sums without
+            gradient. Give ``queue_labels`` with it.
+        queue_labels: optional ``(Q,)`` integer labels in ``[0, K)`` of the queue.
+        return_terms: return a :class:`PSLTerms` (loss, alignment, uniformity,
+            number of non-empty clusters; all attached to the graph) instead
+            of the loss alone.
+
+    Returns:
+        The 0-d loss (float32, float64 for float64 input), or :class:`PSLTerms`.
+
+    Raises:
+        ValueError, TypeError: for bad shapes, dtypes or values (named in the message).
+
+    Example:
+        >>> import torch
+        >>> online, target = torch.randn(8, 16), torch.randn(8, 16)
+        >>> labels = torch.tensor([0, 0, 1, 1, 2, 2, 2, 0])
+        >>> terms = prototype_scattering_loss(online, target, labels, 4, return_terms=True)
+        >>> int(terms.num_active), bool(torch.isfinite(terms.loss))
+        (3, True)
+    """
+    num_clusters = check_int("num_clusters", num_clusters, minimum=2)
+    temperature = check_float("temperature", temperature, minimum=0.0, strict_minimum=True)
+    _check_features(online, target)
+    _check_assignments(assignments, online.shape[0], num_clusters)
+    _check_queue(queue_features, queue_labels, online.shape[1], num_clusters)
+    terms, _ = _psl(online, target, assignments, num_clusters, temperature, queue_features, queue_labels)
+    return terms if return_terms else terms.loss
+
+
+class PrototypeScatteringLoss(nn.Module):
+    """Prototype scattering loss ``L_psl`` of ProPos (Eq. 4), with an optional memory queue.
+
+    Args:
+        num_clusters: ``K >= 2``, the number of k-means clusters.
+        temperature: ``tau > 0`` (default :data:`propos_losses.defaults.TEMPERATURE`).
+        queue_size: number of queue slots; ``0`` (default) disables the queue.
+        feature_dim: ``d``; required when ``queue_size > 0`` (to allocate the
+            queue), otherwise optional and, when given, checked against the input.
+
+    Queue (``queue_size > 0``): ``self.queue`` is a
+    :class:`~propos_losses.queue.PrototypeQueue` of normalised *target*
+    features and hard labels (in ``state_dict``). Its filled slots are added to
+    both prototype sums without gradient. In training mode the batch's
+    normalised target features, labels and ``indices`` are enqueued *after*
+    the loss is computed; in eval mode the queue is used but never changed.
+    After an E-step call :meth:`relabel_queue` (needs ``indices``) or
+    :meth:`reset_queue`. Soft ``(B, K)`` assignments are rejected with a queue
+    (the queue stores hard labels; no silent argmax).
+
+    Logging: after each forward, ``self.last_terms`` is a :class:`PSLTerms` of
+    detached tensors (loss, ``alignment``, ``uniformity``, ``num_active``), so
+    the Eq. 5 terms and the number of non-empty clusters need no recomputation.
+
+    Example:
+        >>> import torch
+        >>> psl = PrototypeScatteringLoss(num_clusters=10)
+        >>> online = torch.randn(32, 128, requires_grad=True)
+        >>> loss = psl(online, torch.randn(32, 128), torch.randint(0, 10, (32,)))
+        >>> loss.backward()
+        >>> psl.last_terms.num_active.item() <= 10
+        True
+    """
+
+    queue: Optional[PrototypeQueue]
+    last_terms: Optional[PSLTerms]
+
+    def __init__(
+        self,
+        num_clusters: int,
+        temperature: float = defaults.TEMPERATURE,
+        queue_size: int = 0,
+        *,
+        feature_dim: Optional[int] = None,
+    ) -> None:
+        super().__init__()
+        self.num_clusters = check_int("num_clusters", num_clusters, minimum=2)
+        self.temperature = check_float("temperature", temperature, minimum=0.0, strict_minimum=True)
+        self.queue_size = check_int("queue_size", queue_size, minimum=0)
+        if feature_dim is not None:
+            feature_dim = check_int("feature_dim", feature_dim, minimum=1)
+        elif self.queue_size > 0:
+            raise ValueError(f"feature_dim is required when queue_size > 0 (got queue_size={self.queue_size})")
+        self.feature_dim = feature_dim
+        self.queue = PrototypeQueue(self.queue_size, feature_dim) if self.queue_size > 0 and feature_dim else None
+        self.last_terms = None
+
+    def extra_repr(self) -> str:
+        return f"num_clusters={self.num_clusters}, temperature={self.temperature}, queue_size={self.queue_size}"
+
+    def forward(self, online: Tensor, target: Tensor, assignments: Tensor, indices: Optional[Tensor] = None) -> Tensor:
+        """Compute ``L_psl`` for one batch (and enqueue it in training mode).
+
+        Args:
+            online: ``(B, d)`` online projector outputs (any floating dtype).
+            target: ``(B, d)`` target projector outputs (detached).
+            assignments: ``(B,)`` integer labels in ``[0, K)`` or ``(B, K)``
+                non-negative float weights (not with a queue).
+            indices: optional ``(B,)`` int64 dataset indices ``>= 0`` of the
+                samples, stored in the queue so that it can be relabelled.
+
+        Returns:
+            0-d loss tensor (float32, float64 for float64 input).
+        """
+        _check_features(online, target)
+        batch_size, feature_dim = online.shape
+        if self.feature_dim is not None and feature_dim != self.feature_dim:
+            raise ValueError(
+                f"online must have feature size feature_dim={self.feature_dim}"
+                f"{' (the queue feature size)' if self.queue is not None else ''}, got shape {tuple(online.shape)}"
+            )
+        _check_assignments(assignments, batch_size, self.num_clusters)
+        if indices is not None:
+            check_tensor("indices", indices, ndim=1)
+            if indices.dtype != torch.int64:
+                raise TypeError(f"indices must have dtype torch.int64, got {indices.dtype}")
+            if indices.shape[0] != batch_size:
+                raise ValueError(f"indices must have shape ({batch_size},), got {tuple(indices.shape)}")
+            if indices.numel() and int(indices.min()) < 0:
+                raise ValueError(f"indices must be >= 0, got {int(indices.min())}")
+        queue_features: Optional[Tensor] = None
+        queue_labels: Optional[Tensor] = None
+        if self.queue is not None:
+            if assignments.dim() != 1:
+                raise ValueError(
+                    f"assignments must be (B,) hard labels when queue_size > 0 (the queue stores hard labels), "
+                    f"got shape {tuple(assignments.shape)}; use queue_size=0 for soft weights"
+                )
+            queue_features, queue_labels, _ = self.queue.contents()
+            # Labels may have been relabelled or loaded from a checkpoint with another K.
+            check_labels("queue labels", queue_labels, self.num_clusters)
+        terms, z_target = _psl(
+            online, target, assignments, self.num_clusters, self.temperature, queue_features, queue_labels
+        )
+        self.last_terms = PSLTerms(*(term.detach() for term in terms))
+        if self.training and self.queue is not None:
+            self.queue.push(z_target, assignments.long(), indices)
+        return terms.loss
+
+    def relabel_queue(self, new_labels: Tensor) -> None:
+        """Relabel the queue after an E-step: ``label[slot] = new_labels[index[slot]]``.
+
+        Args:
+            new_labels: ``(N_dataset,)`` int64 labels in ``[0, K)`` of the whole dataset.
+
+        Raises:
+            ValueError: without a queue, for labels out of range, or (from the
+                queue) when a filled slot has no sample index.
+        """
+        if self.queue is None:
+            raise ValueError("relabel_queue needs a queue, but this loss has queue_size=0")
+        check_tensor("new_labels", new_labels, ndim=1)
+        check_labels("new_labels", new_labels, self.num_clusters)
+        self.queue.relabel(new_labels)
+
+    def reset_queue(self) -> None:
+        """Empty the queue (no-op without one)."""
+        if self.queue is not None:
+            self.queue.reset()
+
+
+#: Short alias, ``from propos_losses import PSL``.
+PSL = PrototypeScatteringLoss
