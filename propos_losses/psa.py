@@ -1,0 +1,287 @@
+"""Positive sampling alignment (ProPos Eq. 9, 10).
+
+BYOL aligns the prediction ``g(q)`` of the online projection ``q = f(x)`` with
+the target projection ``z'+ = f'(x+)`` of the other view. ProPos samples a
+neighbour of ``q`` instead, with the reparametrisation trick, and aligns its
+prediction::
+
+    v     = q + sigma * eps,   eps ~ N(0, I)                            (Eq. 9)
+    L_psa = || normalize(g(v)) - normalize(z'+) ||^2 = 2 - 2 cos(g(v), z'+)   (Eq. 10)
+
+averaged over the batch, with the target detached. ``sigma = 0`` is exactly
+BYOL's loss (the paper uses ``sigma = 0`` during the learning-rate warm-up) and
+noise is drawn only in training mode. The loss is symmetrised, as in BYOL, by
+calling it a second time with the two views swapped (see
+:meth:`PositiveSamplingAlignment.symmetric`). PSL uses the clean ``q``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from propos_losses import defaults
+from propos_losses._validation import check_float, check_tensor
+
+__all__ = ["PositiveSamplingAlignment", "PSA", "positive_sampling_alignment"]
+
+
+def _check_sigma(sigma: object) -> float:
+    return check_float("sigma", sigma, minimum=0.0)
+
+
+def _check_generator(generator: object) -> Optional[torch.Generator]:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    return generator
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    # A device without index ("cuda") stands for the current device of its type.
+    if a.type != b.type:
+        return False
+    return a.index is None or b.index is None or a.index == b.index
+
+
+def _module_dtype(module: Callable[[Tensor], Tensor]) -> Optional[torch.dtype]:
+    """Dtype of the first floating parameter or buffer of ``module`` (None for a plain callable)."""
+    if isinstance(module, nn.Module):
+        for tensor in module.parameters():
+            if tensor.is_floating_point():
+                return tensor.dtype
+        for tensor in module.buffers():
+            if tensor.is_floating_point():
+                return tensor.dtype
+    return None
+
+
+def positive_sampling_alignment(
+    online_projection: Tensor,
+    target_projection: Tensor,
+    predictor: Callable[[Tensor], Tensor],
+    sigma: float = defaults.SIGMA,
+    generator: Optional[torch.Generator] = None,
+    training: bool = True,
+) -> Tensor:
+    """Positive sampling alignment loss ``mean_i (2 - 2 cos(g(q_i + sigma eps_i), z'+_i))``.
+
+    The functional twin of :class:`PositiveSamplingAlignment`.
+
+    Args:
+        online_projection: ``q``, ``(B, d)`` online projector outputs of one view
+            (not normalised), floating, finite, ``B >= 1``.
+        target_projection: ``z'+``, ``(B, d')`` target projector outputs of the
+            other view, floating, finite; detached here (no gradient flows to it).
+        predictor: ``g``, maps ``(B, d)`` to ``(B, d')``; usually an ``nn.Module``.
+        sigma: standard deviation of the positive sampling noise, ``>= 0``;
+            ``0`` gives exactly BYOL's loss.
+        generator: optional :class:`torch.Generator` for reproducible noise, on
+            the device of ``online_projection``.
+        training: draw noise only when ``True`` (evaluation is deterministic).
+
+    Returns:
+        A scalar tensor, float32 for float32/half/bfloat16 inputs (and under
+        autocast), float64 for float64 inputs. Zero vectors give a finite loss
+        (their cosine counts as 0).
+
+    Raises:
+        TypeError: a non-tensor or non-floating input, a non-callable
+            predictor, a bad ``sigma``/``generator``/``training`` type.
+        ValueError: wrong ranks, mismatched batch sizes, an empty batch,
+            non-finite values, ``sigma < 0``, a generator on another device, or
+            a predictor output whose shape differs from ``target_projection``.
+
+    Example:
+        >>> import torch
+        >>> predictor = torch.nn.Linear(8, 8)
+        >>> q = torch.randn(4, 8, requires_grad=True)
+        >>> z_plus = torch.randn(4, 8)
+        >>> loss = positive_sampling_alignment(q, z_plus, predictor, sigma=1e-3)
+        >>> loss.shape, bool(0 <= loss <= 4)
+        (torch.Size([]), True)
+        >>> loss.backward()
+    """
+    online_projection = check_tensor("online_projection", online_projection, ndim=2, floating=True)
+    target_projection = check_tensor("target_projection", target_projection, ndim=2, floating=True)
+    if online_projection.shape[0] != target_projection.shape[0]:
+        raise ValueError(
+            "online_projection and target_projection must have the same batch size, got "
+            f"{tuple(online_projection.shape)} and {tuple(target_projection.shape)}"
+        )
+    if online_projection.shape[0] == 0:
+        raise ValueError("online_projection must hold at least one sample, got an empty batch")
+    if not callable(predictor):
+        raise TypeError(f"predictor must be callable (an nn.Module), got {type(predictor).__name__}")
+    sigma = _check_sigma(sigma)
+    generator = _check_generator(generator)
+    if generator is not None and not _same_device(generator.device, online_projection.device):
+        raise ValueError(
+            f"generator is on {generator.device} but online_projection is on {online_projection.device}"
+        )
+    if not isinstance(training, bool):
+        raise TypeError(f"training must be a bool, got {training!r}")
+    # One host synchronisation for both finiteness checks.
+    finite = torch.isfinite(online_projection).all() & torch.isfinite(target_projection).all()
+    if not bool(finite):
+        raise ValueError("online_projection and target_projection must be finite, got NaN or Inf values")
+
+    # float32 at least: sigma = 1e-3 is below half precision's resolution around 1.
+    compute_dtype = torch.promote_types(online_projection.dtype, torch.float32)
+    v = online_projection.to(compute_dtype)
+    if training and sigma > 0:
+        eps = torch.randn(v.shape, generator=generator, dtype=compute_dtype, device=v.device)
+        v = v + sigma * eps
+
+    device_type = v.device.type
+    if not torch.is_autocast_enabled(device_type):
+        # Without autocast, feed the predictor its own dtype (e.g. a .half() predictor).
+        predictor_dtype = _module_dtype(predictor)
+        if predictor_dtype is not None:
+            v = v.to(predictor_dtype)
+    prediction = predictor(v)
+    if not isinstance(prediction, Tensor) or prediction.shape != target_projection.shape:
+        shape = tuple(prediction.shape) if isinstance(prediction, Tensor) else type(prediction).__name__
+        raise ValueError(
+            f"predictor output must have the shape of target_projection {tuple(target_projection.shape)}, got {shape}"
+        )
+
+    # The cosine itself always runs in (at least) float32, outside autocast.
+    autocast_off = (
+        torch.autocast(device_type, enabled=False)
+        if torch.is_autocast_enabled(device_type)
+        else contextlib.nullcontext()
+    )
+    with autocast_off:
+        out_dtype = torch.promote_types(prediction.dtype, compute_dtype)
+        tiny = torch.finfo(out_dtype).eps  # norms below this count as zero vectors: no division by ~0
+        p = F.normalize(prediction.to(out_dtype), dim=1, eps=tiny)
+        z = F.normalize(target_projection.detach().to(out_dtype), dim=1, eps=tiny)
+        return (2 - 2 * (p * z).sum(dim=1)).mean()
+
+
+class PositiveSamplingAlignment(nn.Module):
+    """Positive sampling alignment loss of ProPos (Eq. 9, 10); ``sigma = 0`` is BYOL.
+
+    ``L_psa = mean_i (2 - 2 cos(g(q_i + sigma * eps_i), z'+_i))``, ``eps ~ N(0, I)``
+    drawn only in training mode. The module **owns** the predictor ``g``, so
+    ``psa.predictor.parameters()`` can be given its own learning rate (the
+    paper uses 10x); do not also register the predictor in another module whose
+    parameters you optimise, or they would be optimised twice.
+
+    Symmetrisation: the BYOL/ProPos loss sums the loss of both view orders,
+    ``psa(q1, z2) + psa(q2, z1)`` where ``q`` are online and ``z`` target
+    projections; :meth:`symmetric` does exactly that.
+
+    Under DDP the loss is the mean over the local batch; DDP's gradient
+    averaging then yields the global-batch gradient for equal local batch sizes.
+
+    Args:
+        predictor: ``g``, an ``nn.Module`` mapping ``(B, d)`` to ``(B, d')``.
+        sigma: noise standard deviation ``>= 0``; a property that may be
+            changed at run time (e.g. ``0`` during the warm-up).
+        generator: optional :class:`torch.Generator` (on the inputs' device)
+            for reproducible noise; otherwise the global RNG is used.
+
+    Raises:
+        TypeError: ``predictor`` not an ``nn.Module``, ``sigma`` not a real
+            number, ``generator`` not a ``torch.Generator``.
+        ValueError: ``sigma`` negative or not finite.
+
+    Example:
+        >>> import torch
+        >>> psa = PositiveSamplingAlignment(torch.nn.Linear(8, 8), sigma=1e-3)
+        >>> q1, q2 = torch.randn(4, 8, requires_grad=True), torch.randn(4, 8, requires_grad=True)
+        >>> z1, z2 = torch.randn(4, 8), torch.randn(4, 8)  # target projections of views 1, 2
+        >>> loss = psa(q1, z2) + psa(q2, z1)  # symmetrised, same as psa.symmetric(q1, q2, z1, z2)
+        >>> loss.backward()
+        >>> psa.sigma = 0.0  # warm-up: plain BYOL
+    """
+
+    def __init__(
+        self,
+        predictor: nn.Module,
+        sigma: float = defaults.SIGMA,
+        *,
+        generator: Optional[torch.Generator] = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(predictor, nn.Module):
+            raise TypeError(f"predictor must be an nn.Module, got {type(predictor).__name__}")
+        self.predictor = predictor
+        self._sigma = _check_sigma(sigma)
+        self._generator = _check_generator(generator)
+
+    @property
+    def sigma(self) -> float:
+        """Standard deviation of the positive sampling noise (``>= 0``)."""
+        return self._sigma
+
+    @sigma.setter
+    def sigma(self, value: float) -> None:
+        self._sigma = _check_sigma(value)
+
+    @property
+    def generator(self) -> Optional[torch.Generator]:
+        """The :class:`torch.Generator` of the noise, or ``None`` for the global RNG."""
+        return self._generator
+
+    @generator.setter
+    def generator(self, value: Optional[torch.Generator]) -> None:
+        self._generator = _check_generator(value)
+
+    def extra_repr(self) -> str:
+        return f"sigma={self._sigma}"
+
+    def forward(self, online_projection: Tensor, target_projection: Tensor) -> Tensor:
+        """Loss of one view order.
+
+        Args:
+            online_projection: ``q``, ``(B, d)`` online projector outputs of view 1.
+            target_projection: ``z'+``, ``(B, d')`` target projector outputs of
+                view 2 (detached here).
+
+        Returns:
+            Scalar float32 loss (float64 for float64 inputs), in ``[0, 4]``.
+        """
+        return positive_sampling_alignment(
+            online_projection,
+            target_projection,
+            self.predictor,
+            sigma=self._sigma,
+            generator=self._generator,
+            training=self.training,
+        )
+
+    def symmetric(
+        self,
+        online_projection_1: Tensor,
+        online_projection_2: Tensor,
+        target_projection_1: Tensor,
+        target_projection_2: Tensor,
+    ) -> Tensor:
+        """Symmetrised loss ``forward(q1, z'2) + forward(q2, z'1)`` over both view orders.
+
+        Args:
+            online_projection_1: ``(B, d)`` online projections of view 1.
+            online_projection_2: ``(B, d)`` online projections of view 2.
+            target_projection_1: ``(B, d')`` target projections of view 1.
+            target_projection_2: ``(B, d')`` target projections of view 2.
+
+        Returns:
+            Scalar loss, in ``[0, 8]``.
+
+        Example:
+            >>> psa = PositiveSamplingAlignment(torch.nn.Linear(3, 3), sigma=0.0)
+            >>> q1, q2, z1, z2 = torch.randn(4, 2, 3).unbind(0)  # four (2, 3) batches
+            >>> bool(psa.symmetric(q1, q2, z1, z2) == psa(q1, z2) + psa(q2, z1))
+            True
+        """
+        return self(online_projection_1, target_projection_2) + self(online_projection_2, target_projection_1)
+
+
+#: Short alias used throughout the paper and the docs.
+PSA = PositiveSamplingAlignment
