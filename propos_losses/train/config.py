@@ -1,0 +1,339 @@
+"""Training configuration and presets of the reference trainer, in one place.
+
+Precedence, lowest first: the paper's defaults (:mod:`propos_losses.defaults`),
+the preset table :data:`PRESETS`, a ``--config`` file (JSON or TOML), then
+explicit command-line flags. The resolved :class:`TrainConfig` is validated
+before anything is read or written, and is saved as ``config.json`` next to
+the checkpoints.
+
+>>> cfg = resolve_config("digits", overrides={"epochs": 3})
+>>> cfg.dataset, cfg.epochs, cfg.method
+('digits', 3, 'propos')
+>>> resolve_config("cifar10", overrides={"data_dir": "data"}).temperature
+0.5
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+from propos_losses import defaults as D
+
+__all__ = [
+    "ConfigError",
+    "TrainConfig",
+    "PRESETS",
+    "PRESET_NAMES",
+    "METHODS",
+    "OPTIMIZERS",
+    "DEVICES",
+    "ESTEP_FEATURES",
+    "AUGMENTATIONS",
+    "resolve_config",
+    "load_config_file",
+    "validate_config",
+    "config_to_dict",
+    "config_from_dict",
+]
+
+METHODS: Tuple[str, ...] = ("propos", "byol")
+OPTIMIZERS: Tuple[str, ...] = ("sgd", "lars")
+DEVICES: Tuple[str, ...] = ("auto", "cpu", "cuda")
+ESTEP_FEATURES: Tuple[str, ...] = ("projector", "backbone")
+AUGMENTATIONS: Tuple[str, ...] = ("digits", "mnist", "color")
+DATASETS: Tuple[str, ...] = ("digits", "mnist", "cifar10", "cifar20", "folder")
+BACKBONES: Tuple[str, ...] = ("small_cnn", "resnet18", "resnet34")
+
+
+class ConfigError(ValueError):
+    """A user error in the configuration (bad flag value, unknown preset or key)."""
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run (one flag per field, ``--lambda-psl`` for ``lambda_psl``).
+
+    The learning rate actually used is ``base_lr * batch_size / LR_REFERENCE_BATCH``
+    (``batch_size`` is the *global* batch, split evenly over ``torchrun``
+    processes), times ``predictor_lr_multiplier`` for the predictor. PSL is
+    off (``lambda_psl`` treated as 0) and the PSA noise is off (``sigma`` treated
+    as 0) during the first ``psl_warmup_epochs`` epochs; ``method="byol"`` keeps
+    both off for the whole run on the same code path.
+
+    Example:
+        >>> TrainConfig().kmeans_n_init == D.KMEANS_N_INIT
+        True
+    """
+
+    preset: str = "digits"
+    dataset: str = "digits"
+    data_dir: Optional[str] = None
+    #: Deterministic first-``n`` subset of the data (smoke tests); ``None`` uses all.
+    max_samples: Optional[int] = None
+    method: str = "propos"
+    epochs: int = D.EPOCHS
+    batch_size: int = D.BATCH_SIZE
+    seed: int = 0
+    device: str = "auto"
+    backbone: str = "resnet18"
+    hidden_dim: int = D.HIDDEN_DIM
+    out_dim: int = D.PROJECTION_DIM
+    #: ``None`` picks from the dataset: ``digits``/``mnist`` geometric, ``color`` otherwise.
+    augmentation: Optional[str] = None
+    optimizer: str = "sgd"
+    base_lr: float = D.BASE_LR
+    weight_decay: float = D.WEIGHT_DECAY
+    sgd_momentum: float = D.SGD_MOMENTUM
+    predictor_lr_multiplier: float = D.PREDICTOR_LR_MULTIPLIER
+    #: Per-step linear learning-rate warm-up, in epochs.
+    warmup_epochs: int = D.WARMUP_EPOCHS
+    #: Epochs with PSL and PSA noise off; ``None`` = ``warmup_epochs`` (the paper).
+    psl_warmup_epochs: Optional[int] = None
+    lambda_psl: float = D.LAMBDA_PSL
+    sigma: float = D.SIGMA
+    temperature: float = D.TEMPERATURE
+    #: ``K`` of the E-step; ``None`` = number of classes of the dataset.
+    num_clusters: Optional[int] = None
+    estep_every: int = D.ESTEP_EVERY
+    #: Features clustered by the E-step: target ``projector`` outputs (paper) or ``backbone``.
+    estep_features: str = "projector"
+    queue_size: int = 0
+    base_momentum: float = D.BASE_MOMENTUM
+    final_momentum: float = D.FINAL_MOMENTUM
+    kmeans_n_init: int = D.KMEANS_N_INIT
+    kmeans_max_iter: int = D.KMEANS_MAX_ITER
+    kmeans_tol: float = D.KMEANS_TOL
+    #: Evaluate (k-means on backbone and projector features) every this many epochs
+    #: as well as at every E-step and at the end; ``0`` = only at E-steps and the end.
+    eval_every: int = 0
+    #: Where the run writes; ``None`` = ``./runs/<timestamp>``.
+    output_dir: Optional[str] = field(default=None, metadata={"run_only": True})
+
+    @property
+    def lr(self) -> float:
+        """Learning rate of the backbone and projector after warm-up (scaled by batch/256)."""
+        return self.base_lr * self.batch_size / D.LR_REFERENCE_BATCH
+
+    @property
+    def effective_psl_warmup_epochs(self) -> int:
+        """Epochs before PSL and the PSA noise switch on (whole run for BYOL)."""
+        if self.method == "byol":
+            return self.epochs
+        return self.warmup_epochs if self.psl_warmup_epochs is None else self.psl_warmup_epochs
+
+
+_QUICK_GRAY: Dict[str, Any] = {
+    "backbone": "small_cnn",
+    "optimizer": "sgd",
+    "estep_every": 1,
+    "queue_size": 0,
+}
+
+#: Preset table: only the fields that differ from :class:`TrainConfig`'s defaults
+#: (which are the paper's CIFAR settings from :mod:`propos_losses.defaults`).
+PRESETS: Dict[str, Dict[str, Any]] = {
+    # Laptop-CPU demo on scikit-learn's 1,797 8x8 digits (a few minutes on 2 cores).
+    "digits": {
+        **_QUICK_GRAY,
+        "dataset": "digits",
+        "epochs": 100,
+        "batch_size": 256,
+        "base_lr": 0.2,
+        "warmup_epochs": 5,
+        "psl_warmup_epochs": 20,
+        "hidden_dim": 512,
+        "out_dim": 64,
+        "kmeans_n_init": 3,
+    },
+    # MNIST / any IDX set, sized to stay under an hour on a 2-core CPU.
+    "mnist": {
+        **_QUICK_GRAY,
+        "dataset": "mnist",
+        "epochs": 20,
+        "batch_size": 256,
+        "base_lr": 0.2,
+        "warmup_epochs": 2,
+        "psl_warmup_epochs": 5,
+        "hidden_dim": 512,
+        "out_dim": 64,
+        "kmeans_n_init": 3,
+    },
+    # The paper's CIFAR settings (ResNet-18, 1000 epochs, batch 256, tau 0.5, lambda 0.1,
+    # sigma 1e-3, m 0.996, 50 warm-up epochs): the defaults themselves.
+    "cifar10": {"dataset": "cifar10", "backbone": "resnet18"},
+    "cifar20": {"dataset": "cifar20", "backbone": "resnet18"},
+}
+PRESET_NAMES: Tuple[str, ...] = tuple(PRESETS)
+
+_FIELDS: Dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def config_to_dict(config: TrainConfig) -> Dict[str, Any]:
+    """Plain ``dict`` of every field (JSON-serialisable).
+
+    Example:
+        >>> config_to_dict(TrainConfig())["temperature"]
+        0.5
+    """
+    return dataclasses.asdict(config)
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Convert a value read from a file or flag to the field's type, or raise ConfigError."""
+    annotation = str(_FIELDS[name].type)
+    optional = annotation.startswith("Optional")
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{name} must not be null")
+    if "int" in annotation:
+        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+            raise ConfigError(f"{name} must be an integer, got {value!r}")
+        return int(value)
+    if "float" in annotation:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{name} must be a number, got {value!r}")
+        return float(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"{name} must be a string, got {value!r}")
+    return value
+
+
+def config_from_dict(values: Mapping[str, Any], *, base: Optional[TrainConfig] = None) -> TrainConfig:
+    """A :class:`TrainConfig` from ``base`` (default: the defaults) with ``values`` replaced.
+
+    Raises:
+        ConfigError: unknown key or a value of the wrong type.
+
+    Example:
+        >>> config_from_dict({"epochs": 2}).epochs
+        2
+    """
+    unknown = sorted(set(values) - set(_FIELDS))
+    if unknown:
+        raise ConfigError(f"unknown configuration key(s) {unknown}; valid keys: {sorted(_FIELDS)}")
+    coerced = {name: _coerce(name, value) for name, value in values.items()}
+    return dataclasses.replace(base if base is not None else TrainConfig(), **coerced)
+
+
+def load_config_file(path: str | os.PathLike) -> Dict[str, Any]:
+    """Read a flat JSON (``.json``) or TOML (any other suffix) table of config fields.
+
+    Raises:
+        ConfigError: missing/unreadable file, syntax error or not a table.
+    """
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path!r}: {exc.strerror or exc}") from None
+    try:
+        if path.endswith(".json"):
+            data = json.loads(raw.decode("utf-8"))
+        else:
+            import tomllib
+
+            data = tomllib.loads(raw.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path!r} is not valid {'JSON' if path.endswith('.json') else 'TOML'}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path!r} must hold a table of settings, got {type(data).__name__}")
+    return data
+
+
+def validate_config(config: TrainConfig) -> TrainConfig:
+    """Check every field's range and choices; return ``config`` unchanged.
+
+    Raises:
+        ConfigError: naming the field and the bad value.
+
+    Example:
+        >>> validate_config(resolve_config("digits")).preset
+        'digits'
+    """
+
+    def choice(name: str, options: Tuple[str, ...]) -> None:
+        value = getattr(config, name)
+        if value not in options:
+            raise ConfigError(f"{name} must be one of {list(options)}, got {value!r}")
+
+    def at_least(name: str, minimum: float, *, strict: bool = False, allow_none: bool = False) -> None:
+        value = getattr(config, name)
+        if value is None and allow_none:
+            return
+        if value is None or not math.isfinite(value) or value < minimum or (strict and value == minimum):
+            op = ">" if strict else ">="
+            raise ConfigError(f"{name} must be {op} {minimum}, got {value!r}")
+
+    if config.preset not in PRESETS:
+        raise ConfigError(f"unknown preset {config.preset!r}; choose one of {list(PRESET_NAMES)}")
+    choice("dataset", DATASETS)
+    choice("method", METHODS)
+    choice("device", DEVICES)
+    choice("backbone", BACKBONES)
+    choice("optimizer", OPTIMIZERS)
+    choice("estep_features", ESTEP_FEATURES)
+    if config.augmentation is not None:
+        choice("augmentation", AUGMENTATIONS)
+    for name in ("epochs", "batch_size", "hidden_dim", "out_dim", "estep_every", "kmeans_n_init", "kmeans_max_iter"):
+        at_least(name, 1)
+    for name in ("seed", "warmup_epochs", "queue_size", "eval_every"):
+        at_least(name, 0)
+    at_least("psl_warmup_epochs", 0, allow_none=True)
+    at_least("max_samples", 1, allow_none=True)
+    at_least("num_clusters", 2, allow_none=True)
+    for name in ("base_lr", "temperature", "kmeans_tol"):
+        at_least(name, 0.0, strict=True)
+    for name in ("weight_decay", "sgd_momentum", "predictor_lr_multiplier", "lambda_psl", "sigma"):
+        at_least(name, 0.0)
+    for name in ("base_momentum", "final_momentum", "sgd_momentum"):
+        value = getattr(config, name)
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"{name} must be in [0, 1], got {value!r}")
+    if config.base_momentum > config.final_momentum:
+        raise ConfigError(
+            f"base_momentum ({config.base_momentum}) must not exceed final_momentum ({config.final_momentum})"
+        )
+    if config.dataset in ("mnist", "cifar10", "cifar20", "folder") and not config.data_dir:
+        raise ConfigError(f"dataset {config.dataset!r} needs --data-dir")
+    return config
+
+
+def resolve_config(
+    preset: Optional[str] = None,
+    *,
+    file_values: Optional[Mapping[str, Any]] = None,
+    overrides: Optional[Mapping[str, Any]] = None,
+) -> TrainConfig:
+    """Defaults, then ``preset``, then ``file_values``, then ``overrides``; validated.
+
+    The preset is taken from ``preset``, else from ``overrides``/``file_values``
+    (key ``"preset"``), else ``"digits"``.
+
+    Args:
+        preset: name in :data:`PRESET_NAMES`.
+        file_values: settings read by :func:`load_config_file`.
+        overrides: explicit settings (command-line flags).
+
+    Raises:
+        ConfigError: unknown preset or key, or an invalid value.
+
+    Example:
+        >>> resolve_config("mnist", overrides={"data_dir": "/data/mnist"}).backbone
+        'small_cnn'
+    """
+    file_values = dict(file_values or {})
+    overrides = dict(overrides or {})
+    name = preset or overrides.get("preset") or file_values.get("preset") or "digits"
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {list(PRESET_NAMES)}")
+    config = config_from_dict({**PRESETS[name], "preset": name})
+    config = config_from_dict({k: v for k, v in file_values.items() if k != "preset"}, base=config)
+    config = config_from_dict({k: v for k, v in overrides.items() if k != "preset"}, base=config)
+    return validate_config(config)

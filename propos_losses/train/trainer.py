@@ -1,0 +1,821 @@
+"""The ProPos EM training loop (Algorithm 1), checkpoints and logs.
+
+One epoch of :class:`Trainer` is
+
+1. **E-step** (before the first epoch and every ``estep_every`` epochs):
+   spherical k-means on the L2-normalised *target* features (projector outputs
+   by default) of the un-augmented training set gives the pseudo-labels; a
+   PSL memory queue, if any, is relabelled from them. The same features are
+   evaluated (k-means on target backbone and projector features, NMI / AMI /
+   ARI / ACC against the labels when the data set has them).
+2. **M-step**: for every mini-batch two augmented views ``x``, ``x+``;
+   ``L = sum over both view orders of (L_psa + lambda_psl * L_psl)`` (Eq. 12),
+   SGD (or LARS) with a per-step linear warm-up and cosine decay of the
+   learning rate, then the EMA update of the target network (Eq. 11). During
+   the first ``psl_warmup_epochs`` epochs PSL and the PSA noise are off
+   (``lambda_psl = sigma = 0``), which is exactly BYOL; ``method="byol"``
+   keeps them off for the whole run.
+
+Everything that makes a run is saved atomically at the end of every epoch in
+``checkpoint.pt`` (networks, optimizer, schedule step, momentum step, queue,
+pseudo-labels, RNG states, the length of the metrics log), so that
+``--resume`` continues bit-for-bit on CPU. Random streams are derived from
+``(seed, epoch, rank)`` so that a resumed run draws the same numbers.
+
+Under ``torchrun`` the global batch ``batch_size`` is split evenly over the
+processes, the online network is wrapped in
+:class:`~torch.nn.parallel.DistributedDataParallel`, every process takes its
+own slice of one shared permutation per epoch (a distributed sampler), and
+the E-step and evaluation run the library's distributed k-means on the
+per-rank shards.
+
+Example:
+    >>> import tempfile
+    >>> from propos_losses.train.config import resolve_config
+    >>> cfg = resolve_config("digits", overrides=dict(max_samples=64, epochs=1, batch_size=32,
+    ...     hidden_dim=16, out_dim=8, kmeans_n_init=1, device="cpu"))
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     result = Trainer(cfg, tmp, log=lambda message: None).fit()
+    >>> sorted(result["final"])[:4]
+    ['backbone_acc', 'backbone_ami', 'backbone_ari', 'backbone_nmi']
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+import math
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from propos_losses import defaults as D
+from propos_losses.distributed import (
+    all_gather_cat,
+    all_reduce_sum_,
+    broadcast_,
+    get_rank,
+    get_world_size,
+    is_distributed,
+)
+from propos_losses.kmeans import SphericalKMeans
+from propos_losses.metrics import evaluate_clustering
+from propos_losses.momentum import MomentumUpdater
+from propos_losses.psa import PositiveSamplingAlignment
+from propos_losses.psl import PrototypeScatteringLoss
+from propos_losses.train.augment import build_augmentation, normalize
+from propos_losses.train.config import ConfigError, TrainConfig, config_from_dict, config_to_dict
+from propos_losses.train.data import ImageDataset, load_dataset
+from propos_losses.train.models import build_backbone, mlp_head
+
+__all__ = [
+    "CheckpointError",
+    "OutputDirError",
+    "Encoder",
+    "LARS",
+    "Trainer",
+    "learning_rate_factor",
+    "atomic_write_bytes",
+    "load_checkpoint",
+    "CHECKPOINT_NAME",
+    "CONFIG_NAME",
+    "METRICS_NAME",
+    "ASSIGNMENTS_NAME",
+]
+
+CHECKPOINT_NAME = "checkpoint.pt"
+CONFIG_NAME = "config.json"
+METRICS_NAME = "metrics.jsonl"
+ASSIGNMENTS_NAME = "assignments.csv"
+#: Version of the checkpoint layout; bumped when the saved keys change.
+CHECKPOINT_FORMAT = 1
+#: Samples per forward pass when extracting features of the whole data set.
+_FEATURE_CHUNK = 1024
+#: Keys of a log record that measure wall time (they differ between identical runs).
+TIMING_KEYS = ("time_s", "elapsed_s")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not belong to this trainer."""
+
+
+class OutputDirError(ValueError):
+    """An output directory that would overwrite an earlier run."""
+
+
+# --------------------------------------------------------------------------- networks
+
+
+class Encoder(nn.Module):
+    """Backbone followed by the projector ``Linear-BN-ReLU-Linear``.
+
+    Args:
+        backbone: maps ``(B, C, H, W)`` images to ``(B, feature_dim)``.
+        feature_dim: output size of ``backbone``.
+        hidden_dim: hidden size of the projector.
+        out_dim: projector output size ``d``.
+
+    Example:
+        >>> enc = Encoder(nn.Sequential(nn.Flatten(), nn.Linear(4, 6)), 6, 8, 3)
+        >>> [tuple(t.shape) for t in enc(torch.randn(5, 1, 2, 2))]
+        [(5, 6), (5, 3)]
+    """
+
+    def __init__(self, backbone: nn.Module, feature_dim: int, hidden_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.projector = mlp_head(feature_dim, hidden_dim, out_dim)
+
+    def forward(self, images: Tensor) -> Tuple[Tensor, Tensor]:
+        """``(B, C, H, W)`` -> backbone features ``(B, feature_dim)``, projections ``(B, d)``."""
+        features = self.backbone(images)
+        return features, self.projector(features)
+
+
+class _OnlineStep(nn.Module):
+    """The differentiable part of one M-step (the module that DDP wraps).
+
+    Holds the online encoder, PSA (which owns the predictor) and PSL.
+    ``forward`` returns the loss summed over both view orders and the detached
+    PSA and PSL terms.
+    """
+
+    def __init__(self, encoder: Encoder, predictor: nn.Module, config: TrainConfig, num_clusters: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.psa = PositiveSamplingAlignment(predictor, sigma=config.sigma)
+        self.psl = PrototypeScatteringLoss(
+            num_clusters,
+            temperature=config.temperature,
+            queue_size=config.queue_size,
+            feature_dim=config.out_dim,
+        )
+
+    def forward(
+        self,
+        view1: Tensor,
+        view2: Tensor,
+        target1: Tensor,
+        target2: Tensor,
+        pseudo_labels: Tensor,
+        indices: Tensor,
+        lambda_psl: float,
+    ) -> Tuple[Tensor, Tensor, Tensor]:
+        # One forward for both views keeps BN statistics over the 2B images, as BYOL does.
+        _, online = self.encoder(torch.cat((view1, view2)))
+        online1, online2 = online.chunk(2)
+        psa_loss = self.psa.symmetric(online1, online2, target1, target2)
+        if lambda_psl > 0.0:
+            psl_loss = _psl_pair(self.psl, online1, online2, target1, target2, pseudo_labels, indices)
+        else:
+            psl_loss = psa_loss.new_zeros(())
+        loss = psa_loss + lambda_psl * psl_loss
+        return loss, psa_loss.detach(), psl_loss.detach()
+
+
+def _psl_pair(
+    psl: PrototypeScatteringLoss,
+    online1: Tensor,
+    online2: Tensor,
+    target1: Tensor,
+    target2: Tensor,
+    pseudo_labels: Tensor,
+    indices: Tensor,
+) -> Tensor:
+    """Symmetric PSL: online prototypes of each view against target prototypes of the other.
+
+    With a queue, only the second call enqueues (PSL enqueues in training mode
+    only), so that every sample enters the queue once per step.
+    """
+    if psl.queue is None:
+        return psl(online1, target2, pseudo_labels) + psl(online2, target1, pseudo_labels)
+    psl.eval()
+    try:
+        first = psl(online1, target2, pseudo_labels, indices)
+    finally:
+        psl.train()
+    return first + psl(online2, target1, pseudo_labels, indices)
+
+
+class LARS(torch.optim.Optimizer):
+    """SGD with momentum and layer-wise adaptive rate scaling (You et al., 2017).
+
+    Parameters with one dimension (biases, BatchNorm) get plain SGD without
+    weight decay, as in BYOL.
+
+    Args:
+        params: parameters or parameter groups.
+        lr: learning rate.
+        momentum: heavy-ball momentum.
+        weight_decay: L2 penalty of matrices and kernels.
+        trust_coefficient: ``eta`` of the trust ratio.
+
+    Example:
+        >>> w = nn.Parameter(torch.ones(2, 2))
+        >>> opt = LARS([w], lr=0.1)
+        >>> w.sum().backward(); opt.step()
+        >>> bool((w < 1).all())
+        True
+    """
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float,
+        momentum: float = D.SGD_MOMENTUM,
+        weight_decay: float = D.WEIGHT_DECAY,
+        trust_coefficient: float = 0.001,
+    ) -> None:
+        if lr < 0.0:
+            raise ValueError(f"lr must be >= 0, got {lr}")
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, trust_coefficient=trust_coefficient))
+
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable[[], float]] = None) -> Optional[float]:  # type: ignore[override]
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                grad = param.grad
+                if param.ndim > 1:
+                    grad = grad.add(param, alpha=group["weight_decay"])
+                    param_norm, grad_norm = torch.linalg.vector_norm(param), torch.linalg.vector_norm(grad)
+                    ratio = torch.where(
+                        (param_norm > 0) & (grad_norm > 0),
+                        group["trust_coefficient"] * param_norm / grad_norm,
+                        torch.ones_like(param_norm),
+                    )
+                    grad = grad.mul(ratio)
+                state = self.state[param]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.clone(grad).detach()
+                else:
+                    state["momentum_buffer"].mul_(group["momentum"]).add_(grad)
+                param.add_(state["momentum_buffer"], alpha=-group["lr"])
+        return loss
+
+
+def learning_rate_factor(step: int, total_steps: int, warmup_steps: int) -> float:
+    """Multiplier of the peak learning rate at ``step`` (0-based).
+
+    Linear warm-up ``(step + 1) / warmup_steps`` over the first ``warmup_steps``
+    steps, then cosine decay to 0 at ``total_steps``.
+
+    Example:
+        >>> [round(learning_rate_factor(s, 10, 2), 3) for s in (0, 1, 2, 6, 9)]
+        [0.5, 1.0, 1.0, 0.345, 0.038]
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    decay_steps = max(total_steps - warmup_steps, 1)
+    return 0.5 * (1.0 + math.cos(math.pi * (step - warmup_steps) / decay_steps))
+
+
+# --------------------------------------------------------------------------- files
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: temp file in the same folder, fsync, ``os.replace``.
+
+    A reader (or a crash) sees either the old file or the complete new one.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     atomic_write_bytes(pathlib.Path(tmp) / "a.txt", b"hello")
+        ...     (pathlib.Path(tmp) / "a.txt").read_bytes()
+        b'hello'
+    """
+    path = Path(path)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+        raise
+    try:  # make the rename itself durable; not every platform can open a directory
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
+
+
+def load_checkpoint(path: str | os.PathLike) -> Dict[str, Any]:
+    """Read a trainer checkpoint (a file, or a run directory holding ``checkpoint.pt``).
+
+    Raises:
+        CheckpointError: missing, unreadable, truncated or foreign file.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {str(path)!r}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt files
+        raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {type(exc).__name__}: {exc}") from None
+    required = ("format", "config", "epoch", "step", "online", "target", "optimizer", "momentum", "pseudo_labels", "rng")
+    if not isinstance(state, dict) or any(key not in state for key in required):
+        raise CheckpointError(f"{str(path)!r} is not a propos-train checkpoint")
+    if state["format"] != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{str(path)!r} has checkpoint format {state['format']}, expected {CHECKPOINT_FORMAT}")
+    state["path"] = str(path)
+    return state
+
+
+def _rng_state() -> Dict[str, Any]:
+    numpy_state = np.random.get_state()
+    state: Dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "key": torch.from_numpy(numpy_state[1].astype(np.int64)),
+            "pos": int(numpy_state[2]),
+            "has_gauss": int(numpy_state[3]),
+            "cached_gaussian": float(numpy_state[4]),
+        },
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    numpy_state = state["numpy"]
+    np.random.set_state(
+        ("MT19937", numpy_state["key"].numpy().astype(np.uint32), numpy_state["pos"], numpy_state["has_gauss"], numpy_state["cached_gaussian"])
+    )
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --------------------------------------------------------------------------- trainer
+
+
+def _seed_for(seed: int, *parts: int) -> int:
+    """A 63-bit seed derived from ``seed`` and ``parts`` (epoch, rank, stream)."""
+    value = seed
+    for part in parts:
+        value = (value * 1_000_003 + part + 1) % (2**63 - 1)
+    return value
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; ``"cuda"`` without CUDA is a ConfigError.
+
+    Under ``torchrun`` on CUDA, the process uses GPU ``LOCAL_RANK``.
+
+    Example:
+        >>> resolve_device("cpu")
+        device(type='cpu')
+    """
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("device 'cuda' requested but CUDA is not available")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+class Trainer:
+    """Runs a :class:`~propos_losses.train.config.TrainConfig` end to end.
+
+    Args:
+        config: validated configuration.
+        output_dir: run directory (created by the caller or here); receives
+            ``config.json``, ``metrics.jsonl``, ``checkpoint.pt``,
+            ``assignments.csv`` and plots.
+        dataset: the data, loaded from ``config`` when ``None``.
+        resume: a checkpoint from :func:`load_checkpoint` to continue from.
+        log: receives progress lines (rank 0 only); ``print`` by default.
+
+    Raises:
+        ConfigError: settings that do not fit the data (batch larger than the
+            data set, no class count to pick ``num_clusters`` from, ...).
+
+    Example:
+        See the module docstring.
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        output_dir: str | os.PathLike,
+        *,
+        dataset: Optional[ImageDataset] = None,
+        resume: Optional[Dict[str, Any]] = None,
+        log: Optional[Callable[[str], None]] = None,
+    ) -> None:
+        self.config = config
+        self.output_dir = Path(output_dir)
+        self.rank = get_rank()
+        self.world_size = get_world_size()
+        self.is_main = self.rank == 0
+        self._log = log if log is not None else print
+        self.device = resolve_device(config.device)
+
+        self.dataset = dataset if dataset is not None else load_dataset(
+            config.dataset, config.data_dir, max_samples=config.max_samples
+        )
+        n = len(self.dataset)
+        if config.batch_size > n:
+            raise ConfigError(f"batch_size ({config.batch_size}) is larger than the data set ({n} samples)")
+        if config.batch_size % self.world_size:
+            raise ConfigError(
+                f"batch_size ({config.batch_size}) must be divisible by the number of processes ({self.world_size})"
+            )
+        self.local_batch = config.batch_size // self.world_size
+        if self.local_batch < 2:
+            raise ConfigError(f"each process needs at least 2 samples per batch for BatchNorm, got {self.local_batch}")
+        num_clusters = config.num_clusters or self.dataset.num_classes
+        if num_clusters is None:
+            raise ConfigError("the data set has no labels: set --num-clusters")
+        self.num_clusters = int(num_clusters)
+        self.eval_clusters = int(self.dataset.num_classes or self.num_clusters)
+
+        # Model initialisation is identical on every rank (DDP also broadcasts it).
+        torch.manual_seed(_seed_for(config.seed, 0))
+        _, channels, height, _ = self.dataset.images.shape
+        self.images = self.dataset.images.to(self.device)
+        scaled = self.dataset.images.float() / 255.0
+        self.mean = scaled.mean(dim=(0, 2, 3)).tolist()
+        # A constant channel would give std 0; the finfo floor keeps normalisation finite.
+        self.std = scaled.std(dim=(0, 2, 3)).clamp_min(torch.finfo(scaled.dtype).eps).tolist()
+        kind = config.augmentation or {"digits": "digits", "mnist": "mnist"}.get(
+            config.dataset, "color" if channels == 3 else "mnist"
+        )
+        self.augment = build_augmentation(kind, height, channels).to(self.device)
+
+        backbone, feature_dim = build_backbone(config.backbone, channels, height)
+        self.online = Encoder(backbone, feature_dim, config.hidden_dim, config.out_dim).to(self.device)
+        self.predictor = mlp_head(config.out_dim, config.hidden_dim, config.out_dim).to(self.device)
+        self.target = copy.deepcopy(self.online)
+        for param in self.target.parameters():
+            param.requires_grad_(False)
+        self.step_module = _OnlineStep(self.online, self.predictor, config, self.num_clusters).to(self.device)
+        self.model: nn.Module = self.step_module
+        if is_distributed():
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.model = DistributedDataParallel(
+                self.step_module, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+
+        self.steps_per_epoch = n // config.batch_size
+        self.total_steps = self.steps_per_epoch * config.epochs
+        self.warmup_steps = self.steps_per_epoch * config.warmup_epochs
+        groups = [
+            {"params": list(self.online.parameters()), "lr_scale": 1.0},
+            {"params": list(self.predictor.parameters()), "lr_scale": config.predictor_lr_multiplier},
+        ]
+        if config.optimizer == "lars":
+            self.optimizer: torch.optim.Optimizer = LARS(
+                groups, lr=config.lr, momentum=config.sgd_momentum, weight_decay=config.weight_decay
+            )
+        else:
+            self.optimizer = torch.optim.SGD(
+                groups, lr=config.lr, momentum=config.sgd_momentum, weight_decay=config.weight_decay
+            )
+        self.momentum = MomentumUpdater(
+            base_momentum=config.base_momentum, final_momentum=config.final_momentum, total_steps=max(self.total_steps, 1)
+        )
+
+        self.epoch = 0
+        self.step = 0
+        self.pseudo_labels = torch.zeros(n, dtype=torch.int64, device=self.device)
+        self.log_lines = 0
+        # Per-rank stream for the PSA noise (the global torch RNG); the model init above is shared.
+        torch.manual_seed(_seed_for(config.seed, 1, self.rank))
+        np.random.seed(_seed_for(config.seed, 2, self.rank) % 2**32)
+        random.seed(_seed_for(config.seed, 3, self.rank))
+        if resume is not None:
+            self._restore(resume)
+
+    # ------------------------------------------------------------------ helpers
+
+    def info(self, message: str) -> None:
+        """Print a progress line on rank 0."""
+        if self.is_main:
+            self._log(message)
+
+    def _record(self, record: Dict[str, Any]) -> None:
+        """Append one JSON line to the metrics log (rank 0 writes; every rank counts)."""
+        self.log_lines += 1
+        if self.is_main:
+            with open(self.output_dir / METRICS_NAME, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(record, sort_keys=True) + "\n")
+
+    def _prepare(self, images: Tensor) -> Tensor:
+        return normalize(images, self.mean, self.std)
+
+    def _epoch_indices(self, epoch: int) -> Tensor:
+        """This rank's sample indices for ``epoch``: ``(steps_per_epoch, local_batch)`` int64.
+
+        One permutation per epoch, identical on every rank (seeded by
+        ``(seed, epoch)``); global batch ``s`` is its ``s``-th block of
+        ``batch_size`` and rank ``r`` takes the ``r``-th slice of that block.
+        The incomplete last batch is dropped.
+        """
+        generator = torch.Generator().manual_seed(_seed_for(self.config.seed, 10, epoch))
+        perm = torch.randperm(len(self.dataset), generator=generator)
+        used = perm[: self.steps_per_epoch * self.config.batch_size]
+        blocks = used.view(self.steps_per_epoch, self.world_size, self.local_batch)
+        return blocks[:, self.rank].to(self.device)
+
+    def _shard(self) -> Tensor:
+        """Indices of this rank's contiguous shard of the data set (for the E-step)."""
+        return torch.tensor_split(torch.arange(len(self.dataset)), self.world_size)[self.rank].to(self.device)
+
+    @torch.no_grad()
+    def _target_features(self) -> Tuple[Tensor, Tensor]:
+        """Target backbone ``(n_r, feature_dim)`` and projector ``(n_r, d)`` features of this rank's shard."""
+        self.target.eval()
+        shard = self._shard()
+        backbone_parts: List[Tensor] = []
+        projector_parts: List[Tensor] = []
+        for chunk in shard.split(_FEATURE_CHUNK):
+            images = self._prepare(self.images.index_select(0, chunk).float() / 255.0)
+            backbone, projector = self.target(images)
+            backbone_parts.append(backbone.float())
+            projector_parts.append(projector.float())
+        self.target.train()
+        return torch.cat(backbone_parts), torch.cat(projector_parts)
+
+    def _kmeans(self, features: Tensor, num_clusters: int, stream: int) -> Tensor:
+        """Distributed spherical k-means of the shards; returns the labels of the whole data set."""
+        kmeans = SphericalKMeans(
+            num_clusters,
+            n_init=self.config.kmeans_n_init,
+            max_iter=self.config.kmeans_max_iter,
+            tol=self.config.kmeans_tol,
+            seed=_seed_for(self.config.seed, 20 + stream, self.epoch) % 2**31,
+        )
+        local = torch.as_tensor(kmeans.fit_predict(F.normalize(features, dim=1))).to(self.device, torch.int64)
+        return all_gather_cat(local)
+
+    def _cluster_stats(self, prefix: str, labels: Tensor, num_clusters: int) -> Dict[str, float]:
+        sizes = torch.bincount(labels, minlength=num_clusters).double()
+        fractions = sizes / sizes.sum()
+        nonzero = fractions[fractions > 0]
+        entropy = float(-(nonzero * nonzero.log()).sum())
+        return {
+            f"{prefix}_size_min": int(sizes.min()),
+            f"{prefix}_size_max": int(sizes.max()),
+            f"{prefix}_empty_clusters": int((sizes == 0).sum()),
+            # Normalised entropy of the cluster sizes: 1 for equal sizes.
+            f"{prefix}_size_uniformity": entropy / math.log(num_clusters),
+        }
+
+    def _metrics(self, prefix: str, labels: Tensor) -> Dict[str, float]:
+        if self.dataset.labels is None:
+            return {}
+        scores = evaluate_clustering(self.dataset.labels.cpu(), labels.cpu())
+        return {f"{prefix}_{name}": float(value) for name, value in scores.items()}
+
+    @torch.no_grad()
+    def _estep_and_evaluate(self, *, update_labels: bool) -> Tuple[Dict[str, Any], Tensor, Tensor]:
+        """E-step (when ``update_labels``) and evaluation of the current target network."""
+        backbone, projector = self._target_features()
+        record: Dict[str, Any] = {}
+        eval_projector = self._kmeans(projector, self.eval_clusters, stream=1)
+        estep_on_projector = self.config.estep_features == "projector"
+        if update_labels:
+            if estep_on_projector and self.num_clusters == self.eval_clusters:
+                labels = eval_projector  # the same k-means; run it once
+            else:
+                labels = self._kmeans(projector if estep_on_projector else backbone, self.num_clusters, stream=2)
+            self.pseudo_labels = labels
+            if self.step_module.psl.queue is not None:
+                self.step_module.psl.relabel_queue(labels)
+            record.update(self._cluster_stats("pseudo", labels, self.num_clusters))
+            record.update(self._metrics("pseudo", labels))
+        eval_backbone = self._kmeans(backbone, self.eval_clusters, stream=3)
+        record.update(self._metrics("backbone", eval_backbone))
+        record.update(self._metrics("projector", eval_projector))
+        record.update(self._cluster_stats("backbone", eval_backbone, self.eval_clusters))
+        return record, eval_backbone, eval_projector
+
+    # ------------------------------------------------------------------ checkpoint
+
+    def _state(self) -> Dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "config": config_to_dict(self.config),
+            "epoch": self.epoch,
+            "step": self.step,
+            "world_size": self.world_size,
+            "online": self.online.state_dict(),
+            "predictor": self.predictor.state_dict(),
+            "target": self.target.state_dict(),
+            "psl": self.step_module.psl.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": {"step": self.step, "total_steps": self.total_steps, "warmup_steps": self.warmup_steps},
+            "momentum": self.momentum.state_dict(),
+            "pseudo_labels": self.pseudo_labels.cpu(),
+            "rng": _rng_state(),
+            "log_lines": self.log_lines,
+        }
+
+    def save_checkpoint(self) -> None:
+        """Write ``checkpoint.pt`` atomically (rank 0)."""
+        if not self.is_main:
+            return
+        buffer = io.BytesIO()
+        torch.save(self._state(), buffer)
+        atomic_write_bytes(self.output_dir / CHECKPOINT_NAME, buffer.getvalue())
+
+    def _restore(self, state: Dict[str, Any]) -> None:
+        if state.get("world_size", 1) != self.world_size:
+            raise CheckpointError(
+                f"checkpoint was written by {state.get('world_size')} process(es); resume with the same number "
+                f"(got {self.world_size})"
+            )
+        n = len(self.dataset)
+        if state["pseudo_labels"].shape != (n,):
+            raise CheckpointError(f"checkpoint holds pseudo-labels for {state['pseudo_labels'].shape[0]} samples, the data set has {n}")
+        try:
+            self.online.load_state_dict(state["online"])
+            self.predictor.load_state_dict(state["predictor"])
+            self.target.load_state_dict(state["target"])
+            self.step_module.psl.load_state_dict(state["psl"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.momentum.load_state_dict(state["momentum"])
+        except (RuntimeError, KeyError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint does not match this configuration: {exc}") from None
+        self.epoch = int(state["epoch"])
+        self.step = int(state["step"])
+        self.pseudo_labels = state["pseudo_labels"].to(self.device)
+        self.log_lines = int(state["log_lines"])
+        _set_rng_state(state["rng"])
+        if self.is_main:
+            self._truncate_log(self.log_lines)
+
+    def _truncate_log(self, keep: int) -> None:
+        """Drop log lines written after the checkpoint (an interrupted epoch), atomically."""
+        path = self.output_dir / METRICS_NAME
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True) if path.exists() else []
+        if len(lines) < keep:
+            raise CheckpointError(f"{str(path)!r} has {len(lines)} lines but the checkpoint expects {keep}")
+        if len(lines) > keep:
+            atomic_write_bytes(path, "".join(lines[:keep]).encode("utf-8"))
+
+    # ------------------------------------------------------------------ loop
+
+    def _set_learning_rate(self) -> float:
+        factor = learning_rate_factor(self.step, self.total_steps, self.warmup_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.config.lr * group["lr_scale"] * factor
+        return self.config.lr * factor
+
+    def _train_epoch(self) -> Dict[str, Any]:
+        config = self.config
+        psl_on = self.epoch >= config.effective_psl_warmup_epochs
+        lambda_psl = config.lambda_psl if psl_on else 0.0
+        sigma = config.sigma if psl_on else 0.0
+        # Fresh per-(epoch, rank) streams: a resumed run draws exactly the same numbers.
+        generator = torch.Generator(device=self.device).manual_seed(_seed_for(config.seed, 30 + self.rank, self.epoch))
+        self.step_module.psa.sigma = sigma
+        self.step_module.psa.generator = torch.Generator(device=self.device).manual_seed(
+            _seed_for(config.seed, 40 + self.rank, self.epoch)
+        )
+        self.model.train()
+        self.target.train()
+        totals = torch.zeros(3, dtype=torch.float64, device=self.device)
+        lr = 0.0
+        for batch in self._epoch_indices(self.epoch):
+            lr = self._set_learning_rate()
+            with torch.no_grad():
+                images = self.images.index_select(0, batch).float() / 255.0
+                view1 = self._prepare(self.augment(images, generator=generator))
+                view2 = self._prepare(self.augment(images, generator=generator))
+                _, target_both = self.target(torch.cat((view1, view2)))
+                target1, target2 = target_both.chunk(2)
+            loss, psa_loss, psl_loss = self.model(
+                view1, view2, target1, target2, self.pseudo_labels.index_select(0, batch), batch, lambda_psl
+            )
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            _momentum_update(self.momentum, self.online, self.target)
+            totals += torch.stack((loss.detach(), psa_loss, psl_loss)).double()
+            self.step += 1
+        all_reduce_sum_(totals)
+        totals /= max(self.steps_per_epoch, 1) * self.world_size
+        if not bool(torch.isfinite(totals).all()):
+            raise FloatingPointError(f"non-finite loss in epoch {self.epoch + 1}: {totals.tolist()}")
+        return {
+            "loss": float(totals[0]),
+            "psa": float(totals[1]),
+            "psl": float(totals[2]),
+            "lambda_psl": lambda_psl,
+            "sigma": sigma,
+            "lr": lr,
+            "momentum": _current_momentum(self.momentum),
+        }
+
+    def _sync_target_buffers(self) -> None:
+        """Every rank's target BN statistics come from its own batches; use rank 0's."""
+        for buffer in self.target.buffers():
+            broadcast_(buffer)
+
+    def fit(self, stop_after: Optional[int] = None) -> Dict[str, Any]:
+        """Train until ``config.epochs`` (or until epoch ``stop_after``), then evaluate.
+
+        Args:
+            stop_after: stop after this many epochs in total, leaving a
+                checkpoint to resume from (no final evaluation).
+
+        Returns:
+            ``{"epoch": int, "final": metrics dict or None, "output_dir": str}``.
+        """
+        config = self.config
+        last = config.epochs if stop_after is None else min(stop_after, config.epochs)
+        start_time = time.perf_counter()
+        while self.epoch < last:
+            estep_due = self.epoch % config.estep_every == 0
+            eval_due = config.eval_every > 0 and self.epoch % config.eval_every == 0
+            if estep_due or eval_due:
+                self._sync_target_buffers()
+                begin = time.perf_counter()
+                record, _, _ = self._estep_and_evaluate(update_labels=estep_due)
+                self._record({"event": "estep" if estep_due else "eval", "epoch": self.epoch, **record,
+                              "time_s": time.perf_counter() - begin})
+                self.info(_format("E-step" if estep_due else "eval", self.epoch, record))
+            begin = time.perf_counter()
+            stats = self._train_epoch()
+            self.epoch += 1
+            record = {"event": "epoch", "epoch": self.epoch, "step": self.step, **stats,
+                      "time_s": time.perf_counter() - begin}
+            self._record(record)
+            self.info(
+                f"epoch {self.epoch}/{config.epochs}  loss {stats['loss']:.4f}  psa {stats['psa']:.4f}  "
+                f"psl {stats['psl']:.4f}  lr {stats['lr']:.4g}  m {stats['momentum']:.5f}  "
+                f"({record['time_s']:.1f}s)"
+            )
+            self.save_checkpoint()
+        if self.epoch < config.epochs:
+            self.info(f"stopped after epoch {self.epoch}; resume with --resume {self.output_dir}")
+            return {"epoch": self.epoch, "final": None, "output_dir": str(self.output_dir)}
+
+        self._sync_target_buffers()
+        begin = time.perf_counter()
+        record, backbone_labels, projector_labels = self._estep_and_evaluate(update_labels=False)
+        record.update(self._cluster_stats("projector", projector_labels, self.eval_clusters))
+        self._record({"event": "final", "epoch": self.epoch, **record, "time_s": time.perf_counter() - begin,
+                      "elapsed_s": time.perf_counter() - start_time})
+        if self.is_main:
+            self._write_assignments(backbone_labels, projector_labels)
+        return {"epoch": self.epoch, "final": record, "output_dir": str(self.output_dir)}
+
+    def _write_assignments(self, backbone_labels: Tensor, projector_labels: Tensor) -> None:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["index", "label", "cluster_backbone", "cluster_projector", "pseudo_label"])
+        labels = self.dataset.labels.tolist() if self.dataset.labels is not None else [""] * len(self.dataset)
+        rows = zip(range(len(self.dataset)), labels, backbone_labels.tolist(), projector_labels.tolist(),
+                   self.pseudo_labels.tolist())
+        writer.writerows(rows)
+        atomic_write_bytes(self.output_dir / ASSIGNMENTS_NAME, buffer.getvalue().encode("utf-8"))
+
+
+def _format(event: str, epoch: int, record: Dict[str, Any]) -> str:
+    parts = [f"{event} before epoch {epoch + 1}:"]
+    for key in ("backbone_nmi", "backbone_acc", "projector_nmi", "projector_acc", "pseudo_size_min", "pseudo_size_max"):
+        if key in record:
+            value = record[key]
+            parts.append(f"{key} {value:.4f}" if isinstance(value, float) else f"{key} {value}")
+    return "  ".join(parts)
+
+
+def _momentum_update(updater: MomentumUpdater, online: nn.Module, target: nn.Module) -> None:
+    updater.update(online, target)
+
+
+def _current_momentum(updater: MomentumUpdater) -> float:
+    return float(updater.momentum)
