@@ -19,7 +19,6 @@ from __future__ import annotations
 from typing import Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from propos_losses._validation import check_finite, check_int, check_labels, check_tensor
@@ -28,11 +27,13 @@ __all__ = ["cluster_sums", "normalize_features", "normalize_prototypes", "comput
 
 
 def normalize_features(features: Tensor) -> Tensor:
-    """L2-normalise the rows of ``features``; zero rows stay zero (no NaN).
+    """L2-normalise the rows of ``features``; zero rows stay zero, with zero gradient.
 
-    The norm is clamped at ``torch.finfo(dtype).eps``: for rows that are sums of
-    unit vectors a smaller norm is rounding noise, and the clamp keeps the
-    gradient of ``x / ||x||`` finite.
+    No clamp constant is used: ``F.normalize``'s ``x / max(||x||, eps)`` has a
+    gradient of ``1 / eps`` at a zero row, which overflows half precision
+    (and is ``1e12`` with the default ``eps``). Here a zero row, which has no
+    direction, is mapped to zero with zero gradient, and every non-zero row is
+    divided by its exact norm.
 
     Args:
         features: ``(N, d)`` floating-point tensor.
@@ -46,7 +47,11 @@ def normalize_features(features: Tensor) -> Tensor:
         tensor([[0.6000, 0.8000],
                 [0.0000, 0.0000]])
     """
-    return F.normalize(features, dim=1, eps=torch.finfo(features.dtype).eps)
+    norm = torch.linalg.vector_norm(features, dim=1, keepdim=True)
+    nonzero = norm > 0
+    # Double where: the division never sees a zero norm, so no NaN reaches the backward pass.
+    safe_norm = torch.where(nonzero, norm, torch.ones_like(norm))
+    return torch.where(nonzero, features / safe_norm, torch.zeros_like(features))
 
 
 def _cluster_sums(features: Tensor, assignments: Tensor, num_clusters: int) -> Tuple[Tensor, Tensor]:
@@ -79,7 +84,7 @@ def _check_assignments(assignments: Tensor, batch_size: int, num_clusters: int) 
             )
         check_finite("assignments", assignments)
         if assignments.numel():
-            low = float(assignments.min())
+            low = float(assignments.detach().min())
             if low < 0:
                 raise ValueError(f"assignments must be non-negative weights, got minimum {low}")
             if not bool((assignments > 0).any()):

@@ -148,12 +148,14 @@ def _psl(
     with _no_autocast(online.device):
         z_online = normalize_features(online.to(dtype))
         z_target = normalize_features(target.detach().to(dtype))
+        # Pseudo-labels are constants: like the target side, they receive no gradient.
+        assignments = assignments.detach()
         online_sums, counts = _cluster_sums(z_online, assignments, num_clusters)
-        target_sums, _ = _cluster_sums(z_target, assignments.detach(), num_clusters)
+        target_sums, _ = _cluster_sums(z_target, assignments, num_clusters)
         # Differentiable all-reduce for the online side (its backward sums gradients over ranks);
         # one gradient-free all-reduce for target sums and counts together.
         online_sums = all_reduce_sum(online_sums)
-        statistics = all_reduce_sum_(torch.cat([target_sums, counts.detach()[:, None]], dim=1))
+        statistics = all_reduce_sum_(torch.cat([target_sums, counts[:, None]], dim=1))
         target_sums, counts = statistics[:, :-1], statistics[:, -1]
         if queue_features is not None and queue_labels is not None and queue_features.shape[0] > 0:
             # The queue is identical on every rank: add it after the all-reduce, or it counts world_size times.
@@ -210,10 +212,11 @@ def prototype_scattering_loss(
 
     Args:
         online: ``(B, d)`` online projector outputs ``f(x)`` (normalised here),
-            any floating dtype; gradients flow back into it.
+            any floating dtype; the only input that receives gradient.
         target: ``(B, d)`` target projector outputs ``f'(x)``; detached.
         assignments: ``(B,)`` integer cluster labels in ``[0, K)``, or ``(B, K)``
-            non-negative float weights ``p(k|x)`` (rows may be zero, not all).
+            non-negative float weights ``p(k|x)`` (rows may be zero, not all);
+            treated as constants (detached).
         num_clusters: ``K >= 2``.
         temperature: ``tau > 0``.
         queue_features: optional ``(Q, d)`` features of a memory queue (target

@@ -1,0 +1,573 @@
+"""Tests of the prototype scattering loss (module, functional twin, queue, numerics, validation)."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Dict, Optional, Tuple
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import Tensor
+
+from oracles import psl_oracle
+from propos_losses import defaults
+from propos_losses.psl import PSL, PrototypeScatteringLoss, PSLTerms, prototype_scattering_loss
+
+TAU = defaults.TEMPERATURE
+
+
+def make_batch(
+    seed: int, batch_size: int, dim: int, num_clusters: int, dtype: torch.dtype = torch.float64
+) -> Tuple[Tensor, Tensor, Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    online = torch.randn(batch_size, dim, generator=generator, dtype=dtype)
+    target = torch.randn(batch_size, dim, generator=generator, dtype=dtype)
+    labels = torch.randint(0, num_clusters, (batch_size,), generator=generator)
+    return online, target, labels
+
+
+def assert_terms_match_oracle(terms: PSLTerms, expected: Dict[str, float]) -> None:
+    assert int(terms.num_active) == int(expected["num_active"])
+    assert terms.loss.item() == pytest.approx(expected["loss"], rel=1e-10, abs=1e-12)
+    assert terms.alignment.item() == pytest.approx(expected["alignment"], rel=1e-10, abs=1e-12)
+    if math.isinf(expected["uniformity"]):
+        assert terms.uniformity.item() == expected["uniformity"]
+    else:
+        assert terms.uniformity.item() == pytest.approx(expected["uniformity"], rel=1e-10, abs=1e-12)
+
+
+# ---------------------------------------------------------------- float64 oracle
+
+
+@pytest.mark.parametrize(
+    ("batch_size", "num_clusters", "labels"),
+    [
+        (12, 4, None),  # random labels
+        (9, 6, [0, 0, 2, 2, 2, 5, 5, 0, 2]),  # clusters 1, 3, 4 empty
+        (5, 40, [3, 17, 17, 39, 0]),  # K much larger than the batch
+        (7, 3, [1, 2, 1, 2, 1, 2, 1]),  # cluster 0 empty
+    ],
+)
+def test_hard_label_loss_and_terms_match_float64_oracle(
+    batch_size: int, num_clusters: int, labels: Optional[list]
+) -> None:
+    online, target, random_labels = make_batch(0, batch_size, 5, num_clusters)
+    assignments = random_labels if labels is None else torch.tensor(labels)
+    expected = psl_oracle(online, target, assignments, num_clusters, TAU)
+    terms = prototype_scattering_loss(online, target, assignments, num_clusters, return_terms=True)
+    assert_terms_match_oracle(terms, expected)
+    module = PSL(num_clusters)
+    loss = module(online, target, assignments)
+    assert loss.dtype == torch.float64
+    assert loss.item() == pytest.approx(expected["loss"], rel=1e-10)
+    assert module.last_terms is not None
+    assert_terms_match_oracle(module.last_terms, expected)
+
+
+def test_soft_weight_loss_matches_float64_oracle_with_zero_rows_and_empty_clusters() -> None:
+    online, target, _ = make_batch(1, 8, 6, 5)
+    generator = torch.Generator().manual_seed(2)
+    weights = torch.rand(8, 5, generator=generator, dtype=torch.float64)
+    weights[:, 3] = 0.0  # an empty cluster
+    weights[2] = 0.0  # a sample assigned to no cluster
+    expected = psl_oracle(online, target, weights, 5, 0.3)
+    terms = prototype_scattering_loss(online, target, weights, 5, temperature=0.3, return_terms=True)
+    assert_terms_match_oracle(terms, expected)
+    assert PSL(5, temperature=0.3)(online, target, weights).item() == pytest.approx(expected["loss"], rel=1e-10)
+
+
+def test_queue_loss_matches_float64_oracle_and_current_batch_is_enqueued_after_the_loss() -> None:
+    num_clusters, dim = 6, 4
+    module = PSL(num_clusters, queue_size=10, feature_dim=dim)
+    first_online, first_target, _ = make_batch(3, 7, dim, num_clusters)
+    first_labels = torch.tensor([0, 1, 5, 5, 1, 0, 4])
+    # First step: the queue is empty, so the loss is the plain batch loss.
+    expected_first = psl_oracle(first_online, first_target, first_labels, num_clusters, TAU)
+    assert module(first_online, first_target, first_labels).item() == pytest.approx(expected_first["loss"], rel=1e-10)
+    assert len(module.queue) == 7
+    queue_features, queue_labels, _ = module.queue.contents()
+    # Second step: clusters 4 and 5 are present only through the queue; 2 only in the batch.
+    online, target, _ = make_batch(4, 5, dim, num_clusters)
+    labels = torch.tensor([2, 0, 0, 1, 2])
+    expected = psl_oracle(online, target, labels, num_clusters, TAU, queue_features, queue_labels)
+    loss = module(online, target, labels)
+    assert loss.item() == pytest.approx(expected["loss"], rel=1e-6)  # the queue stores float32
+    assert_terms_match_oracle(
+        prototype_scattering_loss(
+            online,
+            target,
+            labels,
+            num_clusters,
+            queue_features=queue_features,
+            queue_labels=queue_labels,
+            return_terms=True,
+        ),
+        expected,
+    )
+    assert len(module.queue) == 10
+
+
+def test_queue_holds_normalised_target_features_labels_and_indices_of_pushed_batches() -> None:
+    module = PSL(3, queue_size=8, feature_dim=4)
+    online, target, labels = make_batch(5, 6, 4, 3, dtype=torch.float32)
+    indices = torch.arange(10, 16)
+    module(online, target, labels, indices)
+    features, queue_labels, queue_indices = module.queue.contents()
+    torch.testing.assert_close(features, torch.nn.functional.normalize(target, dim=1))
+    assert queue_labels.tolist() == labels.tolist()
+    assert queue_indices.tolist() == indices.tolist()
+
+
+def test_eval_mode_uses_the_queue_but_does_not_enqueue() -> None:
+    module = PSL(3, queue_size=8, feature_dim=4)
+    online, target, labels = make_batch(6, 4, 4, 3)
+    module(online, target, labels)
+    state = {k: v.clone() for k, v in module.state_dict().items()}
+    module.eval()
+    other_online, other_target, other_labels = make_batch(7, 4, 4, 3)
+    loss = module(other_online, other_target, other_labels)
+    for key, value in module.state_dict().items():
+        torch.testing.assert_close(value, state[key], rtol=0, atol=0)
+    queue_features, queue_labels, _ = module.queue.contents()
+    expected = prototype_scattering_loss(
+        other_online, other_target, other_labels, 3, queue_features=queue_features, queue_labels=queue_labels
+    )
+    torch.testing.assert_close(loss, expected, rtol=0, atol=0)
+
+
+def test_relabel_queue_uses_dataset_indices_and_reset_empties_it() -> None:
+    module = PSL(4, queue_size=8, feature_dim=3)
+    online, target, _ = make_batch(8, 3, 3, 4)
+    module(online, target, torch.tensor([0, 1, 2]), torch.tensor([2, 0, 1]))
+    module.relabel_queue(torch.tensor([3, 3, 1]))
+    assert module.queue.contents()[1].tolist() == [1, 3, 3]
+    with pytest.raises(ValueError, match="new_labels"):
+        module.relabel_queue(torch.tensor([4, 0, 0]))  # 4 is out of [0, 4)
+    assert module.queue.contents()[1].tolist() == [1, 3, 3]
+    module.reset_queue()
+    assert len(module.queue) == 0
+
+
+def test_queue_state_dict_round_trip_gives_the_same_loss() -> None:
+    module = PSL(5, queue_size=6, feature_dim=4)
+    for seed in range(3):
+        online, target, labels = make_batch(seed, 4, 4, 5)
+        module(online, target, labels)
+    restored = PSL(5, queue_size=6, feature_dim=4)
+    restored.load_state_dict(module.state_dict())
+    module.eval()
+    restored.eval()
+    online, target, labels = make_batch(9, 4, 4, 5)
+    torch.testing.assert_close(restored(online, target, labels), module(online, target, labels), rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------- invariants (hypothesis)
+
+batch_shapes = st.tuples(
+    st.integers(0, 2**31 - 1), st.integers(1, 10), st.integers(2, 6), st.integers(2, 5)
+)  # seed, batch size, K, d
+
+
+@settings(max_examples=25, deadline=None)
+@given(shape=batch_shapes)
+def test_relabelling_clusters_leaves_loss_unchanged(shape: Tuple[int, int, int, int]) -> None:
+    seed, batch_size, num_clusters, dim = shape
+    online, target, labels = make_batch(seed, batch_size, dim, num_clusters)
+    permutation = torch.randperm(num_clusters, generator=torch.Generator().manual_seed(seed))
+    torch.testing.assert_close(
+        prototype_scattering_loss(online, target, permutation[labels], num_clusters),
+        prototype_scattering_loss(online, target, labels, num_clusters),
+    )
+
+
+@settings(max_examples=25, deadline=None)
+@given(shape=batch_shapes, log_scales=st.lists(st.floats(-3.0, 3.0), min_size=20, max_size=20))
+def test_positive_row_scaling_of_features_leaves_loss_unchanged(
+    shape: Tuple[int, int, int, int], log_scales: list
+) -> None:
+    seed, batch_size, num_clusters, dim = shape
+    online, target, labels = make_batch(seed, batch_size, dim, num_clusters)
+    scales = torch.tensor(log_scales, dtype=torch.float64).exp()
+    scaled_online = online * scales[:batch_size, None]
+    scaled_target = target * scales[10 : 10 + batch_size, None]
+    torch.testing.assert_close(
+        prototype_scattering_loss(scaled_online, scaled_target, labels, num_clusters),
+        prototype_scattering_loss(online, target, labels, num_clusters),
+    )
+
+
+@settings(max_examples=25, deadline=None)
+@given(shape=batch_shapes, extra=st.integers(1, 50))
+def test_adding_unused_cluster_ids_leaves_loss_and_terms_unchanged(
+    shape: Tuple[int, int, int, int], extra: int
+) -> None:
+    seed, batch_size, num_clusters, dim = shape
+    online, target, labels = make_batch(seed, batch_size, dim, num_clusters)
+    small = prototype_scattering_loss(online, target, labels, num_clusters, return_terms=True)
+    large = prototype_scattering_loss(online, target, labels, num_clusters + extra, return_terms=True)
+    torch.testing.assert_close(large.loss, small.loss)
+    torch.testing.assert_close(large.alignment, small.alignment)
+    torch.testing.assert_close(large.uniformity, small.uniformity)
+    assert int(large.num_active) == int(small.num_active)
+
+
+@settings(max_examples=25, deadline=None)
+@given(shape=batch_shapes)
+def test_one_hot_soft_weights_equal_hard_labels(shape: Tuple[int, int, int, int]) -> None:
+    seed, batch_size, num_clusters, dim = shape
+    online, target, labels = make_batch(seed, batch_size, dim, num_clusters)
+    one_hot = torch.nn.functional.one_hot(labels, num_clusters).to(torch.float64)
+    online_hard = online.clone().requires_grad_(True)
+    online_soft = online.clone().requires_grad_(True)
+    hard = prototype_scattering_loss(online_hard, target, labels, num_clusters)
+    soft = prototype_scattering_loss(online_soft, target, one_hot, num_clusters)
+    torch.testing.assert_close(soft, hard)
+    hard.backward()
+    soft.backward()
+    torch.testing.assert_close(online_soft.grad, online_hard.grad)
+
+
+# ---------------------------------------------------------------- gradients
+
+
+def test_gradcheck_hard_labels_with_empty_cluster() -> None:
+    online, target, _ = make_batch(10, 7, 4, 4)
+    labels = torch.tensor([0, 1, 1, 3, 0, 3, 3])
+    online.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x: prototype_scattering_loss(x, target, labels, 4), (online,))
+    assert torch.autograd.gradgradcheck(lambda x: prototype_scattering_loss(x, target, labels, 4), (online,))
+
+
+def test_gradcheck_soft_weights() -> None:
+    online, target, _ = make_batch(11, 6, 3, 3)
+    weights = torch.rand(6, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    weights[:, 1] = 0.0  # an empty cluster
+    online.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x: prototype_scattering_loss(x, target, weights, 3), (online,))
+
+
+def test_soft_weights_are_treated_as_constants() -> None:
+    online, target, _ = make_batch(11, 6, 3, 3)
+    weights = torch.rand(6, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    weights.requires_grad_(True)
+    online.requires_grad_(True)
+    prototype_scattering_loss(online, target, weights, 3).backward()
+    assert weights.grad is None
+    assert online.grad is not None
+
+
+def test_gradcheck_with_prefilled_queue() -> None:
+    module = PSL(5, queue_size=12, feature_dim=4)
+    for seed in range(2):
+        online, target, labels = make_batch(20 + seed, 6, 4, 5)
+        module(online, target, labels)
+    module.eval()  # no enqueueing while gradcheck evaluates the loss many times
+    online, target, _ = make_batch(30, 5, 4, 5)
+    labels = torch.tensor([0, 0, 1, 2, 2])  # clusters 3, 4 come only from the queue
+    online.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x: module(x, target, labels), (online,))
+
+
+def test_target_side_receives_no_gradient() -> None:
+    online, target, labels = make_batch(12, 6, 4, 3)
+    online.requires_grad_(True)
+    target.requires_grad_(True)
+    PSL(3)(online, target, labels).backward()
+    assert target.grad is None
+    assert online.grad is not None
+
+
+def test_gradient_of_a_sample_in_its_own_cluster_only_flows_through_that_prototype() -> None:
+    # A sample alone in its cluster: doubling it changes nothing (normalisation), so
+    # its gradient is orthogonal to it.
+    online, target, _ = make_batch(13, 4, 5, 3)
+    labels = torch.tensor([0, 1, 1, 2])
+    online.requires_grad_(True)
+    prototype_scattering_loss(online, target, labels, 3).backward()
+    radial = (online.grad[0] * online[0]).sum()
+    assert abs(radial.item()) < 1e-12
+
+
+# ---------------------------------------------------------------- degenerate input
+
+
+def test_lone_non_empty_cluster_gives_exactly_zero_loss_and_zero_finite_gradient() -> None:
+    online, target, _ = make_batch(14, 6, 4, 3, dtype=torch.float32)
+    online.requires_grad_(True)
+    module = PSL(7)
+    loss = module(online, target, torch.full((6,), 4))
+    assert loss.item() == 0.0
+    loss.backward()
+    assert torch.isfinite(online.grad).all()
+    assert torch.equal(online.grad, torch.zeros_like(online.grad))
+    assert int(module.last_terms.num_active) == 1
+    assert module.last_terms.uniformity.item() == -math.inf  # no negatives: log of an empty sum
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_zero_feature_vectors_give_finite_loss_and_gradient(dtype: torch.dtype) -> None:
+    online, target, labels = make_batch(15, 8, 4, 3, dtype=dtype)
+    online[[0, 5]] = 0.0
+    target[[1, 5]] = 0.0
+    online[labels == labels[2]] = 0.0  # a whole cluster of zero vectors: a zero prototype
+    online.requires_grad_(True)
+    loss = prototype_scattering_loss(online, target, labels, 3)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert torch.isfinite(online.grad).all()
+    everything_zero = torch.zeros(4, 3, dtype=dtype, requires_grad=True)
+    loss = prototype_scattering_loss(everything_zero, torch.zeros(4, 3), torch.tensor([0, 1, 1, 2]), 3)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert torch.isfinite(everything_zero.grad).all()
+
+
+def test_many_empty_clusters_with_k_much_larger_than_batch_is_finite() -> None:
+    online, target, labels = make_batch(16, 3, 8, 2000, dtype=torch.float32)
+    online.requires_grad_(True)
+    terms = prototype_scattering_loss(online, target, labels, 2000, return_terms=True)
+    terms.loss.backward()
+    assert int(terms.num_active) == len(set(labels.tolist()))
+    assert torch.isfinite(online.grad).all()
+
+
+# ---------------------------------------------------------------- precision
+
+
+def test_loss_under_bfloat16_autocast_equals_float32_loss() -> None:
+    online, target, labels = make_batch(17, 16, 8, 4, dtype=torch.float32)
+    reference = prototype_scattering_loss(online, target, labels, 4)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        loss = prototype_scattering_loss(online, target, labels, 4)
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, reference, rtol=0, atol=0)
+
+
+def test_bfloat16_autocast_training_step_has_finite_loss_and_gradients_close_to_float32() -> None:
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(12, 8)
+    inputs = torch.randn(32, 12)
+    target = torch.randn(32, 8)
+    labels = torch.randint(0, 5, (32,))
+    module = PSL(5)
+    module(layer(inputs), target, labels).backward()
+    reference = layer.weight.grad.clone()
+    layer.zero_grad()
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        online = layer(inputs)
+        assert online.dtype == torch.bfloat16
+        loss = module(online, target, labels)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert torch.isfinite(layer.weight.grad).all()
+    # bfloat16 keeps 8 bits of mantissa: the linear layer's output is only that precise.
+    torch.testing.assert_close(layer.weight.grad, reference, rtol=0.05, atol=0.05 * reference.abs().max().item())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_inputs_are_computed_in_float32(dtype: torch.dtype) -> None:
+    online, target, labels = make_batch(18, 16, 8, 4, dtype=dtype)
+    online.requires_grad_(True)
+    loss = prototype_scattering_loss(online, target, labels, 4)
+    loss.backward()
+    assert loss.dtype == torch.float32
+    assert online.grad.dtype == dtype
+    # The same (rounded) values in float32 give the same float32 computation.
+    online32 = online.detach().float().requires_grad_(True)
+    reference = prototype_scattering_loss(online32, target.float(), labels, 4)
+    reference.backward()
+    torch.testing.assert_close(loss, reference, rtol=0, atol=0)
+    torch.testing.assert_close(online.grad.float(), online32.grad.to(dtype).float(), rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------- API
+
+
+def test_module_logs_detached_terms_equal_to_functional_terms() -> None:
+    online, target, labels = make_batch(19, 10, 6, 4)
+    online.requires_grad_(True)
+    module = PrototypeScatteringLoss(4, temperature=0.2)
+    loss = module(online, target, labels)
+    terms = prototype_scattering_loss(online, target, labels, 4, temperature=0.2, return_terms=True)
+    assert module.last_terms is not None
+    for logged, fresh in zip(module.last_terms, terms):
+        assert not logged.requires_grad
+        torch.testing.assert_close(logged, fresh.detach())
+    torch.testing.assert_close(loss, terms.loss)
+    assert loss.dim() == 0
+
+
+def test_alias_and_defaults() -> None:
+    assert PSL is PrototypeScatteringLoss
+    module = PSL(num_clusters=10)
+    assert module.temperature == defaults.TEMPERATURE
+    assert module.queue is None
+    assert module.state_dict() == {}
+    assert "num_clusters=10" in repr(module)
+
+
+# ---------------------------------------------------------------- bad input
+
+B, D, K = 6, 4, 3
+
+
+def _good() -> Dict[str, Optional[Tensor]]:
+    online, target, labels = make_batch(21, B, D, K, dtype=torch.float32)
+    return {"online": online, "target": target, "assignments": labels, "indices": torch.arange(B)}
+
+
+def _with(**changes: object) -> Callable[[], Dict[str, object]]:
+    def build() -> Dict[str, object]:
+        arguments: Dict[str, object] = dict(_good())
+        for key, value in changes.items():
+            arguments[key] = value() if callable(value) else value
+        return arguments
+
+    return build
+
+
+def _nan_at(name: str) -> Callable[[], Dict[str, object]]:
+    def build() -> Dict[str, object]:
+        arguments: Dict[str, object] = dict(_good())
+        tensor = arguments[name].clone()  # type: ignore[union-attr]
+        tensor[1, 2] = float("nan") if name == "online" else float("inf")
+        arguments[name] = tensor
+        return arguments
+
+    return build
+
+
+BAD_FORWARD_INPUTS = {
+    "online_1d": (_with(online=lambda: torch.randn(B)), ValueError, "online"),
+    "online_integer": (_with(online=lambda: torch.ones(B, D, dtype=torch.int64)), TypeError, "online"),
+    "online_not_tensor": (_with(online=[[0.0] * D] * B), TypeError, "online"),
+    "target_shape_mismatch": (_with(target=lambda: torch.randn(B, D + 1)), ValueError, "target"),
+    "target_batch_mismatch": (_with(target=lambda: torch.randn(B + 1, D)), ValueError, "target"),
+    "online_nan": (_nan_at("online"), ValueError, "online"),
+    "target_inf": (_nan_at("target"), ValueError, "target"),
+    "empty_batch": (_with(online=lambda: torch.randn(0, D), target=lambda: torch.randn(0, D)), ValueError, "online"),
+    "labels_batch_mismatch": (_with(assignments=lambda: torch.zeros(B + 1, dtype=torch.long)), ValueError, "assignments"),
+    "label_too_large": (_with(assignments=lambda: torch.tensor([0, 1, 2, 3, 0, 0])), ValueError, "assignments"),
+    "label_negative": (_with(assignments=lambda: torch.tensor([0, -1, 2, 0, 0, 0])), ValueError, "assignments"),
+    "float_labels_1d": (_with(assignments=lambda: torch.zeros(B)), TypeError, "assignments"),
+    "bool_labels": (_with(assignments=lambda: torch.zeros(B, dtype=torch.bool)), TypeError, "assignments"),
+    "assignments_3d": (_with(assignments=lambda: torch.zeros(B, K, 1)), ValueError, "assignments"),
+    "assignments_not_tensor": (_with(assignments=[0] * B), TypeError, "assignments"),
+    "soft_with_queue": (_with(assignments=lambda: torch.full((B, K), 0.5)), ValueError, "assignments"),
+    "feature_size_differs_from_queue": (
+        _with(online=lambda: torch.randn(B, D + 1), target=lambda: torch.randn(B, D + 1)),
+        ValueError,
+        "feature_dim",
+    ),
+    "indices_float": (_with(indices=lambda: torch.arange(B, dtype=torch.float32)), TypeError, "indices"),
+    "indices_int32": (_with(indices=lambda: torch.arange(B, dtype=torch.int32)), TypeError, "indices"),
+    "indices_wrong_length": (_with(indices=lambda: torch.arange(B + 2)), ValueError, "indices"),
+    "indices_negative": (_with(indices=lambda: torch.arange(B) - 1), ValueError, "indices"),
+    "indices_2d": (_with(indices=lambda: torch.arange(B)[:, None]), ValueError, "indices"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FORWARD_INPUTS))
+def test_bad_forward_input_raises_before_the_queue_changes(case: str) -> None:
+    build, error, name = BAD_FORWARD_INPUTS[case]
+    module = PSL(K, queue_size=8, feature_dim=D)
+    module(**_good())  # the queue holds one batch
+    state = {key: value.clone() for key, value in module.state_dict().items()}
+    with pytest.raises(error, match=name):
+        module(**build())
+    for key, value in module.state_dict().items():
+        assert torch.equal(value, state[key]), key
+
+
+BAD_SOFT_WEIGHTS = {
+    "negative_weight": (lambda: torch.tensor([[0.5, -0.1, 0.0]] * B), ValueError, "non-negative"),
+    "all_zero_weights": (lambda: torch.zeros(B, K), ValueError, "all zero"),
+    "wrong_number_of_clusters": (lambda: torch.full((B, K + 1), 0.5), ValueError, "num_clusters"),
+    "nan_weight": (lambda: torch.full((B, K), float("nan")), ValueError, "assignments"),
+    "integer_matrix": (lambda: torch.ones(B, K, dtype=torch.long), TypeError, "assignments"),
+    "wrong_batch": (lambda: torch.full((B + 1, K), 0.5), ValueError, "assignments"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SOFT_WEIGHTS))
+def test_bad_soft_weights_raise(case: str) -> None:
+    build, error, match = BAD_SOFT_WEIGHTS[case]
+    arguments = _good()
+    with pytest.raises(error, match=match):
+        PSL(K)(arguments["online"], arguments["target"], build())
+    with pytest.raises(error, match=match):
+        prototype_scattering_loss(arguments["online"], arguments["target"], build(), K)
+
+
+BAD_QUEUE_ARGUMENTS = {
+    "features_without_labels": ({"queue_features": torch.randn(3, D)}, ValueError, "queue_labels"),
+    "labels_without_features": ({"queue_labels": torch.zeros(3, dtype=torch.long)}, ValueError, "queue_features"),
+    "feature_size_mismatch": (
+        {"queue_features": torch.randn(3, D + 1), "queue_labels": torch.zeros(3, dtype=torch.long)},
+        ValueError,
+        "queue_features",
+    ),
+    "label_count_mismatch": (
+        {"queue_features": torch.randn(3, D), "queue_labels": torch.zeros(2, dtype=torch.long)},
+        ValueError,
+        "queue_labels",
+    ),
+    "label_out_of_range": (
+        {"queue_features": torch.randn(2, D), "queue_labels": torch.tensor([0, K])},
+        ValueError,
+        "queue_labels",
+    ),
+    "non_finite_features": (
+        {"queue_features": torch.full((2, D), float("inf")), "queue_labels": torch.tensor([0, 1])},
+        ValueError,
+        "queue_features",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_QUEUE_ARGUMENTS))
+def test_bad_functional_queue_arguments_raise(case: str) -> None:
+    extra, error, match = BAD_QUEUE_ARGUMENTS[case]
+    arguments = _good()
+    with pytest.raises(error, match=match):
+        prototype_scattering_loss(arguments["online"], arguments["target"], arguments["assignments"], K, **extra)
+
+
+BAD_CONSTRUCTOR_ARGUMENTS = {
+    "one_cluster": ({"num_clusters": 1}, ValueError, "num_clusters"),
+    "float_clusters": ({"num_clusters": 2.5}, TypeError, "num_clusters"),
+    "zero_temperature": ({"num_clusters": 3, "temperature": 0.0}, ValueError, "temperature"),
+    "negative_temperature": ({"num_clusters": 3, "temperature": -0.5}, ValueError, "temperature"),
+    "nan_temperature": ({"num_clusters": 3, "temperature": float("nan")}, ValueError, "temperature"),
+    "string_temperature": ({"num_clusters": 3, "temperature": "0.5"}, TypeError, "temperature"),
+    "negative_queue_size": ({"num_clusters": 3, "queue_size": -1}, ValueError, "queue_size"),
+    "queue_without_feature_dim": ({"num_clusters": 3, "queue_size": 16}, ValueError, "feature_dim"),
+    "zero_feature_dim": ({"num_clusters": 3, "queue_size": 16, "feature_dim": 0}, ValueError, "feature_dim"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CONSTRUCTOR_ARGUMENTS))
+def test_bad_constructor_arguments_raise(case: str) -> None:
+    kwargs, error, match = BAD_CONSTRUCTOR_ARGUMENTS[case]
+    with pytest.raises(error, match=match):
+        PSL(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"num_clusters": 1}, ValueError, "num_clusters"),
+        ({"num_clusters": 3, "temperature": 0.0}, ValueError, "temperature"),
+    ],
+)
+def test_bad_functional_hyper_parameters_raise(kwargs: dict, error: type, match: str) -> None:
+    arguments = _good()
+    with pytest.raises(error, match=match):
+        prototype_scattering_loss(arguments["online"], arguments["target"], arguments["assignments"], **kwargs)
+
+
+def test_relabel_without_queue_raises() -> None:
+    with pytest.raises(ValueError, match="queue_size"):
+        PSL(3).relabel_queue(torch.zeros(4, dtype=torch.long))
