@@ -1,0 +1,786 @@
+"""Clustering metrics computed exactly and fast from one sparse contingency table.
+
+Every metric here (:func:`nmi`, :func:`ami`, :func:`ari`,
+:func:`cluster_accuracy`) is a thin wrapper that builds a
+:class:`ContingencyTable` once and hands it to a table-level routine;
+:func:`evaluate_clustering` builds the table once and computes all of them.
+
+Values equal scikit-learn's ``normalized_mutual_info_score``,
+``adjusted_mutual_info_score`` and ``adjusted_rand_score`` (arithmetic
+normalisation, the default) to float64 rounding, including its conventions for
+degenerate labelings:
+
+* both labelings a single cluster: NMI = AMI = ARI = 1;
+* exactly one labeling a single cluster: NMI = AMI = 0 (ARI by its formula);
+* AMI's numerator and denominator are kept at least ``finfo(float64).eps`` in
+  magnitude with their sign, so a 0/0 (perfect match whose expectation equals
+  the maximum) gives 1.
+
+They differ from scikit-learn in two deliberate ways: empty input raises
+:class:`ValueError` (scikit-learn returns 1.0), and the expected mutual
+information of AMI is a vectorised, grouped computation that takes well under
+a second at ImageNet-1k scale instead of ~100 s (see
+:func:`expected_mutual_information`), and is more accurate because it does not
+take differences of ``log Gamma`` values of order ``N log N``.
+
+Labels may be numpy arrays, lists or torch tensors on any device (moved to the
+CPU), with any integer values, including negative and non-contiguous ones.
+Floating-point labels are accepted only when every value is integral.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Dict, Literal, Sequence, Tuple, Union, overload
+
+import numpy as np
+import scipy.sparse
+import torch
+from scipy.optimize import linear_sum_assignment
+from scipy.special import gammaln
+
+__all__ = [
+    "ContingencyTable",
+    "contingency_table",
+    "expected_mutual_information",
+    "nmi",
+    "ami",
+    "ari",
+    "cluster_accuracy",
+    "evaluate_clustering",
+]
+
+LabelsLike = Union[np.ndarray, torch.Tensor, Sequence[int], Sequence[float]]
+
+_EPS = float(np.finfo(np.float64).eps)
+
+# Window of the hypergeometric pmf evaluated per (a, b) pair, before the
+# log-concavity check widens it: mode +- (_WINDOW_SDS * sd + _WINDOW_SLACK).
+# At ImageNet scale the tail budget is ~e^-51, i.e. ~10 sd in the Gaussian
+# regime; the slack covers the Poisson-like regime of tiny means. These only set
+# the first guess: correctness comes from the tail check, which doubles the
+# window of every pair that fails it.
+_WINDOW_SDS = 12.0
+_WINDOW_SLACK = 16
+# Nats subtracted from the tail budget to absorb the rounding error of the
+# log-pmf computed from log Gamma values (|error| <~ 10 * N log N * eps, far
+# below one nat for any N that fits in memory).
+_TAIL_SAFETY_NATS = 1.0
+# Elements per evaluation block of the EMI (pairs x window), which bounds the
+# temporary memory to a few tens of MiB whatever the input.
+_EMI_BLOCK_ELEMENTS = 1 << 21
+
+
+# --------------------------------------------------------------------------- #
+# Input conversion and the contingency table
+# --------------------------------------------------------------------------- #
+
+
+def _as_labels(name: str, labels: object) -> np.ndarray:
+    """Return ``labels`` as a 1-D integer numpy array on the CPU, or raise."""
+    if isinstance(labels, torch.Tensor):
+        tensor = labels.detach()
+        if tensor.is_complex():
+            raise TypeError(f"{name} must hold integer labels, got dtype {tensor.dtype}")
+        if tensor.is_floating_point():
+            # numpy has no bfloat16; float64 holds every other float exactly.
+            tensor = tensor.to(torch.float64)
+        array = tensor.cpu().numpy()
+    else:
+        try:
+            array = np.asarray(labels)
+        except (ValueError, TypeError) as error:  # ragged nested lists
+            raise ValueError(f"{name} must be a 1-D array of integer labels: {error}") from None
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {tuple(array.shape)}")
+    if array.size == 0:
+        raise ValueError(f"{name} must not be empty, got 0 labels")
+    kind = array.dtype.kind
+    if kind == "b":
+        return array.astype(np.int64)
+    if kind in "iu":
+        return array
+    if kind == "f":
+        if not np.isfinite(array).all():
+            raise ValueError(f"{name} must be finite, got NaN or Inf labels")
+        integral = array == np.round(array)
+        if not integral.all():
+            bad = array[~integral][0]
+            raise ValueError(f"{name} must hold integral labels, got non-integral value {bad!r}")
+        limit = float(np.iinfo(np.int64).max)
+        if np.abs(array).max() >= limit:
+            raise ValueError(f"{name} holds a label too large for int64: {np.abs(array).max()!r}")
+        return array.astype(np.int64)
+    raise TypeError(f"{name} must hold integer labels, got dtype {array.dtype}")
+
+
+def _unique_inverse(labels: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Sorted distinct values of ``labels`` and each label's index among them."""
+    low = int(labels.min())
+    high = int(labels.max())
+    span = high - low + 1
+    # Counting beats sorting when the label range is comparable to N, which is
+    # the usual case (cluster ids in [0, K)); np.unique sorts otherwise.
+    if span <= 2 * labels.size + 1024:
+        shifted = (labels - low).astype(np.int64, copy=False) if low else labels.astype(np.int64, copy=False)
+        present = np.bincount(shifted, minlength=span) > 0
+        values = np.flatnonzero(present)
+        position = np.cumsum(present) - 1
+        return (values + low).astype(labels.dtype, copy=False), position[shifted]
+    values, inverse = np.unique(labels, return_inverse=True)
+    return values, inverse.reshape(-1).astype(np.int64, copy=False)
+
+
+@dataclass(frozen=True)
+class ContingencyTable:
+    """Sparse contingency table of two labelings (classes x clusters).
+
+    Cell ``(i, j)`` counts the samples with true label ``classes[i]`` and
+    predicted label ``clusters[j]``; only non-zero cells are stored.
+
+    Attributes:
+        classes: ``(R,)`` sorted distinct values of ``labels_true``.
+        clusters: ``(C,)`` sorted distinct values of ``labels_pred``.
+        rows: ``(nnz,)`` int64 row index of each non-zero cell.
+        cols: ``(nnz,)`` int64 column index of each non-zero cell.
+        counts: ``(nnz,)`` int64 count ``n_ij`` of each non-zero cell.
+        row_sums: ``(R,)`` int64 class sizes ``a_i`` (all positive).
+        col_sums: ``(C,)`` int64 cluster sizes ``b_j`` (all positive).
+        n_samples: number of samples ``N``.
+
+    Example:
+        >>> table = contingency_table([0, 0, 1], [5, 5, -1])
+        >>> table.to_dense().tolist()
+        [[0, 2], [1, 0]]
+    """
+
+    classes: np.ndarray
+    clusters: np.ndarray
+    rows: np.ndarray
+    cols: np.ndarray
+    counts: np.ndarray
+    row_sums: np.ndarray
+    col_sums: np.ndarray
+    n_samples: int
+
+    @property
+    def shape(self) -> Tuple[int, int]:
+        """``(R, C)``: number of classes and of clusters."""
+        return int(self.classes.size), int(self.clusters.size)
+
+    def to_sparse(self) -> scipy.sparse.csr_array:
+        """The table as a ``(R, C)`` int64 :class:`scipy.sparse.csr_array`."""
+        return scipy.sparse.csr_array((self.counts, (self.rows, self.cols)), shape=self.shape, dtype=np.int64)
+
+    def to_dense(self) -> np.ndarray:
+        """The table as a dense ``(R, C)`` int64 array (``R * C`` memory)."""
+        dense = np.zeros(self.shape, dtype=np.int64)
+        dense[self.rows, self.cols] = self.counts
+        return dense
+
+
+def contingency_table(labels_true: LabelsLike, labels_pred: LabelsLike) -> ContingencyTable:
+    """Build the sparse contingency table shared by every metric.
+
+    Both labelings are mapped to codes ``0..R-1`` and ``0..C-1`` (sorted
+    distinct values), and the combined code ``row * C + col`` is counted with
+    ``np.bincount`` when ``R * C`` is comparable to ``N`` and with
+    ``np.unique`` otherwise, so memory stays ``O(N)`` even for all-singleton
+    labelings.
+
+    Args:
+        labels_true: ``(N,)`` integer ground-truth labels (numpy, list, or
+            torch tensor on any device).
+        labels_pred: ``(N,)`` integer predicted cluster labels.
+
+    Returns:
+        The :class:`ContingencyTable`.
+
+    Raises:
+        TypeError: non-numeric, complex labels.
+        ValueError: empty input, not 1-D, lengths differ, non-finite or
+            non-integral float labels.
+
+    Example:
+        >>> table = contingency_table([0, 0, 1, 1], [1, 1, 1, 0])
+        >>> table.row_sums.tolist(), table.col_sums.tolist(), table.n_samples
+        ([2, 2], [1, 3], 4)
+    """
+    true = _as_labels("labels_true", labels_true)
+    pred = _as_labels("labels_pred", labels_pred)
+    if true.size != pred.size:
+        raise ValueError(
+            f"labels_true and labels_pred must have the same length, got {true.size} and {pred.size}"
+        )
+    classes, row_code = _unique_inverse(true)
+    clusters, col_code = _unique_inverse(pred)
+    n_rows, n_cols = classes.size, clusters.size
+    # R * C <= N^2 fits in int64 for any N that fits in memory.
+    code = row_code * np.int64(n_cols) + col_code
+    if n_rows * n_cols <= 4 * code.size + 1024:
+        dense = np.bincount(code, minlength=n_rows * n_cols)
+        cells = np.flatnonzero(dense)
+        counts = dense[cells]
+    else:
+        cells, counts = np.unique(code, return_counts=True)
+    counts = counts.astype(np.int64, copy=False)
+    rows, cols = np.divmod(cells.astype(np.int64, copy=False), np.int64(n_cols))
+    row_sums = np.bincount(row_code, minlength=n_rows).astype(np.int64, copy=False)
+    col_sums = np.bincount(col_code, minlength=n_cols).astype(np.int64, copy=False)
+    return ContingencyTable(
+        classes=classes,
+        clusters=clusters,
+        rows=rows,
+        cols=cols,
+        counts=counts,
+        row_sums=row_sums,
+        col_sums=col_sums,
+        n_samples=int(true.size),
+    )
+
+
+# --------------------------------------------------------------------------- #
+# Table-level computations
+# --------------------------------------------------------------------------- #
+
+
+def _entropy(sizes: np.ndarray, n_samples: int) -> float:
+    """Entropy (nats) of a labeling with cluster sizes ``sizes`` (all > 0)."""
+    if sizes.size == 1:
+        return 0.0
+    sizes = sizes.astype(np.float64)
+    # log(a) - log(N) rather than log(a / N): no extra rounding from the division.
+    return float(-np.sum((sizes / n_samples) * (np.log(sizes) - math.log(n_samples))))
+
+
+def _mutual_information(table: ContingencyTable) -> float:
+    """Mutual information (nats) of the table, scikit-learn's conventions."""
+    n_rows, n_cols = table.shape
+    # A labeling with a single cluster has zero entropy, hence MI = 0 exactly.
+    if n_rows == 1 or n_cols == 1:
+        return 0.0
+    n = float(table.n_samples)
+    nij = table.counts.astype(np.float64)
+    outer = table.row_sums[table.rows] * table.col_sums[table.cols]  # int64: <= N^2
+    terms = (nij / n) * (np.log(nij) - np.log(outer.astype(np.float64)) + math.log(n))
+    # Terms that are zero up to rounding are set to zero (as scikit-learn does)
+    # so that independent labelings give MI = 0 exactly, and NMI = 0.
+    terms = np.where(np.abs(terms) < _EPS, 0.0, terms)
+    return float(max(terms.sum(), 0.0))
+
+
+def _hypergeom_logpmf(n: np.ndarray, a: np.ndarray, b: np.ndarray, n_samples: int) -> np.ndarray:
+    """log P(n_ij = n) for row sum ``a``, column sum ``b``: log Gamma form.
+
+    Used only for the tail bounds: it is a difference of terms of order
+    ``N log N`` and loses ~``N log N * eps`` absolute accuracy.
+    """
+    big_n = float(n_samples)
+    return (
+        gammaln(a + 1.0)
+        + gammaln(b + 1.0)
+        + gammaln(big_n - a + 1.0)
+        + gammaln(big_n - b + 1.0)
+        - gammaln(big_n + 1.0)
+        - gammaln(n + 1.0)
+        - gammaln(a - n + 1.0)
+        - gammaln(b - n + 1.0)
+        - gammaln(big_n - a - b + n + 1.0)
+    )
+
+
+def _log_ratio(n: np.ndarray, a: np.ndarray, b: np.ndarray, n_samples: int) -> np.ndarray:
+    """log r(n) = log P(n + 1) / P(n) = log (a-n)(b-n) / ((n+1)(N-a-b+n+1))."""
+    return np.log(a - n) + np.log(b - n) - np.log(n + 1.0) - np.log(float(n_samples) - a - b + n + 1.0)
+
+
+def _emi_windows(
+    a: np.ndarray, b: np.ndarray, n_samples: int, log_budget: float
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per pair, the range [low, high] of n_ij to evaluate and the mode.
+
+    Proof that the skipped terms are negligible: the hypergeometric ratio
+    ``r(n) = P(n+1)/P(n) = (a-n)(b-n) / ((n+1)(N-a-b+n+1))`` is a product of
+    positive factors that do not increase with ``n``, so the pmf is log-concave
+    and ``P(high + k) <= P(high) r(high)^k`` for ``k >= 1``. When
+    ``r(high) < 1`` the right tail therefore sums to at most
+    ``P(high) r / (1 - r)``; symmetrically the left tail is at most
+    ``P(low) s / (1 - s)`` with ``s = P(low-1)/P(low) = 1/r(low-1) < 1``. A
+    window is accepted once both bounds are below ``exp(log_budget)`` (with a
+    safety margin of ``_TAIL_SAFETY_NATS`` for the rounding of the log-pmf);
+    otherwise its half-width is doubled, which terminates because the window
+    is clipped to the support ``[max(0, a+b-N), min(a, b)]``.
+    """
+    big_n = np.int64(n_samples)
+    support_low = np.maximum(0, a + b - big_n)
+    support_high = np.minimum(a, b)
+    # Mode of the hypergeometric distribution, floor((a+1)(b+1)/(N+2)), in
+    # exact integer arithmetic ((a+1)(b+1) <= (N+1)^2 fits in int64).
+    mode = np.clip((a + 1) * (b + 1) // (big_n + 2), support_low, support_high)
+    af, bf, nf = a.astype(np.float64), b.astype(np.float64), float(n_samples)
+    variance = af * bf * (nf - af) * (nf - bf) / (nf * nf * (nf - 1.0))
+    half = np.ceil(_WINDOW_SDS * np.sqrt(variance)).astype(np.int64) + _WINDOW_SLACK
+    low = np.empty_like(mode)
+    high = np.empty_like(mode)
+    pending = np.arange(a.size)
+    threshold = log_budget - _TAIL_SAFETY_NATS
+    while pending.size:
+        pa, pb, pm, ph = a[pending], b[pending], mode[pending], half[pending]
+        lo = np.maximum(support_low[pending], pm - ph)
+        hi = np.minimum(support_high[pending], pm + ph)
+        low[pending], high[pending] = lo, hi
+        paf, pbf = pa.astype(np.float64), pb.astype(np.float64)
+        ok = np.ones(pending.size, dtype=bool)
+
+        open_right = hi < support_high[pending]
+        if open_right.any():
+            n = hi[open_right].astype(np.float64)
+            aa, bb = paf[open_right], pbf[open_right]
+            log_r = _log_ratio(n, aa, bb, n_samples)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                bound = _hypergeom_logpmf(n, aa, bb, n_samples) + log_r - np.log(-np.expm1(log_r))
+            ok[open_right] &= (log_r < 0) & (bound <= threshold)
+
+        open_left = lo > support_low[pending]
+        if open_left.any():
+            n = lo[open_left].astype(np.float64)
+            aa, bb = paf[open_left], pbf[open_left]
+            log_s = -_log_ratio(n - 1.0, aa, bb, n_samples)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                bound = _hypergeom_logpmf(n, aa, bb, n_samples) + log_s - np.log(-np.expm1(log_s))
+            ok[open_left] &= (log_s < 0) & (bound <= threshold)
+
+        half[pending[~ok]] *= 2
+        pending = pending[~ok]
+    return low, high, mode
+
+
+def _emi_block(
+    a: np.ndarray,
+    b: np.ndarray,
+    low: np.ndarray,
+    high: np.ndarray,
+    mode: np.ndarray,
+    n_samples: int,
+    width: int,
+) -> np.ndarray:
+    """Sum over the window of ``w(n) P(n)`` for a block of pairs, shape ``(P,)``.
+
+    The pmf is rebuilt from the mode outward as cumulative sums of
+    ``log r(n)`` (numbers of order one, so the sums stay accurate near the
+    mode where the mass is), then normalised over the window; the skipped
+    tail mass is below the budget, so the normalisation changes each value by
+    a relative amount of at most twice the budget.
+    """
+    offsets = np.arange(width, dtype=np.int64)
+    n = low[:, None] + offsets[None, :]  # (P, W)
+    valid = n <= high[:, None]
+    af = a.astype(np.float64)[:, None]
+    bf = b.astype(np.float64)[:, None]
+    nf = n.astype(np.float64)
+    # log r(t) for t in [low, high - 1]; masked entries contribute 0 to the sums.
+    t = nf[:, :-1]
+    steps = valid[:, 1:]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_r = np.where(steps, _log_ratio(t, af, bf, n_samples), 0.0)
+    right = np.where(n[:, :-1] >= mode[:, None], log_r, 0.0)
+    left = np.where(n[:, :-1] < mode[:, None], log_r, 0.0)
+    # log P(n) - log P(mode): sum_{t=mode}^{n-1} log r(t) above the mode and
+    # -sum_{t=n}^{mode-1} log r(t) below it.
+    log_q = np.zeros(n.shape, dtype=np.float64)
+    log_q[:, 1:] += np.cumsum(right, axis=1)
+    log_q[:, :-1] -= np.cumsum(left[:, ::-1], axis=1)[:, ::-1]
+    q = np.where(valid, np.exp(np.where(valid, log_q, 0.0)), 0.0)
+    # w(n) = (n / N) log(N n / (a b)); w(0) = 0 (the n = 0 term carries no mass).
+    with np.errstate(divide="ignore", invalid="ignore"):
+        weight = np.where(
+            nf > 0,
+            (nf / n_samples) * (np.log(nf) + math.log(n_samples) - np.log(af) - np.log(bf)),
+            0.0,
+        )
+    return (q * weight).sum(axis=1) / q.sum(axis=1)
+
+
+def expected_mutual_information(row_sums: Union[np.ndarray, Sequence[int]], col_sums: Union[np.ndarray, Sequence[int]]) -> float:
+    """Expected mutual information (nats) of two labelings with given sizes.
+
+    Under the hypergeometric (permutation) model with fixed class sizes
+    ``a_i`` and cluster sizes ``b_j``,
+    ``EMI = sum_{i,j} sum_n (n/N) log(N n / (a_i b_j)) P(n; a_i, b_j, N)``,
+    ``P`` the hypergeometric pmf of ``n_ij``. This implementation
+
+    * groups equal sizes: EMI depends only on the multisets of ``a`` and ``b``,
+      so each distinct pair ``(a, b)`` is evaluated once and weighted by the
+      product of multiplicities;
+    * vectorises over ``n`` with numpy, in blocks of bounded memory;
+    * evaluates only a window around the mode. The pmf is log-concave
+      (``P(n+1)/P(n) = (a-n)(b-n)/((n+1)(N-a-b+n+1))`` does not increase with
+      ``n``), so beyond a window edge the tail is bounded by a geometric
+      series, ``P(edge) r / (1 - r)``; every window is widened until both
+      tail bounds are below ``eps / (R C)`` (``eps`` = float64 machine
+      epsilon, ``R C`` the number of table cells) with one nat of margin.
+      As ``|(n/N) log(N n/(a b))| <= log N`` for ``1 <= n <= min(a, b)``, the
+      skipped terms change EMI by at most ``2 eps log N`` in absolute value,
+      and renormalising the pmf over the window by at most as much again;
+    * computes the pmf from ratios of consecutive terms rather than from
+      differences of ``log Gamma`` values of order ``N log N`` (which is what
+      limits scikit-learn's accuracy to ~``N log N * eps`` relative).
+
+    Args:
+        row_sums: ``(R,)`` positive integer class sizes ``a``.
+        col_sums: ``(C,)`` positive integer cluster sizes ``b``, with
+            ``sum(a) == sum(b) == N``.
+
+    Returns:
+        EMI in nats; 0.0 when ``R == 1`` or ``C == 1`` (a labeling with zero
+        entropy), as in scikit-learn.
+
+    Raises:
+        ValueError: sizes not 1-D, empty, non-positive, or with different totals.
+        TypeError: non-integer sizes.
+
+    Example:
+        >>> round(expected_mutual_information([2, 2], [2, 2]), 6)
+        0.231049
+    """
+    a = _as_sizes("row_sums", row_sums)
+    b = _as_sizes("col_sums", col_sums)
+    n_samples = int(a.sum())
+    if n_samples != int(b.sum()):
+        raise ValueError(f"row_sums and col_sums must have the same total, got {n_samples} and {int(b.sum())}")
+    return _expected_mutual_information(a, b, n_samples)
+
+
+def _as_sizes(name: str, sizes: object) -> np.ndarray:
+    array = np.asarray(sizes)
+    if array.ndim != 1 or array.size == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D array, got shape {tuple(array.shape)}")
+    if array.dtype.kind not in "iu":
+        raise TypeError(f"{name} must hold integers, got dtype {array.dtype}")
+    if array.min() <= 0:
+        raise ValueError(f"{name} must be positive, got {array.min()!r}")
+    return array.astype(np.int64)
+
+
+def _expected_mutual_information(a: np.ndarray, b: np.ndarray, n_samples: int) -> float:
+    """EMI from positive int64 sizes; see :func:`expected_mutual_information`."""
+    if a.size == 1 or b.size == 1:
+        return 0.0
+    values_a, mult_a = np.unique(a, return_counts=True)
+    values_b, mult_b = np.unique(b, return_counts=True)
+    pair_a = np.repeat(values_a, values_b.size)
+    pair_b = np.tile(values_b, values_a.size)
+    multiplicity = np.outer(mult_a, mult_b).ravel().astype(np.float64)
+    log_budget = math.log(_EPS) - math.log(float(a.size) * float(b.size))
+    low, high, mode = _emi_windows(pair_a, pair_b, n_samples, log_budget)
+    widths = high - low + 1
+    # Pairs are bucketed by window width rounded up to a power of two, so the
+    # padding of a block wastes at most half of it.
+    bucket = np.ceil(np.log2(widths)).astype(np.int64)
+    total = 0.0
+    for level in np.unique(bucket):
+        members = np.flatnonzero(bucket == level)
+        width = int(widths[members].max())
+        rows_per_block = max(1, _EMI_BLOCK_ELEMENTS // width)
+        for start in range(0, members.size, rows_per_block):
+            idx = members[start : start + rows_per_block]
+            values = _emi_block(pair_a[idx], pair_b[idx], low[idx], high[idx], mode[idx], n_samples, width)
+            total += float(np.dot(multiplicity[idx], values))
+    return total
+
+
+def _nmi_from_table(table: ContingencyTable) -> float:
+    n_rows, n_cols = table.shape
+    if n_rows == 1 and n_cols == 1:
+        # Neither labeling splits the data: a perfect match by convention.
+        return 1.0
+    mi = _mutual_information(table)
+    if mi == 0.0:
+        return 0.0
+    h_true = _entropy(table.row_sums, table.n_samples)
+    h_pred = _entropy(table.col_sums, table.n_samples)
+    return float(mi / ((h_true + h_pred) / 2.0))
+
+
+def _clamp_away_from_zero(value: float) -> float:
+    """Keep ``value``'s sign but at least ``eps`` in magnitude (0 counts as +)."""
+    return min(value, -_EPS) if value < 0 else max(value, _EPS)
+
+
+def _is_relabelling(table: ContingencyTable) -> bool:
+    """True when the two labelings are identical up to renaming clusters."""
+    n_rows, n_cols = table.shape
+    return n_rows == n_cols == table.counts.size
+
+
+def _ami_from_table(table: ContingencyTable) -> float:
+    n_rows, n_cols = table.shape
+    if n_rows == 1 and n_cols == 1:
+        return 1.0
+    if n_rows == 1 or n_cols == 1:
+        return 0.0
+    if _is_relabelling(table):
+        # MI = H(U) = H(V) exactly, so AMI = 1 whenever it is defined; this
+        # also settles the 0/0 of all-singleton labelings (EMI = log N = H) the
+        # way scikit-learn's clamping does, without depending on rounding.
+        return 1.0
+    mi = _mutual_information(table)
+    emi = _expected_mutual_information(table.row_sums, table.col_sums, table.n_samples)
+    h_true = _entropy(table.row_sums, table.n_samples)
+    h_pred = _entropy(table.col_sums, table.n_samples)
+    denominator = _clamp_away_from_zero((h_true + h_pred) / 2.0 - emi)
+    numerator = _clamp_away_from_zero(mi - emi)
+    return float(numerator / denominator)
+
+
+def _ari_from_table(table: ContingencyTable) -> float:
+    n = table.n_samples
+    # Pair counts in exact Python integers (no overflow, no rounding).
+    sum_cells = int(np.dot(table.counts, table.counts))
+    sum_rows = int(np.dot(table.row_sums, table.row_sums))
+    sum_cols = int(np.dot(table.col_sums, table.col_sums))
+    together_both = sum_cells - n  # ordered pairs in the same class and the same cluster
+    together_pred_only = sum_cols - sum_cells
+    together_true_only = sum_rows - sum_cells
+    apart_both = n * n - together_pred_only - together_true_only - sum_cells
+    if together_pred_only == 0 and together_true_only == 0:
+        # The labelings induce the same partition (or N = 1): full agreement.
+        return 1.0
+    numerator = 2 * (together_both * apart_both - together_true_only * together_pred_only)
+    denominator = (together_both + together_true_only) * (together_true_only + apart_both) + (
+        together_both + together_pred_only
+    ) * (together_pred_only + apart_both)
+    return numerator / denominator
+
+
+def _accuracy_from_table(
+    table: ContingencyTable, method: str
+) -> Tuple[float, Dict[int, int]]:
+    if method == "hungarian":
+        # Dense (R, C) profit matrix: at most one cluster per class and one
+        # class per cluster, maximising the number of matched samples.
+        profit = table.to_dense()
+        class_idx, cluster_idx = linear_sum_assignment(profit, maximize=True)
+        matched = int(profit[class_idx, cluster_idx].sum())
+    else:  # majority: every cluster takes its most frequent class
+        profit_sparse = table.to_sparse().tocsc()
+        cluster_idx = np.arange(table.shape[1])
+        class_idx = np.asarray(profit_sparse.argmax(axis=0)).reshape(-1)
+        matched = int(np.asarray(profit_sparse.max(axis=0).toarray()).sum())
+    mapping = {
+        cluster: cls
+        for cluster, cls in zip(table.clusters[cluster_idx].tolist(), table.classes[class_idx].tolist())
+    }
+    return matched / table.n_samples, mapping
+
+
+_ACCURACY_METHODS = ("hungarian", "majority")
+
+
+def _check_method(method: object) -> str:
+    if method not in _ACCURACY_METHODS:
+        raise ValueError(f"method must be one of {_ACCURACY_METHODS}, got {method!r}")
+    return str(method)
+
+
+# --------------------------------------------------------------------------- #
+# Public metrics
+# --------------------------------------------------------------------------- #
+
+
+def nmi(labels_true: LabelsLike, labels_pred: LabelsLike) -> float:
+    """Normalised mutual information with arithmetic normalisation.
+
+    ``NMI = MI(U, V) / ((H(U) + H(V)) / 2)`` (natural logs), equal to
+    ``sklearn.metrics.normalized_mutual_info_score`` with its default
+    ``average_method="arithmetic"``. Both labelings a single cluster gives 1;
+    ``MI == 0`` otherwise gives 0.
+
+    Args:
+        labels_true: ``(N,)`` integer class labels (numpy, list, torch tensor
+            on any device; any integer values).
+        labels_pred: ``(N,)`` integer cluster labels.
+
+    Returns:
+        NMI in ``[0, 1]``; symmetric in its arguments.
+
+    Raises:
+        TypeError, ValueError: see :func:`contingency_table`.
+
+    Example:
+        >>> nmi([0, 0, 1, 1], [1, 1, 0, 0])
+        1.0
+    """
+    return _nmi_from_table(contingency_table(labels_true, labels_pred))
+
+
+def ami(labels_true: LabelsLike, labels_pred: LabelsLike) -> float:
+    """Adjusted mutual information with arithmetic normalisation.
+
+    ``AMI = (MI - EMI) / ((H(U) + H(V)) / 2 - EMI)`` with the expected mutual
+    information ``EMI`` under the hypergeometric model (see
+    :func:`expected_mutual_information`), equal to
+    ``sklearn.metrics.adjusted_mutual_info_score`` (default arithmetic
+    averaging) including its conventions: both labelings one cluster gives 1,
+    exactly one of them one cluster gives 0, and numerator and denominator are
+    kept at least ``finfo(float64).eps`` away from zero with their sign.
+    Labelings identical up to renaming give exactly 1.
+
+    Args:
+        labels_true: ``(N,)`` integer class labels (numpy, list, torch tensor
+            on any device; any integer values).
+        labels_pred: ``(N,)`` integer cluster labels.
+
+    Returns:
+        AMI (1 for a perfect match, about 0 for chance; can be negative);
+        symmetric in its arguments.
+
+    Raises:
+        TypeError, ValueError: see :func:`contingency_table`.
+
+    Example:
+        >>> ami([0, 0, 1, 1], [1, 1, 0, 0])
+        1.0
+    """
+    return _ami_from_table(contingency_table(labels_true, labels_pred))
+
+
+def ari(labels_true: LabelsLike, labels_pred: LabelsLike) -> float:
+    """Adjusted Rand index, equal to ``sklearn.metrics.adjusted_rand_score``.
+
+    Computed from the pair counts of the contingency table in exact integer
+    arithmetic; labelings that induce the same partition (including N = 1)
+    give 1.
+
+    Args:
+        labels_true: ``(N,)`` integer class labels (numpy, list, torch tensor
+            on any device; any integer values).
+        labels_pred: ``(N,)`` integer cluster labels.
+
+    Returns:
+        ARI in ``[-0.5, 1]``; symmetric in its arguments.
+
+    Raises:
+        TypeError, ValueError: see :func:`contingency_table`.
+
+    Example:
+        >>> ari([0, 0, 1, 1], [0, 0, 1, 2])
+        0.5714285714285714
+    """
+    return _ari_from_table(contingency_table(labels_true, labels_pred))
+
+
+@overload
+def cluster_accuracy(
+    labels_true: LabelsLike,
+    labels_pred: LabelsLike,
+    return_mapping: Literal[False] = ...,
+    *,
+    method: str = ...,
+) -> float: ...
+
+
+@overload
+def cluster_accuracy(
+    labels_true: LabelsLike,
+    labels_pred: LabelsLike,
+    return_mapping: Literal[True],
+    *,
+    method: str = ...,
+) -> Tuple[float, Dict[int, int]]: ...
+
+
+def cluster_accuracy(
+    labels_true: LabelsLike,
+    labels_pred: LabelsLike,
+    return_mapping: bool = False,
+    *,
+    method: str = "hungarian",
+) -> Union[float, Tuple[float, Dict[int, int]]]:
+    """Clustering accuracy: fraction of samples whose mapped cluster is their class.
+
+    ``method="hungarian"`` (default, the standard deep-clustering ACC): a
+    one-to-one assignment between clusters and classes maximising the number
+    of matched samples, solved exactly by
+    :func:`scipy.optimize.linear_sum_assignment` on the ``(R, C)``
+    contingency table. Any number of clusters ``C`` and classes ``R`` is
+    allowed: ``min(R, C)`` pairs are matched. With more clusters than classes
+    (``C > R``), the ``C - R`` unmatched clusters have no class and every
+    sample in them counts as wrong; with fewer clusters than classes, the
+    samples of the unmatched classes count as wrong. ``C == R`` is the usual
+    permutation-matching accuracy.
+
+    ``method="majority"``: every cluster is mapped to its most frequent class
+    (many-to-one; ties to the smallest class label). This is never below the
+    Hungarian value and rewards over-clustering (all singletons give 1.0), so
+    use it only when that is intended, e.g. for ``C >> R``.
+
+    Memory: the Hungarian method builds the dense ``R x C`` table and takes
+    ``O(max(R, C)^3)`` time in the worst case; majority stays sparse.
+
+    Args:
+        labels_true: ``(N,)`` integer class labels (numpy, list, torch tensor
+            on any device; any integer values).
+        labels_pred: ``(N,)`` integer cluster labels.
+        return_mapping: also return the mapping ``{cluster label: class
+            label}``; with the Hungarian method unmatched clusters are absent
+            from it.
+        method: ``"hungarian"`` or ``"majority"``.
+
+    Returns:
+        Accuracy in ``[0, 1]``, or ``(accuracy, mapping)`` when
+        ``return_mapping`` is true. The accuracy does not change when the
+        predicted clusters are relabelled.
+
+    Raises:
+        TypeError, ValueError: bad labels (see :func:`contingency_table`) or
+            an unknown ``method``.
+
+    Example:
+        >>> cluster_accuracy([0, 0, 1, 1, 2], [7, 7, 3, 3, 3], return_mapping=True)
+        (0.8, {3: 1, 7: 0})
+    """
+    if not isinstance(return_mapping, bool):
+        raise TypeError(f"return_mapping must be a bool, got {return_mapping!r}")
+    method = _check_method(method)
+    accuracy, mapping = _accuracy_from_table(contingency_table(labels_true, labels_pred), method)
+    if return_mapping:
+        return accuracy, dict(sorted(mapping.items()))
+    return accuracy
+
+
+def evaluate_clustering(
+    labels_true: LabelsLike, labels_pred: LabelsLike, *, method: str = "hungarian"
+) -> Dict[str, float]:
+    """NMI, AMI, ARI and accuracy from one shared contingency table.
+
+    Equal to calling :func:`nmi`, :func:`ami`, :func:`ari` and
+    :func:`cluster_accuracy` separately, but the labels are converted and the
+    table built only once.
+
+    Args:
+        labels_true: ``(N,)`` integer class labels (numpy, list, torch tensor
+            on any device; any integer values).
+        labels_pred: ``(N,)`` integer cluster labels.
+        method: accuracy matching, ``"hungarian"`` or ``"majority"`` (see
+            :func:`cluster_accuracy`).
+
+    Returns:
+        ``{"nmi": ..., "ami": ..., "ari": ..., "acc": ...}`` as Python floats.
+
+    Raises:
+        TypeError, ValueError: see :func:`contingency_table`.
+
+    Example:
+        >>> evaluate_clustering([0, 0, 1, 1], [1, 1, 0, 0])
+        {'nmi': 1.0, 'ami': 1.0, 'ari': 1.0, 'acc': 1.0}
+    """
+    method = _check_method(method)
+    table = contingency_table(labels_true, labels_pred)
+    return {
+        "nmi": _nmi_from_table(table),
+        "ami": _ami_from_table(table),
+        "ari": _ari_from_table(table),
+        "acc": _accuracy_from_table(table, method)[0],
+    }
