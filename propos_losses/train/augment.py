@@ -1,0 +1,479 @@
+"""Batched image augmentation in plain PyTorch (no torchvision).
+
+:class:`Augmentation` transforms a whole ``(B, C, H, W)`` batch on the batch's
+device with one random draw per sample and per parameter, all taken from a
+``torch.Generator`` so that a seeded run is reproducible. The geometric part
+(random resized crop, rotation, translation, scale) is folded into one affine
+matrix per sample and applied with a single ``F.affine_grid`` +
+``F.grid_sample``; flips, colour jitter and grayscale are ``torch.where``
+selections of vectorised operations. There is no per-sample Python loop.
+
+The colour operations follow torchvision's definitions (``ColorJitter`` with
+factors drawn uniformly from ``[max(0, 1 - s), 1 + s]``, a hue shift from
+``[-hue, hue]``, the four operations in a random order per sample;
+``RandomGrayscale`` with the ITU-R 601 luma weights), so the SimCLR recipe the
+paper uses carries over.
+
+Example:
+    >>> import torch
+    >>> from propos_losses.train.augment import build_augmentation
+    >>> augment = build_augmentation("color", image_size=32, channels=3)
+    >>> images = torch.rand(4, 3, 32, 32)
+    >>> views = augment(images, generator=torch.Generator().manual_seed(0))
+    >>> views.shape, bool(views.min() >= 0), bool(views.max() <= 1)
+    (torch.Size([4, 3, 32, 32]), True, True)
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from types import MappingProxyType
+from typing import Any, Mapping, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from propos_losses._validation import check_float, check_int, check_tensor
+
+__all__ = [
+    "AUGMENTATION_KINDS",
+    "AUGMENTATION_PRESETS",
+    "Augmentation",
+    "build_augmentation",
+    "normalize",
+    "rgb_to_grayscale",
+]
+
+# ITU-R 601-2 luma weights, as PIL's convert("L") and torchvision.
+_LUMA = (0.299, 0.587, 0.114)
+# torchvision's RandomResizedCrop tries this many (scale, ratio) draws before
+# falling back to the whole image; drawn all at once here.
+_CROP_TRIALS = 10
+# Jitter operations, applied in a random order per sample.
+_BRIGHTNESS, _CONTRAST, _SATURATION, _HUE = range(4)
+_NUM_JITTER_OPS = 4
+
+#: Presets of :func:`build_augmentation`, the single place these strengths live.
+#: ``"color"`` is SimCLR's recipe without blur (the paper's CIFAR setting);
+#: ``"digits"``/``"mnist"`` are a small affine jitter with a mild crop and no
+#: flip (a flipped digit is another digit, or none).
+AUGMENTATION_PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
+    {
+        "digits": MappingProxyType(
+            {"crop_scale": (0.7, 1.0), "crop_ratio": (3 / 4, 4 / 3), "degrees": 15.0, "translate": 0.1, "scale": (0.9, 1.1)}
+        ),
+        "mnist": MappingProxyType(
+            {"crop_scale": (0.7, 1.0), "crop_ratio": (3 / 4, 4 / 3), "degrees": 15.0, "translate": 0.1, "scale": (0.9, 1.1)}
+        ),
+        "color": MappingProxyType(
+            {
+                "crop_scale": (0.08, 1.0),
+                "crop_ratio": (3 / 4, 4 / 3),
+                "flip_p": 0.5,
+                "brightness": 0.4,
+                "contrast": 0.4,
+                "saturation": 0.4,
+                "hue": 0.1,
+                "jitter_p": 0.8,
+                "grayscale_p": 0.2,
+            }
+        ),
+    }
+)
+#: Kinds accepted by :func:`build_augmentation`.
+AUGMENTATION_KINDS: tuple[str, ...] = tuple(AUGMENTATION_PRESETS)
+
+
+def _check_range(name: str, value: object, *, minimum: float, maximum: Optional[float] = None, strict: bool = False) -> tuple[float, float]:
+    """Check a ``(low, high)`` pair with ``minimum <= low <= high <= maximum``."""
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise TypeError(f"{name} must be a (low, high) pair, got {value!r}")
+    low = check_float(f"{name}[0]", value[0], minimum=minimum, maximum=maximum, strict_minimum=strict)
+    high = check_float(f"{name}[1]", value[1], minimum=minimum, maximum=maximum, strict_minimum=strict)
+    if low > high:
+        raise ValueError(f"{name} must satisfy low <= high, got {value!r}")
+    return low, high
+
+
+def rgb_to_grayscale(images: Tensor) -> Tensor:
+    """Luma of RGB images, ``(B, 3, H, W) -> (B, 1, H, W)``; one channel passes through.
+
+    Example:
+        >>> import torch
+        >>> from propos_losses.train.augment import rgb_to_grayscale
+        >>> rgb_to_grayscale(torch.ones(2, 3, 4, 4)).shape
+        torch.Size([2, 1, 4, 4])
+    """
+    if images.shape[-3] == 1:
+        return images
+    weights = torch.tensor(_LUMA, dtype=images.dtype, device=images.device).view(3, 1, 1)
+    return (images * weights).sum(dim=-3, keepdim=True)
+
+
+def _rgb_to_hsv(images: Tensor) -> Tensor:
+    red, green, blue = images.unbind(dim=-3)
+    max_c = images.amax(dim=-3)
+    min_c = images.amin(dim=-3)
+    grey = max_c == min_c
+    chroma = max_c - min_c
+    ones = torch.ones_like(max_c)
+    # Grey pixels have no hue and no saturation: divide by 1 instead of 0 there.
+    saturation = chroma / torch.where(grey, ones, max_c)
+    divisor = torch.where(grey, ones, chroma)
+    red_c = (max_c - red) / divisor
+    green_c = (max_c - green) / divisor
+    blue_c = (max_c - blue) / divisor
+    is_red = max_c == red
+    is_green = (max_c == green) & ~is_red
+    is_blue = ~is_red & ~is_green
+    hue = is_red * (blue_c - green_c) + is_green * (2.0 + red_c - blue_c) + is_blue * (4.0 + green_c - red_c)
+    hue = torch.remainder(hue / 6.0, 1.0)
+    return torch.stack((hue, saturation, max_c), dim=-3)
+
+
+def _hsv_to_rgb(images: Tensor) -> Tensor:
+    hue, saturation, value = images.unbind(dim=-3)
+    sector = torch.floor(hue * 6.0)
+    fraction = hue * 6.0 - sector
+    sector = sector.to(torch.int64) % 6
+    p = (value * (1.0 - saturation)).clamp(0.0, 1.0)
+    q = (value * (1.0 - saturation * fraction)).clamp(0.0, 1.0)
+    t = (value * (1.0 - saturation * (1.0 - fraction))).clamp(0.0, 1.0)
+    # (red, green, blue) for each of the six hue sectors.
+    table = torch.stack(
+        (
+            torch.stack((value, q, p, p, t, value), dim=-3),
+            torch.stack((t, value, value, q, p, p), dim=-3),
+            torch.stack((p, p, t, value, value, q), dim=-3),
+        ),
+        dim=-4,
+    )  # (B, 3, 6, H, W)
+    index = sector.unsqueeze(-3).unsqueeze(-3).expand(*table.shape[:-3], 1, *table.shape[-2:])
+    return table.gather(-3, index).squeeze(-3)
+
+
+class Augmentation(nn.Module):
+    """Random augmentation of an image batch, each sample with its own parameters.
+
+    The pipeline (each stage skipped when its strength is zero): random resized
+    crop -> random affine (rotation, translation, scale) -> horizontal flip ->
+    colour jitter (brightness, contrast, saturation, hue in a random order,
+    applied with probability ``jitter_p``) -> random grayscale. Output size
+    equals input size. Saturation, hue and grayscale leave one-channel images
+    unchanged, as in torchvision.
+
+    Args:
+        image_size: height and width ``H = W`` of the images it is given.
+        channels: ``C``, 1 or 3.
+        crop_scale: range of the crop's area as a fraction of the image.
+        crop_ratio: range of the crop's aspect ratio (width / height), drawn
+            log-uniformly.
+        degrees: rotation drawn from ``[-degrees, degrees]``.
+        translate: translation drawn from ``[-translate, translate]`` times the
+            image size, independently along x and y.
+        scale: zoom factor range of the affine stage.
+        flip_p: probability of a horizontal flip.
+        brightness, contrast, saturation: jitter strength ``s``; the factor is
+            drawn from ``[max(0, 1 - s), 1 + s]``.
+        hue: hue shift drawn from ``[-hue, hue]`` (in turns), ``hue <= 0.5``.
+        jitter_p: probability that the colour jitter is applied to a sample.
+        grayscale_p: probability of converting a sample to grayscale.
+
+    Shapes:
+        ``images``: ``(B, C, H, W)`` float in ``[0, 1]`` on any device; output
+        the same shape, dtype and device, values in ``[0, 1]``.
+
+    Example:
+        >>> import torch
+        >>> from propos_losses.train.augment import Augmentation
+        >>> augment = Augmentation(28, 1, degrees=15.0, translate=0.1)
+        >>> augment(torch.rand(8, 1, 28, 28), torch.Generator().manual_seed(0)).shape
+        torch.Size([8, 1, 28, 28])
+    """
+
+    def __init__(
+        self,
+        image_size: int,
+        channels: int,
+        *,
+        crop_scale: tuple[float, float] = (1.0, 1.0),
+        crop_ratio: tuple[float, float] = (1.0, 1.0),
+        degrees: float = 0.0,
+        translate: float = 0.0,
+        scale: tuple[float, float] = (1.0, 1.0),
+        flip_p: float = 0.0,
+        brightness: float = 0.0,
+        contrast: float = 0.0,
+        saturation: float = 0.0,
+        hue: float = 0.0,
+        jitter_p: float = 1.0,
+        grayscale_p: float = 0.0,
+    ) -> None:
+        super().__init__()
+        image_size = check_int("image_size", image_size, minimum=1)
+        channels = check_int("channels", channels, minimum=1)
+        if channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {channels}")
+        crop_scale = _check_range("crop_scale", crop_scale, minimum=0.0, maximum=1.0, strict=True)
+        crop_ratio = _check_range("crop_ratio", crop_ratio, minimum=0.0, strict=True)
+        degrees = check_float("degrees", degrees, minimum=0.0, maximum=180.0)
+        translate = check_float("translate", translate, minimum=0.0, maximum=1.0)
+        scale = _check_range("scale", scale, minimum=0.0, strict=True)
+        flip_p = check_float("flip_p", flip_p, minimum=0.0, maximum=1.0)
+        brightness = check_float("brightness", brightness, minimum=0.0)
+        contrast = check_float("contrast", contrast, minimum=0.0)
+        saturation = check_float("saturation", saturation, minimum=0.0)
+        hue = check_float("hue", hue, minimum=0.0, maximum=0.5)
+        jitter_p = check_float("jitter_p", jitter_p, minimum=0.0, maximum=1.0)
+        grayscale_p = check_float("grayscale_p", grayscale_p, minimum=0.0, maximum=1.0)
+
+        self.image_size = image_size
+        self.channels = channels
+        self.crop_scale = crop_scale
+        self.crop_ratio = crop_ratio
+        self.degrees = degrees
+        self.translate = translate
+        self.scale = scale
+        self.flip_p = flip_p
+        self.brightness = brightness
+        self.contrast = contrast
+        # Saturation and hue are undefined for one channel (torchvision skips them too).
+        self.saturation = saturation if channels == 3 else 0.0
+        self.hue = hue if channels == 3 else 0.0
+        self.jitter_p = jitter_p
+        self.grayscale_p = grayscale_p if channels == 3 else 0.0
+
+    def extra_repr(self) -> str:
+        names = (
+            "image_size", "channels", "crop_scale", "crop_ratio", "degrees", "translate", "scale",
+            "flip_p", "brightness", "contrast", "saturation", "hue", "jitter_p", "grayscale_p",
+        )  # fmt: skip
+        return ", ".join(f"{name}={getattr(self, name)!r}" for name in names)
+
+    # ------------------------------------------------------------ random draws
+
+    @staticmethod
+    def _uniform(low: float, high: float, shape: tuple[int, ...], generator: Optional[torch.Generator], device: torch.device) -> Tensor:
+        return low + (high - low) * torch.rand(shape, generator=generator, device=device, dtype=torch.float32)
+
+    def _crop_matrices(self, batch: int, generator: Optional[torch.Generator], device: torch.device) -> Tensor:
+        """``(B, 3, 3)`` maps from crop coordinates to input coordinates (normalised, [-1, 1])."""
+        shape = (batch, _CROP_TRIALS)
+        area = self._uniform(*self.crop_scale, shape, generator, device)
+        log_ratio = self._uniform(math.log(self.crop_ratio[0]), math.log(self.crop_ratio[1]), shape, generator, device)
+        ratio = torch.exp(log_ratio)
+        # Square images: width and height as fractions of the side.
+        width = torch.sqrt(area * ratio)
+        height = torch.sqrt(area / ratio)
+        valid = (width <= 1.0) & (height <= 1.0)
+        # The first valid trial, as torchvision's rejection loop; the whole image if none is.
+        first = valid.to(torch.int8).argmax(dim=1, keepdim=True)
+        found = valid.any(dim=1)
+        ones = torch.ones(batch, device=device)
+        width = torch.where(found, width.gather(1, first).squeeze(1), ones)
+        height = torch.where(found, height.gather(1, first).squeeze(1), ones)
+        # Centre anywhere that keeps the crop inside the image; a crop of
+        # fraction w spans 2w of the normalised [-1, 1] range.
+        centre = self._uniform(-1.0, 1.0, (batch, 2), generator, device)
+        centre_x = centre[:, 0] * (1.0 - width)
+        centre_y = centre[:, 1] * (1.0 - height)
+        matrices = torch.zeros(batch, 3, 3, device=device)
+        matrices[:, 0, 0] = width
+        matrices[:, 0, 2] = centre_x
+        matrices[:, 1, 1] = height
+        matrices[:, 1, 2] = centre_y
+        matrices[:, 2, 2] = 1.0
+        return matrices
+
+    def _inverse_affine_matrices(self, batch: int, generator: Optional[torch.Generator], device: torch.device) -> Tensor:
+        """``(B, 3, 3)`` inverses of ``y = s R(angle) x + t`` in normalised coordinates."""
+        angle = self._uniform(-math.radians(self.degrees), math.radians(self.degrees), (batch,), generator, device)
+        zoom = self._uniform(*self.scale, (batch,), generator, device)
+        # A shift of a fraction f of the image is 2f in normalised coordinates.
+        shift = self._uniform(-2.0 * self.translate, 2.0 * self.translate, (batch, 2), generator, device)
+        cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+        # x = R^T (y - t) / s: grid_sample needs where each output pixel comes from.
+        matrices = torch.zeros(batch, 3, 3, device=device)
+        matrices[:, 0, 0] = cos
+        matrices[:, 0, 1] = sin
+        matrices[:, 1, 0] = -sin
+        matrices[:, 1, 1] = cos
+        matrices[:, :2, 2] = -(matrices[:, :2, :2] @ shift.unsqueeze(-1)).squeeze(-1)
+        matrices[:, 2, 2] = 1.0
+        return matrices
+
+    # -------------------------------------------------------------- stages
+
+    def _geometric(self, images: Tensor, generator: Optional[torch.Generator]) -> Tensor:
+        batch, device = images.shape[0], images.device
+        use_crop = self.crop_scale != (1.0, 1.0) or self.crop_ratio != (1.0, 1.0)
+        use_affine = self.degrees > 0.0 or self.translate > 0.0 or self.scale != (1.0, 1.0)
+        if not (use_crop or use_affine):
+            return images
+        theta = torch.eye(3, device=device).expand(batch, 3, 3)
+        if use_crop:
+            theta = self._crop_matrices(batch, generator, device)
+        if use_affine:
+            # Crop first, then the affine jitter on the crop: compose the inverse maps.
+            theta = theta @ self._inverse_affine_matrices(batch, generator, device)
+        theta = theta[:, :2].to(images.dtype)
+        grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+        # A crop reaching the image edge samples up to half a pixel beyond the
+        # outer pixel centres: clamp there instead of blending in zeros. Rotated
+        # or shifted content is filled with black, as torchvision's fill=0.
+        padding = "zeros" if use_affine else "border"
+        return F.grid_sample(images, grid, mode="bilinear", padding_mode=padding, align_corners=False)
+
+    def _colour_jitter(self, images: Tensor, generator: Optional[torch.Generator]) -> Tensor:
+        strengths = (self.brightness, self.contrast, self.saturation)
+        if not (any(strengths) or self.hue):
+            return images
+        batch, device = images.shape[0], images.device
+        applied = torch.rand(batch, generator=generator, device=device) < self.jitter_p
+        factors = torch.stack(
+            [self._uniform(max(0.0, 1.0 - strength), 1.0 + strength, (batch,), generator, device) for strength in strengths]
+        )  # (3, B); identity factor 1 for samples the jitter skips
+        factors = torch.where(applied, factors, torch.ones_like(factors)).to(images.dtype)
+        hue_shift = self._uniform(-self.hue, self.hue, (batch,), generator, device)
+        hue_shift = torch.where(applied, hue_shift, torch.zeros_like(hue_shift)).to(images.dtype)
+        # A random permutation of the four operations per sample.
+        order = torch.rand(batch, _NUM_JITTER_OPS, generator=generator, device=device).argsort(dim=1)
+        ones = torch.ones_like(factors[0])
+        for step in range(_NUM_JITTER_OPS):
+            operation = order[:, step]
+            for op, strength in zip((_BRIGHTNESS, _CONTRAST, _SATURATION), strengths):
+                if not strength:
+                    continue
+                factor = torch.where(operation == op, factors[op], ones).view(batch, 1, 1, 1)
+                if op == _BRIGHTNESS:
+                    reference = torch.zeros_like(images[:, :1])
+                elif op == _CONTRAST:
+                    reference = rgb_to_grayscale(images).mean(dim=(-3, -2, -1), keepdim=True)
+                else:
+                    reference = rgb_to_grayscale(images)
+                images = (factor * images + (1.0 - factor) * reference).clamp(0.0, 1.0)
+            if self.hue:
+                selected = (operation == _HUE) & (hue_shift != 0)
+                hsv = _rgb_to_hsv(images)
+                hsv = torch.cat(
+                    (torch.remainder(hsv[:, :1] + hue_shift.view(batch, 1, 1, 1), 1.0), hsv[:, 1:]), dim=1
+                )
+                images = torch.where(selected.view(batch, 1, 1, 1), _hsv_to_rgb(hsv), images)
+        return images
+
+    def forward(self, images: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+        """Augment a batch.
+
+        Args:
+            images: ``(B, C, H, W)`` float in ``[0, 1]``, ``C == channels``,
+                ``H == W == image_size``.
+            generator: source of every random parameter; must live on
+                ``images.device``. ``None`` uses the global generator.
+
+        Returns:
+            ``(B, C, H, W)`` tensor of ``images.dtype`` with values in ``[0, 1]``.
+        """
+        check_tensor("images", images, ndim=4, floating=True)
+        if images.shape[1] != self.channels or tuple(images.shape[2:]) != (self.image_size, self.image_size):
+            raise ValueError(
+                f"images must have shape (B, {self.channels}, {self.image_size}, {self.image_size}), "
+                f"got {tuple(images.shape)}"
+            )
+        if generator is not None:
+            if not isinstance(generator, torch.Generator):
+                raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+            if torch.device(generator.device).type != images.device.type:
+                raise ValueError(
+                    f"generator must be on the images' device {images.device}, got a generator on {generator.device}"
+                )
+        if images.shape[0] == 0:
+            return images.clone()
+        dtype = images.dtype
+        # Half precision would round the sampling grid to whole pixels on small images.
+        work = images.float() if torch.finfo(dtype).bits < 32 else images
+        batch, device = work.shape[0], work.device
+
+        work = self._geometric(work, generator)
+        if self.flip_p:
+            flip = torch.rand(batch, generator=generator, device=device) < self.flip_p
+            work = torch.where(flip.view(batch, 1, 1, 1), work.flip(-1), work)
+        work = self._colour_jitter(work, generator)
+        if self.grayscale_p:
+            grey = torch.rand(batch, generator=generator, device=device) < self.grayscale_p
+            work = torch.where(grey.view(batch, 1, 1, 1), rgb_to_grayscale(work).expand_as(work), work)
+        return work.clamp(0.0, 1.0).to(dtype)
+
+
+# The keyword-only options of Augmentation, which the presets and overrides set.
+_AUGMENTATION_OPTIONS: frozenset[str] = frozenset(
+    name
+    for name, parameter in inspect.signature(Augmentation.__init__).parameters.items()
+    if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+)
+
+
+def build_augmentation(kind: str, image_size: int, channels: int, **overrides: Any) -> Augmentation:
+    """Build one of the preset augmentations, optionally overriding options.
+
+    Args:
+        kind: ``"digits"`` (small affine and mild crop, no flip), ``"mnist"``
+            (the same, meant for 28x28) or ``"color"`` (SimCLR without blur:
+            random resized crop with area in ``[0.08, 1]``, horizontal flip,
+            colour jitter 0.4/0.4/0.4/0.1 with ``p=0.8``, grayscale ``p=0.2``).
+            The values are in :data:`AUGMENTATION_PRESETS`.
+        image_size: ``H = W`` of the images.
+        channels: 1 or 3.
+        **overrides: any keyword argument of :class:`Augmentation`, replacing
+            the preset's value (e.g. ``flip_p=0.0``).
+
+    Returns:
+        The :class:`Augmentation` module.
+
+    Raises:
+        ValueError: unknown ``kind`` or an invalid option value.
+        TypeError: an option that :class:`Augmentation` does not take.
+
+    Example:
+        >>> from propos_losses.train.augment import build_augmentation
+        >>> build_augmentation("mnist", 28, 1, degrees=5.0).degrees
+        5.0
+    """
+    if not isinstance(kind, str):
+        raise TypeError(f"kind must be a str, got {kind!r} of type {type(kind).__name__}")
+    if kind not in AUGMENTATION_PRESETS:
+        raise ValueError(f"kind must be one of {', '.join(AUGMENTATION_KINDS)}, got {kind!r}")
+    options = _AUGMENTATION_OPTIONS
+    unknown = sorted(set(overrides) - options)
+    if unknown:
+        raise TypeError(f"unknown augmentation option(s) {', '.join(map(repr, unknown))}; expected some of {', '.join(sorted(options))}")
+    return Augmentation(image_size, channels, **{**AUGMENTATION_PRESETS[kind], **overrides})
+
+
+def normalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """Per-channel standardisation ``(images - mean) / std``.
+
+    Args:
+        images: ``(B, C, H, W)`` floating-point tensor.
+        mean: ``C`` channel means.
+        std: ``C`` positive channel standard deviations.
+
+    Returns:
+        A new tensor of the same shape, dtype and device.
+
+    Example:
+        >>> import torch
+        >>> from propos_losses.train.augment import normalize
+        >>> normalize(torch.full((1, 1, 2, 2), 0.5), [0.25], [0.5])[0, 0, 0, 0].item()
+        0.5
+    """
+    check_tensor("images", images, ndim=4, floating=True)
+    channels = images.shape[1]
+    if len(mean) != channels or len(std) != channels:
+        raise ValueError(f"mean and std must have {channels} values (one per channel), got {list(mean)} and {list(std)}")
+    for index, value in enumerate(std):
+        check_float(f"std[{index}]", value, minimum=0.0, strict_minimum=True)
+    mean_t = torch.tensor([float(value) for value in mean], dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    std_t = torch.tensor([float(value) for value in std], dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    return (images - mean_t) / std_t
