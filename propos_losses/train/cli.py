@@ -156,6 +156,22 @@ def _final_lines(final: Dict[str, Any]) -> List[str]:
     return lines
 
 
+def _is_complete(run_dir: Path, state: Dict[str, Any]) -> bool:
+    """A finished run has its final record right after the checkpoint's log lines, and its assignments."""
+    from propos_losses.train.plots import read_metrics
+    from propos_losses.train.trainer import ASSIGNMENTS_NAME, METRICS_NAME
+
+    try:
+        records = read_metrics(run_dir / METRICS_NAME)
+    except ValueError:  # a torn last line: the final evaluation did not finish
+        return False
+    return (
+        len(records) == state["log_lines"] + 1
+        and records[-1].get("event") == "final"
+        and (run_dir / ASSIGNMENTS_NAME).is_file()
+    )
+
+
 def _run(args: argparse.Namespace) -> int:
     from propos_losses.train.trainer import (
         CONFIG_NAME,
@@ -200,7 +216,7 @@ def _run(args: argparse.Namespace) -> int:
         distributed = _init_distributed(config.device)
         try:
             if resume_state is not None:
-                if resume_state["epoch"] >= config.epochs:
+                if resume_state["epoch"] >= config.epochs and _is_complete(Path(config.output_dir), resume_state):
                     log(f"the run in {config.output_dir} already finished all {config.epochs} epochs; nothing to do")
                     return 0
                 run_dir = Path(config.output_dir)

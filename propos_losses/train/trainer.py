@@ -42,7 +42,6 @@ Example:
 
 from __future__ import annotations
 
-import copy
 import csv
 import io
 import json
@@ -475,9 +474,7 @@ class Trainer:
         backbone, feature_dim = build_backbone(config.backbone, channels, height)
         self.online = Encoder(backbone, feature_dim, config.hidden_dim, config.out_dim).to(self.device)
         self.predictor = mlp_head(config.out_dim, config.hidden_dim, config.out_dim).to(self.device)
-        self.target = copy.deepcopy(self.online)
-        for param in self.target.parameters():
-            param.requires_grad_(False)
+        self.target = MomentumUpdater.make_target(self.online)
         self.step_module = _OnlineStep(self.online, self.predictor, config, self.num_clusters).to(self.device)
         self.model: nn.Module = self.step_module
         if is_distributed():
@@ -722,7 +719,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
-            _momentum_update(self.momentum, self.online, self.target)
+            self.momentum.update(self.online, self.target)
             totals += torch.stack((loss.detach(), psa_loss, psl_loss)).double()
             self.step += 1
         all_reduce_sum_(totals)
@@ -736,7 +733,7 @@ class Trainer:
             "lambda_psl": lambda_psl,
             "sigma": sigma,
             "lr": lr,
-            "momentum": _current_momentum(self.momentum),
+            "momentum": self.momentum.momentum,
         }
 
     def _sync_target_buffers(self) -> None:
@@ -811,11 +808,3 @@ def _format(event: str, epoch: int, record: Dict[str, Any]) -> str:
             value = record[key]
             parts.append(f"{key} {value:.4f}" if isinstance(value, float) else f"{key} {value}")
     return "  ".join(parts)
-
-
-def _momentum_update(updater: MomentumUpdater, online: nn.Module, target: nn.Module) -> None:
-    updater.update(online, target)
-
-
-def _current_momentum(updater: MomentumUpdater) -> float:
-    return float(updater.momentum)

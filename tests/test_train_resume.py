@@ -1,0 +1,107 @@
+"""Checkpoint/resume of the reference trainer: bit-for-bit continuation on CPU."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict, List
+
+import torch
+
+from propos_losses.train.cli import EXIT_USER_ERROR, main
+from propos_losses.train.trainer import TIMING_KEYS, load_checkpoint
+
+# PSL on in epoch 2 and a queue, so that noise, prototypes and queue state all matter.
+TINY = [
+    "--max-samples", "200", "--epochs", "2", "--batch-size", "64", "--hidden-dim", "32", "--out-dim", "16",
+    "--kmeans-n-init", "1", "--warmup-epochs", "1", "--psl-warmup-epochs", "1", "--queue-size", "96",
+    "--device", "cpu", "--no-plots", "--quiet",
+]
+
+
+def _log(run_dir: Path) -> List[Dict[str, Any]]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]
+
+
+def _assert_same_tensors(a: Any, b: Any, where: str) -> None:
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            _assert_same_tensors(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same_tensors(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+def test_one_epoch_plus_resume_equals_two_straight_epochs_bit_for_bit(tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert main(TINY + ["--output-dir", str(straight)]) == 0
+    assert main(TINY + ["--output-dir", str(resumed), "--stop-after", "1"]) == 0
+    interrupted = load_checkpoint(resumed)
+    assert interrupted["epoch"] == 1 and not (resumed / "assignments.csv").exists()
+    assert main(["--resume", str(resumed), "--quiet", "--no-plots"]) == 0
+
+    a, b = load_checkpoint(straight), load_checkpoint(resumed)
+    assert len(a["psl"]) > 0 and int(a["psl"]["queue.fill"]) > 0  # the queue really was used
+    for key in ("online", "predictor", "target", "psl", "optimizer", "momentum", "pseudo_labels", "rng", "epoch",
+                "step", "log_lines", "scheduler"):
+        _assert_same_tensors(a[key], b[key], key)
+    assert _log(straight) == _log(resumed)
+    assert (straight / "assignments.csv").read_text() == (resumed / "assignments.csv").read_text()
+
+
+def test_resume_discards_log_lines_written_after_the_checkpoint(tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert main(TINY + ["--output-dir", str(straight)]) == 0
+    assert main(TINY + ["--output-dir", str(resumed), "--stop-after", "1"]) == 0
+    with open(resumed / "metrics.jsonl", "a") as fh:  # as if killed during the second epoch's E-step
+        fh.write(json.dumps({"event": "estep", "epoch": 1}) + "\n")
+    assert main(["--resume", str(resumed / "checkpoint.pt"), "--quiet", "--no-plots"]) == 0
+    assert _log(straight) == _log(resumed)
+
+
+def test_resume_redoes_an_interrupted_final_evaluation(tmp_path):
+    run_dir = tmp_path / "run"
+    assert main(TINY + ["--output-dir", str(run_dir), "--epochs", "1"]) == 0
+    complete_log, assignments = _log(run_dir), (run_dir / "assignments.csv").read_text()
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (run_dir / "metrics.jsonl").write_text("".join(lines[:-1]) + lines[-1][:10])  # torn final record
+    (run_dir / "assignments.csv").unlink()
+    assert main(["--resume", str(run_dir), "--quiet", "--no-plots"]) == 0
+    assert _log(run_dir) == complete_log
+    assert (run_dir / "assignments.csv").read_text() == assignments
+
+
+def test_resume_refuses_changed_settings_and_leaves_the_run_untouched(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert main(TINY + ["--output-dir", str(run_dir), "--stop-after", "1"]) == 0
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    assert main(["--resume", str(run_dir), "--lambda-psl", "0.5"]) == EXIT_USER_ERROR
+    assert "cannot change lambda_psl when resuming" in capsys.readouterr().err
+    assert main(["--resume", str(run_dir), "--output-dir", str(tmp_path / "elsewhere")]) == EXIT_USER_ERROR
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_resuming_a_finished_run_changes_nothing(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert main(TINY + ["--output-dir", str(run_dir), "--epochs", "1"]) == 0
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    capsys.readouterr()
+    assert main(["--resume", str(run_dir)]) == 0
+    assert "already finished" in capsys.readouterr().out
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
+
+
+def test_checkpoint_is_written_without_leftover_temporary_files(tmp_path):
+    run_dir = tmp_path / "run"
+    assert main(TINY + ["--output-dir", str(run_dir), "--stop-after", "1"]) == 0
+    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoint.pt", "config.json", "metrics.jsonl"]
+    state = load_checkpoint(run_dir / "checkpoint.pt")
+    assert state["epoch"] == 1 and state["step"] == 3 and state["pseudo_labels"].shape == (200,)
