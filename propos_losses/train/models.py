@@ -1,0 +1,251 @@
+"""Backbones and MLP heads for the reference trainer (no torchvision).
+
+* ``"small_cnn"``: four conv-BN-ReLU blocks and global average pooling, 256
+  features; meant for 8x8 and 28x28 grayscale digits and fast on a CPU.
+* ``"resnet18"``/``"resnet34"``: ResNets with BasicBlocks and the CIFAR stem the
+  paper uses (a 3x3 stride-1 convolution and no max-pool), 512 features.
+* :func:`mlp_head`: ``Linear-BN1d-ReLU-Linear``, the BYOL/ProPos projector and
+  predictor.
+
+Example:
+    >>> import torch
+    >>> from propos_losses.train.models import build_backbone, mlp_head
+    >>> backbone, feature_dim = build_backbone("small_cnn", in_channels=1, image_size=28)
+    >>> projector = mlp_head(feature_dim, 64, 32)
+    >>> projector(backbone(torch.rand(4, 1, 28, 28))).shape
+    torch.Size([4, 32])
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from torch import Tensor, nn
+
+from propos_losses._validation import check_int
+
+__all__ = [
+    "BACKBONE_NAMES",
+    "BasicBlock",
+    "CifarResNet",
+    "SmallCNN",
+    "build_backbone",
+    "mlp_head",
+]
+
+#: Names accepted by :func:`build_backbone`.
+BACKBONE_NAMES: tuple[str, ...] = ("small_cnn", "resnet18", "resnet34")
+
+_SMALL_CNN_WIDTHS = (32, 64, 128, 256)
+# The small CNN stops halving the feature map once it is this small, so 8x8
+# digits keep 4x4 maps and 28x28 ones end at 4x4 too.
+_SMALL_CNN_MIN_SIZE = 4
+_RESNET_WIDTHS = (64, 128, 256, 512)
+_RESNET_LAYERS = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
+
+
+def _check_images(module: nn.Module, images: Tensor, in_channels: int) -> None:
+    if images.dim() != 4 or images.shape[1] != in_channels:
+        raise ValueError(
+            f"{type(module).__name__} expects images of shape (B, {in_channels}, H, W), got {tuple(images.shape)}"
+        )
+
+
+def _conv_bn_relu(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(
+        # No bias: the BatchNorm that follows has its own shift.
+        nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+def _init_weights(module: nn.Module) -> None:
+    # He initialisation for ReLU networks, as torchvision's ResNet.
+    for layer in module.modules():
+        if isinstance(layer, nn.Conv2d):
+            nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(layer, nn.BatchNorm2d):
+            nn.init.ones_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+
+class SmallCNN(nn.Module):
+    """Conv-BN-ReLU blocks, stride 2 while the map is larger than 4x4, then global average pooling.
+
+    Args:
+        in_channels: ``C`` of the input images.
+        image_size: ``H = W`` of the input images; decides where to downsample.
+        widths: output channels of the blocks; the last is the feature dimension.
+
+    Shapes:
+        ``(B, C, H, W)`` float -> ``(B, widths[-1])``.
+
+    Example:
+        >>> import torch
+        >>> from propos_losses.train.models import SmallCNN
+        >>> SmallCNN(1, 8)(torch.rand(2, 1, 8, 8)).shape
+        torch.Size([2, 256])
+    """
+
+    def __init__(self, in_channels: int, image_size: int, widths: Sequence[int] = _SMALL_CNN_WIDTHS) -> None:
+        super().__init__()
+        self.in_channels = check_int("in_channels", in_channels, minimum=1)
+        size = check_int("image_size", image_size, minimum=1)
+        widths = tuple(check_int(f"widths[{index}]", width, minimum=1) for index, width in enumerate(widths))
+        if not widths:
+            raise ValueError("widths must not be empty")
+        blocks = []
+        channels = self.in_channels
+        for index, width in enumerate(widths):
+            # Keep full resolution in the first block: 8x8 inputs have little to spare.
+            stride = 2 if index > 0 and size > _SMALL_CNN_MIN_SIZE else 1
+            blocks.append(_conv_bn_relu(channels, width, stride))
+            size = (size + 1) // 2 if stride == 2 else size
+            channels = width
+        self.features = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.feature_dim = channels
+        _init_weights(self)
+
+    def forward(self, images: Tensor) -> Tensor:
+        _check_images(self, images, self.in_channels)
+        return self.pool(self.features(images)).flatten(1)
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block: two 3x3 conv-BN with an identity or 1x1 conv-BN shortcut.
+
+    Example:
+        >>> import torch
+        >>> from propos_losses.train.models import BasicBlock
+        >>> BasicBlock(64, 128, stride=2)(torch.rand(2, 64, 8, 8)).shape
+        torch.Size([2, 128, 4, 4])
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=stride, bias=False),
+                nn.BatchNorm2d(out_channels),
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    """ResNet with BasicBlocks and the CIFAR stem (3x3 stride-1 conv, no max-pool).
+
+    Args:
+        layers: number of blocks in each of the four stages, ``(2, 2, 2, 2)``
+            for ResNet-18, ``(3, 4, 6, 3)`` for ResNet-34.
+        in_channels: ``C`` of the input images.
+
+    Shapes:
+        ``(B, C, H, W)`` float -> ``(B, 512)`` after global average pooling.
+
+    Example:
+        >>> import torch
+        >>> from propos_losses.train.models import CifarResNet
+        >>> CifarResNet((1, 1, 1, 1), in_channels=3)(torch.rand(2, 3, 16, 16)).shape
+        torch.Size([2, 512])
+    """
+
+    def __init__(self, layers: Sequence[int], in_channels: int = 3) -> None:
+        super().__init__()
+        if len(layers) != len(_RESNET_WIDTHS):
+            raise ValueError(f"layers must give {len(_RESNET_WIDTHS)} stage depths, got {list(layers)}")
+        layers = tuple(check_int(f"layers[{index}]", depth, minimum=1) for index, depth in enumerate(layers))
+        self.in_channels = check_int("in_channels", in_channels, minimum=1)
+        self.stem = _conv_bn_relu(self.in_channels, _RESNET_WIDTHS[0], stride=1)
+        stages = []
+        channels = _RESNET_WIDTHS[0]
+        for index, (depth, width) in enumerate(zip(layers, _RESNET_WIDTHS)):
+            stride = 1 if index == 0 else 2
+            blocks = [BasicBlock(channels, width, stride)] + [BasicBlock(width, width) for _ in range(depth - 1)]
+            stages.append(nn.Sequential(*blocks))
+            channels = width
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.feature_dim = channels
+        _init_weights(self)
+
+    def forward(self, images: Tensor) -> Tensor:
+        _check_images(self, images, self.in_channels)
+        x = self.stem(images)
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.pool(x).flatten(1)
+
+
+def build_backbone(name: str, in_channels: int, image_size: int) -> tuple[nn.Module, int]:
+    """Build a backbone by name.
+
+    Args:
+        name: one of :data:`BACKBONE_NAMES`.
+        in_channels: ``C`` of the input images (1 or 3 for the loaders here).
+        image_size: ``H = W`` of the input images.
+
+    Returns:
+        ``(backbone, feature_dim)``; ``backbone(x)`` maps ``(B, C, H, W)`` to
+        ``(B, feature_dim)``.
+
+    Raises:
+        ValueError: unknown name, or a non-positive size.
+
+    Example:
+        >>> from propos_losses.train.models import build_backbone
+        >>> backbone, feature_dim = build_backbone("resnet18", in_channels=3, image_size=32)
+        >>> feature_dim
+        512
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, got {name!r} of type {type(name).__name__}")
+    in_channels = check_int("in_channels", in_channels, minimum=1)
+    image_size = check_int("image_size", image_size, minimum=1)
+    backbone: nn.Module
+    if name == "small_cnn":
+        backbone = SmallCNN(in_channels, image_size)
+    elif name in _RESNET_LAYERS:
+        backbone = CifarResNet(_RESNET_LAYERS[name], in_channels)
+    else:
+        raise ValueError(f"name must be one of {', '.join(BACKBONE_NAMES)}, got {name!r}")
+    return backbone, int(backbone.feature_dim)
+
+
+def mlp_head(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
+    """The BYOL/ProPos projector and predictor: ``Linear-BatchNorm1d-ReLU-Linear``.
+
+    Args:
+        in_dim: input features ``d``.
+        hidden_dim: hidden width (4096 in the paper).
+        out_dim: output features (256 in the paper).
+
+    Returns:
+        ``nn.Sequential`` mapping ``(B, in_dim)`` to ``(B, out_dim)``. In
+        training mode the BatchNorm uses batch statistics (needs ``B > 1``).
+
+    Example:
+        >>> import torch
+        >>> from propos_losses.train.models import mlp_head
+        >>> mlp_head(512, 4096, 256)(torch.rand(8, 512)).shape
+        torch.Size([8, 256])
+    """
+    in_dim = check_int("in_dim", in_dim, minimum=1)
+    hidden_dim = check_int("hidden_dim", hidden_dim, minimum=1)
+    out_dim = check_int("out_dim", out_dim, minimum=1)
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden_dim),
+        nn.BatchNorm1d(hidden_dim),
+        nn.ReLU(inplace=True),
+        nn.Linear(hidden_dim, out_dim),
+    )
