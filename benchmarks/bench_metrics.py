@@ -1,0 +1,185 @@
+"""Benchmark propos_losses.metrics against scikit-learn: time and absolute difference.
+
+Two problem sizes, random true labels and a noisy copy as prediction (each
+label replaced by a random cluster with probability ``--noise``, then the
+cluster ids permuted):
+
+* ImageNet-1k scale: N = 1,281,167, K = 1,000;
+* N = 100,000, K = 100.
+
+For NMI, AMI and ARI the reference is scikit-learn's
+``normalized_mutual_info_score``, ``adjusted_mutual_info_score`` and
+``adjusted_rand_score``; for clustering accuracy (scikit-learn has none) it is
+``sklearn.metrics.cluster.contingency_matrix`` followed by
+``scipy.optimize.linear_sum_assignment``. Each timing is the minimum over
+``--repeats`` runs from the raw labels (ours includes building the
+contingency table every time); scikit-learn's AMI at ImageNet scale takes about
+100 s and runs once (or is skipped with ``--skip-sklearn-ami-large``).
+
+Usage::
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_metrics.py
+    python benchmarks/bench_metrics.py --skip-sklearn-ami-large --repeats 1
+
+Prints a table and writes ``benchmarks/results/bench_metrics.json`` with the
+machine description and the date.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import scipy
+import sklearn
+import torch
+from scipy.optimize import linear_sum_assignment
+from sklearn.metrics import adjusted_mutual_info_score, adjusted_rand_score, normalized_mutual_info_score
+from sklearn.metrics.cluster import contingency_matrix
+
+# Run from a checkout without installing: the repository root holds the package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from propos_losses.metrics import ami, ari, cluster_accuracy, evaluate_clustering, nmi  # noqa: E402
+
+SIZES: Tuple[Tuple[str, int, int], ...] = (
+    ("imagenet1k", 1_281_167, 1_000),
+    ("n100k_k100", 100_000, 100),
+)
+DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "bench_metrics.json"
+
+
+def sklearn_accuracy(labels_true: np.ndarray, labels_pred: np.ndarray) -> float:
+    """Reference Hungarian accuracy: sklearn's dense contingency matrix + scipy."""
+    table = contingency_matrix(labels_true, labels_pred)
+    rows, cols = linear_sum_assignment(table, maximize=True)
+    return float(table[rows, cols].sum() / labels_true.size)
+
+
+def timed(function: Callable[[], Any], repeats: int) -> Tuple[Any, float]:
+    """Value of ``function()`` and the minimum wall time over ``repeats`` calls."""
+    best = float("inf")
+    value = None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        value = function()
+        best = min(best, time.perf_counter() - start)
+    return value, best
+
+
+def make_labels(n: int, k: int, noise: float, seed: int) -> Tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    labels_true = rng.integers(0, k, n)
+    labels_pred = np.where(rng.random(n) < noise, rng.integers(0, k, n), labels_true)
+    return labels_true, rng.permutation(k)[labels_pred]
+
+
+def machine_info() -> Dict[str, Any]:
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "scikit-learn": sklearn.__version__,
+        "torch": torch.__version__,
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+    }
+
+
+def run(args: argparse.Namespace) -> List[Dict[str, Any]]:
+    rows: List[Dict[str, Any]] = []
+    metrics: Tuple[Tuple[str, Callable[..., float], Callable[..., float]], ...] = (
+        ("nmi", nmi, normalized_mutual_info_score),
+        ("ami", ami, adjusted_mutual_info_score),
+        ("ari", ari, adjusted_rand_score),
+        ("acc", cluster_accuracy, sklearn_accuracy),
+    )
+    for name, n, k in SIZES:
+        if args.only and name not in args.only:
+            continue
+        labels_true, labels_pred = make_labels(n, k, args.noise, args.seed)
+        ours_all, ours_all_time = timed(lambda: evaluate_clustering(labels_true, labels_pred), args.repeats)
+        for metric, ours_fn, ref_fn in metrics:
+            ours, ours_time = timed(lambda: ours_fn(labels_true, labels_pred), args.repeats)
+            skip = metric == "ami" and name == "imagenet1k" and args.skip_sklearn_ami_large
+            reference: Optional[float] = None
+            ref_time: Optional[float] = None
+            if not skip:
+                # scikit-learn's AMI at ImageNet scale is ~100 s: never repeated.
+                ref_repeats = 1 if metric == "ami" else args.repeats
+                reference, ref_time = timed(lambda: ref_fn(labels_true, labels_pred), ref_repeats)
+            row = {
+                "size": name,
+                "n_samples": n,
+                "n_clusters": k,
+                "metric": metric,
+                "ours": ours,
+                "ours_s": ours_time,
+                "sklearn": reference,
+                "sklearn_s": ref_time,
+                "abs_diff": None if reference is None else abs(ours - reference),
+                "speedup": None if ref_time is None else ref_time / ours_time,
+                "evaluate_clustering_value": ours_all[metric],
+            }
+            rows.append(row)
+            print_row(row, flush=True)
+        rows.append(
+            {"size": name, "n_samples": n, "n_clusters": k, "metric": "evaluate_clustering", "ours_s": ours_all_time}
+        )
+        print(f"{name:>11} {'all four':>8} {'':>12} {ours_all_time:>9.3f}s  (evaluate_clustering, one table)")
+    return rows
+
+
+def print_header() -> None:
+    print(f"{'size':>11} {'metric':>8} {'value':>12} {'ours':>10} {'sklearn':>10} {'speedup':>8} {'|diff|':>9}")
+
+
+def print_row(row: Dict[str, Any], flush: bool = False) -> None:
+    ref_time = "skipped" if row["sklearn_s"] is None else f"{row['sklearn_s']:.3f}s"
+    speedup = "" if row["speedup"] is None else f"{row['speedup']:.1f}x"
+    diff = "" if row["abs_diff"] is None else f"{row['abs_diff']:.1e}"
+    print(
+        f"{row['size']:>11} {row['metric']:>8} {row['ours']:>12.9f} {row['ours_s']:>9.3f}s {ref_time:>10}"
+        f" {speedup:>8} {diff:>9}",
+        flush=flush,
+    )
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=3, help="timing repeats (minimum reported)")
+    parser.add_argument("--noise", type=float, default=0.5, help="probability of a random predicted label")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip-sklearn-ami-large", action="store_true", help="skip sklearn AMI at N=1,281,167")
+    parser.add_argument("--only", nargs="*", choices=[s[0] for s in SIZES], help="run only these sizes")
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="JSON output file")
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error(f"--repeats must be >= 1, got {args.repeats}")
+
+    print_header()
+    rows = run(args)
+    record = {
+        "benchmark": "bench_metrics",
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+        "machine": machine_info(),
+        "settings": {"repeats": args.repeats, "noise": args.noise, "seed": args.seed},
+        "results": rows,
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
