@@ -28,14 +28,14 @@ sums are added *after* the all-reduce.
 from __future__ import annotations
 
 import contextlib
-from typing import ContextManager, Literal, NamedTuple, Optional, Tuple, Union, overload
+from typing import Callable, ContextManager, Literal, NamedTuple, Optional, Tuple, Union, overload
 
 import torch
 from torch import Tensor, nn
 
 from propos_losses import defaults
 from propos_losses._validation import check_finite, check_float, check_int, check_labels, check_tensor
-from propos_losses.distributed import all_reduce_sum, all_reduce_sum_
+from propos_losses.distributed import all_reduce_sum, all_reduce_sum_, is_distributed
 from propos_losses.prototypes import _check_assignments, _cluster_sums, normalize_features
 from propos_losses.queue import PrototypeQueue
 
@@ -109,6 +109,29 @@ def _check_queue(
         )
     check_labels("queue_labels", queue_labels, num_clusters)
     check_finite("queue_features", queue_features)
+
+
+def _validate_on_every_rank(check: Callable[[], None], *candidates: object) -> None:
+    """Run the local checks; under ``torch.distributed`` make every rank raise if any rank failed.
+
+    The checks are local (no collective), so a rank with bad data would raise
+    alone and leave the other ranks blocked in the all-reduce of the prototype
+    sums. One tiny all-reduce of a failure flag lets every rank raise instead.
+    """
+    error: Optional[Exception] = None
+    try:
+        check()
+    except (TypeError, ValueError) as exc:
+        error = exc
+    if is_distributed():
+        # The flag lives on the inputs' device (NCCL needs CUDA tensors).
+        device = next((c.device for c in candidates if isinstance(c, Tensor)), torch.device("cpu"))
+        failures = torch.tensor([0 if error is None else 1], dtype=torch.int64, device=device)
+        all_reduce_sum_(failures)
+        if error is None and int(failures) > 0:
+            raise ValueError("the prototype scattering loss received bad input on another rank")
+    if error is not None:
+        raise error
 
 
 def _scattering_terms(online_sums: Tensor, target_sums: Tensor, counts: Tensor, temperature: float) -> PSLTerms:
@@ -243,9 +266,13 @@ def prototype_scattering_loss(
     """
     num_clusters = check_int("num_clusters", num_clusters, minimum=2)
     temperature = check_float("temperature", temperature, minimum=0.0, strict_minimum=True)
-    _check_features(online, target)
-    _check_assignments(assignments, online.shape[0], num_clusters)
-    _check_queue(queue_features, queue_labels, online.shape[1], num_clusters)
+
+    def check() -> None:
+        _check_features(online, target)
+        _check_assignments(assignments, online.shape[0], num_clusters)
+        _check_queue(queue_features, queue_labels, online.shape[1], num_clusters)
+
+    _validate_on_every_rank(check, online, target)
     terms, _ = _psl(online, target, assignments, num_clusters, temperature, queue_features, queue_labels)
     return terms if return_terms else terms.loss
 
@@ -324,6 +351,29 @@ class PrototypeScatteringLoss(nn.Module):
         Returns:
             0-d loss tensor (float32, float64 for float64 input).
         """
+        queue_features: Optional[Tensor] = None
+        queue_labels: Optional[Tensor] = None
+        if self.queue is not None:
+            queue_features, queue_labels, _ = self.queue.contents()
+        _validate_on_every_rank(
+            lambda: self._check_forward(online, target, assignments, indices, queue_labels), online, target
+        )
+        terms, z_target = _psl(
+            online, target, assignments, self.num_clusters, self.temperature, queue_features, queue_labels
+        )
+        self.last_terms = PSLTerms(*(term.detach() for term in terms))
+        if self.training and self.queue is not None:
+            self.queue.push(z_target, assignments.long(), indices)
+        return terms.loss
+
+    def _check_forward(
+        self,
+        online: Tensor,
+        target: Tensor,
+        assignments: Tensor,
+        indices: Optional[Tensor],
+        queue_labels: Optional[Tensor],
+    ) -> None:
         _check_features(online, target)
         batch_size, feature_dim = online.shape
         if self.feature_dim is not None and feature_dim != self.feature_dim:
@@ -340,24 +390,14 @@ class PrototypeScatteringLoss(nn.Module):
                 raise ValueError(f"indices must have shape ({batch_size},), got {tuple(indices.shape)}")
             if indices.numel() and int(indices.min()) < 0:
                 raise ValueError(f"indices must be >= 0, got {int(indices.min())}")
-        queue_features: Optional[Tensor] = None
-        queue_labels: Optional[Tensor] = None
-        if self.queue is not None:
-            if assignments.dim() != 1:
-                raise ValueError(
-                    f"assignments must be (B,) hard labels when queue_size > 0 (the queue stores hard labels), "
-                    f"got shape {tuple(assignments.shape)}; use queue_size=0 for soft weights"
-                )
-            queue_features, queue_labels, _ = self.queue.contents()
+        if self.queue is not None and assignments.dim() != 1:
+            raise ValueError(
+                f"assignments must be (B,) hard labels when queue_size > 0 (the queue stores hard labels), "
+                f"got shape {tuple(assignments.shape)}; use queue_size=0 for soft weights"
+            )
+        if queue_labels is not None:
             # Labels may have been relabelled or loaded from a checkpoint with another K.
             check_labels("queue labels", queue_labels, self.num_clusters)
-        terms, z_target = _psl(
-            online, target, assignments, self.num_clusters, self.temperature, queue_features, queue_labels
-        )
-        self.last_terms = PSLTerms(*(term.detach() for term in terms))
-        if self.training and self.queue is not None:
-            self.queue.push(z_target, assignments.long(), indices)
-        return terms.loss
 
     def relabel_queue(self, new_labels: Tensor) -> None:
         """Relabel the queue after an E-step: ``label[slot] = new_labels[index[slot]]``.

@@ -1,0 +1,322 @@
+"""Two-process (gloo, CPU) tests of the distributed helpers and of the distributed PSL.
+
+One pair of spawned processes runs every scenario once (starting processes
+costs seconds) and saves what each rank computed; the tests then compare those
+values with what a single process computes on the concatenated global batch.
+A child that raises makes the fixture, and therefore every test, fail with its
+traceback; a child that hangs is killed after a timeout.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import Tensor, nn
+
+from propos_losses.distributed import all_gather_cat_autograd, all_reduce_sum
+from propos_losses.psl import PSL, prototype_scattering_loss
+
+WORLD_SIZE = 2
+TIMEOUT_S = 120.0
+NUM_CLUSTERS = 6
+IN_DIM, DIM = 5, 4
+QUEUE_SIZE = 16
+QUEUE_STEPS = 3
+LEARNING_RATE = 0.5
+
+
+# ---------------------------------------------------------------- shared data (parent and children)
+
+
+def rank_slices() -> List[slice]:
+    """Rank 0 holds 6 samples, rank 1 holds 5: unequal local batches."""
+    return [slice(0, 6), slice(6, 11)]
+
+
+def global_batch(step: int, dtype: torch.dtype) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Inputs ``(11, IN_DIM)``, targets ``(11, DIM)``, labels and dataset indices of one step.
+
+    Cluster 3 appears only on rank 0, cluster 4 only on rank 1, cluster 5 nowhere.
+    """
+    generator = torch.Generator().manual_seed(100 + step)
+    inputs = torch.randn(11, IN_DIM, generator=generator, dtype=dtype)
+    targets = torch.randn(11, DIM, generator=generator, dtype=dtype)
+    labels = torch.tensor([0, 3, 1, 3, 0, 2] + [1, 4, 4, 2, 0])
+    if step % 2:  # vary the mix between steps
+        labels = torch.tensor([3, 3, 3, 0, 0, 1] + [4, 2, 2, 1, 4])
+    indices = torch.arange(11) + 11 * step
+    return inputs, targets, labels, indices
+
+
+def soft_weights() -> Tensor:
+    weights = torch.rand(11, NUM_CLUSTERS, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    weights[:6, 4] = 0.0  # cluster 4 weighted only on rank 1
+    weights[:, 5] = 0.0  # cluster 5 empty everywhere
+    weights[8] = 0.0  # a sample without any cluster
+    return weights
+
+
+def make_layer(dtype: torch.dtype) -> nn.Linear:
+    torch.manual_seed(0)
+    return nn.Linear(IN_DIM, DIM).to(dtype)
+
+
+def gather_input(rank: int) -> Tensor:
+    return torch.arange(11 * 3, dtype=torch.float64).reshape(11, 3)[rank_slices()[rank]]
+
+
+# ---------------------------------------------------------------- children
+
+
+def _collectives(rank: int) -> Dict[str, Tensor]:
+    out: Dict[str, Tensor] = {}
+    base = torch.arange(6, dtype=torch.float64).reshape(2, 3)
+    upstream = torch.linspace(-1.0, 2.0, 6, dtype=torch.float64).reshape(2, 3)
+    # all_reduce_sum, identical upstream gradient on every rank.
+    x = (base * (rank + 1)).requires_grad_(True)
+    y = all_reduce_sum(x)
+    (y * upstream).sum().backward()
+    out["reduce_value"], out["reduce_grad_same"] = y.detach(), x.grad.clone()
+    # all_reduce_sum, a different upstream gradient on each rank.
+    x = (base * (rank + 1)).requires_grad_(True)
+    (all_reduce_sum(x) * upstream * (rank + 2)).sum().backward()
+    out["reduce_grad_rank"] = x.grad.clone()
+    # all_gather_cat_autograd with unequal first dimensions.
+    x = gather_input(rank).clone().requires_grad_(True)
+    gathered = all_gather_cat_autograd(x)
+    gather_upstream = torch.linspace(-1.0, 1.0, 33, dtype=torch.float64).reshape(11, 3) * (rank + 1)
+    (gathered * gather_upstream).sum().backward()
+    out["gather_value"], out["gather_grad"] = gathered.detach(), x.grad.clone()
+    return out
+
+
+def _ddp_psl(rank: int, dtype: torch.dtype) -> Dict[str, Tensor]:
+    part = rank_slices()[rank]
+    inputs, targets, labels, _ = global_batch(0, dtype)
+    model = nn.parallel.DistributedDataParallel(make_layer(dtype))
+    module = PSL(NUM_CLUSTERS)
+    loss = module(model(inputs[part]), targets[part], labels[part])
+    loss.backward()
+    assert module.last_terms is not None
+    return {
+        "loss": loss.detach(),
+        "num_active": module.last_terms.num_active,
+        "weight_grad": model.module.weight.grad.clone(),
+        "bias_grad": model.module.bias.grad.clone(),
+    }
+
+
+def _hand_averaged_soft_psl(rank: int) -> Dict[str, Tensor]:
+    part = rank_slices()[rank]
+    inputs, targets, _, _ = global_batch(0, torch.float64)
+    layer = make_layer(torch.float64)
+    terms = prototype_scattering_loss(
+        layer(inputs[part]), targets[part], soft_weights()[part], NUM_CLUSTERS, return_terms=True
+    )
+    terms.loss.backward()
+    grads = [p.grad.clone() for p in layer.parameters()]
+    for grad in grads:  # what DDP does: average over ranks
+        dist.all_reduce(grad)
+        grad /= WORLD_SIZE
+    return {
+        "loss": terms.loss.detach(),
+        "alignment": terms.alignment.detach(),
+        "uniformity": terms.uniformity.detach(),
+        "weight_grad": grads[0],
+        "bias_grad": grads[1],
+    }
+
+
+def _queue_training(rank: int) -> Dict[str, Tensor]:
+    part = rank_slices()[rank]
+    model = nn.parallel.DistributedDataParallel(make_layer(torch.float64))
+    module = PSL(NUM_CLUSTERS, queue_size=QUEUE_SIZE, feature_dim=DIM)
+    optimizer = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE)
+    losses = []
+    for step in range(QUEUE_STEPS):
+        inputs, targets, labels, indices = global_batch(step, torch.float64)
+        optimizer.zero_grad()
+        loss = module(model(inputs[part]), targets[part], labels[part], indices[part])
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.detach())
+    features, labels, indices = module.queue.contents()
+    return {
+        "losses": torch.stack(losses),
+        "weight": model.module.weight.detach().clone(),
+        "queue_features": features,
+        "queue_labels": labels,
+        "queue_indices": indices,
+    }
+
+
+def _bad_input_on_one_rank(rank: int) -> Dict[str, Any]:
+    part = rank_slices()[rank]
+    inputs, targets, labels, _ = global_batch(0, torch.float64)
+    labels = labels[part].clone()
+    if rank == 1:
+        labels[0] = NUM_CLUSTERS  # out of range on rank 1 only
+    module = PSL(NUM_CLUSTERS, queue_size=QUEUE_SIZE, feature_dim=DIM)
+    try:
+        module(inputs[part, :DIM], targets[part], labels)
+    except ValueError as exc:
+        message = str(exc)
+    else:
+        message = "no error"
+    # The process group still works afterwards (no rank is left inside a collective).
+    check = torch.ones(1)
+    dist.all_reduce(check)
+    return {"message": message, "queue_length": len(module.queue), "after": check}
+
+
+def _worker(rank: int, init_file: str, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD_SIZE)
+    try:
+        results = {
+            "collectives": _collectives(rank),
+            "ddp_float64": _ddp_psl(rank, torch.float64),
+            "ddp_float32": _ddp_psl(rank, torch.float32),
+            "soft": _hand_averaged_soft_psl(rank),
+            "queue": _queue_training(rank),
+            "bad_input": _bad_input_on_one_rank(rank),
+        }
+        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+    except BaseException:
+        traceback.print_exc()
+        raise
+    finally:
+        dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------- parent
+
+
+@pytest.fixture(scope="module")
+def rank_results(tmp_path_factory: pytest.TempPathFactory) -> List[Dict[str, Any]]:
+    directory = tmp_path_factory.mktemp("distributed")
+    context = mp.start_processes(
+        _worker,
+        args=(str(directory / "init"), str(directory)),
+        nprocs=WORLD_SIZE,
+        join=False,
+        start_method="spawn",
+    )
+    deadline = time.monotonic() + TIMEOUT_S
+    # join() raises ProcessRaisedException / ProcessExitedException when a child fails.
+    while not context.join(timeout=1.0):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                if process.is_alive():
+                    process.kill()
+            pytest.fail(f"distributed workers did not finish within {TIMEOUT_S} s")
+    return [torch.load(directory / f"rank{rank}.pt", weights_only=False) for rank in range(WORLD_SIZE)]
+
+
+def test_all_reduce_sum_forward_is_the_sum_over_ranks(rank_results: List[Dict[str, Any]]) -> None:
+    base = torch.arange(6, dtype=torch.float64).reshape(2, 3)
+    for result in rank_results:
+        torch.testing.assert_close(result["collectives"]["reduce_value"], base * 1 + base * 2, rtol=0, atol=0)
+
+
+def test_all_reduce_sum_backward_sums_upstream_gradients_over_ranks(rank_results: List[Dict[str, Any]]) -> None:
+    upstream = torch.linspace(-1.0, 2.0, 6, dtype=torch.float64).reshape(2, 3)
+    for result in rank_results:
+        # Identical upstream g on both ranks: d/dx_r sum_r' <sum_s x_s, g> = world_size * g.
+        torch.testing.assert_close(result["collectives"]["reduce_grad_same"], WORLD_SIZE * upstream, rtol=0, atol=0)
+        # Upstream g * (r + 2) on rank r: every rank receives g * 2 + g * 3.
+        torch.testing.assert_close(result["collectives"]["reduce_grad_rank"], upstream * 2 + upstream * 3, rtol=0, atol=0)
+
+
+def test_all_gather_cat_autograd_concatenates_in_rank_order_and_sums_gradients(
+    rank_results: List[Dict[str, Any]],
+) -> None:
+    full = torch.arange(11 * 3, dtype=torch.float64).reshape(11, 3)
+    upstream = torch.linspace(-1.0, 1.0, 33, dtype=torch.float64).reshape(11, 3)
+    for rank, result in enumerate(rank_results):
+        torch.testing.assert_close(result["collectives"]["gather_value"], full, rtol=0, atol=0)
+        # Rank r weights the gathered tensor by upstream * (r + 1): the slice of the sum, 3 * upstream.
+        expected = (upstream * 1 + upstream * 2)[rank_slices()[rank]]
+        torch.testing.assert_close(result["collectives"]["gather_grad"], expected, rtol=0, atol=0)
+
+
+def _single_process_psl(dtype: torch.dtype) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    inputs, targets, labels, _ = global_batch(0, dtype)
+    layer = make_layer(dtype)
+    module = PSL(NUM_CLUSTERS)
+    loss = module(layer(inputs), targets, labels)
+    loss.backward()
+    assert module.last_terms is not None
+    return loss.detach(), module.last_terms.num_active, layer.weight.grad, layer.bias.grad
+
+
+@pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float64, 1e-12), (torch.float32, 1e-6)])
+def test_ddp_psl_loss_and_gradients_equal_single_process_on_global_batch(
+    rank_results: List[Dict[str, Any]], dtype: torch.dtype, tolerance: float
+) -> None:
+    loss, num_active, weight_grad, bias_grad = _single_process_psl(dtype)
+    assert int(num_active) == 5  # clusters 3 and 4 live on one rank each; the global mask sees both
+    key = "ddp_float64" if dtype == torch.float64 else "ddp_float32"
+    for result in rank_results:
+        got = result[key]
+        assert int(got["num_active"]) == int(num_active)
+        torch.testing.assert_close(got["loss"], loss, rtol=tolerance, atol=tolerance)
+        torch.testing.assert_close(got["weight_grad"], weight_grad, rtol=tolerance, atol=tolerance)
+        torch.testing.assert_close(got["bias_grad"], bias_grad, rtol=tolerance, atol=tolerance)
+
+
+def test_soft_weight_psl_with_averaged_gradients_equals_single_process(rank_results: List[Dict[str, Any]]) -> None:
+    inputs, targets, _, _ = global_batch(0, torch.float64)
+    layer = make_layer(torch.float64)
+    terms = prototype_scattering_loss(layer(inputs), targets, soft_weights(), NUM_CLUSTERS, return_terms=True)
+    terms.loss.backward()
+    for result in rank_results:
+        got = result["soft"]
+        for name in ("loss", "alignment", "uniformity"):
+            torch.testing.assert_close(got[name], getattr(terms, name).detach(), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(got["weight_grad"], layer.weight.grad, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(got["bias_grad"], layer.bias.grad, rtol=1e-12, atol=1e-12)
+
+
+def test_queue_training_equals_single_process_fed_the_concatenated_batches(
+    rank_results: List[Dict[str, Any]],
+) -> None:
+    layer = make_layer(torch.float64)
+    module = PSL(NUM_CLUSTERS, queue_size=QUEUE_SIZE, feature_dim=DIM)
+    optimizer = torch.optim.SGD(layer.parameters(), lr=LEARNING_RATE)
+    losses = []
+    for step in range(QUEUE_STEPS):
+        inputs, targets, labels, indices = global_batch(step, torch.float64)
+        optimizer.zero_grad()
+        loss = module(layer(inputs), targets, labels, indices)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.detach())
+    assert module.queue.is_full  # 3 x 11 pushes wrapped around a queue of 16
+    features, labels, indices = module.queue.contents()
+    for result in rank_results:
+        got = result["queue"]
+        torch.testing.assert_close(got["losses"], torch.stack(losses), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(got["weight"], layer.weight.detach(), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(got["queue_features"], features, rtol=1e-6, atol=1e-7)  # float32 queue
+        assert torch.equal(got["queue_labels"], labels)
+        assert torch.equal(got["queue_indices"], indices)
+    # Queues are identical on both ranks, bit for bit.
+    assert torch.equal(rank_results[0]["queue"]["queue_features"], rank_results[1]["queue"]["queue_features"])
+
+
+def test_bad_input_on_one_rank_raises_on_every_rank_without_changing_the_queue(
+    rank_results: List[Dict[str, Any]],
+) -> None:
+    assert "assignments" in rank_results[1]["bad_input"]["message"]
+    assert "another rank" in rank_results[0]["bad_input"]["message"]
+    for result in rank_results:
+        assert result["bad_input"]["queue_length"] == 0
+        assert result["bad_input"]["after"].item() == WORLD_SIZE
