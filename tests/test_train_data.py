@@ -161,6 +161,23 @@ def test_idx_payload_longer_than_header_raises(tmp_path: Path) -> None:
         read_idx(path)
 
 
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (bytes([0, 0, 8]), r"truncated IDX header \(3 bytes"),
+        (bytes([0, 0, 8, 3, 0, 0, 0, 2]), r"truncated IDX header \(declares 3 dimensions"),
+        (bytes([0, 0, 8, 0]), r"IDX header declares 0 dimensions"),
+    ],
+    ids=["short", "missing_dims", "zero_dims"],
+)
+def test_idx_broken_header_raises_naming_the_file(tmp_path: Path, content: bytes, message: str) -> None:
+    path = tmp_path / "broken-images-idx3-ubyte"
+    path.write_bytes(content)
+
+    with pytest.raises(DatasetError, match=f"broken-images-idx3-ubyte: {message}"):
+        read_idx(path)
+
+
 def test_idx_images_and_labels_count_mismatch_raises_naming_both_files(tmp_path: Path) -> None:
     images, labels = random_mnist(np.random.default_rng(5), 5)
     write_mnist_split(tmp_path, "train", images, labels[:4], gz=False)

@@ -210,7 +210,9 @@ def read_idx(path: PathLike) -> np.ndarray:
     dtype = _IDX_DTYPES[data[2]]
     ndim = data[3]
     header_size = 4 + 4 * ndim
-    if ndim == 0 or len(data) < header_size:
+    if ndim == 0:
+        raise DatasetError(f"{path}: IDX header declares 0 dimensions")
+    if len(data) < header_size:
         raise DatasetError(f"{path}: truncated IDX header (declares {ndim} dimensions, file has {len(data)} bytes)")
     shape = tuple(int(size) for size in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
     expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
