@@ -18,6 +18,7 @@ calling it a second time with the two views swapped (see
 from __future__ import annotations
 
 import contextlib
+import itertools
 from typing import Callable, Optional
 
 import torch
@@ -50,10 +51,7 @@ def _same_device(a: torch.device, b: torch.device) -> bool:
 def _module_dtype(module: Callable[[Tensor], Tensor]) -> Optional[torch.dtype]:
     """Dtype of the first floating parameter or buffer of ``module`` (None for a plain callable)."""
     if isinstance(module, nn.Module):
-        for tensor in module.parameters():
-            if tensor.is_floating_point():
-                return tensor.dtype
-        for tensor in module.buffers():
+        for tensor in itertools.chain(module.parameters(), module.buffers()):
             if tensor.is_floating_point():
                 return tensor.dtype
     return None
@@ -80,8 +78,11 @@ def positive_sampling_alignment(
         sigma: standard deviation of the positive sampling noise, ``>= 0``;
             ``0`` gives exactly BYOL's loss.
         generator: optional :class:`torch.Generator` for reproducible noise, on
-            the device of ``online_projection``.
+            the device of ``online_projection``; ``eps`` is one draw of
+            ``torch.randn((B, d), generator=generator)`` in the compute dtype
+            (float32, or float64 for float64 inputs). ``None`` uses the global RNG.
         training: draw noise only when ``True`` (evaluation is deterministic).
+            No random number is drawn when ``training`` is ``False`` or ``sigma == 0``.
 
     Returns:
         A scalar tensor, float32 for float32/half/bfloat16 inputs (and under

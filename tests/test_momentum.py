@@ -15,10 +15,10 @@ import torch.multiprocessing as mp
 from torch import Tensor, nn
 
 from propos_losses import defaults
-from propos_losses.momentum import MomentumUpdater
+from propos_losses.momentum import BufferPolicy, MomentumUpdater
 
 
-def make_online(seed: int = 0) -> nn.Module:
+def make_online(seed: int = 0) -> nn.Sequential:
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2))
     model.train()
@@ -96,7 +96,7 @@ def test_update_uses_the_current_step_then_increments_it() -> None:
 
 
 @pytest.mark.parametrize("buffers", ["copy", "ema", "none"])
-def test_several_updates_equal_an_explicit_loop_of_eq_11(buffers: str) -> None:
+def test_several_updates_equal_an_explicit_loop_of_eq_11(buffers: BufferPolicy) -> None:
     online = make_online()
     updater = MomentumUpdater(0.5, 0.9, total_steps=3, buffers=buffers)  # small m: the EMA moves visibly
     target = updater.make_target(online)
@@ -124,18 +124,19 @@ def test_buffer_policies_copy_ema_and_leave_batchnorm_statistics() -> None:
         perturb(target, seed=1)
         before = state(target)
         updater.update(online, target)
-        batch_norm, online_bn = target[1], online[1]
+        after, online_state = target.state_dict(), online.state_dict()
+        statistics = ("1.running_mean", "1.running_var")
         if policy == "copy":
-            assert torch.equal(batch_norm.running_mean, online_bn.running_mean)
-            assert torch.equal(batch_norm.running_var, online_bn.running_var)
-            assert torch.equal(batch_norm.num_batches_tracked, online_bn.num_batches_tracked)
+            for name in (*statistics, "1.num_batches_tracked"):
+                assert torch.equal(after[name], online_state[name]), name
         elif policy == "ema":
-            torch.testing.assert_close(batch_norm.running_mean, 0.5 * before["1.running_mean"] + 0.5 * online_bn.running_mean)
-            torch.testing.assert_close(batch_norm.running_var, 0.5 * before["1.running_var"] + 0.5 * online_bn.running_var)
-            assert torch.equal(batch_norm.num_batches_tracked, online_bn.num_batches_tracked)  # integers are copied
+            for name in statistics:
+                torch.testing.assert_close(after[name], 0.5 * before[name] + 0.5 * online_state[name])
+            # Integer buffers are copied, not averaged.
+            assert torch.equal(after["1.num_batches_tracked"], online_state["1.num_batches_tracked"])
         else:
-            for name in ("running_mean", "running_var", "num_batches_tracked"):
-                assert torch.equal(getattr(batch_norm, name), before[f"1.{name}"])
+            for name in (*statistics, "1.num_batches_tracked"):
+                assert torch.equal(after[name], before[name]), name
 
 
 def test_momentum_one_leaves_the_target_unchanged_and_zero_copies_the_online_network() -> None:
@@ -157,14 +158,14 @@ def test_momentum_one_leaves_the_target_unchanged_and_zero_copies_the_online_net
 def test_update_tracks_no_gradient_and_leaves_online_gradients_alone() -> None:
     online = make_online()
     online(torch.randn(4, 3)).sum().backward()
-    gradients = [p.grad.clone() for p in online.parameters()]
+    gradients = [torch.zeros(0) if p.grad is None else p.grad.clone() for p in online.parameters()]
     updater = MomentumUpdater(total_steps=10)
     target = updater.make_target(online)
     updater.update(online, target)
     for parameter in target.parameters():
         assert not parameter.requires_grad and parameter.grad_fn is None and parameter.grad is None
     for parameter, gradient in zip(online.parameters(), gradients):
-        assert torch.equal(parameter.grad, gradient)
+        assert parameter.grad is not None and torch.equal(parameter.grad, gradient)
 
 
 # --- target creation and wrappers --------------------------------------------------------------
@@ -252,7 +253,7 @@ def _different_shape() -> nn.Module:
     return nn.Sequential(nn.Linear(3, 5), nn.BatchNorm1d(5), nn.ReLU(), nn.Linear(5, 2))
 
 
-def _different_names() -> nn.Module:
+def _different_names() -> nn.Sequential:
     model = make_online()
     return nn.Sequential(model[0], model[1], model[2], nn.Sequential(model[3]))
 

@@ -212,6 +212,7 @@ def test_bf16_autocast_gives_a_finite_float32_loss_close_to_float32() -> None:
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     torch.testing.assert_close(loss, reference, rtol=0, atol=3e-2)
     loss.backward()
+    assert q.grad is not None and predictor.weight.grad is not None
     assert torch.isfinite(q.grad).all() and torch.isfinite(predictor.weight.grad).all()
 
 
@@ -260,6 +261,7 @@ def test_zero_vectors_give_a_finite_loss_and_gradient(dtype: torch.dtype, which:
     loss = PSA(predictor, sigma=0.0)(q, z)
     loss.backward()
     assert torch.isfinite(loss)
+    assert q.grad is not None and predictor.weight.grad is not None
     assert torch.isfinite(q.grad).all() and torch.isfinite(predictor.weight.grad).all()
     if which == "both":
         assert loss.item() == pytest.approx(2.0)

@@ -188,6 +188,7 @@ def test_batch_larger_than_the_queue_keeps_its_newest_rows() -> None:
     queue = PrototypeQueue(size=3, feature_dim=FEATURE_DIM)
     queue.push(*make_batch(2, seed=0))
     features, labels, indices = make_batch(8, seed=1)
+    assert indices is not None
     queue.push(features, labels, indices)
     assert queue_rows(queue) == rows_of(features[-3:], labels[-3:], indices[-3:])
 
@@ -340,7 +341,7 @@ def test_distributed_push_gives_identical_queues_equal_to_one_process_on_the_glo
         batches = [rank_batch(step, rank) for rank in range(WORLD_SIZE)]
         features = torch.cat([b[0] for b in batches])
         labels = torch.cat([b[1] for b in batches])
-        indices = None if step == 1 else torch.cat([b[2] for b in batches])
+        indices = None if step == 1 else torch.cat([b[2] for b in batches if b[2] is not None])
         single.push(features, labels, indices)
         expected = rows_of(*single.contents())
         for result in results:
