@@ -69,7 +69,7 @@ _WINDOW_SLACK = 16
 _TAIL_SAFETY_NATS = 1.0
 # Elements per evaluation block of the EMI (pairs x window), which bounds the
 # temporary memory to a few tens of MiB whatever the input.
-_EMI_BLOCK_ELEMENTS = 1 << 21
+_EMI_BLOCK_ELEMENTS = 1 << 20
 
 
 # --------------------------------------------------------------------------- #
@@ -291,8 +291,15 @@ def _hypergeom_logpmf(n: np.ndarray, a: np.ndarray, b: np.ndarray, n_samples: in
 
 
 def _log_ratio(n: np.ndarray, a: np.ndarray, b: np.ndarray, n_samples: int) -> np.ndarray:
-    """log r(n) = log P(n + 1) / P(n) = log (a-n)(b-n) / ((n+1)(N-a-b+n+1))."""
-    return np.log(a - n) + np.log(b - n) - np.log(n + 1.0) - np.log(float(n_samples) - a - b + n + 1.0)
+    """log r(n) = log P(n + 1) / P(n) = log (a-n)(b-n) / ((n+1)(N-a-b+n+1)).
+
+    The two products are integers below ``(N + 1)^2``, exact in float64 for
+    ``N < 2^26`` and correctly rounded beyond, so one log of their quotient
+    is accurate to a few ulps absolute, better than a sum of four logs.
+    """
+    numerator = (a - n) * (b - n)
+    denominator = (n + 1.0) * (float(n_samples) - a - b + n + 1.0)
+    return np.log(numerator / denominator)
 
 
 def _emi_windows(
@@ -373,32 +380,30 @@ def _emi_block(
     tail mass is below the budget, so the normalisation changes each value by
     a relative amount of at most twice the budget.
     """
-    offsets = np.arange(width, dtype=np.int64)
-    n = low[:, None] + offsets[None, :]  # (P, W)
-    valid = n <= high[:, None]
+    valid = np.arange(width)[None, :] <= (high - low)[:, None]  # (P, W)
+    nf = low.astype(np.float64)[:, None] + np.arange(width, dtype=np.float64)[None, :]
     af = a.astype(np.float64)[:, None]
     bf = b.astype(np.float64)[:, None]
-    nf = n.astype(np.float64)
-    # log r(t) for t in [low, high - 1]; masked entries contribute 0 to the sums.
+    # log r(t) for t in [low, high - 1]; entries past high are set to 0 so they
+    # add nothing to the cumulative sums (their q is zeroed below anyway).
     t = nf[:, :-1]
-    steps = valid[:, 1:]
     with np.errstate(divide="ignore", invalid="ignore"):
-        log_r = np.where(steps, _log_ratio(t, af, bf, n_samples), 0.0)
-    right = np.where(n[:, :-1] >= mode[:, None], log_r, 0.0)
-    left = np.where(n[:, :-1] < mode[:, None], log_r, 0.0)
+        log_r = _log_ratio(t, af, bf, n_samples)
+    log_r[~valid[:, 1:]] = 0.0
     # log P(n) - log P(mode): sum_{t=mode}^{n-1} log r(t) above the mode and
-    # -sum_{t=n}^{mode-1} log r(t) below it.
-    log_q = np.zeros(n.shape, dtype=np.float64)
-    log_q[:, 1:] += np.cumsum(right, axis=1)
+    # -sum_{t=n}^{mode-1} log r(t) below it ("left" is exactly log_r - right).
+    right = np.where(t >= mode.astype(np.float64)[:, None], log_r, 0.0)
+    left = log_r - right
+    log_q = np.zeros(nf.shape, dtype=np.float64)
+    np.cumsum(right, axis=1, out=log_q[:, 1:])
     log_q[:, :-1] -= np.cumsum(left[:, ::-1], axis=1)[:, ::-1]
-    q = np.where(valid, np.exp(np.where(valid, log_q, 0.0)), 0.0)
-    # w(n) = (n / N) log(N n / (a b)); w(0) = 0 (the n = 0 term carries no mass).
+    q = np.exp(log_q)
+    q[~valid] = 0.0
+    # w(n) = (n / N) log(N n / (a b)) (exact integer products, one log); the
+    # n = 0 term is 0 whatever its probability.
     with np.errstate(divide="ignore", invalid="ignore"):
-        weight = np.where(
-            nf > 0,
-            (nf / n_samples) * (np.log(nf) + math.log(n_samples) - np.log(af) - np.log(bf)),
-            0.0,
-        )
+        weight = (nf / n_samples) * np.log((nf * float(n_samples)) / (af * bf))
+    weight[nf == 0] = 0.0
     return (q * weight).sum(axis=1) / q.sum(axis=1)
 
 
