@@ -1,8 +1,58 @@
 """propos_losses: ProPos prototype scattering and positive sampling for any SSL loop.
 
->>> from propos_losses import PSL
+The package exports the losses of ProPos (Huang et al., TPAMI) as plain
+``nn.Module`` objects with functional twins, the pieces of the training loop
+around them, a batched spherical k-means and exact clustering metrics:
+
+>>> from propos_losses import PSL, PSA, MomentumUpdater, PrototypeQueue
+>>> psl = PSL(num_clusters=10)
 """
 
 from propos_losses._version import __version__
+from propos_losses.diagnostics import alignment, cluster_size_stats, representation_diagnostics, uniformity
+from propos_losses.metrics import (
+    ContingencyTable,
+    ami,
+    ari,
+    cluster_accuracy,
+    contingency_table,
+    evaluate_clustering,
+    expected_mutual_information,
+    nmi,
+)
+from propos_losses.momentum import MomentumUpdater
+from propos_losses.prototypes import cluster_sums, compute_prototypes
+from propos_losses.psa import PSA, PositiveSamplingAlignment, positive_sampling_alignment
+from propos_losses.psl import PSL, PrototypeScatteringLoss, PSLTerms, prototype_scattering_loss
+from propos_losses.queue import PrototypeQueue
 
-__all__ = ["__version__"]
+__all__ = [
+    "__version__",
+    # losses
+    "PrototypeScatteringLoss",
+    "PSL",
+    "PSLTerms",
+    "prototype_scattering_loss",
+    "PositiveSamplingAlignment",
+    "PSA",
+    "positive_sampling_alignment",
+    "cluster_sums",
+    "compute_prototypes",
+    # training utilities
+    "MomentumUpdater",
+    "PrototypeQueue",
+    # metrics
+    "nmi",
+    "ami",
+    "ari",
+    "cluster_accuracy",
+    "evaluate_clustering",
+    "contingency_table",
+    "ContingencyTable",
+    "expected_mutual_information",
+    # diagnostics
+    "cluster_size_stats",
+    "alignment",
+    "uniformity",
+    "representation_diagnostics",
+]
