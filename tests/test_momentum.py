@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import doctest
 import math
 import os
 import time
@@ -14,6 +15,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import Tensor, nn
 
+import propos_losses.momentum
 from propos_losses import defaults
 from propos_losses.momentum import BufferPolicy, MomentumUpdater
 
@@ -357,3 +359,8 @@ def test_ddp_wrapped_online_model_gives_identical_targets_on_every_rank(tmp_path
             torch.testing.assert_close(value, expected[name], msg=name)
     for name in expected:
         assert torch.equal(results[0]["target"][name], results[1]["target"][name]), name
+
+
+def test_docstring_examples_run() -> None:
+    result = doctest.testmod(propos_losses.momentum)
+    assert result.attempted > 0 and result.failed == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import doctest
 import math
 from typing import List, Sequence
 
@@ -12,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor, nn
 
+import propos_losses.psa
 from propos_losses import defaults
 from propos_losses.psa import PSA, PositiveSamplingAlignment, positive_sampling_alignment
 
@@ -347,3 +349,8 @@ def test_bad_functional_arguments_raise(kwargs: dict, error: type) -> None:
 def test_generator_on_another_device_raises() -> None:
     with pytest.raises(ValueError, match="generator"):
         positive_sampling_alignment(GOOD_Q, GOOD_Z, linear_predictor(), generator=torch.Generator(device="cuda"))
+
+
+def test_docstring_examples_run() -> None:
+    result = doctest.testmod(propos_losses.psa)
+    assert result.attempted > 0 and result.failed == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import doctest
 import os
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ import torch.multiprocessing as mp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import propos_losses.queue
 from propos_losses.queue import PrototypeQueue
 
 FEATURE_DIM = 3
@@ -348,3 +350,8 @@ def test_distributed_push_gives_identical_queues_equal_to_one_process_on_the_glo
             assert rows_of(*result["history"][step]) == expected
     for result in results:
         assert result["raised"] and result["unchanged"]
+
+
+def test_docstring_examples_run() -> None:
+    result = doctest.testmod(propos_losses.queue)
+    assert result.attempted > 0 and result.failed == 0
