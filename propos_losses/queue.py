@@ -238,7 +238,9 @@ class PrototypeQueue(nn.Module):
         """Refresh the labels of the filled slots from a dataset-wide label vector.
 
         Sets ``labels[slot] = new_labels[indices[slot]]`` for every filled
-        slot, e.g. after the E-step has re-clustered the data.
+        slot, e.g. after the E-step has re-clustered the data. No
+        communication: under :mod:`torch.distributed` pass the same (global)
+        label vector on every rank and the queues stay identical.
 
         Args:
             new_labels: ``(N_dataset,)`` integer labels ``>= 0`` of every sample.
