@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from propos_losses._validation import check_float, check_int, check_tensor, check_finite
+from propos_losses._validation import check_finite, check_float, check_int, check_tensor
 from propos_losses.metrics import LabelsLike, _as_labels
 
 __all__ = [
@@ -44,7 +44,9 @@ __all__ = [
 DEFAULT_CHUNK_SIZE = 2048
 
 
-def cluster_size_stats(labels: LabelsLike, num_clusters: Optional[int] = None) -> Dict[str, Union[int, float, List[int]]]:
+def cluster_size_stats(
+    labels: LabelsLike, num_clusters: Optional[int] = None
+) -> Dict[str, Union[int, float, List[int]]]:
     """Sizes of the clusters of a labeling and how unbalanced they are.
 
     Args:

@@ -407,7 +407,9 @@ def _emi_block(
     return (q * weight).sum(axis=1) / q.sum(axis=1)
 
 
-def expected_mutual_information(row_sums: Union[np.ndarray, Sequence[int]], col_sums: Union[np.ndarray, Sequence[int]]) -> float:
+def expected_mutual_information(
+    row_sums: Union[np.ndarray, Sequence[int]], col_sums: Union[np.ndarray, Sequence[int]]
+) -> float:
     """Expected mutual information (nats) of two labelings with given sizes.
 
     Under the hypergeometric (permutation) model with fixed class sizes

@@ -175,7 +175,9 @@ def test_cluster_size_stats_of_a_single_cluster() -> None:
         ([0.5, 1.0], None, ValueError, "integral"),
     ],
 )
-def test_cluster_size_stats_rejects_bad_input(labels, num_clusters, error, match) -> None:  # type: ignore[no-untyped-def]
+def test_cluster_size_stats_rejects_bad_input(  # type: ignore[no-untyped-def]
+    labels, num_clusters, error, match
+) -> None:
     with pytest.raises(error, match=match):
         cluster_size_stats(labels, num_clusters=num_clusters)
 
