@@ -1,0 +1,800 @@
+"""Fast batched spherical k-means with greedy k-means++ initialisation.
+
+Spherical k-means clusters the directions of the rows of ``X``: with
+``x_i = X_i / ||X_i||`` and unit centres ``c_k`` it maximises
+``sum_i cos(x_i, c_{a_i})`` and reports the *cosine inertia*
+
+    inertia = sum_i (1 - cos(x_i, c_{a_i})),
+
+which on the unit sphere equals half the squared Euclidean inertia
+(``||x - c||^2 = 2 (1 - cos)``). It is the E-step of ProPos (DESIGN.md §1, §5).
+
+How it is computed (and why it is fast):
+
+* All ``n_init`` restarts run as ONE batched computation: the centres of every
+  restart are stacked into ``(R, K, d)`` and the similarities of a chunk of
+  rows to all of them come from a single matrix multiply
+  ``(chunk, d) x (d, R * K)``. Peak extra memory is ``O(R * chunk * K)`` and is
+  bounded by ``chunk_size`` (default: as many rows as fit in
+  :data:`DEFAULT_CHUNK_BYTES` of similarities).
+* Centre updates are per-restart sums built with ``index_add_`` into
+  ``(R * K, d)``, then L2-normalised: for unit vectors the normalised sum is
+  the maximiser of ``sum_i cos(x_i, c)`` over the cluster.
+* A restart stops on its own (see *Stopping rule*); converged restarts are
+  dropped from the batch so the remaining ones run faster.
+* Initialisation is the greedy k-means++ of scikit-learn, batched over the
+  restarts: ``2 + floor(ln K)`` candidates per step, sampled with probability
+  proportional to ``D_i = 1 - max_j cos(x_i, c_j)``, keeping the candidate
+  that most reduces the potential ``sum_i D_i``. Because
+  ``||x - c||^2 = 2 (1 - cos)`` for unit vectors, sampling proportional to
+  ``1 - cos`` *is* the ``D^2`` sampling of k-means++ on the sphere.
+
+Stopping rule (``tol``): let ``I_t`` be the inertia of iteration ``t`` (the
+assignment of every row to its most similar centre ``c^(t)``, before the
+update). A restart stops after iteration ``t >= 1`` when
+
+    I_{t-1} - I_t <= tol * I_{t-1},
+
+i.e. when one more Lloyd step improved the objective by a relative amount of
+at most ``tol``, or after ``max_iter`` iterations. ``tol = 0`` runs until the
+objective stops decreasing (a fixed point). Unlike scikit-learn's centre
+shift relative to the data variance, this criterion does not depend on the
+dimension or scale of the data.
+
+Empty clusters: after an assignment step, each empty cluster is re-seeded with
+a distinct point among those worst served by their current centre (largest
+``1 - cos``), taken only from clusters that keep at least one member; the
+point moves to the new cluster in the sums and counts. The final labels come
+from a last assignment step with the final centres, so they agree with
+:meth:`SphericalKMeans.predict`; if that step empties a cluster (possible only
+with duplicated rows or ``K`` close to ``N``) the same re-seeding makes every
+cluster non-empty whenever ``N >= K``.
+
+Distributed (``torch.distributed`` initialised, more than one rank): every rank
+passes its own shard (sizes may differ). Sums, counts and inertias are
+all-reduced with :func:`propos_losses.distributed.all_reduce_sum_`, so every
+rank holds identical centres, inertia and ``n_iter_`` and its own shard's
+labels. The k-means++ initialisation is global and exact: the sampling draws
+come from a generator seeded identically on every rank, each draw is mapped to
+the rank that owns the sampled row (from the all-gathered per-rank potential
+totals) and that rank contributes the row through an all-reduce; candidate
+potentials are all-reduced, so every rank picks the same candidate. Re-seeding
+candidates are all-gathered. With the same initial centres the result equals
+the single-process run on the concatenated shards, up to floating-point
+summation order.
+
+Input and output types: ``X`` may be a NumPy array or a torch tensor, float32
+or float64, on CPU or CUDA; float16 and bfloat16 tensors are computed in
+float32; integer, boolean and complex input raise :class:`TypeError`. All
+computation runs on the device of ``X`` in its (float32/float64) dtype.
+Results mirror the input: torch tensors on ``X``'s device for tensor input,
+NumPy arrays for NumPy input (labels are int64 in both cases).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from typing import Any, List, NamedTuple, Optional, Tuple, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from propos_losses._validation import check_float, check_int
+from propos_losses.defaults import KMEANS_MAX_ITER, KMEANS_N_INIT, KMEANS_TOL
+from propos_losses.distributed import (
+    all_gather_cat,
+    all_reduce_sum_,
+    broadcast_,
+    get_rank,
+    get_world_size,
+    is_distributed,
+)
+
+__all__ = ["SphericalKMeans", "spherical_kmeans", "KMeansResult", "DEFAULT_CHUNK_BYTES"]
+
+ArrayLike = Union[Tensor, np.ndarray]
+InitLike = Union[str, Tensor, np.ndarray]
+
+#: Memory budget (bytes) of one chunk of similarities when ``chunk_size`` is
+#: ``None``: rows per chunk = budget / (R * K * itemsize).
+DEFAULT_CHUNK_BYTES: int = 256 * 2**20
+
+#: Up to this many centres (R * K) the centre sums use a one-hot matrix multiply,
+#: above it ``index_add_`` (whose cost does not grow with K); measured on CPU.
+_ONE_HOT_MAX_WIDTH: int = 128
+
+_INIT_METHODS = ("k-means++", "random")
+_SEED_BOUND = 2**63 - 1  # torch.Generator.manual_seed accepts seeds below 2**64
+
+
+class KMeansResult(NamedTuple):
+    """Result of :func:`spherical_kmeans`.
+
+    Attributes:
+        centers: ``(K, d)`` unit-norm centres, dtype of the computation.
+        labels: ``(N,)`` int64 cluster of each row (this rank's shard when
+            distributed).
+        inertia: ``sum_i (1 - cos(x_i, c_{a_i}))`` over all rows (all ranks).
+        n_iter: Lloyd iterations run by the best restart.
+    """
+
+    centers: ArrayLike
+    labels: ArrayLike
+    inertia: float
+    n_iter: int
+
+
+class _Fit(NamedTuple):
+    centers: Tensor  # (K, d)
+    labels: Tensor  # (N,) int64
+    inertia: float
+    n_iter: int
+    history: List[float]
+    restart_inertias: List[float]
+
+
+# --------------------------------------------------------------------------- input
+
+
+def _any_rank_failed(failed: bool, device: torch.device) -> bool:
+    """All ranks learn whether any rank failed, so no rank is left waiting in a collective."""
+    if not is_distributed():
+        return failed
+    flag = torch.tensor([1.0 if failed else 0.0], device=device)
+    all_reduce_sum_(flag)
+    return bool(flag.item() > 0)
+
+
+def _raise_collectively(error: Optional[Exception], device: torch.device) -> None:
+    if _any_rank_failed(error is not None, device):
+        if error is not None:
+            raise error
+        raise ValueError("invalid input on another rank (see that rank's error)")
+
+
+def _as_tensor(name: str, X: object) -> Tuple[Tensor, bool]:
+    """Return ``X`` as a 2-D float32/float64 tensor and whether it was a NumPy array."""
+    if isinstance(X, np.ndarray):
+        if X.dtype not in (np.float32, np.float64):
+            raise TypeError(
+                f"{name} must be float32 or float64, got NumPy dtype {X.dtype}; "
+                f"convert it first, e.g. {name}.astype(numpy.float32)"
+            )
+        tensor = torch.from_numpy(np.ascontiguousarray(X))
+        is_numpy = True
+    elif isinstance(X, Tensor):
+        if X.dtype in (torch.float16, torch.bfloat16):
+            # Half precision cannot hold the sums of a large cluster: compute in float32.
+            X = X.float()
+        if X.dtype not in (torch.float32, torch.float64):
+            raise TypeError(
+                f"{name} must be a floating-point tensor (float32 or float64; half "
+                f"precision is computed in float32), got dtype {X.dtype}"
+            )
+        tensor = X.detach()
+        is_numpy = False
+    else:
+        raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(X).__name__}")
+    if tensor.dim() != 2:
+        raise ValueError(f"{name} must be 2-D (N, d), got shape {tuple(tensor.shape)}")
+    if tensor.shape[1] < 1:
+        raise ValueError(f"{name} must have at least one feature, got shape {tuple(tensor.shape)}")
+    return tensor, is_numpy
+
+
+def _normalise_rows(name: str, X: Tensor) -> Tensor:
+    """L2-normalise the rows; raise on NaN/Inf or all-zero rows."""
+    if X.numel() and not bool(torch.isfinite(X).all()):
+        raise ValueError(f"{name} must be finite, got NaN or Inf values")
+    norms = torch.linalg.vector_norm(X, dim=1)
+    zero = norms == 0
+    if bool(zero.any()):
+        first = int(torch.nonzero(zero)[0, 0])
+        raise ValueError(
+            f"{name} has all-zero rows (e.g. row {first}); their direction, hence "
+            f"their cosine similarity, is undefined"
+        )
+    return X / norms.unsqueeze(1)
+
+
+def _to_output(value: Tensor, is_numpy: bool) -> ArrayLike:
+    return value.cpu().numpy() if is_numpy else value
+
+
+# --------------------------------------------------------------------------- kernels
+
+
+def _chunk_rows(n_rows: int, width: int, itemsize: int, chunk_size: Optional[int]) -> int:
+    """Rows per chunk: the user's ``chunk_size`` or what fits in :data:`DEFAULT_CHUNK_BYTES`."""
+    if chunk_size is not None:
+        return max(1, chunk_size)
+    return max(1, min(max(n_rows, 1), DEFAULT_CHUNK_BYTES // max(1, width * itemsize)))
+
+
+def _accumulate(
+    X: Tensor, centers: Tensor, chunk_size: Optional[int], with_sums: bool = True
+) -> Tuple[Optional[Tensor], Optional[Tensor], Tensor]:
+    """One assignment pass for a batch of restarts.
+
+    Args:
+        X: ``(N, d)`` unit rows.
+        centers: ``(R, K, d)`` unit centres.
+
+    Returns:
+        ``sums`` ``(R, K, d)`` of the rows assigned to each centre and
+        ``counts`` ``(R, K)`` (``None`` without ``with_sums``), and the
+        ``(R,)`` float64 inertia, all summed over ranks.
+    """
+    R, K, d = centers.shape
+    N = X.shape[0]
+    flat_centers = centers.reshape(R * K, d)
+    inertia = torch.zeros(R, dtype=torch.float64, device=X.device)
+    sums = torch.zeros(R * K, d, dtype=X.dtype, device=X.device) if with_sums else None
+    counts = torch.zeros(R * K, dtype=torch.long, device=X.device) if with_sums else None
+    offsets = torch.arange(R, device=X.device) * K
+    step = _chunk_rows(N, R * K, X.element_size(), chunk_size)
+    for start in range(0, N, step):
+        rows = X[start : start + step]
+        sims = torch.mm(rows, flat_centers.t()).view(rows.shape[0], R, K)
+        best, labels = sims.max(dim=2)  # (n, R)
+        # sum_i (1 - cos) = n - sum_i cos; accumulate in float64 so the history is exact enough to be monotone
+        inertia += rows.shape[0] - best.sum(dim=0, dtype=torch.float64)
+        if sums is not None and counts is not None:
+            flat = labels + offsets  # (n, R) row index into (R * K, d)
+            if R * K <= _ONE_HOT_MAX_WIDTH:
+                # Few centres: a one-hot matrix multiply beats R scattered index_add_ passes.
+                one_hot = rows.new_zeros(rows.shape[0], R * K).scatter_(1, flat, 1)
+                sums.addmm_(one_hot.t(), rows)
+            else:
+                for r in range(R):
+                    sums.index_add_(0, flat[:, r], rows)
+            counts += torch.bincount(flat.reshape(-1), minlength=R * K)
+    all_reduce_sum_(inertia)
+    if sums is None or counts is None:
+        return None, None, inertia
+    all_reduce_sum_(sums)
+    all_reduce_sum_(counts)
+    return sums.view(R, K, d), counts.view(R, K), inertia
+
+
+def _assign(X: Tensor, centers: Tensor, chunk_size: Optional[int]) -> Tuple[Tensor, Tensor]:
+    """Labels ``(N,)`` int64 and cosine distances ``(N,)`` of the rows to ``(K, d)`` centres."""
+    N = X.shape[0]
+    K = centers.shape[0]
+    labels = torch.empty(N, dtype=torch.long, device=X.device)
+    dist = torch.empty(N, dtype=X.dtype, device=X.device)
+    step = _chunk_rows(N, K, X.element_size(), chunk_size)
+    for start in range(0, N, step):
+        best, lab = torch.mm(X[start : start + step], centers.t()).max(dim=1)
+        labels[start : start + step] = lab
+        dist[start : start + step] = 1 - best
+    return labels, dist
+
+
+class _Reseed(NamedTuple):
+    rows: Tensor  # (m, d) the chosen rows, identical on every rank
+    donors: Tensor  # (m,) the clusters they leave
+    local_index: Tensor  # (j,) indices of the chosen rows that live on this rank
+    local_slot: Tensor  # (j,) their position among the m chosen rows
+    max_dist: float  # largest 1 - cos of a chosen row to its old centre
+
+
+def _pick_reseed_points(X: Tensor, dist: Tensor, labels: Tensor, counts: Tensor, n_empty: int) -> _Reseed:
+    """Distinct rows worst served by their centre, never emptying a cluster.
+
+    Scans the rows by decreasing ``dist`` (over all ranks) and keeps a row only
+    if its cluster retains at least one member (``counts`` are global). Such a
+    scan skips at most one row per cluster, so the top ``n_empty + K`` rows of
+    each rank always contain the rows it selects.
+
+    Args:
+        X: ``(N, d)`` this rank's unit rows; ``dist``, ``labels``: ``(N,)``.
+        counts: ``(K,)`` global cluster sizes.
+        n_empty: number of rows to pick.
+    """
+    K = counts.shape[0]
+    take = min(X.shape[0], n_empty + K)
+    top = torch.topk(dist, take, largest=True, sorted=True).indices
+    pool_dist = all_gather_cat(dist[top])
+    pool_labels = all_gather_cat(labels[top])
+    pool_rows = all_gather_cat(X[top])
+    pool_index = all_gather_cat(top)
+    pool_rank = all_gather_cat(torch.full_like(top, get_rank()))
+    order = torch.argsort(pool_dist, descending=True, stable=True)
+    ordered_labels = pool_labels[order]
+    # Position of each candidate among the candidates of its own cluster, in scan order.
+    by_cluster = torch.argsort(ordered_labels, stable=True)
+    per_cluster = torch.bincount(ordered_labels, minlength=K)
+    starts = torch.cumsum(per_cluster, 0) - per_cluster
+    position = torch.empty_like(by_cluster)
+    position[by_cluster] = torch.arange(by_cluster.numel(), device=X.device) - starts[ordered_labels[by_cluster]]
+    eligible = position < counts[ordered_labels] - 1
+    chosen = order[eligible][:n_empty]
+    if chosen.numel() < n_empty:  # impossible when N >= K, which fit() checks
+        raise RuntimeError(f"cannot re-seed {n_empty} empty clusters from {int(counts.sum())} rows")
+    mine = pool_rank[chosen] == get_rank()
+    return _Reseed(
+        rows=pool_rows[chosen],
+        donors=pool_labels[chosen],
+        local_index=pool_index[chosen][mine],
+        local_slot=torch.nonzero(mine).flatten(),
+        max_dist=float(pool_dist[chosen].max()),
+    )
+
+
+def _reseed_empty_(
+    X: Tensor, centers: Tensor, sums: Tensor, counts: Tensor, chunk_size: Optional[int]
+) -> None:
+    """Re-seed the empty clusters of every restart in place (``sums`` ``(R, K, d)``, ``counts`` ``(R, K)``).
+
+    The labels of an affected restart are recomputed with its own centres
+    and its sums and counts rebuilt from them, because the batched pass may
+    break exact ties (duplicated rows or centres) differently.
+    """
+    K = centers.shape[1]
+    empty_restarts = torch.nonzero((counts == 0).any(dim=1)).flatten().tolist()
+    for r in empty_restarts:  # rare: a Python loop over the affected restarts only
+        labels, dist = _assign(X, centers[r], chunk_size)
+        sums_r = all_reduce_sum_(torch.zeros_like(sums[r]).index_add_(0, labels, X))
+        counts_r = all_reduce_sum_(torch.bincount(labels, minlength=K))
+        empty = torch.nonzero(counts_r == 0).flatten()
+        if empty.numel():
+            pick = _pick_reseed_points(X, dist, labels, counts_r, empty.numel())
+            sums_r.index_add_(0, pick.donors, -pick.rows)
+            counts_r.index_add_(0, pick.donors, -torch.ones_like(pick.donors))
+            sums_r[empty] = pick.rows
+            counts_r[empty] = 1
+        sums[r] = sums_r
+        counts[r] = counts_r
+
+
+def _normalise_centers(sums: Tensor, previous: Tensor) -> Tensor:
+    """Unit centres from sums; a cluster whose sum vanishes keeps its centre (every direction is optimal)."""
+    norms = torch.linalg.vector_norm(sums, dim=-1, keepdim=True)
+    ok = norms > torch.finfo(sums.dtype).tiny
+    return torch.where(ok, sums / norms.clamp_min(torch.finfo(sums.dtype).tiny), previous)
+
+
+# --------------------------------------------------------------------------- initialisation
+
+
+def _sample_rows(
+    X: Tensor, weights: Optional[Tensor], n_restarts: int, n_samples: int, generator: torch.Generator
+) -> Tensor:
+    """Rows sampled with probability proportional to ``weights`` over all ranks.
+
+    Args:
+        X: ``(N, d)`` this rank's rows.
+        weights: ``(R, N)`` non-negative, or ``None`` for uniform. A restart
+            whose weights are all zero (every row sits on a centre) samples
+            uniformly.
+        generator: CPU generator in the same state on every rank.
+
+    Returns:
+        ``(R, n_samples, d)``, identical on every rank.
+    """
+    N, d = X.shape
+    device = X.device
+    uniform = torch.rand(n_restarts, n_samples, generator=generator, dtype=torch.float64).to(device)
+    if weights is None:
+        w = torch.ones(n_restarts, N, dtype=torch.float64, device=device)
+    else:
+        # Rounding can make 1 - cos slightly negative for a row on a centre; such a row has weight 0.
+        w = weights.to(torch.float64).clamp_min_(0)
+    rank_totals = all_gather_cat(w.sum(dim=1).unsqueeze(0))  # (W, R)
+    degenerate = rank_totals.sum(dim=0) <= 0
+    if bool(degenerate.any()):
+        w[degenerate] = 1.0
+        rank_totals = all_gather_cat(w.sum(dim=1).unsqueeze(0))
+    rank_cum = torch.cumsum(rank_totals, dim=0)  # (W, R)
+    target = uniform * rank_cum[-1].unsqueeze(1)  # (R, S) in [0, total)
+    world = rank_cum.shape[0]
+    owner = torch.searchsorted(rank_cum.t().contiguous(), target, right=True).clamp_(max=world - 1)
+    offset = torch.gather((rank_cum - rank_totals).t(), 1, owner)
+    rows = X.new_zeros(n_restarts, n_samples, d)
+    if N > 0:
+        local_cum = torch.cumsum(w, dim=1)  # (R, N)
+        index = torch.searchsorted(local_cum, (target - offset).contiguous(), right=True).clamp_(max=N - 1)
+        mine = (owner == get_rank()).unsqueeze(2)
+        rows = X[index] * mine
+    # Only the owner contributes a non-zero row, so the sum is exactly that row.
+    return all_reduce_sum_(rows)
+
+
+def _kmeans_plus_plus(
+    X: Tensor, n_clusters: int, n_restarts: int, generator: torch.Generator, chunk_size: Optional[int]
+) -> Tensor:
+    """Greedy k-means++ on the sphere for ``R`` restarts at once; returns ``(R, K, d)``."""
+    N, d = X.shape
+    R, K = n_restarts, n_clusters
+    n_candidates = 2 + int(math.log(K))
+    centers = X.new_empty(R, K, d)
+    centers[:, 0] = _sample_rows(X, None, R, 1, generator)[:, 0]
+    # dist[i, r] = 1 - max_j cos(x_i, c_rj): the potential, i.e. half the squared distance.
+    # (N, R) layout so that a chunk broadcasts against its (n, R, L) candidate distances.
+    dist = torch.rsub(X @ centers[:, 0].t(), 1)
+    step = _chunk_rows(N, R * n_candidates, X.element_size(), chunk_size)
+    # Keeping every candidate's updated distances saves recomputing the chosen one's, if they fit.
+    keep = N * R * n_candidates * X.element_size() <= DEFAULT_CHUNK_BYTES
+    arange_r = torch.arange(R, device=X.device)
+    for k in range(1, K):
+        candidates = _sample_rows(X, dist.t(), R, n_candidates, generator)  # (R, L, d)
+        flat = candidates.reshape(R * n_candidates, d)
+        potential = torch.zeros(R, n_candidates, dtype=torch.float64, device=X.device)
+        kept: List[Tensor] = []
+        for start in range(0, N, step):
+            new = torch.rsub(torch.mm(X[start : start + step], flat.t()), 1).view(-1, R, n_candidates)
+            torch.minimum(new, dist[start : start + step].unsqueeze(2), out=new)
+            potential += new.sum(dim=0, dtype=torch.float64)
+            if keep:
+                kept.append(new)
+        all_reduce_sum_(potential)
+        best = potential.argmin(dim=1)  # (R,)
+        centers[:, k] = candidates[arange_r, best]
+        if keep and kept:
+            dist = torch.cat([chunk[:, arange_r, best] for chunk in kept], dim=0) if len(kept) > 1 else kept[0][:, arange_r, best]
+        elif N > 0:
+            dist = torch.minimum(dist, torch.rsub(X @ centers[:, k].t(), 1))
+    return centers
+
+
+def _random_init(X: Tensor, n_clusters: int, n_restarts: int, generator: torch.Generator) -> Tensor:
+    """``K`` distinct rows (over all ranks) per restart, uniformly; ``(R, K, d)``."""
+    N, d = X.shape
+    sizes = all_gather_cat(torch.tensor([N], dtype=torch.long, device=X.device))
+    total = int(sizes.sum())
+    start = int(sizes[: get_rank()].sum())
+    picks = torch.stack([torch.randperm(total, generator=generator)[:n_clusters] for _ in range(n_restarts)])
+    picks = picks.to(X.device) - start
+    mine = (picks >= 0) & (picks < N)
+    rows = X.new_zeros(n_restarts, n_clusters, d)
+    if N > 0:
+        rows = X[picks.clamp(0, N - 1)] * mine.unsqueeze(2)
+    return all_reduce_sum_(rows)
+
+
+# --------------------------------------------------------------------------- Lloyd
+
+
+def _lloyd(
+    X: Tensor,
+    centers: Tensor,
+    max_iter: int,
+    tol: float,
+    chunk_size: Optional[int],
+    verbose: bool,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """Batched Lloyd iterations; each restart stops on its own.
+
+    Returns:
+        Final centres ``(R, K, d)``, iterations ``(R,)`` and the inertia
+        history ``(R, max_iter)`` float64 (NaN after a restart stopped).
+    """
+    R = centers.shape[0]
+    centers = centers.clone()
+    device = X.device
+    history = torch.full((R, max_iter), math.nan, dtype=torch.float64, device=device)
+    n_iter = torch.zeros(R, dtype=torch.long, device=device)
+    previous = torch.zeros(R, dtype=torch.float64, device=device)
+    active = torch.arange(R, device=device)
+    for it in range(max_iter):
+        current = centers[active]
+        sums, counts, inertia = _accumulate(X, current, chunk_size)
+        assert sums is not None and counts is not None
+        if bool((counts == 0).any()):
+            _reseed_empty_(X, current, sums, counts, chunk_size)
+        centers[active] = _normalise_centers(sums, current)
+        history[active, it] = inertia
+        n_iter[active] += 1
+        if it > 0:
+            done = previous[active] - inertia <= tol * previous[active]
+        else:
+            done = torch.zeros_like(inertia, dtype=torch.bool)
+        previous[active] = inertia
+        if verbose and get_rank() == 0:
+            print(
+                f"spherical k-means: iteration {it + 1}: {active.numel()} of {R} restarts running, "
+                f"best inertia {float(inertia.min()):.6g}",
+                flush=True,
+            )
+        active = active[~done]
+        if active.numel() == 0:
+            break
+    return centers, n_iter, history
+
+
+def _final_labels(X: Tensor, centers: Tensor, chunk_size: Optional[int]) -> Tuple[Tensor, Tensor, Tensor]:
+    """Labels of the rows for ``(K, d)`` centres, with no empty cluster when ``N >= K``.
+
+    An empty cluster gets a re-seeded row as its centre, and that row's label;
+    since the row now sits on its centre (cos = 1) its label is optimal.
+    Other rows may then prefer the new centre, so the assignment is repeated
+    while it can still lower the inertia (each round lowers it strictly, so
+    this ends); a last round that cannot improve keeps ties as they are.
+
+    Returns:
+        ``labels`` ``(N,)``, the possibly updated ``centers`` ``(K, d)`` and
+        the distances ``1 - cos`` ``(N,)`` of the rows to their centre.
+    """
+    K = centers.shape[0]
+    centers = centers.clone()
+    for attempt in range(K + 1):
+        labels, dist = _assign(X, centers, chunk_size)
+        counts = all_reduce_sum_(torch.bincount(labels, minlength=K))
+        empty = torch.nonzero(counts == 0).flatten()
+        if empty.numel() == 0:
+            break
+        pick = _pick_reseed_points(X, dist, labels, counts, empty.numel())
+        centers[empty] = pick.rows
+        if pick.max_dist > 0 and attempt < K:
+            continue
+        moved = pick.local_index
+        labels[moved] = empty[pick.local_slot]
+        dist[moved] = 1 - (X[moved] * centers[labels[moved]]).sum(dim=1)
+        break
+    return labels, centers, dist
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def _check_params(
+    n_clusters: object, n_init: object, max_iter: object, tol: object, seed: object, init: object,
+    chunk_size: object, verbose: object,
+) -> None:
+    check_int("n_clusters", n_clusters, minimum=1)
+    check_int("n_init", n_init, minimum=1)
+    check_int("max_iter", max_iter, minimum=1)
+    check_float("tol", tol, minimum=0.0)
+    if seed is not None:
+        check_int("seed", seed, minimum=0)
+        if int(seed) > _SEED_BOUND:  # type: ignore[call-overload]
+            raise ValueError(f"seed must be <= {_SEED_BOUND}, got {seed}")
+    if chunk_size is not None:
+        check_int("chunk_size", chunk_size, minimum=1)
+    if not isinstance(verbose, bool):
+        raise TypeError(f"verbose must be a bool, got {verbose!r}")
+    if isinstance(init, str):
+        if init not in _INIT_METHODS:
+            raise ValueError(f"init must be one of {_INIT_METHODS} or an array of centres, got {init!r}")
+    elif not isinstance(init, (Tensor, np.ndarray)):
+        raise TypeError(f"init must be a string, a torch.Tensor or a numpy.ndarray, got {type(init).__name__}")
+
+
+def _make_generator(seed: Optional[int], device: torch.device) -> torch.Generator:
+    """A CPU generator seeded identically on every rank (rank 0's seed when ``seed`` is None)."""
+    if seed is None:
+        # Fresh OS entropy, leaving the global RNGs of the user untouched.
+        drawn = torch.tensor([int(np.random.default_rng().integers(_SEED_BOUND))], dtype=torch.long, device=device)
+        seed = int(broadcast_(drawn).item())
+    return torch.Generator().manual_seed(seed)
+
+
+def _initial_centers(init: Union[Tensor, np.ndarray], X: Tensor, n_clusters: int, n_init: int) -> Tensor:
+    """Validate and normalise user-given centres ``(K, d)`` or ``(R, K, d)`` into ``(R, K, d)``."""
+    if isinstance(init, np.ndarray):
+        if init.dtype not in (np.float32, np.float64):
+            raise TypeError(f"init must be float32 or float64, got NumPy dtype {init.dtype}")
+        centers = torch.from_numpy(np.ascontiguousarray(init))
+    else:
+        if not init.is_floating_point():
+            raise TypeError(f"init must have a floating-point dtype, got {init.dtype}")
+        centers = init.detach()
+    d = X.shape[1]
+    if centers.dim() == 2:
+        if n_init != 1:
+            warnings.warn(
+                f"init holds one set of centres, so the {n_init} restarts would be identical: running one",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+        centers = centers.unsqueeze(0)
+    if centers.dim() != 3 or centers.shape[1:] != (n_clusters, d) or centers.shape[0] < 1:
+        raise ValueError(
+            f"init must have shape (K, d) = ({n_clusters}, {d}) or (R, {n_clusters}, {d}) with R >= 1, "
+            f"got {tuple(init.shape)}"
+        )
+    centers = centers.to(device=X.device, dtype=X.dtype)
+    return _normalise_rows("init", centers.reshape(-1, d)).view(centers.shape)
+
+
+def _fit(
+    X: Any,
+    n_clusters: int,
+    n_init: int,
+    max_iter: int,
+    tol: float,
+    seed: Optional[int],
+    init: InitLike,
+    chunk_size: Optional[int],
+    verbose: bool,
+) -> Tuple[_Fit, bool]:
+    _check_params(n_clusters, n_init, max_iter, tol, seed, init, chunk_size, verbose)
+    data, is_numpy = _as_tensor("X", X)
+    error: Optional[Exception] = None
+    unit = data
+    try:
+        unit = _normalise_rows("X", data)
+        given = None if isinstance(init, str) else _initial_centers(init, unit, n_clusters, n_init)
+    except (ValueError, TypeError) as exc:
+        error = exc
+        given = None
+    _raise_collectively(error, data.device)
+    n_total = int(all_reduce_sum_(torch.tensor([unit.shape[0]], device=data.device)).item())
+    if n_total < n_clusters:
+        raise ValueError(f"X must have at least n_clusters={n_clusters} rows, got {n_total}")
+
+    start_time = time.perf_counter()
+    generator = _make_generator(seed, data.device)
+    if given is not None:
+        centers = given
+    elif init == "random":
+        centers = _random_init(unit, n_clusters, n_init, generator)
+    else:
+        centers = _kmeans_plus_plus(unit, n_clusters, n_init, generator, chunk_size)
+    if verbose and get_rank() == 0:
+        print(f"spherical k-means: initialised {centers.shape[0]} restarts in {time.perf_counter() - start_time:.3f} s")
+
+    centers, n_iter, history = _lloyd(unit, centers, max_iter, tol, chunk_size, verbose)
+    _, _, inertias = _accumulate(unit, centers, chunk_size, with_sums=False)
+    best = int(torch.argmin(inertias))
+    labels, best_centers, dist = _final_labels(unit, centers[best], chunk_size)
+    inertia = float(all_reduce_sum_(dist.sum(dtype=torch.float64).reshape(1)).item())
+    best_history = history[best, : int(n_iter[best])].tolist()
+    if verbose and get_rank() == 0:
+        print(f"spherical k-means: best restart {best}, inertia {inertia:.6g}, {int(n_iter[best])} iterations")
+    result = _Fit(best_centers, labels, inertia, int(n_iter[best]), best_history, inertias.tolist())
+    return result, is_numpy
+
+
+def spherical_kmeans(
+    X: ArrayLike,
+    n_clusters: int,
+    *,
+    n_init: int = KMEANS_N_INIT,
+    max_iter: int = KMEANS_MAX_ITER,
+    tol: float = KMEANS_TOL,
+    seed: Optional[int] = None,
+    init: InitLike = "k-means++",
+    chunk_size: Optional[int] = None,
+    verbose: bool = False,
+) -> KMeansResult:
+    """Spherical k-means of the rows of ``X`` (functional form of :class:`SphericalKMeans`).
+
+    Args:
+        X: ``(N, d)`` float32/float64 NumPy array or tensor (CPU or CUDA);
+            rows are L2-normalised internally, all-zero rows are an error.
+            Under ``torch.distributed``: this rank's shard.
+        n_clusters: ``K >= 1``, at most the total number of rows.
+        n_init: restarts ``R`` run together; the best inertia wins.
+        max_iter: maximum Lloyd iterations per restart.
+        tol: relative inertia decrease below which a restart stops (see the
+            module docstring).
+        seed: seed of the initialisation; ``None`` draws one.
+        init: ``"k-means++"`` (greedy, ``2 + floor(ln K)`` candidates),
+            ``"random"`` (``K`` distinct rows), or centres ``(K, d)`` (one
+            restart) or ``(R, K, d)`` (``R`` restarts, ``n_init`` ignored).
+        chunk_size: rows per matrix multiply; ``None`` picks it from
+            :data:`DEFAULT_CHUNK_BYTES`.
+        verbose: print progress (rank 0 only).
+
+    Returns:
+        :class:`KMeansResult` ``(centers (K, d), labels (N,), inertia, n_iter)``;
+        arrays are NumPy for NumPy input, else tensors on ``X``'s device.
+
+    Example:
+        >>> import torch
+        >>> X = torch.cat([torch.randn(50, 3) * 0.05 + c for c in torch.eye(3)])
+        >>> result = spherical_kmeans(X, 3, seed=0)
+        >>> result.centers.shape, result.labels.shape, len(set(result.labels.tolist()))
+        (torch.Size([3, 3]), torch.Size([150]), 3)
+    """
+    fit, is_numpy = _fit(X, n_clusters, n_init, max_iter, tol, seed, init, chunk_size, verbose)
+    return KMeansResult(_to_output(fit.centers, is_numpy), _to_output(fit.labels, is_numpy), fit.inertia, fit.n_iter)
+
+
+class SphericalKMeans:
+    """Spherical k-means estimator with a scikit-learn-like interface.
+
+    Maximises ``sum_i cos(x_i, c_{a_i})``; all ``n_init`` restarts run in one
+    batched computation (see the module docstring for the algorithm, the
+    stopping rule, empty clusters and the distributed behaviour).
+
+    Args:
+        n_clusters: number of clusters ``K >= 1``.
+        n_init: restarts ``R`` (best inertia wins); ignored when ``init`` is
+            ``(R, K, d)``, forced to 1 (with a warning) when it is ``(K, d)``.
+        max_iter: maximum Lloyd iterations per restart.
+        tol: a restart stops when ``I_{t-1} - I_t <= tol * I_{t-1}``.
+        seed: seed of the initialisation (CPU results are deterministic).
+        init: ``"k-means++"``, ``"random"`` or initial centres.
+        chunk_size: rows per matrix multiply (memory ``O(R * chunk_size * K)``).
+        verbose: print progress.
+
+    Attributes:
+        cluster_centers_: ``(K, d)`` unit-norm centres.
+        labels_: ``(N,)`` int64 labels of the rows passed to :meth:`fit`.
+        inertia_: ``sum_i (1 - cos(x_i, c_{a_i}))`` (all ranks).
+        n_iter_: Lloyd iterations of the best restart.
+        inertia_history_: inertia of each iteration of the best restart
+            (non-increasing), length ``n_iter_``.
+        restart_inertias_: inertia of every restart's final centres.
+        n_features_in_: ``d``.
+
+    Arrays are NumPy when :meth:`fit` got NumPy input, else tensors on the
+    input's device.
+
+    Example:
+        >>> import numpy as np
+        >>> rng = np.random.default_rng(0)
+        >>> X = np.concatenate([rng.normal(c, 0.05, (40, 3)) for c in np.eye(3)])
+        >>> km = SphericalKMeans(n_clusters=3, seed=0).fit(X)
+        >>> km.cluster_centers_.shape, sorted(np.bincount(km.labels_).tolist())
+        ((3, 3), [40, 40, 40])
+        >>> bool((km.predict(X) == km.labels_).all())
+        True
+    """
+
+    def __init__(
+        self,
+        n_clusters: int,
+        n_init: int = KMEANS_N_INIT,
+        max_iter: int = KMEANS_MAX_ITER,
+        tol: float = KMEANS_TOL,
+        seed: Optional[int] = None,
+        init: InitLike = "k-means++",
+        chunk_size: Optional[int] = None,
+        verbose: bool = False,
+    ) -> None:
+        _check_params(n_clusters, n_init, max_iter, tol, seed, init, chunk_size, verbose)
+        self.n_clusters = int(n_clusters)
+        self.n_init = int(n_init)
+        self.max_iter = int(max_iter)
+        self.tol = float(tol)
+        self.seed = seed
+        self.init = init
+        self.chunk_size = chunk_size
+        self.verbose = verbose
+
+    def fit(self, X: ArrayLike) -> "SphericalKMeans":
+        """Cluster ``X`` ``(N, d)``; returns ``self``."""
+        fit, is_numpy = _fit(
+            X, self.n_clusters, self.n_init, self.max_iter, self.tol, self.seed, self.init, self.chunk_size,
+            self.verbose,
+        )
+        self._centers = fit.centers
+        self.cluster_centers_ = _to_output(fit.centers, is_numpy)
+        self.labels_ = _to_output(fit.labels, is_numpy)
+        self.inertia_ = fit.inertia
+        self.n_iter_ = fit.n_iter
+        self.inertia_history_ = fit.history
+        self.restart_inertias_ = fit.restart_inertias
+        self.n_features_in_ = int(fit.centers.shape[1])
+        return self
+
+    def fit_predict(self, X: ArrayLike) -> ArrayLike:
+        """Fit and return ``labels_`` ``(N,)``."""
+        return self.fit(X).labels_
+
+    def _prepare(self, X: ArrayLike) -> Tuple[Tensor, Tensor, bool]:
+        if not hasattr(self, "_centers"):
+            raise ValueError("this SphericalKMeans is not fitted yet: call fit(X) first")
+        data, is_numpy = _as_tensor("X", X)
+        if data.shape[1] != self.n_features_in_:
+            raise ValueError(f"X must have {self.n_features_in_} features, got shape {tuple(data.shape)}")
+        unit = _normalise_rows("X", data)
+        return unit, self._centers.to(device=unit.device, dtype=unit.dtype), is_numpy
+
+    def predict(self, X: ArrayLike) -> ArrayLike:
+        """Index ``(N,)`` int64 of the most similar centre of each row of ``X`` ``(N, d)``."""
+        unit, centers, is_numpy = self._prepare(X)
+        labels, _ = _assign(unit, centers, self.chunk_size)
+        return _to_output(labels, is_numpy)
+
+    def transform(self, X: ArrayLike) -> ArrayLike:
+        """Cosine similarities ``(N, K)`` of the rows of ``X`` ``(N, d)`` to the centres."""
+        unit, centers, is_numpy = self._prepare(X)
+        return _to_output(unit @ centers.t(), is_numpy)
