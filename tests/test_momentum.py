@@ -13,6 +13,8 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import Tensor, nn
 
 import propos_losses.momentum
@@ -74,6 +76,19 @@ def test_schedule_increases_monotonically_towards_a_larger_final_momentum() -> N
     updater = MomentumUpdater(total_steps=50)
     values = [updater.momentum_at(step) for step in range(51)]
     assert all(a <= b for a, b in zip(values, values[1:]))
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    base=st.floats(min_value=0.0, max_value=1.0),
+    final=st.floats(min_value=0.0, max_value=1.0),
+    total_steps=st.integers(min_value=1, max_value=10**7),
+    step=st.integers(min_value=0, max_value=2 * 10**7),
+)
+def test_scheduled_momentum_stays_between_base_and_final(base: float, final: float, total_steps: int, step: int) -> None:
+    momentum = MomentumUpdater(base, final, total_steps=total_steps).momentum_at(step)
+    slack = 4 * math.ulp(1.0)
+    assert min(base, final) - slack <= momentum <= max(base, final) + slack
 
 
 def test_defaults_are_the_papers_values() -> None:

@@ -210,6 +210,23 @@ def test_relabel_takes_each_queued_sample_label_from_its_dataset_index() -> None
     assert (queue.labels[queue.indices < 0] == -1).all()  # no empty slot was touched
 
 
+@settings(max_examples=25, deadline=None)
+@given(
+    batch_sizes=st.lists(st.integers(min_value=0, max_value=2 * QUEUE_SIZE), min_size=1, max_size=6),
+    seed=st.integers(min_value=0, max_value=2**16),
+)
+def test_relabel_gives_each_queued_row_the_new_label_of_its_index_and_keeps_features(batch_sizes: List[int], seed: int) -> None:
+    queue = PrototypeQueue(size=QUEUE_SIZE, feature_dim=FEATURE_DIM)
+    for step, batch_size in enumerate(batch_sizes):
+        queue.push(*make_batch(batch_size, seed=step))
+    features_before, _, indices_before = queue.contents()
+    new_labels = torch.randint(0, 50, (1000,), generator=torch.Generator().manual_seed(seed))
+    queue.relabel(new_labels)
+    features, labels, indices = queue.contents()
+    assert torch.equal(features, features_before) and torch.equal(indices, indices_before)
+    assert labels.tolist() == [int(new_labels[i]) for i in indices_before]
+
+
 def test_relabel_of_an_empty_queue_is_a_no_op() -> None:
     queue = PrototypeQueue(size=4, feature_dim=FEATURE_DIM)
     before = snapshot(queue)
