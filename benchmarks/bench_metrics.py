@@ -20,6 +20,12 @@ Usage::
 
     OMP_NUM_THREADS=1 python benchmarks/bench_metrics.py
     python benchmarks/bench_metrics.py --skip-sklearn-ami-large --repeats 1
+    python benchmarks/bench_metrics.py --exact-emi   # + 30-digit mpmath EMI (~1 min)
+
+``--exact-emi`` also computes the expected mutual information in 30-digit
+arithmetic (mpmath, pmf by exact ratio recursion from the mode, terms below
+1e-45 dropped) and reports the error of our EMI and of our AMI against it,
+which tells whose rounding the AMI difference from scikit-learn is.
 
 Prints a table and writes ``benchmarks/results/bench_metrics.json`` with the
 machine description and the date.
@@ -47,7 +53,17 @@ from sklearn.metrics.cluster import contingency_matrix
 
 # Run from a checkout without installing: the repository root holds the package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from propos_losses.metrics import ami, ari, cluster_accuracy, evaluate_clustering, nmi  # noqa: E402
+from propos_losses.metrics import (  # noqa: E402
+    _entropy,
+    _expected_mutual_information,
+    _mutual_information,
+    ami,
+    ari,
+    cluster_accuracy,
+    contingency_table,
+    evaluate_clustering,
+    nmi,
+)
 
 SIZES: Tuple[Tuple[str, int, int], ...] = (
     ("imagenet1k", 1_281_167, 1_000),
@@ -79,6 +95,65 @@ def make_labels(n: int, k: int, noise: float, seed: int) -> Tuple[np.ndarray, np
     labels_true = rng.integers(0, k, n)
     labels_pred = np.where(rng.random(n) < noise, rng.integers(0, k, n), labels_true)
     return labels_true, rng.permutation(k)[labels_pred]
+
+
+def exact_emi_check(labels_true: np.ndarray, labels_pred: np.ndarray) -> Dict[str, Any]:
+    """EMI in 30-digit arithmetic and the errors of our EMI and AMI against it."""
+    import mpmath
+
+    mpmath.mp.dps = 30
+    table = contingency_table(labels_true, labels_pred)
+    a, b, n = table.row_sums, table.col_sums, table.n_samples
+    values_a, mult_a = np.unique(a, return_counts=True)
+    values_b, mult_b = np.unique(b, return_counts=True)
+    negligible = mpmath.mpf(10) ** -45
+    start = time.perf_counter()
+    emi = mpmath.mpf(0)
+    for ai, count_a in zip(values_a.tolist(), mult_a.tolist()):
+        for bj, count_b in zip(values_b.tolist(), mult_b.tolist()):
+            low, high = max(0, ai + bj - n), min(ai, bj)
+            mode = min(max((ai + 1) * (bj + 1) // (n + 2), low), high)
+            log_p = (
+                mpmath.loggamma(ai + 1)
+                + mpmath.loggamma(bj + 1)
+                + mpmath.loggamma(n - ai + 1)
+                + mpmath.loggamma(n - bj + 1)
+                - mpmath.loggamma(n + 1)
+                - mpmath.loggamma(mode + 1)
+                - mpmath.loggamma(ai - mode + 1)
+                - mpmath.loggamma(bj - mode + 1)
+                - mpmath.loggamma(n - ai - bj + mode + 1)
+            )
+
+            def term(k: int, p: Any) -> Any:
+                return mpmath.mpf(k) / n * mpmath.log(mpmath.mpf(n * k) / (ai * bj)) * p if k > 0 else 0
+
+            p_mode = mpmath.exp(log_p)
+            cell = term(mode, p_mode)
+            p, k = p_mode, mode
+            while k < high and (k == mode or p > negligible):
+                p = p * mpmath.mpf((ai - k) * (bj - k)) / ((k + 1) * (n - ai - bj + k + 1))
+                k += 1
+                cell += term(k, p)
+            p, k = p_mode, mode
+            while k > low and (k == mode or p > negligible):
+                p = p * mpmath.mpf(k * (n - ai - bj + k)) / ((ai - k + 1) * (bj - k + 1))
+                k -= 1
+                cell += term(k, p)
+            emi += count_a * count_b * cell
+    seconds = time.perf_counter() - start
+    mi = _mutual_information(table)
+    normalizer = (mpmath.mpf(_entropy(a, n)) + mpmath.mpf(_entropy(b, n))) / 2
+    ami_exact_emi = float((mpmath.mpf(mi) - emi) / (normalizer - emi))
+    ours_emi = _expected_mutual_information(a, b, n)
+    return {
+        "emi_exact": mpmath.nstr(emi, 25),
+        "emi_ours": ours_emi,
+        "emi_ours_abs_err": float(abs(mpmath.mpf(ours_emi) - emi)),
+        "ami_with_exact_emi": ami_exact_emi,
+        "ami_ours_abs_err": abs(ami(labels_true, labels_pred) - ami_exact_emi),
+        "mpmath_seconds": seconds,
+    }
 
 
 def machine_info() -> Dict[str, Any]:
@@ -136,6 +211,17 @@ def run(args: argparse.Namespace) -> List[Dict[str, Any]]:
             {"size": name, "n_samples": n, "n_clusters": k, "metric": "evaluate_clustering", "ours_s": ours_all_time}
         )
         print(f"{name:>11} {'all four':>8} {'':>12} {ours_all_time:>9.3f}s  (evaluate_clustering, one table)")
+        if args.exact_emi:
+            check = exact_emi_check(labels_true, labels_pred)
+            sk_ami = next(r["sklearn"] for r in rows if r["size"] == name and r["metric"] == "ami")
+            check["ami_sklearn_abs_err"] = None if sk_ami is None else abs(sk_ami - check["ami_with_exact_emi"])
+            rows.append({"size": name, "n_samples": n, "n_clusters": k, "metric": "exact_emi_check", **check})
+            sk_err = "skipped" if sk_ami is None else f"{check['ami_sklearn_abs_err']:.1e}"
+            print(
+                f"{name:>11} {'exact':>8}  |EMI ours - exact| {check['emi_ours_abs_err']:.1e}"
+                f"  |AMI - AMI(exact EMI)|: ours {check['ami_ours_abs_err']:.1e}, sklearn {sk_err}",
+                flush=True,
+            )
     return rows
 
 
@@ -160,6 +246,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--noise", type=float, default=0.5, help="probability of a random predicted label")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-sklearn-ami-large", action="store_true", help="skip sklearn AMI at N=1,281,167")
+    parser.add_argument("--exact-emi", action="store_true", help="also check EMI against 30-digit mpmath")
     parser.add_argument("--only", nargs="*", choices=[s[0] for s in SIZES], help="run only these sizes")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="JSON output file")
     args = parser.parse_args(argv)
