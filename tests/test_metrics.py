@@ -226,6 +226,27 @@ def test_hungarian_accuracy_equals_brute_force_for_any_cluster_count(
     assert cluster_accuracy(true, pred) == pytest.approx(brute_force_accuracy(true, pred), abs=1e-15)
 
 
+@settings(max_examples=30, deadline=None)
+@given(labelings(max_size=80, max_labels=8), st.integers(0, 2**32 - 1))
+def test_relabelling_predicted_clusters_leaves_accuracy_unchanged(
+    pair: Tuple[np.ndarray, np.ndarray], seed: int
+) -> None:
+    true, pred = pair
+    clusters, code = np.unique(pred, return_inverse=True)
+    renamed = np.random.default_rng(seed).permutation(1000)[: clusters.size] - 300
+    new_pred = renamed[code]
+    for method in ("hungarian", "majority"):
+        accuracy, mapping = cluster_accuracy(true, pred, return_mapping=True, method=method)
+        new_accuracy, new_mapping = cluster_accuracy(true, new_pred, return_mapping=True, method=method)
+        assert new_accuracy == accuracy
+        hits = [new_mapping.get(p) == t for p, t in zip(new_pred.tolist(), true.tolist())]
+        assert np.mean(hits) == new_accuracy
+    # Majority mapping has no ties between clusters: it follows the renaming exactly.
+    _, majority = cluster_accuracy(true, pred, return_mapping=True, method="majority")
+    _, new_majority = cluster_accuracy(true, new_pred, return_mapping=True, method="majority")
+    assert new_majority == {int(renamed[i]): majority[int(c)] for i, c in enumerate(clusters)}
+
+
 @pytest.mark.parametrize("num_clusters", [2, 4, 7])
 def test_accuracy_equals_brute_force_when_cluster_and_class_counts_differ(num_clusters: int) -> None:
     rng = np.random.default_rng(num_clusters)
