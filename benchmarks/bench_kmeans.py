@@ -1,0 +1,300 @@
+"""Benchmark: our batched spherical k-means vs scikit-learn and faiss on MNIST.
+
+Data: the 70,000 MNIST images (train + test) from ``--data-dir``, as raw
+784-d pixels and as their 256-d PCA projection, rows L2-normalised. For each
+``K`` (10 and 100) it runs, with ``n_init = 10``, ``max_iter = 300``,
+``tol = 1e-4``:
+
+* ``ours``: :class:`propos_losses.kmeans.SphericalKMeans` (float32, on ``--device``);
+* ``sklearn``: ``sklearn.cluster.KMeans(n_init=10)`` on the normalised rows
+  (Euclidean k-means; its partition is scored with its mean directions);
+* ``faiss``: ``faiss.Kmeans(d, K, niter=300, nredo=10, spherical=True)`` when
+  faiss is installed (its defaults train on at most 256 rows per centroid).
+
+Every method is scored the same way: the cosine inertia
+``sum_i (1 - cos(x_i, c_{a_i}))`` of its labels with its centres
+L2-normalised, and the NMI of its labels against the digit classes
+(``sklearn.metrics.normalized_mutual_info_score``). Wall-clock and process CPU
+seconds are both recorded, because the machine may be shared.
+
+Results are printed as a table and merged into
+``benchmarks/results/bench_kmeans.json`` (entries measured now replace those
+with the same data set, ``K`` and method; the others are kept), with machine
+information and the date.
+
+``--synthetic-large`` instead runs only ``ours`` on two synthetic problems
+meant for a GPU: 1,281,167 x 256 with K = 1,000 (ImageNet-1k scale) and
+60,000 x 512 with K = 10.
+
+Examples::
+
+    python benchmarks/bench_kmeans.py                      # everything (sklearn at K=100 takes minutes)
+    python benchmarks/bench_kmeans.py --quick              # K = 10 only
+    python benchmarks/bench_kmeans.py --skip sklearn faiss # only ours, keeping the stored baselines
+    python benchmarks/bench_kmeans.py --synthetic-large --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _mnist import DEFAULT_DATA_DIR, load_mnist  # noqa: E402
+
+from propos_losses.defaults import KMEANS_MAX_ITER, KMEANS_N_INIT, KMEANS_TOL  # noqa: E402
+from propos_losses.kmeans import SphericalKMeans  # noqa: E402
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "bench_kmeans.json")
+PCA_DIM = 256
+METHODS = ("ours", "sklearn", "faiss")
+
+
+def machine_info(device: str) -> Dict[str, Any]:
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    info: Dict[str, Any] = {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "device": device,
+    }
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    try:
+        import sklearn
+
+        info["sklearn"] = sklearn.__version__
+    except ImportError:
+        pass
+    try:
+        import faiss
+
+        info["faiss"] = faiss.__version__
+    except ImportError:
+        pass
+    return info
+
+
+def normalise(X: np.ndarray) -> np.ndarray:
+    return (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(np.float32)
+
+
+def mnist_sets(data_dir: str) -> Tuple[Dict[str, np.ndarray], np.ndarray]:
+    images, labels = load_mnist(data_dir)
+    pixels = images.astype(np.float64) / 255.0
+    centred = pixels - pixels.mean(axis=0)
+    # PCA via the eigenvectors of the 784 x 784 covariance (deterministic, no sampling).
+    _, vectors = np.linalg.eigh(centred.T @ centred)
+    projected = centred @ vectors[:, ::-1][:, :PCA_DIM]
+    return {"mnist-784": normalise(pixels), f"mnist-pca{PCA_DIM}": normalise(projected)}, labels
+
+
+def cosine_inertia(X: np.ndarray, centers: np.ndarray, labels: np.ndarray) -> float:
+    unit_centers = centers / np.linalg.norm(centers, axis=1, keepdims=True)
+    cos = np.einsum("ij,ij->i", X.astype(np.float64), unit_centers[labels].astype(np.float64))
+    return float((1.0 - cos).sum())
+
+
+def timed(fn: Callable[[], Any], device: str) -> Tuple[Any, float, float]:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = fn()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return out, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def run_ours(X: np.ndarray, k: int, device: str, seed: int) -> Dict[str, Any]:
+    data = torch.from_numpy(X).to(device)
+    km = SphericalKMeans(k, n_init=KMEANS_N_INIT, max_iter=KMEANS_MAX_ITER, tol=KMEANS_TOL, seed=seed)
+    _, wall, cpu = timed(lambda: km.fit(data), device)
+    centers = km.cluster_centers_.cpu().numpy()
+    labels = km.labels_.cpu().numpy()
+    return {"wall_s": wall, "cpu_s": cpu, "centers": centers, "labels": labels, "n_iter": km.n_iter_,
+            "reported_inertia": km.inertia_}
+
+
+def run_sklearn(X: np.ndarray, k: int, device: str, seed: int) -> Dict[str, Any]:
+    from sklearn.cluster import KMeans
+
+    km = KMeans(k, n_init=KMEANS_N_INIT, max_iter=KMEANS_MAX_ITER, tol=KMEANS_TOL, random_state=seed)
+    _, wall, cpu = timed(lambda: km.fit(X), "cpu")
+    return {"wall_s": wall, "cpu_s": cpu, "centers": km.cluster_centers_, "labels": km.labels_, "n_iter": int(km.n_iter_)}
+
+
+def run_faiss(X: np.ndarray, k: int, device: str, seed: int) -> Dict[str, Any]:
+    import faiss
+
+    km = faiss.Kmeans(X.shape[1], k, niter=KMEANS_MAX_ITER, nredo=KMEANS_N_INIT, spherical=True, seed=seed)
+
+    def fit() -> np.ndarray:
+        km.train(X)
+        return km.index.search(X, 1)[1][:, 0]
+
+    labels, wall, cpu = timed(fit, "cpu")
+    return {"wall_s": wall, "cpu_s": cpu, "centers": km.centroids, "labels": labels.astype(np.int64),
+            "n_iter": KMEANS_MAX_ITER}
+
+
+RUNNERS = {"ours": run_ours, "sklearn": run_sklearn, "faiss": run_faiss}
+
+
+def available(method: str) -> bool:
+    if method == "faiss":
+        try:
+            import faiss  # noqa: F401
+        except ImportError:
+            return False
+    return True
+
+
+def load_results(path: str) -> Dict[str, Any]:
+    if os.path.exists(path):
+        with open(path) as handle:
+            return json.load(handle)
+    return {"mnist": [], "synthetic_large": []}
+
+
+def merge(entries: List[Dict[str, Any]], new: Dict[str, Any], keys: Tuple[str, ...]) -> None:
+    for i, entry in enumerate(entries):
+        if all(entry.get(key) == new[key] for key in keys):
+            entries[i] = new
+            return
+    entries.append(new)
+
+
+def print_table(entries: List[Dict[str, Any]]) -> None:
+    header = f"{'data':<13} {'K':>4} {'method':<8} {'wall s':>9} {'cpu s':>9} {'cos inertia':>13} {'vs best other':>13} {'speed-up':>9} {'NMI':>6} {'iters':>6}"
+    print(header)
+    print("-" * len(header))
+    for entry in sorted(entries, key=lambda e: (e["data"], e["k"], METHODS.index(e["method"]))):
+        others = [e for e in entries if e["data"] == entry["data"] and e["k"] == entry["k"] and e["method"] != "ours"]
+        ratio = speed = ""
+        if entry["method"] == "ours" and others:
+            best = min(others, key=lambda e: e["cosine_inertia"])
+            ratio = f"{entry['cosine_inertia'] / best['cosine_inertia']:.5f}"
+            speed = f"{min(e['wall_s'] for e in others) / entry['wall_s']:.1f}x"
+        print(
+            f"{entry['data']:<13} {entry['k']:>4} {entry['method']:<8} {entry['wall_s']:>9.2f} {entry['cpu_s']:>9.2f} "
+            f"{entry['cosine_inertia']:>13.2f} {ratio:>13} {speed:>9} {entry['nmi']:>6.4f} {entry['n_iter']:>6}"
+        )
+
+
+def bench_mnist(args: argparse.Namespace, results: Dict[str, Any], info: Dict[str, Any]) -> None:
+    from sklearn.metrics import normalized_mutual_info_score
+
+    sets, truth = mnist_sets(args.data_dir)
+    ks = [10] if args.quick else args.k
+    methods = [m for m in METHODS if m not in args.skip and available(m)]
+    for name in args.datasets:
+        X = sets[name]
+        for k in ks:
+            for method in methods:
+                device = args.device if method == "ours" else "cpu"
+                out = RUNNERS[method](X, k, device, args.seed)
+                entry = {
+                    "data": name, "n": int(X.shape[0]), "d": int(X.shape[1]), "k": k, "method": method,
+                    "device": device, "wall_s": out["wall_s"], "cpu_s": out["cpu_s"],
+                    "cosine_inertia": cosine_inertia(X, out["centers"], out["labels"]),
+                    "nmi": float(normalized_mutual_info_score(truth, out["labels"])), "n_iter": out["n_iter"],
+                    "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                    "machine": info,
+                }
+                merge(results["mnist"], entry, ("data", "k", "method"))
+                print(f"{name} K={k} {method}: {entry['wall_s']:.2f} s, cosine inertia {entry['cosine_inertia']:.2f}, "
+                      f"NMI {entry['nmi']:.4f}", flush=True)
+                save(results, args.output)
+    print()
+    print_table(results["mnist"])
+
+
+def synthetic(n: int, d: int, k: int, device: str, seed: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Noisy directions around ``k`` random centres, generated on the device."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    centres = torch.randn(k, d, generator=gen, device=device)
+    labels = torch.randint(0, k, (n,), generator=gen, device=device)
+    X = centres[labels]
+    X += 0.5 * torch.randn(n, d, generator=gen, device=device)
+    return X, labels
+
+
+def bench_synthetic(args: argparse.Namespace, results: Dict[str, Any], info: Dict[str, Any]) -> None:
+    from sklearn.metrics import normalized_mutual_info_score
+
+    for n, d, k in ((1_281_167, 256, 1000), (60_000, 512, 10)):
+        X, truth = synthetic(n, d, k, args.device, args.seed)
+        km = SphericalKMeans(k, n_init=KMEANS_N_INIT, max_iter=KMEANS_MAX_ITER, tol=KMEANS_TOL, seed=args.seed)
+        _, wall, cpu = timed(lambda: km.fit(X), args.device)
+        entry = {
+            "data": f"synthetic-{n}x{d}", "n": n, "d": d, "k": k, "method": "ours", "device": args.device,
+            "wall_s": wall, "cpu_s": cpu, "cosine_inertia": km.inertia_, "n_iter": km.n_iter_,
+            "nmi": float(normalized_mutual_info_score(truth.cpu().numpy(), km.labels_.cpu().numpy())),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "machine": info,
+        }
+        if args.device.startswith("cuda"):
+            entry["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        merge(results["synthetic_large"], entry, ("data", "k", "method", "device"))
+        print(f"{entry['data']} K={k}: {wall:.2f} s, cosine inertia {km.inertia_:.2f}, {km.n_iter_} iterations, "
+              f"NMI {entry['nmi']:.4f}", flush=True)
+        save(results, args.output)
+        del X, truth, km
+        if args.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+
+
+def save(results: Dict[str, Any], path: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as handle:
+        json.dump(results, handle, indent=1)
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="folder with the gzipped MNIST IDX files")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--k", type=int, nargs="+", default=[10, 100])
+    parser.add_argument("--datasets", nargs="+", default=["mnist-784", f"mnist-pca{PCA_DIM}"],
+                        choices=["mnist-784", f"mnist-pca{PCA_DIM}"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=METHODS, help="methods not to run")
+    parser.add_argument("--quick", action="store_true", help="K = 10 only")
+    parser.add_argument("--synthetic-large", action="store_true", help="the large synthetic runs (ours only)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", default=RESULTS, help="JSON file to merge the results into")
+    args = parser.parse_args(argv)
+
+    results = load_results(args.output)
+    info = machine_info(args.device)
+    print(f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}, {info['cpu']}, "
+          f"{info['cpu_count']} CPUs, torch {info['torch']}, device {args.device}", flush=True)
+    if args.synthetic_large:
+        bench_synthetic(args, results, info)
+    else:
+        bench_mnist(args, results, info)
+
+
+if __name__ == "__main__":
+    main()
