@@ -49,9 +49,10 @@ def normalize_features(features: Tensor) -> Tensor:
     """
     norm = torch.linalg.vector_norm(features, dim=1, keepdim=True)
     nonzero = norm > 0
-    # Double where: the division never sees a zero norm, so no NaN reaches the backward pass.
-    safe_norm = torch.where(nonzero, norm, torch.ones_like(norm))
-    return torch.where(nonzero, features / safe_norm, torch.zeros_like(features))
+    # Double where: the reciprocal never sees a zero norm, so no NaN reaches the backward pass.
+    # Scaling by an (N, 1) factor allocates a single (N, d) tensor.
+    inverse = torch.where(nonzero, torch.where(nonzero, norm, torch.ones_like(norm)).reciprocal(), 0.0)
+    return features * inverse
 
 
 def _cluster_sums(features: Tensor, assignments: Tensor, num_clusters: int) -> Tuple[Tensor, Tensor]:

@@ -9,9 +9,9 @@ target prototypes ``mu'_k`` (Eq. 6, 7, see :mod:`propos_losses.prototypes`)::
 Eq. 5 splits it into ``alignment = mean_{k in A} -mu_k.mu'_k / tau`` and
 ``uniformity = mean_{k in A} log sum_{j in A, j != k} exp(mu_k.mu_j / tau)``.
 
-Numerics: empty clusters are removed exactly (their logits are ``-inf`` inside
-a log-sum-exp whose positive column is always finite, and their rows are
-excluded from the mean), the loss is computed in float32 (float64 inputs stay
+Numerics: empty clusters are removed exactly (only the non-empty clusters are
+selected; the ``j != k`` exclusion is a ``-inf`` logit inside a log-sum-exp
+whose positive column is always finite), the loss is computed in float32 (float64 inputs stay
 float64) with autocast disabled, and the target side is detached.
 
 Distributed (``torch.distributed`` initialised, see
@@ -135,26 +135,31 @@ def _validate_on_every_rank(check: Callable[[], None], *candidates: object) -> N
 
 
 def _scattering_terms(online_sums: Tensor, target_sums: Tensor, counts: Tensor, temperature: float) -> PSLTerms:
-    """Eq. 4/5 from global per-cluster sums ``(K, d)`` and total weights ``(K,)``."""
-    mu = normalize_features(online_sums)
-    mu_target = normalize_features(target_sums)
-    active = counts > 0
-    num_clusters = counts.shape[0]
-    positive = (mu * mu_target).sum(dim=1) / temperature  # (K,)
-    similarity = mu @ mu.t() / temperature  # (K, K)
-    eye = torch.eye(num_clusters, dtype=torch.bool, device=mu.device)
-    # -inf (not a finite fill) removes empty clusters and the diagonal exactly: exp(-inf) == 0.
-    negative = similarity.masked_fill(~active[None, :] | eye, float("-inf"))
-    # The positive column is always finite, so every row's log-sum-exp and its gradient are finite.
+    """Eq. 4/5 from global per-cluster sums ``(K, d)`` and total weights ``(K,)``.
+
+    Only the non-empty clusters ``A`` are selected (one host sync, which the
+    input validation pays anyway), so empty clusters are excluded exactly and
+    the similarity matrix is ``|A| x |A|`` rather than ``K x K``.
+    """
+    active = (counts > 0).nonzero().squeeze(1)
+    num_active = active.numel()
+    mu = normalize_features(online_sums.index_select(0, active))
+    mu_target = normalize_features(target_sums.index_select(0, active))
+    positive = (mu * mu_target).sum(dim=1) / temperature  # (|A|,)
+    similarity = mu @ mu.t() / temperature  # (|A|, |A|)
+    eye = torch.eye(num_active, dtype=torch.bool, device=mu.device)
+    # -inf, not a finite fill, removes the diagonal exactly: exp(-inf) == 0.
+    negative = similarity.masked_fill(eye, float("-inf"))
+    # The positive column is always finite, so every row's log-sum-exp and its gradient are finite
+    # (a lone cluster gives log_partition == positive exactly: loss 0, gradient 0).
     log_partition = torch.logsumexp(torch.cat([positive[:, None], negative], dim=1), dim=1)
-    num_active = active.sum()
-    denominator = num_active.to(mu.dtype)
-    zero = mu.new_zeros(())
-    # torch.where, not a multiplication by the mask: rows of empty clusters drop out of value and gradient.
-    loss = torch.where(active, log_partition - positive, zero).sum() / denominator
-    alignment = torch.where(active, -positive, zero).sum() / denominator
-    uniformity = torch.where(active, torch.logsumexp(negative, dim=1), zero).sum() / denominator
-    return PSLTerms(loss, alignment, uniformity, num_active)
+    loss = (log_partition - positive).mean()
+    alignment = (-positive).mean()
+    uniformity = torch.logsumexp(negative, dim=1).mean()
+    return PSLTerms(loss, alignment, uniformity, torch.tensor(num_active, device=mu.device))
+
+
+QueueSource = Callable[[torch.dtype], Tuple[Tensor, Tensor]]
 
 
 def _psl(
@@ -163,10 +168,13 @@ def _psl(
     assignments: Tensor,
     num_clusters: int,
     temperature: float,
-    queue_features: Optional[Tensor],
-    queue_labels: Optional[Tensor],
+    queue_sums: Optional[QueueSource],
 ) -> Tuple[PSLTerms, Tensor]:
-    """Unchecked core; returns the terms and the normalised, detached target features ``(B, d)``."""
+    """Unchecked core; returns the terms and the normalised, detached target features ``(B, d)``.
+
+    ``queue_sums(dtype)`` gives the per-cluster sums ``(K, d)`` and counts ``(K,)``
+    of the queue's (normalised) features, without gradient.
+    """
     dtype = _compute_dtype(online.dtype)
     with _no_autocast(online.device):
         z_online = normalize_features(online.to(dtype))
@@ -180,16 +188,40 @@ def _psl(
         online_sums = all_reduce_sum(online_sums)
         statistics = all_reduce_sum_(torch.cat([target_sums, counts[:, None]], dim=1))
         target_sums, counts = statistics[:, :-1], statistics[:, -1]
-        if queue_features is not None and queue_labels is not None and queue_features.shape[0] > 0:
+        if queue_sums is not None:
             # The queue is identical on every rank: add it after the all-reduce, or it counts world_size times.
-            queue_sums, queue_counts = _cluster_sums(
-                normalize_features(queue_features.detach().to(dtype)), queue_labels, num_clusters
-            )
-            online_sums = online_sums + queue_sums
-            target_sums = target_sums + queue_sums
-            counts = counts + queue_counts
+            extra_sums, extra_counts = queue_sums(dtype)
+            online_sums = online_sums + extra_sums
+            target_sums = target_sums + extra_sums
+            counts = counts + extra_counts
         terms = _scattering_terms(online_sums, target_sums, counts, temperature)
     return terms, z_target
+
+
+def _tensor_queue_sums(queue_features: Tensor, queue_labels: Tensor, num_clusters: int) -> QueueSource:
+    """Queue sums of user-given features (normalised here) and labels."""
+
+    def sums(dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
+        return _cluster_sums(normalize_features(queue_features.detach().to(dtype)), queue_labels, num_clusters)
+
+    return sums
+
+
+def _buffer_queue_sums(queue: PrototypeQueue, num_clusters: int) -> QueueSource:
+    """Queue sums read straight from the queue's buffers: no copy of the filled slots, no host sync.
+
+    Empty slots (label -1) are routed to an extra row ``K`` that is dropped, so
+    their contents never matter. The module only pushes normalised features.
+    """
+
+    def sums(dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
+        index = torch.where(queue.labels >= 0, queue.labels, num_clusters)
+        features = queue.features.to(dtype)
+        summed = features.new_zeros((num_clusters + 1, features.shape[1])).index_add_(0, index, features)
+        counts = torch.bincount(index, minlength=num_clusters + 1).to(dtype)
+        return summed[:num_clusters], counts[:num_clusters]
+
+    return sums
 
 
 @overload
@@ -273,7 +305,10 @@ def prototype_scattering_loss(
         _check_queue(queue_features, queue_labels, online.shape[1], num_clusters)
 
     _validate_on_every_rank(check, online, target)
-    terms, _ = _psl(online, target, assignments, num_clusters, temperature, queue_features, queue_labels)
+    queue_sums = None
+    if queue_features is not None and queue_labels is not None:
+        queue_sums = _tensor_queue_sums(queue_features, queue_labels, num_clusters)
+    terms, _ = _psl(online, target, assignments, num_clusters, temperature, queue_sums)
     return terms if return_terms else terms.loss
 
 
@@ -351,16 +386,9 @@ class PrototypeScatteringLoss(nn.Module):
         Returns:
             0-d loss tensor (float32, float64 for float64 input).
         """
-        queue_features: Optional[Tensor] = None
-        queue_labels: Optional[Tensor] = None
-        if self.queue is not None:
-            queue_features, queue_labels, _ = self.queue.contents()
-        _validate_on_every_rank(
-            lambda: self._check_forward(online, target, assignments, indices, queue_labels), online, target
-        )
-        terms, z_target = _psl(
-            online, target, assignments, self.num_clusters, self.temperature, queue_features, queue_labels
-        )
+        _validate_on_every_rank(lambda: self._check_forward(online, target, assignments, indices), online, target)
+        queue_sums = None if self.queue is None else _buffer_queue_sums(self.queue, self.num_clusters)
+        terms, z_target = _psl(online, target, assignments, self.num_clusters, self.temperature, queue_sums)
         self.last_terms = PSLTerms(*(term.detach() for term in terms))
         if self.training and self.queue is not None:
             self.queue.push(z_target, assignments.long(), indices)
@@ -372,7 +400,6 @@ class PrototypeScatteringLoss(nn.Module):
         target: Tensor,
         assignments: Tensor,
         indices: Optional[Tensor],
-        queue_labels: Optional[Tensor],
     ) -> None:
         _check_features(online, target)
         batch_size, feature_dim = online.shape
@@ -395,9 +422,14 @@ class PrototypeScatteringLoss(nn.Module):
                 f"assignments must be (B,) hard labels when queue_size > 0 (the queue stores hard labels), "
                 f"got shape {tuple(assignments.shape)}; use queue_size=0 for soft weights"
             )
-        if queue_labels is not None:
-            # Labels may have been relabelled or loaded from a checkpoint with another K.
-            check_labels("queue labels", queue_labels, self.num_clusters)
+        if self.queue is not None and self.queue.labels.numel():
+            # Labels may have been relabelled or loaded from a checkpoint made with another K.
+            high = int(self.queue.labels.max())
+            if high >= self.num_clusters:
+                raise ValueError(
+                    f"queue labels must be in [0, num_clusters={self.num_clusters}), got label {high}; "
+                    "relabel_queue() or reset_queue() after changing the number of clusters"
+                )
 
     def relabel_queue(self, new_labels: Tensor) -> None:
         """Relabel the queue after an E-step: ``label[slot] = new_labels[index[slot]]``.

@@ -1,0 +1,415 @@
+"""Benchmark of the prototype scattering loss against a naive dense implementation.
+
+For every K in {10, 200, 1000}, B in {256, 1024} and queue size in {0, 10240}
+(d = 256) it times one forward + backward of
+
+* ``propos_losses``: :class:`propos_losses.psl.PrototypeScatteringLoss` (hard
+  labels summed with ``index_add``, exact masking of empty clusters, queue
+  read and push included, training mode), and
+* ``naive``: the authors' style: a dense one-hot ``K x (B + Q)`` matrix,
+  L1-normalised, multiplied with the features, all ``K`` prototypes kept and
+  empty clusters filled with the finite logit ``-10``, and a queue kept as a
+  ring buffer written by index assignment.
+
+It also reports the peak memory of one forward + backward above what was
+allocated before it. On CUDA: ``torch.cuda.max_memory_allocated``. On CPU:
+the memory events of ``torch.profiler`` (``profile_memory=True``), replayed in
+time order to find the highest total of live tensor bytes allocated during
+the step (the method is printed with the table).
+
+``--resnet18-step`` adds the PSL overhead (two PSL calls, one per view, K = 10,
+B = 256, no queue) as a fraction of a BYOL-style ResNet-18 (CIFAR stem)
+training step at batch 256 (two views through the online network with
+backward, two through the target network without, one SGD step).
+
+Run ``python benchmarks/bench_losses.py --help`` for the options; results are
+printed as a table and written as JSON (with machine info and the date) to
+``benchmarks/results/bench_losses.json`` unless ``--output`` says otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from propos_losses import defaults  # noqa: E402
+from propos_losses.psl import PrototypeScatteringLoss  # noqa: E402
+
+DIM = defaults.PROJECTION_DIM
+CLUSTER_COUNTS = (10, 200, 1000)
+BATCH_SIZES = (256, 1024)
+QUEUE_SIZES = (0, 10240)
+NAIVE_EMPTY_LOGIT = -10.0  # the authors' finite fill, reproduced on purpose (DESIGN.md section 2, defect 1)
+MAX_REPEATS = 50
+DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "bench_losses.json"
+
+
+# ---------------------------------------------------------------- naive reference (authors' style)
+
+
+class NaiveDensePSL(nn.Module):
+    """Dense one-hot prototypes over all K clusters with a finite fill for empty ones."""
+
+    def __init__(self, num_clusters: int, temperature: float, queue_size: int, feature_dim: int) -> None:
+        super().__init__()
+        self.num_clusters = num_clusters
+        self.temperature = temperature
+        self.queue_size = queue_size
+        self.register_buffer("queue_features", torch.zeros(queue_size, feature_dim))
+        self.register_buffer("queue_labels", torch.zeros(queue_size, dtype=torch.long))
+        self.ptr = 0
+
+    def forward(self, online: Tensor, target: Tensor, labels: Tensor) -> Tensor:
+        z = F.normalize(online, dim=1)
+        z_target = F.normalize(target.detach(), dim=1)
+        all_labels = labels
+        if self.queue_size:
+            z = torch.cat([z, self.queue_features])
+            z_target = torch.cat([z_target, self.queue_features])
+            all_labels = torch.cat([labels, self.queue_labels])
+        n = all_labels.shape[0]
+        k = self.num_clusters
+        weight = torch.zeros(k, n, device=online.device, dtype=z.dtype)
+        weight[all_labels, torch.arange(n, device=online.device)] = 1
+        weight = F.normalize(weight, p=1, dim=1)
+        mu = F.normalize(weight @ z, dim=1)
+        mu_target = F.normalize(weight @ z_target, dim=1)
+        logits = mu @ mu.t() / self.temperature
+        positive = (mu * mu_target).sum(dim=1) / self.temperature
+        eye = torch.eye(k, dtype=torch.bool, device=online.device)
+        logits = torch.where(eye, positive[:, None].expand(k, k), logits)
+        counts = torch.bincount(all_labels, minlength=k)
+        empty = counts == 0
+        logits = logits.masked_fill(empty[None, :].expand(k, k), NAIVE_EMPTY_LOGIT)
+        positive = logits.diagonal()
+        negative = logits[~eye].reshape(k, k - 1)
+        loss = -positive + torch.logsumexp(torch.cat([positive[:, None], negative], dim=1), dim=1)
+        loss = loss.masked_fill(empty, 0.0)
+        loss = loss.sum() / (k - empty.sum())
+        if self.training and self.queue_size:
+            with torch.no_grad():
+                slots = (self.ptr + torch.arange(labels.shape[0], device=online.device)) % self.queue_size
+                self.queue_features[slots] = F.normalize(target, dim=1)
+                self.queue_labels[slots] = labels
+                self.ptr = (self.ptr + labels.shape[0]) % self.queue_size
+        return loss
+
+
+# ---------------------------------------------------------------- measurement
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_step(
+    step: Callable[[], None], device: torch.device, warmup: int, repeats: int, min_time_s: float = 0.0
+) -> Tuple[float, float, int]:
+    """Median and minimum wall time of ``step`` in milliseconds, and the number of timed calls.
+
+    At least ``repeats`` calls, more (up to ``MAX_REPEATS``) until ``min_time_s`` has been spent:
+    cheap configurations get enough samples for the minimum to be meaningful on a busy machine.
+    """
+    for _ in range(warmup):
+        step()
+    synchronize(device)
+    times: List[float] = []
+    while len(times) < repeats or (sum(times) < min_time_s * 1e3 and len(times) < MAX_REPEATS):
+        start = time.perf_counter()
+        step()
+        synchronize(device)
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times), min(times), len(times)
+
+
+def peak_memory_bytes(step: Callable[[], None], device: torch.device) -> int:
+    """Peak bytes allocated by ``step`` above the allocation at its start."""
+    synchronize(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        step()
+        synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    events.sort(key=lambda e: e.start_ns())
+    live = peak = 0
+    for event in events:
+        live += event.nbytes()  # positive for an allocation, negative for a free
+        peak = max(peak, live)
+    return peak
+
+
+MEMORY_METHOD = {
+    "cuda": "torch.cuda.max_memory_allocated minus memory allocated before the step",
+    "cpu": "torch.profiler memory events (profile_memory=True), running sum of allocated minus freed bytes",
+}
+
+
+def fill_queue(module: nn.Module, queue_size: int, num_clusters: int, device: torch.device) -> None:
+    generator = torch.Generator(device="cpu").manual_seed(1)
+    features = F.normalize(torch.randn(queue_size, DIM, generator=generator), dim=1).to(device)
+    labels = torch.randint(0, num_clusters, (queue_size,), generator=generator).to(device)
+    if isinstance(module, PrototypeScatteringLoss):
+        assert module.queue is not None
+        module.queue.push(features, labels)
+    else:
+        module.queue_features.copy_(features)
+        module.queue_labels.copy_(labels)
+
+
+def bench_config(
+    num_clusters: int,
+    batch_size: int,
+    queue_size: int,
+    device: torch.device,
+    warmup: int,
+    repeats: int,
+    min_time_s: float,
+) -> List[Dict[str, Any]]:
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    online = torch.randn(batch_size, DIM, generator=generator).to(device).requires_grad_(True)
+    target = torch.randn(batch_size, DIM, generator=generator).to(device)
+    labels = torch.randint(0, num_clusters, (batch_size,), generator=generator).to(device)
+    rows = []
+    implementations: List[Tuple[str, nn.Module]] = [
+        ("propos_losses", PrototypeScatteringLoss(num_clusters, queue_size=queue_size, feature_dim=DIM)),
+        ("naive", NaiveDensePSL(num_clusters, defaults.TEMPERATURE, queue_size, DIM)),
+    ]
+    for name, module in implementations:
+        module.to(device).train()
+        if queue_size:
+            fill_queue(module, queue_size, num_clusters, device)
+        value: List[float] = []
+
+        def step() -> None:
+            online.grad = None
+            loss = module(online, target, labels)
+            loss.backward()
+            value.append(float(loss.detach()))
+
+        median_ms, min_ms, timed = time_step(step, device, warmup, repeats, min_time_s)
+        peak = peak_memory_bytes(step, device)
+        rows.append(
+            {
+                "implementation": name,
+                "num_clusters": num_clusters,
+                "batch_size": batch_size,
+                "queue_size": queue_size,
+                "dim": DIM,
+                "median_ms": median_ms,
+                "min_ms": min_ms,
+                "timed_calls": timed,
+                "peak_memory_mib": peak / 2**20,
+                "loss_first_step": value[0],
+            }
+        )
+    return rows
+
+
+# ---------------------------------------------------------------- ResNet-18 step
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, in_planes: int, planes: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+def resnet18_cifar_with_projector() -> nn.Module:
+    """ResNet-18 with the CIFAR stem (3x3 conv, no max-pool) and the paper's projector."""
+    layers: List[nn.Module] = [nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU()]
+    in_planes = 64
+    for planes, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+        layers += [BasicBlock(in_planes, planes, stride), BasicBlock(planes, planes, 1)]
+        in_planes = planes
+    layers += [
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(512, defaults.HIDDEN_DIM),
+        nn.BatchNorm1d(defaults.HIDDEN_DIM),
+        nn.ReLU(),
+        nn.Linear(defaults.HIDDEN_DIM, DIM),
+    ]
+    return nn.Sequential(*layers)
+
+
+def bench_resnet18_step(device: torch.device, batch_size: int, warmup: int, repeats: int) -> Dict[str, Any]:
+    online_net = resnet18_cifar_with_projector().to(device)
+    target_net = resnet18_cifar_with_projector().to(device)
+    optimizer = torch.optim.SGD(online_net.parameters(), lr=defaults.BASE_LR, momentum=defaults.SGD_MOMENTUM)
+    views = [torch.randn(batch_size, 3, 32, 32, device=device) for _ in range(2)]
+
+    def training_step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        online = [online_net(view) for view in views]
+        with torch.no_grad():
+            target = [target_net(view) for view in views]
+        # BYOL-style cosine loss with swapped views (the predictor is left out: it is small).
+        loss = sum(2 - 2 * F.cosine_similarity(o, t.detach(), dim=1).mean() for o, t in zip(online, target[::-1]))
+        loss.backward()  # type: ignore[union-attr]
+        optimizer.step()
+
+    psl = PrototypeScatteringLoss(10).to(device)
+    features = [torch.randn(batch_size, DIM, device=device, requires_grad=True) for _ in range(2)]
+    targets = [torch.randn(batch_size, DIM, device=device) for _ in range(2)]
+    labels = torch.randint(0, 10, (batch_size,), device=device)
+
+    def psl_step() -> None:
+        loss = sum(psl(f, t, labels) for f, t in zip(features, targets))
+        loss.backward()  # type: ignore[union-attr]
+
+    step_ms, _, _ = time_step(training_step, device, warmup, repeats)
+    psl_ms, _, _ = time_step(psl_step, device, max(warmup, 2), max(repeats, 5))
+    return {
+        "batch_size": batch_size,
+        "resnet18_step_ms": step_ms,
+        "psl_two_views_ms": psl_ms,
+        "psl_overhead_fraction": psl_ms / step_ms,
+    }
+
+
+# ---------------------------------------------------------------- driver
+
+
+def machine_info(device: torch.device) -> Dict[str, Any]:
+    info: Dict[str, Any] = {
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def format_table(rows: List[Dict[str, Any]]) -> str:
+    header = f"{'K':>5} {'B':>5} {'queue':>6} | {'ours ms':>8} {'naive ms':>9} {'speed-up':>8} | "
+    header += f"{'ours MiB':>9} {'naive MiB':>10} | {'ours loss':>9} {'naive loss':>10}"
+    lines = [header, "-" * len(header)]
+    by_key: Dict[Tuple[int, int, int], Dict[str, Dict[str, Any]]] = {}
+    for row in rows:
+        key = (row["num_clusters"], row["batch_size"], row["queue_size"])
+        by_key.setdefault(key, {})[row["implementation"]] = row
+    for (k, b, q), pair in by_key.items():
+        ours, naive = pair["propos_losses"], pair["naive"]
+        lines.append(
+            f"{k:>5} {b:>5} {q:>6} | {ours['min_ms']:>8.2f} {naive['min_ms']:>9.2f} "
+            f"{naive['min_ms'] / ours['min_ms']:>7.2f}x | {ours['peak_memory_mib']:>9.2f} "
+            f"{naive['peak_memory_mib']:>10.2f} | {ours['loss_first_step']:>9.4f} {naive['loss_first_step']:>10.4f}"
+        )
+    return "\n".join(lines)
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda (default: cuda if available)"
+    )
+    parser.add_argument("--warmup", type=int, default=1, help="untimed calls per configuration (default 1)")
+    parser.add_argument("--repeats", type=int, default=3, help="least timed calls per configuration (default 3)")
+    parser.add_argument(
+        "--min-time", type=float, default=0.25, help="keep timing a configuration until this many seconds (0.25)"
+    )
+    parser.add_argument("--resnet18-step", action="store_true", help="also report PSL overhead vs a ResNet-18 step")
+    parser.add_argument("--resnet18-batch", type=int, default=defaults.BATCH_SIZE, help="batch of that step (256)")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="JSON output path")
+    args = parser.parse_args(argv)
+    if args.warmup < 0 or args.repeats < 1 or args.min_time < 0:
+        parser.error(
+            f"--warmup and --min-time must be >= 0 and --repeats >= 1, got {args.warmup}, {args.min_time}, {args.repeats}"
+        )
+    if args.resnet18_batch < 2:
+        parser.error(f"--resnet18-batch must be >= 2 (batch norm), got {args.resnet18_batch}")
+    return args
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda requested but CUDA is not available")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    info = machine_info(device)
+    print("machine:", json.dumps(info))
+    print(f"peak memory: {MEMORY_METHOD[device.type]}")
+    print(
+        f"forward + backward, d = {DIM}: best of >= {args.repeats} timed calls (>= {args.min_time} s) after "
+        f"{args.warmup} warm-up call(s); medians are in the JSON. The minimum is shown because other "
+        "processes on a shared machine only ever add time.\n"
+    )
+    rows: List[Dict[str, Any]] = []
+    for num_clusters in CLUSTER_COUNTS:
+        for batch_size in BATCH_SIZES:
+            for queue_size in QUEUE_SIZES:
+                rows += bench_config(
+                    num_clusters, batch_size, queue_size, device, args.warmup, args.repeats, args.min_time
+                )
+    print(format_table(rows))
+    print(
+        "\n(loss columns differ where clusters are empty: the naive -10 fill leaks into the denominator)"
+    )
+    resnet: Optional[Dict[str, Any]] = None
+    if args.resnet18_step:
+        if device.type != "cuda":
+            print(
+                f"\nresnet18 step on {device.type}: measured, but CPU timings of a ResNet-18 step say little "
+                "about the GPU overhead the option is meant for"
+            )
+        resnet = bench_resnet18_step(device, args.resnet18_batch, args.warmup, args.repeats)
+        print(
+            f"\nResNet-18 (CIFAR stem) BYOL-style step at B={resnet['batch_size']}: {resnet['resnet18_step_ms']:.1f} ms; "
+            f"PSL on both views (K=10, no queue): {resnet['psl_two_views_ms']:.2f} ms "
+            f"= {100 * resnet['psl_overhead_fraction']:.2f}% of the step"
+        )
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    result = {
+        "machine": info,
+        "memory_method": MEMORY_METHOD[device.type],
+        "warmup": args.warmup,
+        "repeats": args.repeats,
+        "min_time_s": args.min_time,
+        "rows": rows,
+        "resnet18_step": resnet,
+    }
+    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwritten: {args.output}")
+
+
+if __name__ == "__main__":
+    main()
