@@ -38,6 +38,7 @@ import numpy as np
 import scipy.sparse
 import torch
 from scipy.optimize import linear_sum_assignment
+from scipy.sparse.csgraph import min_weight_full_bipartite_matching
 from scipy.special import gammaln
 
 __all__ = [
@@ -70,6 +71,9 @@ _TAIL_SAFETY_NATS = 1.0
 # Elements per evaluation block of the EMI (pairs x window), which bounds the
 # temporary memory to a few tens of MiB whatever the input.
 _EMI_BLOCK_ELEMENTS = 1 << 20
+# Largest R * C for which the Hungarian accuracy uses scipy's dense solver
+# (64 MiB as int64); larger tables use the sparse LAPJVsp solver.
+_DENSE_MATCHING_MAX_CELLS = 1 << 23
 
 
 # --------------------------------------------------------------------------- #
@@ -561,20 +565,60 @@ def _ari_from_table(table: ContingencyTable) -> float:
     return numerator / denominator
 
 
-def _accuracy_from_table(
-    table: ContingencyTable, method: str
-) -> Tuple[float, Dict[int, int]]:
+def _matched_count(table: ContingencyTable, class_idx: np.ndarray, cluster_idx: np.ndarray) -> int:
+    """Sum of the table cells ``(class_idx[k], cluster_idx[k])`` (0 where empty)."""
+    # Cells are stored in increasing order of the code row * C + col.
+    cell_codes = table.rows * np.int64(table.shape[1]) + table.cols
+    wanted = class_idx.astype(np.int64) * np.int64(table.shape[1]) + cluster_idx.astype(np.int64)
+    position = np.minimum(np.searchsorted(cell_codes, wanted), cell_codes.size - 1)
+    return int(np.where(cell_codes[position] == wanted, table.counts[position], 0).sum())
+
+
+def _hungarian_matching(table: ContingencyTable) -> Tuple[np.ndarray, np.ndarray]:
+    """Class and cluster indices of a one-to-one matching of ``min(R, C)`` pairs
+    that maximises the number of matched samples."""
+    n_rows, n_cols = table.shape
+    if n_rows * n_cols <= _DENSE_MATCHING_MAX_CELLS:
+        class_idx, cluster_idx = linear_sum_assignment(table.to_dense(), maximize=True)
+        return class_idx, cluster_idx
+    # Too many cells for a dense matrix (e.g. thousands of tiny clusters): sparse
+    # LAPJVsp on the non-zero cells. Rows are the smaller side; each row also
+    # gets a private dummy column so that a full matching always exists, and
+    # every weight is shifted by +1 (the solver needs non-zero weights): a full
+    # matching has exactly one edge per row, so the shift adds the same
+    # constant to every candidate and leaves the optimum unchanged.
+    transpose = n_rows > n_cols
+    small, big = (table.cols, table.rows) if transpose else (table.rows, table.cols)
+    n_small, n_big = min(n_rows, n_cols), max(n_rows, n_cols)
+    dummy = np.arange(n_small, dtype=np.int64)
+    graph = scipy.sparse.csr_array(
+        (
+            np.concatenate([table.counts + 1.0, np.ones(n_small)]),
+            (np.concatenate([small, dummy]), np.concatenate([big, n_big + dummy])),
+        ),
+        shape=(n_small, n_big + n_small),
+    )
+    small_idx, big_idx = min_weight_full_bipartite_matching(graph, maximize=True)
+    # Rows left on their dummy overlap with nothing; give them unused columns
+    # so that the matching has min(R, C) pairs like the dense solver's.
+    on_dummy = big_idx >= n_big
+    if on_dummy.any():
+        used = np.zeros(n_big, dtype=bool)
+        used[big_idx[~on_dummy]] = True
+        big_idx = big_idx.copy()
+        big_idx[on_dummy] = np.flatnonzero(~used)[: int(on_dummy.sum())]
+    return (big_idx, small_idx) if transpose else (small_idx, big_idx)
+
+
+def _accuracy_from_table(table: ContingencyTable, method: str) -> Tuple[float, Dict[int, int]]:
     if method == "hungarian":
-        # Dense (R, C) profit matrix: at most one cluster per class and one
-        # class per cluster, maximising the number of matched samples.
-        profit = table.to_dense()
-        class_idx, cluster_idx = linear_sum_assignment(profit, maximize=True)
-        matched = int(profit[class_idx, cluster_idx].sum())
+        # At most one cluster per class and one class per cluster, maximising
+        # the number of matched samples.
+        class_idx, cluster_idx = _hungarian_matching(table)
     else:  # majority: every cluster takes its most frequent class
-        profit_sparse = table.to_sparse().tocsc()
         cluster_idx = np.arange(table.shape[1])
-        class_idx = np.asarray(profit_sparse.argmax(axis=0)).reshape(-1)
-        matched = int(np.asarray(profit_sparse.max(axis=0).toarray()).sum())
+        class_idx = np.asarray(table.to_sparse().tocsc().argmax(axis=0)).reshape(-1)
+    matched = _matched_count(table, class_idx, cluster_idx)
     mapping = {
         cluster: cls
         for cluster, cls in zip(table.clusters[cluster_idx].tolist(), table.classes[class_idx].tolist())
@@ -723,16 +767,20 @@ def cluster_accuracy(
     Hungarian value and rewards over-clustering (all singletons give 1.0), so
     use it only when that is intended, e.g. for ``C >> R``.
 
-    Memory: the Hungarian method builds the dense ``R x C`` table and takes
-    ``O(max(R, C)^3)`` time in the worst case; majority stays sparse.
+    Cost: up to ``2^23`` table cells the Hungarian method runs scipy's dense
+    solver on the ``R x C`` table; beyond (e.g. thousands of tiny clusters) it
+    runs :func:`scipy.sparse.csgraph.min_weight_full_bipartite_matching` on the
+    non-zero cells, so memory stays ``O(N + R + C)``. Majority stays sparse.
 
     Args:
         labels_true: ``(N,)`` integer class labels (numpy, list, torch tensor
             on any device; any integer values).
         labels_pred: ``(N,)`` integer cluster labels.
         return_mapping: also return the mapping ``{cluster label: class
-            label}``; with the Hungarian method unmatched clusters are absent
-            from it.
+            label}``. With the Hungarian method it holds the ``min(R, C)``
+            matched pairs (unmatched clusters are absent; pairs that share no
+            sample are matched arbitrarily and change nothing); with majority
+            it holds every cluster.
         method: ``"hungarian"`` or ``"majority"``.
 
     Returns:

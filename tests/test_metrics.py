@@ -17,6 +17,7 @@ from sklearn.metrics import adjusted_rand_score as sk_ari
 from sklearn.metrics import normalized_mutual_info_score as sk_nmi
 from sklearn.metrics.cluster import contingency_matrix as sk_contingency_matrix
 
+import propos_losses.metrics as metrics_module
 from propos_losses.metrics import (
     _emi_windows,
     _expected_mutual_information,
@@ -247,6 +248,21 @@ def test_relabelling_predicted_clusters_leaves_accuracy_unchanged(
     assert new_majority == {int(renamed[i]): majority[int(c)] for i, c in enumerate(clusters)}
 
 
+@settings(max_examples=40, deadline=None)
+@given(labelings(max_size=60, max_labels=6))
+def test_sparse_matching_solver_equals_brute_force(pair: Tuple[np.ndarray, np.ndarray]) -> None:
+    true, pred = pair
+    with pytest.MonkeyPatch.context() as patch:
+        # Force the sparse LAPJVsp path used for tables with very many cells.
+        patch.setattr(metrics_module, "_DENSE_MATCHING_MAX_CELLS", 0)
+        accuracy, mapping = cluster_accuracy(true, pred, return_mapping=True)
+    assert accuracy == pytest.approx(brute_force_accuracy(true, pred), abs=1e-15)
+    assert len(mapping) == min(np.unique(true).size, np.unique(pred).size)
+    assert len(set(mapping.values())) == len(mapping)
+    hits = [mapping.get(p) == t for p, t in zip(pred.tolist(), true.tolist())]
+    assert np.mean(hits) == accuracy
+
+
 @pytest.mark.parametrize("num_clusters", [2, 4, 7])
 def test_accuracy_equals_brute_force_when_cluster_and_class_counts_differ(num_clusters: int) -> None:
     rng = np.random.default_rng(num_clusters)
@@ -271,7 +287,7 @@ def test_mapping_reproduces_the_accuracy_and_is_one_to_one() -> None:
     true = rng.integers(-3, 5, 300)
     pred = np.where(rng.random(300) < 0.8, 2 * true + 11, rng.integers(0, 12, 300))
     accuracy, mapping = cluster_accuracy(torch.as_tensor(true), pred, return_mapping=True)
-    assert len(set(mapping.values())) == len(mapping)
+    assert len(set(mapping.values())) == len(mapping) == min(np.unique(true).size, np.unique(pred).size)
     mapped = np.array([mapping.get(p, None) == t for p, t in zip(pred.tolist(), true.tolist())])
     assert accuracy == mapped.mean()
 
