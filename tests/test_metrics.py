@@ -151,6 +151,17 @@ def test_metrics_equal_sklearn_on_degenerate_labelings(name: str) -> None:
     assert_matches_sklearn(true, pred)
 
 
+@pytest.mark.parametrize(("num_classes", "num_clusters"), [(2, 2), (3, 7), (40, 25)])
+def test_metrics_equal_sklearn_when_emi_skips_negligible_terms(num_classes: int, num_clusters: int) -> None:
+    # Thousands of samples: the EMI windows leave out tail terms (checked in
+    # the EMI tests below), unlike the small random labelings above.
+    rng = np.random.default_rng(num_classes)
+    sizes = rng.dirichlet(np.ones(num_classes))
+    true = rng.choice(num_classes, size=4000, p=sizes)
+    pred = np.where(rng.random(4000) < 0.3, true % num_clusters, rng.integers(0, num_clusters, 4000))
+    assert_matches_sklearn(true, pred)
+
+
 @pytest.mark.parametrize("n", [1, 2, 3, 10, 257])
 def test_all_singletons_give_one_like_sklearn(n: int) -> None:
     labels = np.arange(n)
