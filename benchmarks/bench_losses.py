@@ -22,6 +22,9 @@ B = 256, no queue) as a fraction of a BYOL-style ResNet-18 (CIFAR stem)
 training step at batch 256 (two views through the online network with
 backward, two through the target network without, one SGD step).
 
+On a shared CPU, ``--threads 1`` gives far steadier timings (OpenMP threads
+wait for each other when a core is taken by another process).
+
 Run ``python benchmarks/bench_losses.py --help`` for the options; results are
 printed as a table and written as JSON (with machine info and the date) to
 ``benchmarks/results/bench_losses.json`` unless ``--output`` says otherwise.
@@ -64,6 +67,9 @@ DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "bench_losses.jso
 
 class NaiveDensePSL(nn.Module):
     """Dense one-hot prototypes over all K clusters with a finite fill for empty ones."""
+
+    queue_features: Tensor
+    queue_labels: Tensor
 
     def __init__(self, num_clusters: int, temperature: float, queue_size: int, feature_dim: int) -> None:
         super().__init__()
@@ -171,7 +177,7 @@ def fill_queue(module: nn.Module, queue_size: int, num_clusters: int, device: to
     if isinstance(module, PrototypeScatteringLoss):
         assert module.queue is not None
         module.queue.push(features, labels)
-    else:
+    elif isinstance(module, NaiveDensePSL):
         module.queue_features.copy_(features)
         module.queue_labels.copy_(labels)
 
@@ -345,7 +351,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         "--min-time", type=float, default=0.25, help="keep timing a configuration until this many seconds (0.25)"
     )
     parser.add_argument("--resnet18-step", action="store_true", help="also report PSL overhead vs a ResNet-18 step")
-    parser.add_argument("--resnet18-batch", type=int, default=defaults.BATCH_SIZE, help="batch of that step (256)")
+    parser.add_argument(
+        "--resnet18-batch",
+        type=int,
+        default=None,
+        help=f"batch of that step (default {defaults.BATCH_SIZE}; on CPU the step is skipped unless this is given)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="JSON output path")
     args = parser.parse_args(argv)
@@ -353,7 +364,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         parser.error(
             f"--warmup and --min-time must be >= 0 and --repeats >= 1, got {args.warmup}, {args.min_time}, {args.repeats}"
         )
-    if args.resnet18_batch < 2:
+    if args.resnet18_batch is not None and args.resnet18_batch < 2:
         parser.error(f"--resnet18-batch must be >= 2 (batch norm), got {args.resnet18_batch}")
     return args
 
@@ -381,17 +392,18 @@ def main(argv: Optional[List[str]] = None) -> None:
                     num_clusters, batch_size, queue_size, device, args.warmup, args.repeats, args.min_time
                 )
     print(format_table(rows))
-    print(
-        "\n(loss columns differ where clusters are empty: the naive -10 fill leaks into the denominator)"
-    )
+    print("\n(loss columns differ where clusters are empty: the naive -10 fill leaks into the denominator)")
     resnet: Optional[Dict[str, Any]] = None
-    if args.resnet18_step:
-        if device.type != "cuda":
-            print(
-                f"\nresnet18 step on {device.type}: measured, but CPU timings of a ResNet-18 step say little "
-                "about the GPU overhead the option is meant for"
-            )
-        resnet = bench_resnet18_step(device, args.resnet18_batch, args.warmup, args.repeats)
+    if args.resnet18_step and device.type != "cuda" and args.resnet18_batch is None:
+        reason = (
+            f"skipped on {device.type}: a batch-{defaults.BATCH_SIZE} ResNet-18 step takes minutes on a CPU "
+            "and the ratio says nothing about GPU training; pass --resnet18-batch N to measure it anyway"
+        )
+        print(f"\nresnet18 step {reason}")
+        resnet = {"skipped": reason}
+    elif args.resnet18_step:
+        batch = defaults.BATCH_SIZE if args.resnet18_batch is None else args.resnet18_batch
+        resnet = bench_resnet18_step(device, batch, args.warmup, args.repeats)
         print(
             f"\nResNet-18 (CIFAR stem) BYOL-style step at B={resnet['batch_size']}: {resnet['resnet18_step_ms']:.1f} ms; "
             f"PSL on both views (K=10, no queue): {resnet['psl_two_views_ms']:.2f} ms "

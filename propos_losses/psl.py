@@ -422,6 +422,11 @@ class PrototypeScatteringLoss(nn.Module):
                 f"assignments must be (B,) hard labels when queue_size > 0 (the queue stores hard labels), "
                 f"got shape {tuple(assignments.shape)}; use queue_size=0 for soft weights"
             )
+        if self.queue is not None and self.queue.features.device != online.device:
+            raise ValueError(
+                f"online is on {online.device} but the queue is on {self.queue.features.device}; "
+                "move the loss with .to(device)"
+            )
         if self.queue is not None and self.queue.labels.numel():
             # Labels may have been relabelled or loaded from a checkpoint made with another K.
             high = int(self.queue.labels.max())
