@@ -11,8 +11,9 @@ Eq. 5 splits it into ``alignment = mean_{k in A} -mu_k.mu'_k / tau`` and
 
 Numerics: empty clusters are removed exactly (only the non-empty clusters are
 selected; the ``j != k`` exclusion is a ``-inf`` logit inside a log-sum-exp
-whose positive column is always finite), the loss is computed in float32 (float64 inputs stay
-float64) with autocast disabled, and the target side is detached.
+whose positive column is always finite), the loss is computed in float32
+(float64 inputs stay float64) with autocast disabled, zero feature vectors give
+zero (never NaN), and the target side and the assignments are detached.
 
 Distributed (``torch.distributed`` initialised, see
 :mod:`propos_losses.distributed`): the per-cluster online sums go through the
@@ -276,7 +277,9 @@ def prototype_scattering_loss(
         temperature: ``tau > 0``.
         queue_features: optional ``(Q, d)`` features of a memory queue (target
             features, normalised here), added to both prototype sums without
-            gradient. Give ``queue_labels`` with it.
+            gradient, after the all-reduce: under ``torch.distributed`` they
+            must be identical on every rank (as :class:`PrototypeQueue` keeps
+            them). Give ``queue_labels`` with it.
         queue_labels: optional ``(Q,)`` integer labels in ``[0, K)`` of the queue.
         return_terms: return a :class:`PSLTerms` (loss, alignment, uniformity,
             number of non-empty clusters; all attached to the graph) instead

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor
 
-from oracles import psl_oracle
+from oracles import psa_oracle, psl_oracle
 from propos_losses import defaults
 from propos_losses.psl import PSL, PrototypeScatteringLoss, PSLTerms, prototype_scattering_loss
 
@@ -585,3 +585,34 @@ def test_queue_labels_outside_the_clusters_raise_before_anything_changes() -> No
         module(**_good())
     for key, value in module.state_dict().items():
         assert torch.equal(value, before[key]), key
+
+
+# ---------------------------------------------------------------- the oracles themselves
+
+
+def test_psa_oracle_equals_two_minus_two_cosine_of_the_noisy_prediction() -> None:
+    # The PSA engineer imports psa_oracle; check it against the closed form 2 - 2 cos (Eq. 10).
+    generator = torch.Generator().manual_seed(0)
+    q = torch.randn(5, 4, generator=generator, dtype=torch.float64)
+    z_plus = torch.randn(5, 3, generator=generator, dtype=torch.float64)
+    eps = torch.randn(5, 4, generator=generator, dtype=torch.float64)
+    predictor = torch.nn.Linear(4, 3).double()
+    sigma = 0.3
+    with torch.no_grad():
+        cosine = torch.nn.functional.cosine_similarity(predictor(q + sigma * eps), z_plus, dim=1)
+        expected = (2 - 2 * cosine).mean().item()
+        assert psa_oracle(q, z_plus, predictor, eps, sigma) == pytest.approx(expected, rel=1e-12)
+        # sigma = 0 ignores the noise (plain BYOL).
+        assert psa_oracle(q, z_plus, predictor, eps, 0.0) == pytest.approx(
+            psa_oracle(q, z_plus, predictor, torch.zeros_like(eps), 0.3), rel=1e-12
+        )
+
+
+def test_psl_oracle_of_two_orthogonal_clusters_is_the_closed_form() -> None:
+    # Two clusters with orthogonal online prototypes and target == online:
+    # each term is -log(e^(1/tau) / (e^(1/tau) + e^0)).
+    online = torch.tensor([[1.0, 0.0], [2.0, 0.0], [0.0, 3.0]], dtype=torch.float64)
+    labels = torch.tensor([0, 0, 1])
+    expected = -math.log(math.exp(1 / TAU) / (math.exp(1 / TAU) + 1.0))
+    assert psl_oracle(online, online, labels, 2, TAU)["loss"] == pytest.approx(expected, rel=1e-14)
+    assert prototype_scattering_loss(online, online, labels, 2).item() == pytest.approx(expected, rel=1e-14)
