@@ -21,7 +21,8 @@ import torch.multiprocessing as mp
 from torch import Tensor, nn
 
 from propos_losses.distributed import all_gather_cat_autograd, all_reduce_sum
-from propos_losses.psl import PSL, prototype_scattering_loss
+from propos_losses.psl import PSL, PrototypeScatteringLoss, PSLTerms, prototype_scattering_loss
+from propos_losses.queue import PrototypeQueue
 
 WORLD_SIZE = 2
 TIMEOUT_S = 120.0
@@ -30,6 +31,22 @@ IN_DIM, DIM = 5, 4
 QUEUE_SIZE = 16
 QUEUE_STEPS = 3
 LEARNING_RATE = 0.5
+
+
+def grad_of(tensor: Tensor) -> Tensor:
+    """The gradient of a leaf after ``backward`` (asserted to exist)."""
+    assert tensor.grad is not None
+    return tensor.grad
+
+
+def queue_of(module: PrototypeScatteringLoss) -> PrototypeQueue:
+    assert module.queue is not None
+    return module.queue
+
+
+def terms_of(module: PrototypeScatteringLoss) -> PSLTerms:
+    assert module.last_terms is not None
+    return module.last_terms
 
 
 # ---------------------------------------------------------------- shared data (parent and children)
@@ -83,17 +100,17 @@ def _collectives(rank: int) -> Dict[str, Tensor]:
     x = (base * (rank + 1)).requires_grad_(True)
     y = all_reduce_sum(x)
     (y * upstream).sum().backward()
-    out["reduce_value"], out["reduce_grad_same"] = y.detach(), x.grad.clone()
+    out["reduce_value"], out["reduce_grad_same"] = y.detach(), grad_of(x).clone()
     # all_reduce_sum, a different upstream gradient on each rank.
     x = (base * (rank + 1)).requires_grad_(True)
     (all_reduce_sum(x) * upstream * (rank + 2)).sum().backward()
-    out["reduce_grad_rank"] = x.grad.clone()
+    out["reduce_grad_rank"] = grad_of(x).clone()
     # all_gather_cat_autograd with unequal first dimensions.
     x = gather_input(rank).clone().requires_grad_(True)
     gathered = all_gather_cat_autograd(x)
     gather_upstream = torch.linspace(-1.0, 1.0, 33, dtype=torch.float64).reshape(11, 3) * (rank + 1)
     (gathered * gather_upstream).sum().backward()
-    out["gather_value"], out["gather_grad"] = gathered.detach(), x.grad.clone()
+    out["gather_value"], out["gather_grad"] = gathered.detach(), grad_of(x).clone()
     return out
 
 
@@ -107,9 +124,9 @@ def _ddp_psl(rank: int, dtype: torch.dtype) -> Dict[str, Tensor]:
     assert module.last_terms is not None
     return {
         "loss": loss.detach(),
-        "num_active": module.last_terms.num_active,
-        "weight_grad": model.module.weight.grad.clone(),
-        "bias_grad": model.module.bias.grad.clone(),
+        "num_active": terms_of(module).num_active,
+        "weight_grad": grad_of(model.module.weight).clone(),
+        "bias_grad": grad_of(model.module.bias).clone(),
     }
 
 
@@ -121,7 +138,7 @@ def _hand_averaged_soft_psl(rank: int) -> Dict[str, Tensor]:
         layer(inputs[part]), targets[part], soft_weights()[part], NUM_CLUSTERS, return_terms=True
     )
     terms.loss.backward()
-    grads = [p.grad.clone() for p in layer.parameters()]
+    grads = [grad_of(p).clone() for p in layer.parameters()]
     for grad in grads:  # what DDP does: average over ranks
         dist.all_reduce(grad)
         grad /= WORLD_SIZE
@@ -147,7 +164,7 @@ def _queue_training(rank: int) -> Dict[str, Tensor]:
         loss.backward()
         optimizer.step()
         losses.append(loss.detach())
-    features, labels, indices = module.queue.contents()
+    features, labels, indices = queue_of(module).contents()
     return {
         "losses": torch.stack(losses),
         "weight": model.module.weight.detach().clone(),
@@ -173,7 +190,7 @@ def _bad_input_on_one_rank(rank: int) -> Dict[str, Any]:
     # The process group still works afterwards (no rank is left inside a collective).
     check = torch.ones(1)
     dist.all_reduce(check)
-    return {"message": message, "queue_length": len(module.queue), "after": check}
+    return {"message": message, "queue_length": len(queue_of(module)), "after": check}
 
 
 def _worker(rank: int, init_file: str, out_dir: str) -> None:
@@ -254,7 +271,7 @@ def _single_process_psl(dtype: torch.dtype) -> Tuple[Tensor, Tensor, Tensor, Ten
     loss = module(layer(inputs), targets, labels)
     loss.backward()
     assert module.last_terms is not None
-    return loss.detach(), module.last_terms.num_active, layer.weight.grad, layer.bias.grad
+    return loss.detach(), terms_of(module).num_active, grad_of(layer.weight), grad_of(layer.bias)
 
 
 @pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float64, 1e-12), (torch.float32, 1e-6)])
@@ -281,8 +298,8 @@ def test_soft_weight_psl_with_averaged_gradients_equals_single_process(rank_resu
         got = result["soft"]
         for name in ("loss", "alignment", "uniformity"):
             torch.testing.assert_close(got[name], getattr(terms, name).detach(), rtol=1e-12, atol=1e-12)
-        torch.testing.assert_close(got["weight_grad"], layer.weight.grad, rtol=1e-12, atol=1e-12)
-        torch.testing.assert_close(got["bias_grad"], layer.bias.grad, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(got["weight_grad"], grad_of(layer.weight), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(got["bias_grad"], grad_of(layer.bias), rtol=1e-12, atol=1e-12)
 
 
 def test_queue_training_equals_single_process_fed_the_concatenated_batches(
@@ -299,8 +316,8 @@ def test_queue_training_equals_single_process_fed_the_concatenated_batches(
         loss.backward()
         optimizer.step()
         losses.append(loss.detach())
-    assert module.queue.is_full  # 3 x 11 pushes wrapped around a queue of 16
-    features, labels, indices = module.queue.contents()
+    assert queue_of(module).is_full  # 3 x 11 pushes wrapped around a queue of 16
+    features, labels, indices = queue_of(module).contents()
     for result in rank_results:
         got = result["queue"]
         torch.testing.assert_close(got["losses"], torch.stack(losses), rtol=1e-12, atol=1e-12)

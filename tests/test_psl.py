@@ -14,8 +14,25 @@ from torch import Tensor
 from oracles import psa_oracle, psl_oracle
 from propos_losses import defaults
 from propos_losses.psl import PSL, PrototypeScatteringLoss, PSLTerms, prototype_scattering_loss
+from propos_losses.queue import PrototypeQueue
 
 TAU = defaults.TEMPERATURE
+
+
+def grad_of(tensor: Tensor) -> Tensor:
+    """The gradient of a leaf after ``backward`` (asserted to exist)."""
+    assert tensor.grad is not None
+    return tensor.grad
+
+
+def queue_of(module: PrototypeScatteringLoss) -> PrototypeQueue:
+    assert module.queue is not None
+    return module.queue
+
+
+def terms_of(module: PrototypeScatteringLoss) -> PSLTerms:
+    assert module.last_terms is not None
+    return module.last_terms
 
 
 def make_batch(
@@ -86,8 +103,8 @@ def test_queue_loss_matches_float64_oracle_and_current_batch_is_enqueued_after_t
     # First step: the queue is empty, so the loss is the plain batch loss.
     expected_first = psl_oracle(first_online, first_target, first_labels, num_clusters, TAU)
     assert module(first_online, first_target, first_labels).item() == pytest.approx(expected_first["loss"], rel=1e-10)
-    assert len(module.queue) == 7
-    queue_features, queue_labels, _ = module.queue.contents()
+    assert len(queue_of(module)) == 7
+    queue_features, queue_labels, _ = queue_of(module).contents()
     # Second step: clusters 4 and 5 are present only through the queue; 2 only in the batch.
     online, target, _ = make_batch(4, 5, dim, num_clusters)
     labels = torch.tensor([2, 0, 0, 1, 2])
@@ -106,7 +123,7 @@ def test_queue_loss_matches_float64_oracle_and_current_batch_is_enqueued_after_t
         ),
         expected,
     )
-    assert len(module.queue) == 10
+    assert len(queue_of(module)) == 10
 
 
 def test_queue_holds_normalised_target_features_labels_and_indices_of_pushed_batches() -> None:
@@ -114,7 +131,7 @@ def test_queue_holds_normalised_target_features_labels_and_indices_of_pushed_bat
     online, target, labels = make_batch(5, 6, 4, 3, dtype=torch.float32)
     indices = torch.arange(10, 16)
     module(online, target, labels, indices)
-    features, queue_labels, queue_indices = module.queue.contents()
+    features, queue_labels, queue_indices = queue_of(module).contents()
     torch.testing.assert_close(features, torch.nn.functional.normalize(target, dim=1))
     assert queue_labels.tolist() == labels.tolist()
     assert queue_indices.tolist() == indices.tolist()
@@ -130,7 +147,7 @@ def test_eval_mode_uses_the_queue_but_does_not_enqueue() -> None:
     loss = module(other_online, other_target, other_labels)
     for key, value in module.state_dict().items():
         torch.testing.assert_close(value, state[key], rtol=0, atol=0)
-    queue_features, queue_labels, _ = module.queue.contents()
+    queue_features, queue_labels, _ = queue_of(module).contents()
     expected = prototype_scattering_loss(
         other_online, other_target, other_labels, 3, queue_features=queue_features, queue_labels=queue_labels
     )
@@ -143,12 +160,12 @@ def test_relabel_queue_uses_dataset_indices_and_reset_empties_it() -> None:
     online, target, _ = make_batch(8, 3, 3, 4)
     module(online, target, torch.tensor([0, 1, 2]), torch.tensor([2, 0, 1]))
     module.relabel_queue(torch.tensor([3, 3, 1]))
-    assert module.queue.contents()[1].tolist() == [1, 3, 3]
+    assert queue_of(module).contents()[1].tolist() == [1, 3, 3]
     with pytest.raises(ValueError, match="new_labels"):
         module.relabel_queue(torch.tensor([4, 0, 0]))  # 4 is out of [0, 4)
-    assert module.queue.contents()[1].tolist() == [1, 3, 3]
+    assert queue_of(module).contents()[1].tolist() == [1, 3, 3]
     module.reset_queue()
-    assert len(module.queue) == 0
+    assert len(queue_of(module)) == 0
 
 
 def test_queue_state_dict_round_trip_gives_the_same_loss() -> None:
@@ -227,7 +244,7 @@ def test_one_hot_soft_weights_equal_hard_labels(shape: Tuple[int, int, int, int]
     torch.testing.assert_close(soft, hard)
     hard.backward()
     soft.backward()
-    torch.testing.assert_close(online_soft.grad, online_hard.grad)
+    torch.testing.assert_close(grad_of(online_soft), grad_of(online_hard))
 
 
 # ---------------------------------------------------------------- gradients
@@ -287,7 +304,7 @@ def test_gradient_of_a_sample_in_its_own_cluster_only_flows_through_that_prototy
     labels = torch.tensor([0, 1, 1, 2])
     online.requires_grad_(True)
     prototype_scattering_loss(online, target, labels, 3).backward()
-    radial = (online.grad[0] * online[0]).sum()
+    radial = (grad_of(online)[0] * online[0]).sum()
     assert abs(radial.item()) < 1e-12
 
 
@@ -301,10 +318,10 @@ def test_lone_non_empty_cluster_gives_exactly_zero_loss_and_zero_finite_gradient
     loss = module(online, target, torch.full((6,), 4))
     assert loss.item() == 0.0
     loss.backward()
-    assert torch.isfinite(online.grad).all()
-    assert torch.equal(online.grad, torch.zeros_like(online.grad))
-    assert int(module.last_terms.num_active) == 1
-    assert module.last_terms.uniformity.item() == -math.inf  # no negatives: log of an empty sum
+    assert torch.isfinite(grad_of(online)).all()
+    assert torch.equal(grad_of(online), torch.zeros_like(grad_of(online)))
+    assert int(terms_of(module).num_active) == 1
+    assert terms_of(module).uniformity.item() == -math.inf  # no negatives: log of an empty sum
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
@@ -317,12 +334,12 @@ def test_zero_feature_vectors_give_finite_loss_and_gradient(dtype: torch.dtype) 
     loss = prototype_scattering_loss(online, target, labels, 3)
     loss.backward()
     assert torch.isfinite(loss)
-    assert torch.isfinite(online.grad).all()
+    assert torch.isfinite(grad_of(online)).all()
     everything_zero = torch.zeros(4, 3, dtype=dtype, requires_grad=True)
     loss = prototype_scattering_loss(everything_zero, torch.zeros(4, 3), torch.tensor([0, 1, 1, 2]), 3)
     loss.backward()
     assert torch.isfinite(loss)
-    assert torch.isfinite(everything_zero.grad).all()
+    assert torch.isfinite(grad_of(everything_zero)).all()
 
 
 def test_many_empty_clusters_with_k_much_larger_than_batch_is_finite() -> None:
@@ -331,7 +348,7 @@ def test_many_empty_clusters_with_k_much_larger_than_batch_is_finite() -> None:
     terms = prototype_scattering_loss(online, target, labels, 2000, return_terms=True)
     terms.loss.backward()
     assert int(terms.num_active) == len(set(labels.tolist()))
-    assert torch.isfinite(online.grad).all()
+    assert torch.isfinite(grad_of(online)).all()
 
 
 # ---------------------------------------------------------------- precision
@@ -354,7 +371,7 @@ def test_bfloat16_autocast_training_step_has_finite_loss_and_gradients_close_to_
     labels = torch.randint(0, 5, (32,))
     module = PSL(5)
     module(layer(inputs), target, labels).backward()
-    reference = layer.weight.grad.clone()
+    reference = grad_of(layer.weight).clone()
     layer.zero_grad()
     with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
         online = layer(inputs)
@@ -362,9 +379,9 @@ def test_bfloat16_autocast_training_step_has_finite_loss_and_gradients_close_to_
         loss = module(online, target, labels)
     loss.backward()
     assert torch.isfinite(loss)
-    assert torch.isfinite(layer.weight.grad).all()
+    assert torch.isfinite(grad_of(layer.weight)).all()
     # bfloat16 keeps 8 bits of mantissa: the linear layer's output is only that precise.
-    torch.testing.assert_close(layer.weight.grad, reference, rtol=0.05, atol=0.05 * reference.abs().max().item())
+    torch.testing.assert_close(grad_of(layer.weight), reference, rtol=0.05, atol=0.05 * reference.abs().max().item())
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -374,13 +391,13 @@ def test_half_precision_inputs_are_computed_in_float32(dtype: torch.dtype) -> No
     loss = prototype_scattering_loss(online, target, labels, 4)
     loss.backward()
     assert loss.dtype == torch.float32
-    assert online.grad.dtype == dtype
+    assert grad_of(online).dtype == dtype
     # The same (rounded) values in float32 give the same float32 computation.
     online32 = online.detach().float().requires_grad_(True)
     reference = prototype_scattering_loss(online32, target.float(), labels, 4)
     reference.backward()
     torch.testing.assert_close(loss, reference, rtol=0, atol=0)
-    torch.testing.assert_close(online.grad.float(), online32.grad.to(dtype).float(), rtol=0, atol=0)
+    torch.testing.assert_close(grad_of(online).float(), grad_of(online32).to(dtype).float(), rtol=0, atol=0)
 
 
 # ---------------------------------------------------------------- API
@@ -414,7 +431,7 @@ def test_alias_and_defaults() -> None:
 B, D, K = 6, 4, 3
 
 
-def _good() -> Dict[str, Optional[Tensor]]:
+def _good() -> Dict[str, Tensor]:
     online, target, labels = make_batch(21, B, D, K, dtype=torch.float32)
     return {"online": online, "target": target, "assignments": labels, "indices": torch.arange(B)}
 
@@ -432,7 +449,7 @@ def _with(**changes: object) -> Callable[[], Dict[str, object]]:
 def _nan_at(name: str) -> Callable[[], Dict[str, object]]:
     def build() -> Dict[str, object]:
         arguments: Dict[str, object] = dict(_good())
-        tensor = arguments[name].clone()  # type: ignore[union-attr]
+        tensor = _good()[name].clone()
         tensor[1, 2] = float("nan") if name == "online" else float("inf")
         arguments[name] = tensor
         return arguments
@@ -533,7 +550,14 @@ def test_bad_functional_queue_arguments_raise(case: str) -> None:
     extra, error, match = BAD_QUEUE_ARGUMENTS[case]
     arguments = _good()
     with pytest.raises(error, match=match):
-        prototype_scattering_loss(arguments["online"], arguments["target"], arguments["assignments"], K, **extra)
+        prototype_scattering_loss(
+            arguments["online"],
+            arguments["target"],
+            arguments["assignments"],
+            K,
+            queue_features=extra.get("queue_features"),
+            queue_labels=extra.get("queue_labels"),
+        )
 
 
 BAD_CONSTRUCTOR_ARGUMENTS = {
