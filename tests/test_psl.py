@@ -247,6 +247,37 @@ def test_one_hot_soft_weights_equal_hard_labels(shape: Tuple[int, int, int, int]
     torch.testing.assert_close(grad_of(online_soft), grad_of(online_hard))
 
 
+@settings(max_examples=20, deadline=None)
+@given(shape=batch_shapes, queue_length=st.integers(0, 12))
+def test_queue_rows_count_like_batch_rows_and_relabelling_keeps_the_loss(
+    shape: Tuple[int, int, int, int], queue_length: int
+) -> None:
+    seed, batch_size, num_clusters, dim = shape
+    online, target, labels = make_batch(seed, batch_size, dim, num_clusters)
+    queue_features, _, queue_labels = make_batch(seed + 1, queue_length, dim, num_clusters)
+    with_queue = prototype_scattering_loss(
+        online, target, labels, num_clusters, queue_features=queue_features, queue_labels=queue_labels
+    )
+    # In value, a queue row is a batch row whose online and target features are both the queue feature.
+    as_batch = prototype_scattering_loss(
+        torch.cat([online, queue_features]),
+        torch.cat([target, queue_features]),
+        torch.cat([labels, queue_labels]),
+        num_clusters,
+    )
+    torch.testing.assert_close(with_queue, as_batch)
+    permutation = torch.randperm(num_clusters, generator=torch.Generator().manual_seed(seed))
+    relabelled = prototype_scattering_loss(
+        online,
+        target,
+        permutation[labels],
+        num_clusters,
+        queue_features=queue_features,
+        queue_labels=permutation[queue_labels],
+    )
+    torch.testing.assert_close(relabelled, with_queue)
+
+
 # ---------------------------------------------------------------- gradients
 
 
