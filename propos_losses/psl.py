@@ -53,6 +53,13 @@ class PSLTerms(NamedTuple):
             ``-inf`` when only one cluster is non-empty (no negatives: the log of
             an empty sum).
         num_active: ``|A|``, the number of non-empty clusters (int64).
+
+    Example:
+        >>> import torch
+        >>> online = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+        >>> terms = prototype_scattering_loss(online, online, torch.tensor([0, 2]), 3, return_terms=True)
+        >>> round(terms.alignment.item(), 4), round(terms.uniformity.item(), 4), int(terms.num_active)
+        (-2.0, 0.0, 2)
     """
 
     loss: Tensor
@@ -448,6 +455,14 @@ class PrototypeScatteringLoss(nn.Module):
         Raises:
             ValueError: without a queue, for labels out of range, or (from the
                 queue) when a filled slot has no sample index.
+
+        Example:
+            >>> import torch
+            >>> psl = PrototypeScatteringLoss(3, queue_size=4, feature_dim=2)
+            >>> _ = psl(torch.randn(2, 2), torch.randn(2, 2), torch.tensor([0, 1]), torch.tensor([5, 6]))
+            >>> psl.relabel_queue(torch.tensor([0, 0, 0, 0, 0, 2, 1]))
+            >>> psl.queue.contents()[1].tolist()
+            [2, 1]
         """
         if self.queue is None:
             raise ValueError("relabel_queue needs a queue, but this loss has queue_size=0")
@@ -456,7 +471,16 @@ class PrototypeScatteringLoss(nn.Module):
         self.queue.relabel(new_labels)
 
     def reset_queue(self) -> None:
-        """Empty the queue (no-op without one)."""
+        """Empty the queue (no-op without one), e.g. when the number of clusters changes.
+
+        Example:
+            >>> import torch
+            >>> psl = PrototypeScatteringLoss(3, queue_size=4, feature_dim=2)
+            >>> _ = psl(torch.randn(2, 2), torch.randn(2, 2), torch.tensor([0, 1]))
+            >>> psl.reset_queue()
+            >>> len(psl.queue)
+            0
+        """
         if self.queue is not None:
             self.queue.reset()
 
