@@ -46,13 +46,8 @@ __all__ = ["PSLTerms", "prototype_scattering_loss", "PrototypeScatteringLoss", "
 class PSLTerms(NamedTuple):
     """The loss and its Eq. 5 terms, all 0-d tensors identical on every rank.
 
-    Attributes:
-        loss: ``L_psl`` (Eq. 4), floating point.
-        alignment: ``mean_{k in A} -mu_k.mu'_k / tau``.
-        uniformity: ``mean_{k in A} log sum_{j in A, j != k} exp(mu_k.mu_j / tau)``;
-            ``-inf`` when only one cluster is non-empty (no negatives: the log of
-            an empty sum).
-        num_active: ``|A|``, the number of non-empty clusters (int64).
+    ``uniformity`` is ``-inf`` when only one cluster is non-empty (no
+    negatives: the log of an empty sum); the loss is then exactly 0.
 
     Example:
         >>> import torch
@@ -62,9 +57,13 @@ class PSLTerms(NamedTuple):
         (-2.0, 0.0, 2)
     """
 
+    #: ``L_psl`` (Eq. 4), floating point.
     loss: Tensor
+    #: ``mean_{k in A} -mu_k.mu'_k / tau`` (Eq. 5).
     alignment: Tensor
+    #: ``mean_{k in A} log sum_{j in A, j != k} exp(mu_k.mu_j / tau)`` (Eq. 5).
     uniformity: Tensor
+    #: ``|A|``, the number of non-empty clusters (int64).
     num_active: Tensor
 
 
