@@ -33,6 +33,8 @@ autodoc_default_options = {"members": True, "show-inheritance": False}
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 napoleon_use_rtype = False
+# "Attributes:" sections as :ivar: fields: NamedTuple fields are already documented as members.
+napoleon_use_ivar = True
 
 # Docstring type hints mention torch/numpy types that are not documented here.
 nitpicky = False
