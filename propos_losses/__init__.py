@@ -10,6 +10,7 @@ around them, a batched spherical k-means and exact clustering metrics:
 
 from propos_losses._version import __version__
 from propos_losses.diagnostics import alignment, cluster_size_stats, representation_diagnostics, uniformity
+from propos_losses.kmeans import KMeansResult, SphericalKMeans, spherical_kmeans
 from propos_losses.metrics import (
     ContingencyTable,
     ami,
@@ -41,6 +42,10 @@ __all__ = [
     # training utilities
     "MomentumUpdater",
     "PrototypeQueue",
+    # spherical k-means
+    "SphericalKMeans",
+    "spherical_kmeans",
+    "KMeansResult",
     # metrics
     "nmi",
     "ami",
