@@ -106,6 +106,10 @@ DEFAULT_CHUNK_BYTES: int = 256 * 2**20
 #: above it ``index_add_`` (whose cost does not grow with K); measured on CPU.
 _ONE_HOT_MAX_WIDTH: int = 128
 
+#: The cluster sums are updated from the rows that switched cluster unless
+#: more than this fraction of (row, restart) labels switched in the last pass.
+_INCREMENTAL_MAX_FRACTION: float = 0.25
+
 _INIT_METHODS = ("k-means++", "random")
 _SEED_BOUND = 2**63 - 1  # torch.Generator.manual_seed accepts seeds below 2**64
 
@@ -187,9 +191,20 @@ def _as_tensor(name: str, X: object) -> Tuple[Tensor, bool]:
 
 def _normalise_rows(name: str, X: Tensor) -> Tensor:
     """L2-normalise the rows; raise on NaN/Inf or all-zero rows."""
-    if X.numel() and not bool(torch.isfinite(X).all()):
-        raise ValueError(f"{name} must be finite, got NaN or Inf values")
+    # NaN/Inf make the row norm non-finite, so only such rows need the element-wise check
+    # (a full isfinite pass over X costs as much as a k-means iteration).
     norms = torch.linalg.vector_norm(X, dim=1)
+    suspect = ~torch.isfinite(norms)
+    if bool(suspect.any()):
+        rows = X[suspect]
+        if not bool(torch.isfinite(rows).all()):
+            raise ValueError(f"{name} must be finite, got NaN or Inf values")
+        # Finite rows whose norm overflows: scale by the largest entry first (direction unchanged).
+        scale = rows.abs().amax(dim=1, keepdim=True)
+        X = X.clone()
+        X[suspect] = rows / scale
+        norms = norms.clone()
+        norms[suspect] = torch.linalg.vector_norm(X[suspect], dim=1)
     zero = norms == 0
     if bool(zero.any()):
         first = int(torch.nonzero(zero)[0, 0])
@@ -214,50 +229,91 @@ def _chunk_rows(n_rows: int, width: int, itemsize: int, chunk_size: Optional[int
     return max(1, min(max(n_rows, 1), DEFAULT_CHUNK_BYTES // max(1, width * itemsize)))
 
 
-def _accumulate(
-    X: Tensor, centers: Tensor, chunk_size: Optional[int], with_sums: bool = True
-) -> Tuple[Optional[Tensor], Optional[Tensor], Tensor]:
-    """One assignment pass for a batch of restarts.
+def _sum_rows_by_label(rows: Tensor, flat_labels: Tensor, width: int, out: Tensor) -> None:
+    """``out[j] += sum of rows[i] over (i, r) with flat_labels[i, r] == j``; ``flat_labels`` ``(n, R)``."""
+    if width <= _ONE_HOT_MAX_WIDTH:
+        # Few centres: a one-hot matrix multiply beats R scattered index_add_ passes.
+        one_hot = rows.new_zeros(rows.shape[0], width).scatter_(1, flat_labels, 1)
+        out.addmm_(one_hot.t(), rows)
+    else:
+        for r in range(flat_labels.shape[1]):
+            out.index_add_(0, flat_labels[:, r], rows)
+
+
+def _lloyd_pass(
+    X: Tensor, centers: Tensor, labels: Tensor, active: Tensor, full: bool, chunk_size: Optional[int]
+) -> Tuple[Tensor, Tensor, Tensor, int]:
+    """One assignment pass for the ``R_a`` active restarts; updates ``labels`` in place.
 
     Args:
         X: ``(N, d)`` unit rows.
-        centers: ``(R, K, d)`` unit centres.
+        centers: ``(R_a, K, d)`` unit centres of the active restarts.
+        labels: ``(N, R)`` int64 current labels of every restart (columns
+            ``active`` are read and overwritten).
+        active: ``(R_a,)`` indices of the active restarts.
+        full: compute the cluster sums from scratch (first pass) instead of
+            the change caused by the rows that switched cluster. After the
+            first iterations few rows switch, so the incremental update costs
+            a small fraction of a full pass.
 
     Returns:
-        ``sums`` ``(R, K, d)`` of the rows assigned to each centre and
-        ``counts`` ``(R, K)`` (``None`` without ``with_sums``), and the
-        ``(R,)`` float64 inertia, all summed over ranks.
+        ``(R_a, K, d)`` float64 sums (``full``) or their change, ``(R_a, K)``
+        counts or their change, the ``(R_a,)`` float64 inertia and the number
+        of (row, restart) labels that changed, all summed over ranks.
     """
-    R, K, d = centers.shape
+    Ra, K, d = centers.shape
     N = X.shape[0]
-    flat_centers = centers.reshape(R * K, d)
-    inertia = torch.zeros(R, dtype=torch.float64, device=X.device)
-    sums = torch.zeros(R * K, d, dtype=X.dtype, device=X.device) if with_sums else None
-    counts = torch.zeros(R * K, dtype=torch.long, device=X.device) if with_sums else None
-    offsets = torch.arange(R, device=X.device) * K
-    step = _chunk_rows(N, R * K, X.element_size(), chunk_size)
+    device = X.device
+    flat_centers = centers.reshape(Ra * K, d)
+    inertia = torch.zeros(Ra, dtype=torch.float64, device=device)
+    # A change of one pass is small, so it is summed in the data's dtype and
+    # only then added to the float64 running sums of the caller.
+    sums = torch.zeros(Ra * K, d, dtype=X.dtype, device=device)
+    counts = torch.zeros(Ra * K, dtype=torch.long, device=device)
+    switched = torch.zeros((), dtype=torch.long, device=device)
+    offsets = torch.arange(Ra, device=device) * K
+    step = _chunk_rows(N, Ra * K, X.element_size(), chunk_size)
     for start in range(0, N, step):
         rows = X[start : start + step]
-        sims = torch.mm(rows, flat_centers.t()).view(rows.shape[0], R, K)
-        best, labels = sims.max(dim=2)  # (n, R)
-        # sum_i (1 - cos) = n - sum_i cos; accumulate in float64 so the history is exact enough to be monotone
+        sims = torch.mm(rows, flat_centers.t()).view(rows.shape[0], Ra, K)
+        best, new = sims.max(dim=2)  # (n, R_a)
+        # sum_i (1 - cos) = n - sum_i cos, in float64 so that the history is exact enough to be monotone
         inertia += rows.shape[0] - best.sum(dim=0, dtype=torch.float64)
-        if sums is not None and counts is not None:
-            flat = labels + offsets  # (n, R) row index into (R * K, d)
-            if R * K <= _ONE_HOT_MAX_WIDTH:
-                # Few centres: a one-hot matrix multiply beats R scattered index_add_ passes.
-                one_hot = rows.new_zeros(rows.shape[0], R * K).scatter_(1, flat, 1)
-                sums.addmm_(one_hot.t(), rows)
-            else:
-                for r in range(R):
-                    sums.index_add_(0, flat[:, r], rows)
-            counts += torch.bincount(flat.reshape(-1), minlength=R * K)
-    all_reduce_sum_(inertia)
-    if sums is None or counts is None:
-        return None, None, inertia
-    all_reduce_sum_(sums)
+        new_flat = new + offsets  # row index into (R_a * K, d)
+        old = labels[start : start + step, active]
+        changed = new != old
+        switched += changed.sum()
+        if full:
+            _sum_rows_by_label(rows, new_flat, Ra * K, sums)
+            counts += torch.bincount(new_flat.reshape(-1), minlength=Ra * K)
+        else:
+            row, restart = torch.nonzero(changed).unbind(1)
+            if row.numel():
+                moved = rows[row]
+                into = new_flat[row, restart]
+                out_of = old[row, restart] + offsets[restart]
+                sums.index_add_(0, into, moved).index_add_(0, out_of, moved, alpha=-1)
+                counts += torch.bincount(into, minlength=Ra * K) - torch.bincount(out_of, minlength=Ra * K)
+        labels[start : start + step, active] = new
+    sums64 = sums.to(torch.float64)
+    all_reduce_sum_(sums64)
     all_reduce_sum_(counts)
-    return sums.view(R, K, d), counts.view(R, K), inertia
+    all_reduce_sum_(inertia)
+    all_reduce_sum_(switched)
+    return sums64.view(Ra, K, d), counts.view(Ra, K), inertia, int(switched)
+
+
+def _inertias(X: Tensor, centers: Tensor, chunk_size: Optional[int]) -> Tensor:
+    """``(R,)`` float64 inertia of each restart's ``(R, K, d)`` centres, summed over ranks."""
+    R, K, d = centers.shape
+    flat_centers = centers.reshape(R * K, d)
+    inertia = torch.zeros(R, dtype=torch.float64, device=X.device)
+    step = _chunk_rows(X.shape[0], R * K, X.element_size(), chunk_size)
+    for start in range(0, X.shape[0], step):
+        rows = X[start : start + step]
+        best = torch.mm(rows, flat_centers.t()).view(rows.shape[0], R, K).amax(dim=2)
+        inertia += rows.shape[0] - best.sum(dim=0, dtype=torch.float64)
+    return all_reduce_sum_(inertia)
 
 
 def _assign(X: Tensor, centers: Tensor, chunk_size: Optional[int]) -> Tuple[Tensor, Tensor]:
@@ -326,29 +382,37 @@ def _pick_reseed_points(X: Tensor, dist: Tensor, labels: Tensor, counts: Tensor,
 
 
 def _reseed_empty_(
-    X: Tensor, centers: Tensor, sums: Tensor, counts: Tensor, chunk_size: Optional[int]
+    X: Tensor, centers: Tensor, sums: Tensor, counts: Tensor, labels: Tensor, chunk_size: Optional[int]
 ) -> None:
-    """Re-seed the empty clusters of every restart in place (``sums`` ``(R, K, d)``, ``counts`` ``(R, K)``).
+    """Re-seed the empty clusters of every restart in place.
+
+    Args:
+        centers: ``(R_a, K, d)`` centres the current labels were computed with.
+        sums: ``(R_a, K, d)`` float64 cluster sums, ``counts``: ``(R_a, K)``.
+        labels: ``(N, R_a)`` view-free copy of the labels of these restarts;
+            returned updated through the caller (see :func:`_lloyd`).
 
     The labels of an affected restart are recomputed with its own centres
     and its sums and counts rebuilt from them, because the batched pass may
     break exact ties (duplicated rows or centres) differently.
     """
-    K = centers.shape[1]
+    K, d = centers.shape[1:]
     empty_restarts = torch.nonzero((counts == 0).any(dim=1)).flatten().tolist()
     for r in empty_restarts:  # rare: a Python loop over the affected restarts only
-        labels, dist = _assign(X, centers[r], chunk_size)
-        sums_r = all_reduce_sum_(torch.zeros_like(sums[r]).index_add_(0, labels, X))
-        counts_r = all_reduce_sum_(torch.bincount(labels, minlength=K))
+        assigned, dist = _assign(X, centers[r], chunk_size)
+        counts_r = all_reduce_sum_(torch.bincount(assigned, minlength=K))
         empty = torch.nonzero(counts_r == 0).flatten()
         if empty.numel():
-            pick = _pick_reseed_points(X, dist, labels, counts_r, empty.numel())
-            sums_r.index_add_(0, pick.donors, -pick.rows)
-            counts_r.index_add_(0, pick.donors, -torch.ones_like(pick.donors))
-            sums_r[empty] = pick.rows
-            counts_r[empty] = 1
-        sums[r] = sums_r
+            pick = _pick_reseed_points(X, dist, assigned, counts_r, empty.numel())
+            assigned[pick.local_index] = empty[pick.local_slot]
+            counts_r = all_reduce_sum_(torch.bincount(assigned, minlength=K))
+        sums_r = torch.zeros(K, d, dtype=torch.float64, device=X.device)
+        step = _chunk_rows(X.shape[0], K, X.element_size(), chunk_size)
+        for start in range(0, X.shape[0], step):
+            sums_r.index_add_(0, assigned[start : start + step], X[start : start + step].to(torch.float64))
+        sums[r] = all_reduce_sum_(sums_r)
         counts[r] = counts_r
+        labels[:, r] = assigned
 
 
 def _normalise_centers(sums: Tensor, previous: Tensor) -> Tensor:
@@ -467,26 +531,39 @@ def _lloyd(
     chunk_size: Optional[int],
     verbose: bool,
 ) -> Tuple[Tensor, Tensor, Tensor]:
-    """Batched Lloyd iterations; each restart stops on its own.
+    """Batched Lloyd iterations; each restart stops on its own and leaves the batch.
 
     Returns:
         Final centres ``(R, K, d)``, iterations ``(R,)`` and the inertia
         history ``(R, max_iter)`` float64 (NaN after a restart stopped).
     """
-    R = centers.shape[0]
+    R, K, d = centers.shape
     centers = centers.clone()
     device = X.device
     history = torch.full((R, max_iter), math.nan, dtype=torch.float64, device=device)
     n_iter = torch.zeros(R, dtype=torch.long, device=device)
     previous = torch.zeros(R, dtype=torch.float64, device=device)
+    labels = torch.zeros(X.shape[0], R, dtype=torch.long, device=device)
+    sums = torch.zeros(R, K, d, dtype=torch.float64, device=device)
+    counts = torch.zeros(R, K, dtype=torch.long, device=device)
     active = torch.arange(R, device=device)
+    n_total = int(all_reduce_sum_(torch.tensor([X.shape[0]], device=device)).item())
+    full = True
     for it in range(max_iter):
         current = centers[active]
-        sums, counts, inertia = _accumulate(X, current, chunk_size)
-        assert sums is not None and counts is not None
-        if bool((counts == 0).any()):
-            _reseed_empty_(X, current, sums, counts, chunk_size)
-        centers[active] = _normalise_centers(sums, current)
+        change, count_change, inertia, switched = _lloyd_pass(X, current, labels, active, full, chunk_size)
+        active_sums = change if full else sums[active] + change
+        active_counts = count_change if full else counts[active] + count_change
+        # Summing only the rows that switched costs two scattered adds per switch:
+        # recompute from scratch next time when too many rows switch.
+        full = switched > _INCREMENTAL_MAX_FRACTION * n_total * active.numel()
+        if bool((active_counts == 0).any()):
+            active_labels = labels[:, active]
+            _reseed_empty_(X, current, active_sums, active_counts, active_labels, chunk_size)
+            labels[:, active] = active_labels
+        sums[active] = active_sums
+        counts[active] = active_counts
+        centers[active] = _normalise_centers(active_sums, current.to(torch.float64)).to(X.dtype)
         history[active, it] = inertia
         n_iter[active] += 1
         if it > 0:
@@ -639,7 +716,7 @@ def _fit(
         print(f"spherical k-means: initialised {centers.shape[0]} restarts in {time.perf_counter() - start_time:.3f} s")
 
     centers, n_iter, history = _lloyd(unit, centers, max_iter, tol, chunk_size, verbose)
-    _, _, inertias = _accumulate(unit, centers, chunk_size, with_sums=False)
+    inertias = _inertias(unit, centers, chunk_size)
     best = int(torch.argmin(inertias))
     labels, best_centers, dist = _final_labels(unit, centers[best], chunk_size)
     inertia = float(all_reduce_sum_(dist.sum(dtype=torch.float64).reshape(1)).item())

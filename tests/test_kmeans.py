@@ -367,3 +367,12 @@ def test_predict_with_a_different_number_of_features_raises() -> None:
         km.predict(torch.ones(4, 5, dtype=torch.float64))
     with pytest.raises(ValueError, match="all-zero rows"):
         km.predict(torch.zeros(2, 3, dtype=torch.float64))
+
+
+def test_rows_with_huge_finite_values_are_normalised_not_rejected() -> None:
+    X = random_rows(20, 3, seed=19)
+    huge = X.clone()
+    huge[0] *= 1e306  # the norm of this row overflows float64
+    a = spherical_kmeans(X, 2, seed=0)
+    b = spherical_kmeans(huge, 2, seed=0)
+    assert torch.equal(a.labels, b.labels)
