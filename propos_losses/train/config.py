@@ -85,6 +85,11 @@ class TrainConfig:
     out_dim: int = D.PROJECTION_DIM
     #: ``None`` picks from the dataset: ``digits``/``mnist`` geometric, ``color`` otherwise.
     augmentation: Optional[str] = None
+    #: Overrides of the augmentation kind's strengths (``None`` keeps the kind's value):
+    #: smallest crop area fraction, rotation range in degrees, translation fraction.
+    crop_min_scale: Optional[float] = None
+    rotation_degrees: Optional[float] = None
+    translate: Optional[float] = None
     optimizer: str = "sgd"
     base_lr: float = D.BASE_LR
     weight_decay: float = D.WEIGHT_DECAY
@@ -286,6 +291,10 @@ def validate_config(config: TrainConfig) -> TrainConfig:
     for name in ("seed", "warmup_epochs", "queue_size", "eval_every"):
         at_least(name, 0)
     at_least("psl_warmup_epochs", 0, allow_none=True)
+    at_least("rotation_degrees", 0.0, allow_none=True)
+    at_least("translate", 0.0, allow_none=True)
+    if config.crop_min_scale is not None and not 0.0 < config.crop_min_scale <= 1.0:
+        raise ConfigError(f"crop_min_scale must be in (0, 1], got {config.crop_min_scale!r}")
     at_least("max_samples", 1, allow_none=True)
     at_least("num_clusters", 2, allow_none=True)
     for name in ("base_lr", "temperature", "kmeans_tol"):

@@ -469,7 +469,7 @@ class Trainer:
         kind = config.augmentation or {"digits": "digits", "mnist": "mnist"}.get(
             config.dataset, "color" if channels == 3 else "mnist"
         )
-        self.augment = build_augmentation(kind, height, channels).to(self.device)
+        self.augment = build_augmentation(kind, height, channels, **_augmentation_overrides(config)).to(self.device)
 
         backbone, feature_dim = build_backbone(config.backbone, channels, height)
         self.online = Encoder(backbone, feature_dim, config.hidden_dim, config.out_dim).to(self.device)
@@ -799,6 +799,17 @@ class Trainer:
                    self.pseudo_labels.tolist())
         writer.writerows(rows)
         atomic_write_bytes(self.output_dir / ASSIGNMENTS_NAME, buffer.getvalue().encode("utf-8"))
+
+
+def _augmentation_overrides(config: TrainConfig) -> Dict[str, Any]:
+    overrides: Dict[str, Any] = {}
+    if config.crop_min_scale is not None:
+        overrides["crop_scale"] = (config.crop_min_scale, 1.0)
+    if config.rotation_degrees is not None:
+        overrides["degrees"] = config.rotation_degrees
+    if config.translate is not None:
+        overrides["translate"] = config.translate
+    return overrides
 
 
 def _format(event: str, epoch: int, record: Dict[str, Any]) -> str:

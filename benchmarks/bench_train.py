@@ -1,0 +1,193 @@
+"""Result experiments of the reference trainer (``propos-train``).
+
+Experiments (each writes ``benchmarks/results/bench_train_<name>.json`` and prints a table):
+
+* ``digits``: ProPos vs BYOL (the ``digits`` preset, ``--method byol`` for the
+  baseline, same code path) vs k-means on the raw 64 pixels, over seeds; mean
+  and standard deviation of NMI / ACC of the final k-means on target backbone
+  and projector features.
+* ``sweep``: when does PSL help on digits? One factor at a time around the
+  preset: PSL warm-up length, ``lambda_psl``, ``sigma``, E-step features.
+* ``mnist``: ProPos vs BYOL on MNIST (70,000 images, ``--data-dir``).
+
+Usage::
+
+    python benchmarks/bench_train.py digits --seeds 0 1 2
+    python benchmarks/bench_train.py sweep --seeds 0 1
+    python benchmarks/bench_train.py mnist --data-dir /path/to/mnist --seeds 0
+
+Figures depend on the machine only through time; the metrics are deterministic
+for a seed on CPU (``torch.set_num_threads`` does not change them beyond
+floating-point reduction order).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from propos_losses.kmeans import SphericalKMeans  # noqa: E402
+from propos_losses.metrics import evaluate_clustering  # noqa: E402
+from propos_losses.train.config import config_to_dict, resolve_config  # noqa: E402
+from propos_losses.train.data import load_dataset  # noqa: E402
+from propos_losses.train.trainer import Trainer  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def train_once(preset: str, overrides: Dict[str, Any], dataset: Any = None) -> Dict[str, Any]:
+    """One run in a temporary directory; returns config, final metrics, E-step curve and wall time."""
+    config = resolve_config(preset, overrides={"device": "cpu", **overrides})
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as run_dir:
+        result = Trainer(config, run_dir, dataset=dataset, log=lambda message: None).fit()
+        records = [json.loads(line) for line in open(Path(run_dir) / "metrics.jsonl")]
+    curve = [
+        {k: r[k] for k in ("epoch", "backbone_nmi", "backbone_acc", "projector_nmi", "projector_acc") if k in r}
+        for r in records
+        if r["event"] in ("estep", "eval", "final")
+    ]
+    return {
+        "config": config_to_dict(config),
+        "final": result["final"],
+        "curve": curve,
+        "wall_s": time.perf_counter() - start,
+    }
+
+
+def raw_kmeans(dataset: Any, seed: int) -> Dict[str, float]:
+    """k-means on the raw pixels: scikit-learn's Euclidean KMeans and the library's spherical one."""
+    from sklearn.cluster import KMeans
+
+    pixels = dataset.images.reshape(len(dataset), -1).double().numpy() / 255.0
+    labels = dataset.labels.numpy()
+    k = int(dataset.num_classes)
+    out = {}
+    euclid = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(pixels)
+    out.update({f"euclidean_{m}": v for m, v in evaluate_clustering(labels, euclid).items()})
+    spherical = SphericalKMeans(k, n_init=10, seed=seed).fit_predict(pixels)
+    out.update({f"spherical_{m}": v for m, v in evaluate_clustering(labels, spherical).items()})
+    return out
+
+
+def summarise(values: Sequence[float]) -> Dict[str, float]:
+    values = list(values)
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "min": min(values),
+        "max": max(values),
+        "n": len(values),
+    }
+
+
+def _table(rows: List[Dict[str, Any]], keys: Sequence[str]) -> str:
+    lines = [f"{'variant':<34}" + "".join(f"{k:>22}" for k in keys) + f"{'wall s':>10}"]
+    for row in rows:
+        cells = []
+        for key in keys:
+            s = row["summary"].get(key)
+            cells.append(f"{s['mean']:.4f} +- {s['std']:.4f}".rjust(22) if s else " " * 22)
+        lines.append(f"{row['variant']:<34}" + "".join(cells) + f"{row['wall_s_mean']:>10.0f}")
+    return "\n".join(lines)
+
+
+def run_variants(preset: str, variants: Dict[str, Dict[str, Any]], seeds: Sequence[int], dataset: Any) -> List[Dict[str, Any]]:
+    rows = []
+    for name, overrides in variants.items():
+        runs = []
+        for seed in seeds:
+            run = train_once(preset, {**overrides, "seed": seed}, dataset=dataset)
+            run["seed"] = seed
+            runs.append(run)
+            f = run["final"]
+            print(f"  {name:<30} seed {seed}: backbone NMI {f['backbone_nmi']:.4f} ACC {f['backbone_acc']:.4f}  "
+                  f"projector NMI {f['projector_nmi']:.4f} ACC {f['projector_acc']:.4f}  ({run['wall_s']:.0f} s)",
+                  flush=True)
+        summary = {
+            key: summarise([r["final"][key] for r in runs])
+            for key in ("backbone_nmi", "backbone_acc", "backbone_ari", "projector_nmi", "projector_acc")
+        }
+        rows.append({"variant": name, "overrides": overrides, "runs": runs, "summary": summary,
+                     "wall_s_mean": statistics.fmean(r["wall_s"] for r in runs)})
+    return rows
+
+
+def _environment() -> Dict[str, Any]:
+    return {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+        "note": "2-core CPU shared with other jobs; wall times are indicative only",
+    }
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("experiment", choices=("digits", "sweep", "mnist"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--data-dir", default=None, help="MNIST IDX directory (mnist experiment)")
+    parser.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--methods", nargs="+", default=["propos", "byol"])
+    parser.add_argument("--tag", default="", help="suffix of the result file name")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    extra = {} if args.epochs is None else {"epochs": args.epochs}
+    result: Dict[str, Any] = {"experiment": args.experiment, "seeds": args.seeds, "environment": _environment()}
+
+    if args.experiment == "digits":
+        dataset = load_dataset("digits")
+        raw = [raw_kmeans(dataset, seed) for seed in args.seeds]
+        result["raw_kmeans"] = {key: summarise([r[key] for r in raw]) for key in raw[0]}
+        print("k-means on raw pixels: " + "  ".join(f"{k} {v['mean']:.4f}+-{v['std']:.4f}" for k, v in result["raw_kmeans"].items() if k.endswith(("nmi", "acc"))))
+        variants = {method: {"method": method, **extra} for method in args.methods}
+        result["rows"] = run_variants("digits", variants, args.seeds, dataset)
+    elif args.experiment == "sweep":
+        dataset = load_dataset("digits")
+        variants = {
+            "preset": {**extra},
+            "byol": {"method": "byol", **extra},
+            "psl_warmup=0": {"psl_warmup_epochs": 0, **extra},
+            "psl_warmup=5": {"psl_warmup_epochs": 5, **extra},
+            "psl_warmup=50": {"psl_warmup_epochs": 50, **extra},
+            "lambda=0.03": {"lambda_psl": 0.03, **extra},
+            "lambda=0.3": {"lambda_psl": 0.3, **extra},
+            "lambda=1.0": {"lambda_psl": 1.0, **extra},
+            "sigma=0": {"sigma": 0.0, **extra},
+            "sigma=0.01": {"sigma": 0.01, **extra},
+            "estep=backbone": {"estep_features": "backbone", **extra},
+        }
+        result["rows"] = run_variants("digits", variants, args.seeds, dataset)
+    else:
+        if not args.data_dir:
+            parser.error("mnist needs --data-dir")
+        dataset = load_dataset("mnist", args.data_dir)
+        variants = {method: {"method": method, "data_dir": args.data_dir, **extra} for method in args.methods}
+        result["rows"] = run_variants("mnist", variants, args.seeds, dataset)
+
+    print(_table(result["rows"], ("backbone_nmi", "backbone_acc", "projector_nmi", "projector_acc")))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    name = f"bench_train_{args.experiment}{'_' + args.tag if args.tag else ''}.json"
+    (RESULTS / name).write_text(json.dumps(result, indent=1, default=float) + "\n")
+    print(f"wrote {RESULTS / name}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
