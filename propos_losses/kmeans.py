@@ -41,6 +41,10 @@ objective stops decreasing (a fixed point). Unlike scikit-learn's centre
 shift relative to the data variance, this criterion does not depend on the
 dimension or scale of the data.
 
+The best restart is the one with the lowest inertia of its final centres;
+restarts within a few ulps of it (the same optimum, summed in another order)
+count as tied and the first of them wins, so sharding cannot change the choice.
+
 Empty clusters: after an assignment step, each empty cluster is re-seeded with
 a distinct point among those worst served by their current centre (largest
 ``1 - cos``), taken only from clusters that keep at least one member; the
@@ -109,6 +113,10 @@ _ONE_HOT_MAX_WIDTH: int = 128
 #: The cluster sums are updated from the rows that switched cluster unless
 #: more than this fraction of (row, restart) labels switched in the last pass.
 _INCREMENTAL_MAX_FRACTION: float = 0.25
+
+#: Restarts whose inertias agree to within this many ulps of the data dtype are
+#: tied; the first one wins.
+_TIE_ULPS: int = 16
 
 _INIT_METHODS = ("k-means++", "random")
 _SEED_BOUND = 2**63 - 1  # torch.Generator.manual_seed accepts seeds below 2**64
@@ -717,7 +725,10 @@ def _fit(
 
     centers, n_iter, history = _lloyd(unit, centers, max_iter, tol, chunk_size, verbose)
     inertias = _inertias(unit, centers, chunk_size)
-    best = int(torch.argmin(inertias))
+    # Restarts that reach the same optimum differ only by summation order (which changes with
+    # sharding): count inertias within a few ulps as tied and take the first, so the choice is stable.
+    tied = inertias <= inertias.min() * (1 + _TIE_ULPS * torch.finfo(unit.dtype).eps)
+    best = int(torch.nonzero(tied)[0, 0])
     labels, best_centers, dist = _final_labels(unit, centers[best], chunk_size)
     inertia = float(all_reduce_sum_(dist.sum(dtype=torch.float64).reshape(1)).item())
     best_history = history[best, : int(n_iter[best])].tolist()
