@@ -40,6 +40,10 @@ napoleon_use_ivar = True
 nitpicky = False
 suppress_warnings = ["ref.python"]
 
+# Docstring examples run under pytest --doctest-modules (in their module namespace);
+# the doctest builder runs the examples of these pages.
+doctest_test_doctest_blocks = ""
+
 doctest_global_setup = """
 import torch
 import numpy as np
