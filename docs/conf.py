@@ -53,5 +53,56 @@ torch.manual_seed(0)
 html_theme = "alabaster"
 html_static_path = ["_static"]
 html_title = f"propos_losses {release}"
-exclude_patterns = ["_build"]
+exclude_patterns = ["_build", "_generated"]
 source_suffix = {".rst": "restructuredtext"}
+
+
+# -- Generated reference of the trainer's command line and presets ---------------
+# Written at build time from the argparse parser and the preset table, so the
+# page can never drift from the code (one source of truth).
+
+def _rst_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = [".. list-table::", "   :header-rows: 1", ""]
+    for row in [header, *rows]:
+        lines.append("   * - " + (row[0] or " "))
+        lines.extend("     - " + (cell or " ") for cell in row[1:])
+    return "\n".join(lines) + "\n"
+
+
+def _write_trainer_reference(app: object) -> None:
+    import dataclasses
+
+    from propos_losses.train import cli, config
+
+    parser = cli.build_parser()
+    rows = []
+    for action in parser._actions:  # argparse exposes no public iterator over actions
+        if not action.option_strings or action.dest == "help":
+            continue
+        flags = ", ".join(f"``{s}``" for s in action.option_strings)
+        metavar = action.metavar or (action.dest.upper() if action.nargs != 0 else "")
+        rows.append([flags, f"``{metavar}``" if metavar else "", (action.help or "").replace("\n", " ")])
+    flags_table = _rst_table(["flag", "value", "meaning"], rows)
+
+    defaults = config.TrainConfig()
+    fields = [f.name for f in dataclasses.fields(config.TrainConfig) if f.name not in ("preset", "output_dir")]
+    preset_rows = []
+    for name in fields:
+        cells = [f"``{name}``"]
+        for preset in config.PRESET_NAMES:
+            value = config.PRESETS[preset].get(name, getattr(defaults, name))
+            cells.append(f"``{value!r}``")
+        preset_rows.append(cells)
+    presets_table = _rst_table(["setting", *config.PRESET_NAMES], preset_rows)
+
+    out = os.path.join(os.path.dirname(__file__), "_generated")
+    os.makedirs(out, exist_ok=True)
+    for filename, text in (("trainer_flags.inc", flags_table), ("trainer_presets.inc", presets_table)):
+        path = os.path.join(out, filename)
+        if not os.path.exists(path) or open(path).read() != text:
+            with open(path, "w") as handle:
+                handle.write(text)
+
+
+def setup(app: object) -> None:
+    app.connect("builder-inited", _write_trainer_reference)  # type: ignore[attr-defined]
