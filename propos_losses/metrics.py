@@ -123,15 +123,21 @@ def _unique_inverse(labels: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """Sorted distinct values of ``labels`` and each label's index among them."""
     low = int(labels.min())
     high = int(labels.max())
-    span = high - low + 1
+    span = high - low + 1  # a Python int: no overflow whatever the dtype
     # Counting beats sorting when the label range is comparable to N, which is
     # the usual case (cluster ids in [0, K)); np.unique sorts otherwise.
     if span <= 2 * labels.size + 1024:
-        shifted = (labels - low).astype(np.int64, copy=False) if low else labels.astype(np.int64, copy=False)
+        # Subtract in a 64-bit type that holds both labels and `low` (uint64 for
+        # unsigned labels, which may exceed int64), never in the labels' own
+        # dtype: int8 labels - (-128) would wrap. Every difference lies in
+        # [0, span), so the result fits int64 exactly.
+        wide = np.uint64 if labels.dtype.kind == "u" else np.int64
+        shifted = np.subtract(labels, wide(low), dtype=wide).astype(np.int64, copy=False)
         present = np.bincount(shifted, minlength=span) > 0
-        values = np.flatnonzero(present)
+        offsets = np.flatnonzero(present)
         position = np.cumsum(present) - 1
-        return (values + low).astype(labels.dtype, copy=False), position[shifted]
+        values = np.add(offsets.astype(wide, copy=False), wide(low), dtype=wide)
+        return values.astype(labels.dtype, copy=False), position[shifted]
     values, inverse = np.unique(labels, return_inverse=True)
     return values, inverse.reshape(-1).astype(np.int64, copy=False)
 

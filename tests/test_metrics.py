@@ -151,6 +151,49 @@ def test_metrics_equal_sklearn_on_degenerate_labelings(name: str) -> None:
     assert_matches_sklearn(true, pred)
 
 
+def _narrow_dtype_cases() -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
+    # Labels at the extremes of narrow and unsigned dtypes: the counting path of the
+    # contingency table must not compute `labels - min` in the labels' own dtype.
+    pred4 = np.array([0, 1, 1, 0])
+    int16 = np.zeros(33_000, dtype=np.int16)  # span 65536 <= 2 N + 1024: counting path
+    int16[:2] = np.iinfo(np.int16).min, np.iinfo(np.int16).max
+    int16_pred = np.zeros(int16.size, dtype=np.int64)
+    int16_pred[:2] = 1
+    uint64_max = np.iinfo(np.uint64).max
+    return {
+        "int8_extremes": (np.array([-128, 127, 0, 5], dtype=np.int8), pred4),
+        "int8_extremes_both": (np.array([-128, 127, 0, 5], dtype=np.int8), np.array([127, -128, -128, 0], np.int8)),
+        "int16_extremes": (np.array([-32768, 32767, 0, 0], dtype=np.int16), pred4),
+        "int16_extremes_counting_path": (int16, int16_pred),
+        "uint8_extremes": (np.array([0, 255, 3, 3], dtype=np.uint8), pred4),
+        "uint64_above_int64": (np.array([2**63 + 1, 2**63 + 2, 2**63 + 2], dtype=np.uint64), np.array([0, 1, 1])),
+        "uint64_extremes": (np.array([uint64_max, 0, 1, 1], dtype=np.uint64), pred4),
+        "uint64_top_values": (np.array([uint64_max, uint64_max - 1, uint64_max], dtype=np.uint64), np.array([0, 1, 1])),
+    }
+
+
+@pytest.mark.parametrize("name", list(_narrow_dtype_cases()))
+def test_metrics_equal_sklearn_for_extreme_values_of_narrow_and_unsigned_dtypes(name: str) -> None:
+    true, pred = _narrow_dtype_cases()[name]
+    assert_matches_sklearn(true, pred)
+    assert_matches_sklearn(pred, true)
+    table = contingency_table(true, pred)
+    np.testing.assert_array_equal(table.classes, np.unique(true))
+    assert table.classes.dtype == true.dtype
+    np.testing.assert_array_equal(table.to_dense(), sk_contingency_matrix(true, pred))
+
+
+@pytest.mark.parametrize(
+    ("dtype", "values"),
+    [(torch.int8, [-128, 127, 0, 5]), (torch.uint8, [0, 255, 3, 3]), (torch.int16, [-32768, 32767, 0, 0])],
+)
+def test_metrics_equal_sklearn_for_extreme_values_of_narrow_torch_dtypes(dtype: torch.dtype, values: List[int]) -> None:
+    true = torch.tensor(values, dtype=dtype)
+    pred = torch.tensor([0, 1, 1, 0], dtype=dtype)
+    assert evaluate_clustering(true, pred) == evaluate_clustering(np.array(values, dtype=np.int64), pred.numpy())
+    assert abs(nmi(true, pred) - sk_nmi(true.numpy(), pred.numpy())) <= TOL
+
+
 @pytest.mark.parametrize(("num_classes", "num_clusters"), [(2, 2), (3, 7), (40, 25)])
 def test_metrics_equal_sklearn_when_emi_skips_negligible_terms(num_classes: int, num_clusters: int) -> None:
     # Thousands of samples: the EMI windows leave out tail terms (checked in
