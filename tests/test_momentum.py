@@ -305,10 +305,30 @@ def test_mismatched_networks_raise_and_change_nothing(make_target: Callable[[], 
         assert torch.equal(value, before[name]), name
 
 
-def test_buffer_mismatch_is_ignored_when_buffers_are_left_alone() -> None:
+def _extra_buffer() -> nn.Module:
+    model = make_online(seed=1)
+    model.register_buffer("extra", torch.arange(3.0))
+    return model
+
+
+@pytest.mark.parametrize("make_target", [_no_batchnorm_statistics, _extra_buffer])
+def test_buffer_mismatch_is_ignored_when_buffers_are_left_alone(make_target: Callable[[], nn.Module]) -> None:
     online = make_online()
-    target = _no_batchnorm_statistics()
-    MomentumUpdater(0.5, 0.5, total_steps=10, buffers="none").update(online, target)
+    target = make_target()
+    online_before, target_before = state(online), state(target)
+    updater = MomentumUpdater(0.5, 0.5, total_steps=10, buffers="none")
+    updater.update(online, target)
+    # Parameters follow Eq. 11 with m = 0.5; every buffer of both networks is untouched.
+    for name, parameter in target.named_parameters():
+        expected = 0.5 * target_before[name] + 0.5 * online_before[name]
+        torch.testing.assert_close(parameter.detach(), expected, rtol=0, atol=1e-7)
+    # Not vacuous: the update moved the target.
+    assert any(not torch.equal(p.detach(), target_before[n]) for n, p in target.named_parameters())
+    for name, buffer in target.named_buffers():
+        assert torch.equal(buffer, target_before[name]), name
+    for name, value in online.state_dict().items():
+        assert torch.equal(value, online_before[name]), name
+    assert int(updater.step) == 1
 
 
 @pytest.mark.parametrize(("online", "target"), [("net", None), (None, "net"), ("net", "net-itself")])
