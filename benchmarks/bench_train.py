@@ -48,13 +48,18 @@ from propos_losses.train.trainer import Trainer  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def train_once(preset: str, overrides: Dict[str, Any], dataset: Any = None) -> Dict[str, Any]:
-    """One run in a temporary directory; returns config, final metrics, E-step curve and wall time."""
+KEEP_RUNS: Optional[Path] = None
+
+
+def train_once(preset: str, overrides: Dict[str, Any], dataset: Any = None, name: str = "run") -> Dict[str, Any]:
+    """One run (in a temporary directory unless ``--keep-runs``); returns config, final metrics, curve, wall time."""
     config = resolve_config(preset, overrides={"device": "cpu", **overrides})
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as run_dir:
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = Path(tmp) if KEEP_RUNS is None else KEEP_RUNS / f"{name}_seed{config.seed}"
+        run_dir.mkdir(parents=True, exist_ok=False)
         result = Trainer(config, run_dir, dataset=dataset, log=lambda message: None).fit()
-        records = [json.loads(line) for line in open(Path(run_dir) / "metrics.jsonl")]
+        records = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
     curve = [
         {k: r[k] for k in ("epoch", "backbone_nmi", "backbone_acc", "projector_nmi", "projector_acc") if k in r}
         for r in records
@@ -110,7 +115,7 @@ def run_variants(preset: str, variants: Dict[str, Dict[str, Any]], seeds: Sequen
     for name, overrides in variants.items():
         runs = []
         for seed in seeds:
-            run = train_once(preset, {**overrides, "seed": seed}, dataset=dataset)
+            run = train_once(preset, {**overrides, "seed": seed}, dataset=dataset, name=name)
             run["seed"] = seed
             runs.append(run)
             f = run["final"]
@@ -146,7 +151,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--methods", nargs="+", default=["propos", "byol"])
     parser.add_argument("--tag", default="", help="suffix of the result file name")
+    parser.add_argument("--keep-runs", default=None, help="keep each run's output directory under this folder")
     args = parser.parse_args(argv)
+    global KEEP_RUNS
+    KEEP_RUNS = None if args.keep_runs is None else Path(args.keep_runs)
     torch.set_num_threads(args.threads)
     extra = {} if args.epochs is None else {"epochs": args.epochs}
     result: Dict[str, Any] = {"experiment": args.experiment, "seeds": args.seeds, "environment": _environment()}

@@ -13,8 +13,7 @@ stderr and exit with status 2, without a traceback and without touching
 anything already written.
 
 Example:
-    >>> main(["--preset", "nope"])
-    propos-train: error: unknown preset 'nope'; choose one of ['digits', 'mnist', 'cifar10', 'cifar20']
+    >>> main(["--preset", "nope"])  # prints "propos-train: error: unknown preset 'nope'; ..." on stderr
     2
 """
 
@@ -269,8 +268,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         0 on success, 2 on a user error (message on stderr).
 
     Example:
-        >>> main(["--epochs", "0"])
-        propos-train: error: epochs must be >= 1, got 0
+        >>> main(["--epochs", "0"])  # prints "propos-train: error: epochs must be >= 1, got 0" on stderr
         2
     """
     parser = build_parser()
