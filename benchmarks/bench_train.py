@@ -151,6 +151,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--methods", nargs="+", default=["propos", "byol"])
     parser.add_argument("--tag", default="", help="suffix of the result file name")
+    parser.add_argument("--variants", nargs="+", default=None, help="sweep: run only these variants")
     parser.add_argument("--keep-runs", default=None, help="keep each run's output directory under this folder")
     args = parser.parse_args(argv)
     global KEEP_RUNS
@@ -173,7 +174,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "byol": {"method": "byol", **extra},
             "psl_warmup=0": {"psl_warmup_epochs": 0, **extra},
             "psl_warmup=5": {"psl_warmup_epochs": 5, **extra},
-            "psl_warmup=50": {"psl_warmup_epochs": 50, **extra},
+            "psl_warmup=40": {"psl_warmup_epochs": 40, **extra},
             "lambda=0.03": {"lambda_psl": 0.03, **extra},
             "lambda=0.3": {"lambda_psl": 0.3, **extra},
             "lambda=1.0": {"lambda_psl": 1.0, **extra},
@@ -181,6 +182,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "sigma=0.01": {"sigma": 0.01, **extra},
             "estep=backbone": {"estep_features": "backbone", **extra},
         }
+        if args.variants:
+            unknown = sorted(set(args.variants) - set(variants))
+            if unknown:
+                parser.error(f"unknown variants {unknown}; choose from {sorted(variants)}")
+            variants = {name: variants[name] for name in args.variants}
         result["rows"] = run_variants("digits", variants, args.seeds, dataset)
     else:
         if not args.data_dir:

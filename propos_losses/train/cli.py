@@ -114,8 +114,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _collective_device() -> torch.device:
+    """NCCL only reduces CUDA tensors; gloo (and no process group) takes CPU tensors."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if torch.distributed.get_backend() == "nccl":
+            return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def _timestamp() -> str:
-    seconds = torch.tensor([int(time.time())], dtype=torch.int64)
+    seconds = torch.tensor([int(time.time())], dtype=torch.int64, device=_collective_device())
     broadcast_(seconds)  # every torchrun process must pick the same directory
     return datetime.fromtimestamp(int(seconds), tz=timezone.utc).strftime("%Y%m%d-%H%M%S")
 
@@ -131,13 +139,15 @@ def _check_new_output_dir(path: Path) -> None:
 
 def _barrier() -> None:
     # An all-reduce is a barrier; keeps torch.distributed behind the library's helpers.
-    all_reduce_sum_(torch.zeros(1))
+    all_reduce_sum_(torch.zeros(1, device=_collective_device()))
 
 
 def _init_distributed(device: str) -> bool:
     """Join the ``torchrun`` process group when launched by it; returns whether we did."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or torch.distributed.is_initialized():
         return False
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' requested but CUDA is not available")
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if use_cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
