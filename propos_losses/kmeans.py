@@ -727,7 +727,8 @@ def _fit(
     inertias = _inertias(unit, centers, chunk_size)
     # Restarts that reach the same optimum differ only by summation order (which changes with
     # sharding): count inertias within a few ulps as tied and take the first, so the choice is stable.
-    tied = inertias <= inertias.min() * (1 + _TIE_ULPS * torch.finfo(unit.dtype).eps)
+    lowest = inertias.min()
+    tied = inertias - lowest <= _TIE_ULPS * torch.finfo(unit.dtype).eps * lowest.abs().clamp_min(1)
     best = int(torch.nonzero(tied)[0, 0])
     labels, best_centers, dist = _final_labels(unit, centers[best], chunk_size)
     inertia = float(all_reduce_sum_(dist.sum(dtype=torch.float64).reshape(1)).item())

@@ -136,7 +136,8 @@ def test_batched_restarts_equal_the_best_of_separate_runs(n: int, k: int, seed: 
     batched = SphericalKMeans(k, init=init, tol=0.0).fit(X)
     separate = [SphericalKMeans(k, n_init=1, init=init[r], tol=0.0).fit(X) for r in range(restarts)]
     inertias = [run.inertia_ for run in separate]
-    best = separate[int(np.argmin(inertias))]
+    # Restarts that reach the same optimum (up to rounding) are tied: the first one wins.
+    best = next(run for run in separate if run.inertia_ <= min(inertias) * (1 + 1e-12))
     assert batched.inertia_ == pytest.approx(min(inertias), rel=1e-10)
     assert batched.restart_inertias_ == pytest.approx(inertias, rel=1e-10)
     assert torch.allclose(batched.cluster_centers_, best.cluster_centers_, atol=1e-10)
