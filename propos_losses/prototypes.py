@@ -31,9 +31,14 @@ def normalize_features(features: Tensor) -> Tensor:
 
     No clamp constant is used: ``F.normalize``'s ``x / max(||x||, eps)`` has a
     gradient of ``1 / eps`` at a zero row, which overflows half precision
-    (and is ``1e12`` with the default ``eps``). Here a zero row, which has no
+    (and is ``1e12`` with the default ``eps``), and it changes the direction
+    of every row shorter than ``eps``. Here a zero row, which has no
     direction, is mapped to zero with zero gradient, and every non-zero row is
-    divided by its exact norm.
+    divided by its exact norm. Each row is first divided by its largest
+    absolute entry, so the squared norm neither underflows (a tiny non-zero
+    row, e.g. bfloat16 values of ``1e-25``, would otherwise count as zero) nor
+    overflows: the result is invariant to scaling a row by any positive factor
+    that keeps it finite and non-zero.
 
     Args:
         features: ``(N, d)`` floating-point tensor.
@@ -46,13 +51,45 @@ def normalize_features(features: Tensor) -> Tensor:
         >>> normalize_features(torch.tensor([[3.0, 4.0], [0.0, 0.0]]))
         tensor([[0.6000, 0.8000],
                 [0.0000, 0.0000]])
+        >>> normalize_features(torch.tensor([[3e-30, 4e-30]]))
+        tensor([[0.6000, 0.8000]])
     """
-    norm = torch.linalg.vector_norm(features, dim=1, keepdim=True)
-    nonzero = norm > 0
+    # The max-abs scale is a constant for autograd: x / ||x|| does not depend on it, so
+    # treating it as fixed gives the exact gradient of the normalisation (and no subgradient of max).
+    if features.shape[1] == 0:
+        return features * 0  # (N, 0): no entries, no maximum to take
+    scale = features.detach().abs().amax(dim=1, keepdim=True)
+    nonzero = scale > 0
+    scaled = features / torch.where(nonzero, scale, torch.ones_like(scale))  # max-abs 1 (or an all-zero row)
+    norm = torch.linalg.vector_norm(scaled, dim=1, keepdim=True)  # in [1, sqrt(d)] for non-zero rows
     # Double where: the reciprocal never sees a zero norm, so no NaN reaches the backward pass.
-    # Scaling by an (N, 1) factor allocates a single (N, d) tensor.
     inverse = torch.where(nonzero, torch.where(nonzero, norm, torch.ones_like(norm)).reciprocal(), 0.0)
-    return features * inverse
+    return scaled * inverse
+
+
+def _weight_scale(weights: Tensor) -> Tensor:
+    """The largest soft weight as a 0-d float64 tensor (0 for an empty tensor), without gradient."""
+    if weights.numel() == 0:
+        return torch.zeros((), dtype=torch.float64, device=weights.device)
+    return weights.detach().amax().to(torch.float64)
+
+
+def _rescale_weights(weights: Tensor, scale: Tensor, dtype: torch.dtype) -> Tensor:
+    """``weights / scale`` cast to ``dtype``, the division done in the wider of the two dtypes.
+
+    Prototypes (normalised sums) and the non-empty mask are invariant to a
+    common positive scale of the weights, but their magnitude is not safe to
+    use as is: float64 weights of ``1e-50`` underflow to zero in float32 and
+    float32 weights of ``3e38`` overflow the per-cluster sums. Dividing by the
+    largest weight first (before the cast) maps them to ``(0, 1]``. ``scale``
+    must be the same on every rank (see :func:`propos_losses.distributed.all_reduce_max_`):
+    a different scale per rank would change the relative weights.
+    """
+    work = torch.promote_types(weights.dtype, dtype)
+    scale = scale.to(device=weights.device, dtype=torch.float64)
+    divisor = torch.where(scale > 0, scale, torch.ones_like(scale)).to(work)
+    # The scale is a constant: prototypes are invariant to it, so gradients in the weights stay exact.
+    return (weights.to(work) / divisor).to(dtype)
 
 
 def _cluster_sums(features: Tensor, assignments: Tensor, num_clusters: int) -> Tuple[Tensor, Tensor]:
@@ -66,8 +103,15 @@ def _cluster_sums(features: Tensor, assignments: Tensor, num_clusters: int) -> T
     return weights.t() @ features, weights.sum(dim=0)
 
 
-def _check_assignments(assignments: Tensor, batch_size: int, num_clusters: int) -> None:
-    """Validate hard labels ``(N,)`` or soft weights ``(N, K)`` (raises ValueError/TypeError)."""
+def _check_assignments(
+    assignments: Tensor, batch_size: int, num_clusters: int, *, allow_all_zero: bool = False
+) -> None:
+    """Validate hard labels ``(N,)`` or soft weights ``(N, K)`` (raises ValueError/TypeError).
+
+    ``allow_all_zero`` accepts all-zero (or empty) weights: under
+    ``torch.distributed`` only the global total weight must be positive, which
+    the distributed loss checks after its all-reduce.
+    """
     check_tensor("assignments", assignments)
     if assignments.dim() == 1:
         if assignments.is_floating_point():
@@ -88,7 +132,7 @@ def _check_assignments(assignments: Tensor, batch_size: int, num_clusters: int) 
             low = float(assignments.detach().min())
             if low < 0:
                 raise ValueError(f"assignments must be non-negative weights, got minimum {low}")
-            if not bool((assignments > 0).any()):
+            if not allow_all_zero and not bool((assignments > 0).any()):
                 raise ValueError("assignments must not be all zero: no sample is assigned to any cluster")
     else:
         raise ValueError(
@@ -176,5 +220,9 @@ def compute_prototypes(features: Tensor, assignments: Tensor, num_clusters: int)
     num_clusters = check_int("num_clusters", num_clusters, minimum=1)
     check_tensor("features", features, ndim=2, floating=True)
     _check_assignments(assignments, features.shape[0], num_clusters)
-    sums, _ = _cluster_sums(normalize_features(features), assignments, num_clusters)
+    z = normalize_features(features)
+    if assignments.dim() == 2:
+        # Prototypes do not depend on a common scale of the weights; extreme ones would overflow the sums.
+        assignments = _rescale_weights(assignments, _weight_scale(assignments), z.dtype)
+    sums, _ = _cluster_sums(z, assignments, num_clusters)
     return normalize_features(sums)

@@ -22,11 +22,11 @@ import itertools
 from typing import Callable, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from propos_losses import defaults
 from propos_losses._validation import check_float, check_tensor
+from propos_losses.prototypes import normalize_features
 
 __all__ = ["PositiveSamplingAlignment", "PSA", "positive_sampling_alignment"]
 
@@ -86,8 +86,10 @@ def positive_sampling_alignment(
 
     Returns:
         A scalar tensor, float32 for float32/half/bfloat16 inputs (and under
-        autocast), float64 for float64 inputs. Zero vectors give a finite loss
-        (their cosine counts as 0).
+        autocast), float64 for float64 inputs. Both sides are normalised
+        exactly, so the loss does not depend on the scale of the prediction or
+        of ``target_projection`` (however small); zero vectors give a finite
+        loss (their cosine counts as 0) with a zero gradient.
 
     Raises:
         TypeError: a non-tensor or non-floating input, a non-callable
@@ -158,9 +160,10 @@ def positive_sampling_alignment(
     )
     with autocast_off:
         out_dtype = torch.promote_types(prediction.dtype, compute_dtype)
-        tiny = torch.finfo(out_dtype).eps  # norms below this count as zero vectors: no division by ~0
-        p = F.normalize(prediction.to(out_dtype), dim=1, eps=tiny)
-        z = F.normalize(target_projection.detach().to(out_dtype), dim=1, eps=tiny)
+        # Exact normalisation (no eps clamp): the loss is invariant to the scale of the prediction and
+        # of the target however small, and zero vectors give a cosine of 0 with zero gradient.
+        p = normalize_features(prediction.to(out_dtype))
+        z = normalize_features(target_projection.detach().to(out_dtype))
         return (2 - 2 * (p * z).sum(dim=1)).mean()
 
 

@@ -106,6 +106,57 @@ def test_normalize_features_gradient_matches_finite_differences_away_from_zero()
     assert torch.autograd.gradcheck(normalize_features, (features,))
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    dtype=st.sampled_from([torch.bfloat16, torch.float16, torch.float32, torch.float64]),
+    seed=st.integers(0, 2**16),
+    power=st.floats(0.0, 1.0),
+)
+def test_normalize_features_is_invariant_to_any_power_of_two_scale_bit_for_bit(
+    dtype: torch.dtype, seed: int, power: float
+) -> None:
+    # Entries of magnitude in [1/2, 2] (or 0): every scale 2^k that keeps them normal numbers is exact,
+    # down to tiny rows whose squared norm underflows (bf16 * 2^-100, float32 * 2^-120).
+    generator = torch.Generator().manual_seed(seed)
+    magnitude = torch.empty(5, 4, dtype=torch.float64).uniform_(0.5, 2.0, generator=generator)
+    sign = torch.randint(-1, 2, (5, 4), generator=generator).to(torch.float64)  # -1, 0 or +1
+    features = (magnitude * sign).to(dtype)
+    info = torch.finfo(dtype)
+    low, high = math.log2(info.tiny) + 1, math.log2(info.max) - 1  # keeps 2 * 2^k and 2^k / 2 normal
+    exponent = math.floor(low + power * (high - low))
+    scaled = features * 2.0**exponent
+    assert torch.equal(scaled / 2.0**exponent, features)  # the scaling itself was exact
+    assert torch.equal(normalize_features(scaled), normalize_features(features))
+
+
+@pytest.mark.parametrize(
+    ("dtype", "scale"), [(torch.bfloat16, 1e-25), (torch.float32, 1e-30), (torch.float32, 1e30), (torch.float64, 1e-200)]
+)
+def test_tiny_and_huge_non_zero_rows_normalise_to_unit_norm_with_the_direction_kept(
+    dtype: torch.dtype, scale: float
+) -> None:
+    features = torch.tensor([[3.0, 4.0], [-1.0, 2.0], [0.0, 0.0]], dtype=torch.float64)
+    scaled = (features * scale).to(dtype).requires_grad_(True)
+    normalised = normalize_features(scaled)
+    tolerance = torch.finfo(dtype).eps * 4
+    torch.testing.assert_close(normalised.double(), normalize_features(features), rtol=tolerance, atol=tolerance)
+    assert torch.equal(normalised[2], torch.zeros(2, dtype=dtype))  # zero rows stay zero
+    normalised[:, 0].sum().backward()
+    assert torch.isfinite(grad_of(scaled)).all()
+    assert torch.equal(grad_of(scaled)[2], torch.zeros(2, dtype=dtype))
+
+
+def test_prototypes_are_invariant_to_the_scale_of_soft_weights() -> None:
+    features = torch.randn(6, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    weights = torch.rand(6, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    weights[:, 3] = 0.0
+    reference = compute_prototypes(features, weights, 4)
+    for scale in (1e-300, 1e-50, 1e300):
+        torch.testing.assert_close(compute_prototypes(features, weights * scale, 4), reference)
+    big = (weights / weights.max() * torch.finfo(torch.float32).max).float()  # the sums overflow float32
+    torch.testing.assert_close(compute_prototypes(features.float(), big, 4), reference.float())
+
+
 def test_normalize_prototypes_maps_zero_sums_to_zero() -> None:
     prototypes = normalize_prototypes(torch.tensor([[0.0, 2.0], [0.0, 0.0]]))
     assert prototypes.tolist() == [[0.0, 1.0], [0.0, 0.0]]

@@ -161,6 +161,37 @@ def test_loss_is_in_range_and_invariant_to_target_scale_and_batch_order(scale: f
     torch.testing.assert_close(positive_sampling_alignment(q[order], z[order], predictor, sigma=0.0), loss)
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    log10_prediction_scale=st.floats(min_value=-30.0, max_value=30.0),
+    log10_target_scale=st.floats(min_value=-30.0, max_value=30.0),
+    seed=st.integers(min_value=0, max_value=2**16),
+)
+def test_loss_is_invariant_to_the_scale_of_prediction_and_target_from_1e_minus_30_to_1e30(
+    log10_prediction_scale: float, log10_target_scale: float, seed: int
+) -> None:
+    # Exact normalisation: a prediction of norm 1e-30 has a direction like any other (an eps clamp
+    # would shrink it towards a cosine of 0).
+    predictor = linear_predictor(dtype=torch.float64)
+    q, z = inputs(torch.float64, seed=seed)
+    prediction_scale, target_scale = 10.0**log10_prediction_scale, 10.0**log10_target_scale
+    loss = positive_sampling_alignment(q, z, predictor, sigma=0.0)
+    scaled = positive_sampling_alignment(q, target_scale * z, lambda v: prediction_scale * predictor(v), sigma=0.0)
+    torch.testing.assert_close(scaled, loss, rtol=1e-12, atol=1e-12)
+    scaled.backward()
+    assert q.grad is not None and torch.isfinite(q.grad).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_tiny_predictions_keep_their_direction_in_low_precision(dtype: torch.dtype) -> None:
+    q, z = inputs(dtype)
+    identity = nn.Identity()
+    reference = positive_sampling_alignment(q.detach().float(), z.float(), identity, sigma=0.0)
+    scale = 2.0**-100  # exact in both dtypes; the squared norm (~2^-200) underflows both
+    loss = positive_sampling_alignment(q.detach() * scale, z * scale, identity, sigma=0.0)
+    torch.testing.assert_close(loss, reference, rtol=1e-6, atol=1e-6)
+
+
 # --- gradients -------------------------------------------------------------------------------
 
 
