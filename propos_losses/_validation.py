@@ -19,6 +19,7 @@ __all__ = [
     "check_float",
     "check_tensor",
     "check_finite",
+    "check_integer_dtype",
     "check_labels",
 ]
 
@@ -75,6 +76,12 @@ def check_finite(name: str, value: Tensor) -> None:
     """Raise if ``value`` holds NaN or Inf (one device sync; skipped for empty tensors)."""
     if value.numel() and not bool(torch.isfinite(value).all()):
         raise ValueError(f"{name} must be finite, got NaN or Inf values")
+
+
+def check_integer_dtype(name: str, value: Tensor) -> None:
+    """Raise a TypeError unless ``value`` has an integer dtype (any width, signed or not; not bool)."""
+    if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
+        raise TypeError(f"{name} must have an integer dtype, got {value.dtype}")
 
 
 def check_labels(name: str, labels: Tensor, num_classes: int) -> None:

@@ -25,6 +25,7 @@ __all__ = [
     "get_rank",
     "all_reduce_sum",
     "all_reduce_sum_",
+    "all_reduce_max_",
     "all_gather_cat",
     "all_gather_cat_autograd",
     "broadcast_",
@@ -161,3 +162,10 @@ def all_gather_cat_autograd(tensor: Tensor, group: Optional[ProcessGroup] = None
     if not is_distributed(group):
         return tensor
     return _AllGatherCat.apply(tensor, group)
+
+
+def all_reduce_max_(tensor: Tensor, group: Optional[ProcessGroup] = None) -> Tensor:
+    """In-place, gradient-free element-wise maximum over ranks; a no-op without a process group."""
+    if is_distributed(group):
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=group)
+    return tensor

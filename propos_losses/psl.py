@@ -8,12 +8,20 @@ target prototypes ``mu'_k`` (Eq. 6, 7, see :mod:`propos_losses.prototypes`)::
 
 Eq. 5 splits it into ``alignment = mean_{k in A} -mu_k.mu'_k / tau`` and
 ``uniformity = mean_{k in A} log sum_{j in A, j != k} exp(mu_k.mu_j / tau)``.
+Convention: ``uniformity = 0`` when ``|A| < 2`` (a lone non-empty cluster has
+no negatives, nothing to repel; the log of the empty sum would be ``-inf``), so
+no term is ever Inf or NaN for valid input and its gradient is then zero.
 
 Numerics: empty clusters are removed exactly (only the non-empty clusters are
 selected; the ``j != k`` exclusion is a ``-inf`` logit inside a log-sum-exp
 whose positive column is always finite), the loss is computed in float32
 (float64 inputs stay float64) with autocast disabled, zero feature vectors give
 zero (never NaN), and the target side and the assignments are detached.
+Features are normalised exactly (:func:`~propos_losses.prototypes.normalize_features`),
+so the loss is invariant to scaling any row of ``online`` or ``target``; soft
+weights are divided by their largest value before the cast to the compute
+dtype, so their scale does not matter either (``1e-50`` float64 weights do not
+underflow in float32, ``3e38`` float32 weights do not overflow the sums).
 
 Distributed (``torch.distributed`` initialised, see
 :mod:`propos_losses.distributed`): the per-cluster online sums go through the
@@ -23,7 +31,11 @@ sums and the counts through the gradient-free
 comes from the global counts, so every rank computes the same loss, and with
 DDP gradient averaging the gradients equal the single-process gradients on the
 concatenated global batch. The memory queue is identical on every rank, so its
-sums are added *after* the all-reduce.
+sums are added *after* the all-reduce. Validity is judged globally: a rank may
+hold an empty batch (``B = 0``, e.g. an uneven last batch) or all-zero soft
+weights; every rank raises the same ``ValueError`` only when the *global*
+batch has zero total weight. Soft weights are rescaled by their global maximum
+(one extra gradient-free all-reduce), so every rank uses the same scale.
 """
 
 from __future__ import annotations
@@ -35,9 +47,22 @@ import torch
 from torch import Tensor, nn
 
 from propos_losses import defaults
-from propos_losses._validation import check_finite, check_float, check_int, check_labels, check_tensor
-from propos_losses.distributed import all_reduce_sum, all_reduce_sum_, is_distributed
-from propos_losses.prototypes import _check_assignments, _cluster_sums, normalize_features
+from propos_losses._validation import (
+    check_finite,
+    check_float,
+    check_int,
+    check_integer_dtype,
+    check_labels,
+    check_tensor,
+)
+from propos_losses.distributed import all_reduce_max_, all_reduce_sum, all_reduce_sum_, is_distributed
+from propos_losses.prototypes import (
+    _check_assignments,
+    _cluster_sums,
+    _rescale_weights,
+    _weight_scale,
+    normalize_features,
+)
 from propos_losses.queue import PrototypeQueue
 
 __all__ = ["PSLTerms", "prototype_scattering_loss", "PrototypeScatteringLoss", "PSL"]
@@ -46,8 +71,9 @@ __all__ = ["PSLTerms", "prototype_scattering_loss", "PrototypeScatteringLoss", "
 class PSLTerms(NamedTuple):
     """The loss and its Eq. 5 terms, all 0-d tensors identical on every rank.
 
-    ``uniformity`` is ``-inf`` when only one cluster is non-empty (no
-    negatives: the log of an empty sum); the loss is then exactly 0.
+    ``uniformity`` is defined as ``0`` when fewer than two clusters are
+    non-empty (no negatives, nothing to repel; the log of the empty sum would
+    be ``-inf``), with a zero gradient; the loss is then exactly 0 as well.
 
     Example:
         >>> import torch
@@ -61,7 +87,7 @@ class PSLTerms(NamedTuple):
     loss: Tensor
     #: ``mean_{k in A} -mu_k.mu'_k / tau`` (Eq. 5).
     alignment: Tensor
-    #: ``mean_{k in A} log sum_{j in A, j != k} exp(mu_k.mu_j / tau)`` (Eq. 5).
+    #: ``mean_{k in A} log sum_{j in A, j != k} exp(mu_k.mu_j / tau)`` (Eq. 5); ``0`` when ``|A| < 2``.
     uniformity: Tensor
     #: ``|A|``, the number of non-empty clusters (int64).
     num_active: Tensor
@@ -79,15 +105,30 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _check_features(online: Tensor, target: Tensor) -> None:
+def _check_temperature(temperature: object) -> float:
+    """``tau`` as a float, at least float32's smallest normal number so that ``1 / tau`` is finite in float32."""
+    temperature = check_float("temperature", temperature, minimum=0.0, strict_minimum=True)
+    tiny = torch.finfo(torch.float32).tiny
+    if temperature < tiny:
+        raise ValueError(
+            f"temperature must be >= {tiny} (float32's smallest normal number, so that 1 / temperature "
+            f"is finite in float32), got {temperature}"
+        )
+    return temperature
+
+
+def _check_features(online: Tensor, target: Tensor, *, allow_empty: bool = False) -> None:
+    """``allow_empty`` accepts ``B = 0`` (a rank without samples under ``torch.distributed``)."""
     check_tensor("online", online, ndim=2, floating=True)
     check_tensor("target", target, ndim=2, floating=True)
     if online.shape != target.shape:
         raise ValueError(
             f"online and target must have the same shape (B, d), got {tuple(online.shape)} and {tuple(target.shape)}"
         )
-    if online.shape[0] < 1 or online.shape[1] < 1:
-        raise ValueError(f"online must be (B, d) with B >= 1 and d >= 1, got shape {tuple(online.shape)}")
+    if online.shape[1] < 1:
+        raise ValueError(f"online must be (B, d) with d >= 1, got shape {tuple(online.shape)}")
+    if online.shape[0] < 1 and not allow_empty:
+        raise ValueError(f"online must be (B, d) with B >= 1, got shape {tuple(online.shape)}")
     check_finite("online", online)
     check_finite("target", target)
 
@@ -150,6 +191,12 @@ def _scattering_terms(online_sums: Tensor, target_sums: Tensor, counts: Tensor, 
     """
     active = (counts > 0).nonzero().squeeze(1)
     num_active = active.numel()
+    if num_active == 0:
+        # Validation rules this out; never average over an empty set (NaN).
+        raise ValueError(
+            "the prototype scattering loss needs at least one non-empty cluster, got none "
+            "(every cluster has zero total weight)"
+        )
     mu = normalize_features(online_sums.index_select(0, active))
     mu_target = normalize_features(target_sums.index_select(0, active))
     positive = (mu * mu_target).sum(dim=1) / temperature  # (|A|,)
@@ -162,7 +209,11 @@ def _scattering_terms(online_sums: Tensor, target_sums: Tensor, counts: Tensor, 
     log_partition = torch.logsumexp(torch.cat([positive[:, None], negative], dim=1), dim=1)
     loss = (log_partition - positive).mean()
     alignment = (-positive).mean()
-    uniformity = torch.logsumexp(negative, dim=1).mean()
+    if num_active > 1:
+        uniformity = torch.logsumexp(negative, dim=1).mean()
+    else:
+        # No negatives, nothing to repel: 0 by convention (not -inf), attached to the graph with zero gradient.
+        uniformity = similarity.sum() * 0
     return PSLTerms(loss, alignment, uniformity, torch.tensor(num_active, device=mu.device))
 
 
@@ -188,6 +239,11 @@ def _psl(
         z_target = normalize_features(target.detach().to(dtype))
         # Pseudo-labels are constants: like the target side, they receive no gradient.
         assignments = assignments.detach()
+        if assignments.dim() == 2:
+            # Exact rescaling by the largest weight (the prototypes do not depend on a common scale)
+            # before the cast; the global maximum, so that every rank keeps the same relative weights.
+            scale = all_reduce_max_(_weight_scale(assignments))
+            assignments = _rescale_weights(assignments, scale, dtype)
         online_sums, counts = _cluster_sums(z_online, assignments, num_clusters)
         target_sums, _ = _cluster_sums(z_target, assignments, num_clusters)
         # Differentiable all-reduce for the online side (its backward sums gradients over ranks);
@@ -195,6 +251,12 @@ def _psl(
         online_sums = all_reduce_sum(online_sums)
         statistics = all_reduce_sum_(torch.cat([target_sums, counts[:, None]], dim=1))
         target_sums, counts = statistics[:, :-1], statistics[:, -1]
+        if is_distributed() and not bool((counts > 0).any()):
+            # The counts are global, so every rank takes this branch together (no rank is left in a collective).
+            raise ValueError(
+                "assignments give zero total weight over all ranks (every local batch is empty or has "
+                "all-zero weights): no sample is assigned to any cluster"
+            )
         if queue_sums is not None:
             # The queue is identical on every rank: add it after the all-reduce, or it counts world_size times.
             extra_sums, extra_counts = queue_sums(dtype)
@@ -277,10 +339,10 @@ def prototype_scattering_loss(
             any floating dtype; the only input that receives gradient.
         target: ``(B, d)`` target projector outputs ``f'(x)``; detached.
         assignments: ``(B,)`` integer cluster labels in ``[0, K)``, or ``(B, K)``
-            non-negative float weights ``p(k|x)`` (rows may be zero, not all);
-            treated as constants (detached).
+            non-negative float weights ``p(k|x)`` (rows may be zero, not all;
+            only their ratios matter); treated as constants (detached).
         num_clusters: ``K >= 2``.
-        temperature: ``tau > 0``.
+        temperature: ``tau``, at least ``torch.finfo(torch.float32).tiny``.
         queue_features: optional ``(Q, d)`` features of a memory queue (target
             features, normalised here), added to both prototype sums without
             gradient, after the all-reduce: under ``torch.distributed`` they
@@ -306,11 +368,13 @@ def prototype_scattering_loss(
         (3, True)
     """
     num_clusters = check_int("num_clusters", num_clusters, minimum=2)
-    temperature = check_float("temperature", temperature, minimum=0.0, strict_minimum=True)
+    temperature = _check_temperature(temperature)
+    # Under torch.distributed a rank may hold no samples or all-zero weights: only the global total counts.
+    distributed = is_distributed()
 
     def check() -> None:
-        _check_features(online, target)
-        _check_assignments(assignments, online.shape[0], num_clusters)
+        _check_features(online, target, allow_empty=distributed)
+        _check_assignments(assignments, online.shape[0], num_clusters, allow_all_zero=distributed)
         _check_queue(queue_features, queue_labels, online.shape[1], num_clusters)
 
     _validate_on_every_rank(check, online, target)
@@ -326,7 +390,8 @@ class PrototypeScatteringLoss(nn.Module):
 
     Args:
         num_clusters: ``K >= 2``, the number of k-means clusters.
-        temperature: ``tau > 0`` (default :data:`propos_losses.defaults.TEMPERATURE`).
+        temperature: ``tau``, at least ``torch.finfo(torch.float32).tiny``
+            (default :data:`propos_losses.defaults.TEMPERATURE`).
         queue_size: number of queue slots; ``0`` (default) disables the queue.
         feature_dim: ``d``; required when ``queue_size > 0`` (to allocate the
             queue), otherwise optional and, when given, checked against the input.
@@ -368,7 +433,7 @@ class PrototypeScatteringLoss(nn.Module):
     ) -> None:
         super().__init__()
         self.num_clusters = check_int("num_clusters", num_clusters, minimum=2)
-        self.temperature = check_float("temperature", temperature, minimum=0.0, strict_minimum=True)
+        self.temperature = _check_temperature(temperature)
         self.queue_size = check_int("queue_size", queue_size, minimum=0)
         if feature_dim is not None:
             feature_dim = check_int("feature_dim", feature_dim, minimum=1)
@@ -389,8 +454,9 @@ class PrototypeScatteringLoss(nn.Module):
             target: ``(B, d)`` target projector outputs (detached).
             assignments: ``(B,)`` integer labels in ``[0, K)`` or ``(B, K)``
                 non-negative float weights (not with a queue).
-            indices: optional ``(B,)`` int64 dataset indices ``>= 0`` of the
-                samples, stored in the queue so that it can be relabelled.
+            indices: optional ``(B,)`` dataset indices ``>= 0`` of the samples,
+                any integer dtype (like :meth:`PrototypeQueue.push`), stored in
+                the queue as int64 so that it can be relabelled.
 
         Returns:
             0-d loss tensor (float32, float64 for float64 input).
@@ -410,18 +476,18 @@ class PrototypeScatteringLoss(nn.Module):
         assignments: Tensor,
         indices: Optional[Tensor],
     ) -> None:
-        _check_features(online, target)
+        distributed = is_distributed()
+        _check_features(online, target, allow_empty=distributed)
         batch_size, feature_dim = online.shape
         if self.feature_dim is not None and feature_dim != self.feature_dim:
             raise ValueError(
                 f"online must have feature size feature_dim={self.feature_dim}"
                 f"{' (the queue feature size)' if self.queue is not None else ''}, got shape {tuple(online.shape)}"
             )
-        _check_assignments(assignments, batch_size, self.num_clusters)
+        _check_assignments(assignments, batch_size, self.num_clusters, allow_all_zero=distributed)
         if indices is not None:
             check_tensor("indices", indices, ndim=1)
-            if indices.dtype != torch.int64:
-                raise TypeError(f"indices must have dtype torch.int64, got {indices.dtype}")
+            check_integer_dtype("indices", indices)
             if indices.shape[0] != batch_size:
                 raise ValueError(f"indices must have shape ({batch_size},), got {tuple(indices.shape)}")
             if indices.numel() and int(indices.min()) < 0:

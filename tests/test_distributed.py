@@ -20,7 +20,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import Tensor, nn
 
-from propos_losses.distributed import all_gather_cat_autograd, all_reduce_sum
+from propos_losses.distributed import all_gather_cat_autograd, all_reduce_max_, all_reduce_sum
 from propos_losses.psl import PSL, PrototypeScatteringLoss, PSLTerms, prototype_scattering_loss
 from propos_losses.queue import PrototypeQueue
 
@@ -80,6 +80,27 @@ def soft_weights() -> Tensor:
     return weights
 
 
+def soft_weights_rank1_all_zero() -> Tensor:
+    weights = soft_weights()
+    weights[rank_slices()[1]] = 0.0  # rank 1 holds samples but assigns them no weight
+    return weights
+
+
+def soft_weights_tiny_and_uneven() -> Tensor:
+    """Weights of ~1e-50 (0 in float32), 1000 times smaller on rank 1 than on rank 0.
+
+    A per-rank rescaling would lose the ratio between the ranks: the scale must be global.
+    """
+    weights = soft_weights()
+    weights[rank_slices()[1]] *= 1e-3
+    return weights * 1e-50
+
+
+def empty_rank_slices() -> List[slice]:
+    """Rank 0 holds the whole global batch, rank 1 none (an uneven last batch)."""
+    return [slice(0, 11), slice(11, 11)]
+
+
 def make_layer(dtype: torch.dtype) -> nn.Linear:
     torch.manual_seed(0)
     return nn.Linear(IN_DIM, DIM).to(dtype)
@@ -111,6 +132,8 @@ def _collectives(rank: int) -> Dict[str, Tensor]:
     gather_upstream = torch.linspace(-1.0, 1.0, 33, dtype=torch.float64).reshape(11, 3) * (rank + 1)
     (gathered * gather_upstream).sum().backward()
     out["gather_value"], out["gather_grad"] = gathered.detach(), grad_of(x).clone()
+    # all_reduce_max_, a different maximum per element on each rank.
+    out["max_value"] = all_reduce_max_(torch.tensor([1.0, -2.0, 3.0], dtype=torch.float64) * (1 - 2 * rank))
     return out
 
 
@@ -130,12 +153,14 @@ def _ddp_psl(rank: int, dtype: torch.dtype) -> Dict[str, Tensor]:
     }
 
 
-def _hand_averaged_soft_psl(rank: int) -> Dict[str, Tensor]:
+def _hand_averaged_soft_psl(
+    rank: int, weights: Tensor, dtype: torch.dtype = torch.float64
+) -> Dict[str, Tensor]:
     part = rank_slices()[rank]
-    inputs, targets, _, _ = global_batch(0, torch.float64)
-    layer = make_layer(torch.float64)
+    inputs, targets, _, _ = global_batch(0, dtype)
+    layer = make_layer(dtype)
     terms = prototype_scattering_loss(
-        layer(inputs[part]), targets[part], soft_weights()[part], NUM_CLUSTERS, return_terms=True
+        layer(inputs[part]), targets[part], weights[part], NUM_CLUSTERS, return_terms=True
     )
     terms.loss.backward()
     grads = [grad_of(p).clone() for p in layer.parameters()]
@@ -149,6 +174,53 @@ def _hand_averaged_soft_psl(rank: int) -> Dict[str, Tensor]:
         "weight_grad": grads[0],
         "bias_grad": grads[1],
     }
+
+
+def _empty_rank_psl(rank: int) -> Dict[str, Tensor]:
+    """Rank 1 has B = 0: DDP, the module with a queue, one training step."""
+    part = empty_rank_slices()[rank]
+    inputs, targets, labels, indices = global_batch(0, torch.float64)
+    model = nn.parallel.DistributedDataParallel(make_layer(torch.float64))
+    module = PSL(NUM_CLUSTERS, queue_size=QUEUE_SIZE, feature_dim=DIM)
+    loss = module(model(inputs[part]), targets[part], labels[part], indices[part])
+    loss.backward()
+    features, queue_labels, queue_indices = queue_of(module).contents()
+    return {
+        "loss": loss.detach(),
+        "num_active": terms_of(module).num_active,
+        "uniformity": terms_of(module).uniformity,
+        "weight_grad": grad_of(model.module.weight).clone(),
+        "bias_grad": grad_of(model.module.bias).clone(),
+        "queue_features": features,
+        "queue_labels": queue_labels,
+        "queue_indices": queue_indices,
+    }
+
+
+def _zero_global_weight(rank: int) -> Dict[str, Any]:
+    """Every rank empty or all-zero: the global total weight is 0, so every rank raises the same error."""
+    inputs, targets, labels, _ = global_batch(0, torch.float64)
+    messages = []
+    attempts = [
+        lambda: prototype_scattering_loss(
+            inputs[:3, :DIM], targets[:3], torch.zeros(3, NUM_CLUSTERS, dtype=torch.float64), NUM_CLUSTERS
+        ),
+        lambda: PSL(NUM_CLUSTERS)(inputs[:0, :DIM], targets[:0], labels[:0]),
+        # Rank 0 empty, rank 1 all-zero weights.
+        lambda: prototype_scattering_loss(
+            inputs[: 2 * rank, :DIM], targets[: 2 * rank], torch.zeros(2 * rank, NUM_CLUSTERS), NUM_CLUSTERS
+        ),
+    ]
+    for attempt in attempts:
+        try:
+            attempt()
+        except ValueError as exc:
+            messages.append(str(exc))
+        else:
+            messages.append("no error")
+    check = torch.ones(1)
+    dist.all_reduce(check)
+    return {"messages": messages, "after": check}
 
 
 def _queue_training(rank: int) -> Dict[str, Tensor]:
@@ -201,7 +273,11 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
             "collectives": _collectives(rank),
             "ddp_float64": _ddp_psl(rank, torch.float64),
             "ddp_float32": _ddp_psl(rank, torch.float32),
-            "soft": _hand_averaged_soft_psl(rank),
+            "soft": _hand_averaged_soft_psl(rank, soft_weights()),
+            "soft_rank1_zero": _hand_averaged_soft_psl(rank, soft_weights_rank1_all_zero()),
+            "soft_tiny_uneven": _hand_averaged_soft_psl(rank, soft_weights_tiny_and_uneven(), torch.float32),
+            "empty_rank": _empty_rank_psl(rank),
+            "zero_global_weight": _zero_global_weight(rank),
             "queue": _queue_training(rank),
             "bad_input": _bad_input_on_one_rank(rank),
         }
@@ -252,6 +328,13 @@ def test_all_reduce_sum_backward_sums_upstream_gradients_over_ranks(rank_results
         torch.testing.assert_close(result["collectives"]["reduce_grad_rank"], upstream * 2 + upstream * 3, rtol=0, atol=0)
 
 
+def test_all_reduce_max_is_the_elementwise_maximum_over_ranks(rank_results: List[Dict[str, Any]]) -> None:
+    for result in rank_results:  # rank 0 holds (1, -2, 3), rank 1 (-1, 2, -3)
+        torch.testing.assert_close(
+            result["collectives"]["max_value"], torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64), rtol=0, atol=0
+        )
+
+
 def test_all_gather_cat_autograd_concatenates_in_rank_order_and_sums_gradients(
     rank_results: List[Dict[str, Any]],
 ) -> None:
@@ -289,17 +372,71 @@ def test_ddp_psl_loss_and_gradients_equal_single_process_on_global_batch(
         torch.testing.assert_close(got["bias_grad"], bias_grad, rtol=tolerance, atol=tolerance)
 
 
-def test_soft_weight_psl_with_averaged_gradients_equals_single_process(rank_results: List[Dict[str, Any]]) -> None:
-    inputs, targets, _, _ = global_batch(0, torch.float64)
-    layer = make_layer(torch.float64)
-    terms = prototype_scattering_loss(layer(inputs), targets, soft_weights(), NUM_CLUSTERS, return_terms=True)
+SOFT_SCENARIOS = {
+    # name: (weights, dtype, tolerance)
+    "soft": (soft_weights, torch.float64, 1e-12),
+    "soft_rank1_zero": (soft_weights_rank1_all_zero, torch.float64, 1e-12),
+    "soft_tiny_uneven": (soft_weights_tiny_and_uneven, torch.float32, 1e-6),
+}
+
+
+@pytest.mark.parametrize("scenario", sorted(SOFT_SCENARIOS))
+def test_soft_weight_psl_with_averaged_gradients_equals_single_process(
+    rank_results: List[Dict[str, Any]], scenario: str
+) -> None:
+    # Includes a rank whose local weights are all zero (valid: the global total weight is positive)
+    # and weights that underflow float32 with a different magnitude on each rank.
+    make_weights, dtype, tolerance = SOFT_SCENARIOS[scenario]
+    inputs, targets, _, _ = global_batch(0, dtype)
+    layer = make_layer(dtype)
+    terms = prototype_scattering_loss(layer(inputs), targets, make_weights(), NUM_CLUSTERS, return_terms=True)
     terms.loss.backward()
+    assert torch.isfinite(terms.loss)
     for result in rank_results:
-        got = result["soft"]
+        got = result[scenario]
         for name in ("loss", "alignment", "uniformity"):
-            torch.testing.assert_close(got[name], getattr(terms, name).detach(), rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(got[name], getattr(terms, name).detach(), rtol=tolerance, atol=tolerance)
+        torch.testing.assert_close(got["weight_grad"], grad_of(layer.weight), rtol=tolerance, atol=tolerance)
+        torch.testing.assert_close(got["bias_grad"], grad_of(layer.bias), rtol=tolerance, atol=tolerance)
+
+
+def test_rank_with_an_empty_batch_gives_the_single_process_loss_gradients_and_queue(
+    rank_results: List[Dict[str, Any]],
+) -> None:
+    inputs, targets, labels, indices = global_batch(0, torch.float64)
+    layer = make_layer(torch.float64)
+    module = PSL(NUM_CLUSTERS, queue_size=QUEUE_SIZE, feature_dim=DIM)
+    loss = module(layer(inputs), targets, labels, indices)
+    loss.backward()
+    features, queue_labels, queue_indices = queue_of(module).contents()
+    for result in rank_results:
+        got = result["empty_rank"]
+        assert int(got["num_active"]) == int(terms_of(module).num_active) == 5
+        torch.testing.assert_close(got["loss"], loss.detach(), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(got["uniformity"], terms_of(module).uniformity, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(got["weight_grad"], grad_of(layer.weight), rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(got["bias_grad"], grad_of(layer.bias), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(got["queue_features"], features, rtol=1e-6, atol=1e-7)
+        assert torch.equal(got["queue_labels"], queue_labels)
+        assert torch.equal(got["queue_indices"], queue_indices)
+
+
+def test_zero_global_weight_raises_the_same_value_error_on_every_rank(rank_results: List[Dict[str, Any]]) -> None:
+    messages = [result["zero_global_weight"]["messages"] for result in rank_results]
+    assert messages[0] == messages[1]  # the same error on every rank, no rank left in a collective
+    assert len(messages[0]) == 3
+    for message in messages[0]:
+        assert "zero total weight over all ranks" in message
+    for result in rank_results:
+        assert result["zero_global_weight"]["after"].item() == WORLD_SIZE
+
+
+def test_single_process_still_rejects_an_empty_batch_and_all_zero_weights() -> None:
+    inputs, targets, labels, _ = global_batch(0, torch.float64)
+    with pytest.raises(ValueError, match="B >= 1"):
+        PSL(NUM_CLUSTERS)(inputs[:0, :DIM], targets[:0], labels[:0])
+    with pytest.raises(ValueError, match="all zero"):
+        prototype_scattering_loss(inputs[:, :DIM], targets, torch.zeros(11, NUM_CLUSTERS), NUM_CLUSTERS)
 
 
 def test_queue_training_equals_single_process_fed_the_concatenated_batches(

@@ -50,7 +50,8 @@ def assert_terms_match_oracle(terms: PSLTerms, expected: Dict[str, float]) -> No
     assert terms.loss.item() == pytest.approx(expected["loss"], rel=1e-10, abs=1e-12)
     assert terms.alignment.item() == pytest.approx(expected["alignment"], rel=1e-10, abs=1e-12)
     if math.isinf(expected["uniformity"]):
-        assert terms.uniformity.item() == expected["uniformity"]
+        # The oracle writes the log of the empty sum of negatives (-inf); the loss defines it as 0.
+        assert terms.uniformity.item() == 0.0
     else:
         assert terms.uniformity.item() == pytest.approx(expected["uniformity"], rel=1e-10, abs=1e-12)
 
@@ -200,20 +201,59 @@ def test_relabelling_clusters_leaves_loss_unchanged(shape: Tuple[int, int, int, 
     )
 
 
-@settings(max_examples=25, deadline=None)
-@given(shape=batch_shapes, log_scales=st.lists(st.floats(-3.0, 3.0), min_size=20, max_size=20))
+@settings(max_examples=40, deadline=None)
+@given(
+    shape=batch_shapes,
+    dtype=st.sampled_from([torch.float64, torch.float32]),
+    log10_scales=st.lists(st.floats(-30.0, 30.0), min_size=20, max_size=20),
+)
 def test_positive_row_scaling_of_features_leaves_loss_unchanged(
-    shape: Tuple[int, int, int, int], log_scales: list
+    shape: Tuple[int, int, int, int], dtype: torch.dtype, log10_scales: list
 ) -> None:
+    # Scales 1e-30 .. 1e30: the squared norms of such float32 rows under- or overflow, the loss must not.
     seed, batch_size, num_clusters, dim = shape
     online, target, labels = make_batch(seed, batch_size, dim, num_clusters)
-    scales = torch.tensor(log_scales, dtype=torch.float64).exp()
-    scaled_online = online * scales[:batch_size, None]
-    scaled_target = target * scales[10 : 10 + batch_size, None]
+    scales = 10.0 ** torch.tensor(log10_scales, dtype=torch.float64)
+    scaled_online = (online * scales[:batch_size, None]).to(dtype).requires_grad_(True)
+    scaled_target = (target * scales[10 : 10 + batch_size, None]).to(dtype)
+    loss = prototype_scattering_loss(scaled_online, scaled_target, labels, num_clusters)
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-12
     torch.testing.assert_close(
-        prototype_scattering_loss(scaled_online, scaled_target, labels, num_clusters),
-        prototype_scattering_loss(online, target, labels, num_clusters),
+        loss.double(), prototype_scattering_loss(online, target, labels, num_clusters), rtol=tolerance, atol=tolerance
     )
+    loss.backward()
+    assert torch.isfinite(grad_of(scaled_online)).all()
+
+
+@pytest.mark.parametrize(
+    ("weight_dtype", "feature_dtype", "scale"),
+    [
+        (torch.float64, torch.float32, 1e-50),  # underflows to 0 when cast to float32
+        (torch.float64, torch.float32, 1e300),  # overflows when cast to float32
+        (torch.float64, torch.float64, 1e-300),
+        (torch.float64, torch.float64, 1e300),  # the per-cluster sums' squared norms overflow
+        (torch.float32, torch.float32, 3e38 / 2),  # the column sums overflow float32
+        (torch.float16, torch.float32, 6e4),
+    ],
+)
+def test_soft_weights_of_extreme_magnitude_give_the_loss_of_unit_scale_weights(
+    weight_dtype: torch.dtype, feature_dtype: torch.dtype, scale: float
+) -> None:
+    # The prototypes are normalised sums: a common positive scale of the weights changes nothing.
+    online, target, _ = make_batch(19, 6, 4, 3, dtype=feature_dtype)
+    weights = torch.rand(6, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float64) + 0.5
+    weights[:, 1] = 0.0
+    weights[2] = 0.0
+    extreme = (weights / weights.max() * scale).to(weight_dtype)
+    unit = extreme.double() / extreme.double().max()  # the same ratios, rounding to weight_dtype included
+    reference = prototype_scattering_loss(online, target, unit.to(feature_dtype), 3, return_terms=True)
+    online.requires_grad_(True)
+    terms = prototype_scattering_loss(online, target, extreme, 3, return_terms=True)
+    tolerance = 1e-12 if feature_dtype == torch.float64 else 1e-5
+    for got, expected in zip(terms, reference):
+        torch.testing.assert_close(got.detach(), expected, rtol=tolerance, atol=tolerance)
+    terms.loss.backward()
+    assert torch.isfinite(grad_of(online)).all()
 
 
 @settings(max_examples=25, deadline=None)
@@ -329,14 +369,27 @@ def test_target_side_receives_no_gradient() -> None:
 
 
 def test_gradient_of_a_sample_in_its_own_cluster_only_flows_through_that_prototype() -> None:
-    # A sample alone in its cluster: doubling it changes nothing (normalisation), so
-    # its gradient is orthogonal to it.
-    online, target, _ = make_batch(13, 4, 5, 3)
-    labels = torch.tensor([0, 1, 1, 2])
+    # L depends on sample i only through the online sum S_k of its cluster k, so by the chain rule
+    # dL/dx_i = J_normalize(x_i)^T dL/dS_k = (I - z_i z_i^T) dL/dS_k / ||x_i||, with nothing from the
+    # other prototypes. dL/dS_k is measured independently: a batch of one sample per cluster equal
+    # to S_k (and the target sums as targets) has the same prototypes, hence the same loss in S.
+    online, target, _ = make_batch(13, 7, 5, 4)
+    labels = torch.tensor([0, 1, 1, 2, 1, 0, 2])  # cluster 3 empty
     online.requires_grad_(True)
-    prototype_scattering_loss(online, target, labels, 3).backward()
-    radial = (grad_of(online)[0] * online[0]).sum()
-    assert abs(radial.item()) < 1e-12
+    prototype_scattering_loss(online, target, labels, 4).backward()
+    z = online.detach() / online.detach().norm(dim=1, keepdim=True)
+    z_target = target / target.norm(dim=1, keepdim=True)
+    active = [0, 1, 2]
+    sums = torch.stack([z[labels == k].sum(0) for k in active]).requires_grad_(True)
+    target_sums = torch.stack([z_target[labels == k].sum(0) for k in active])
+    prototype_scattering_loss(sums, target_sums, torch.tensor(active), 4).backward()
+    sum_grad = grad_of(sums)  # dL/dS_k, one row per non-empty cluster
+    for i, k in enumerate(labels.tolist()):
+        tangent = torch.eye(5, dtype=torch.float64) - torch.outer(z[i], z[i])
+        expected = tangent @ sum_grad[k] / online[i].detach().norm()
+        torch.testing.assert_close(grad_of(online)[i], expected, rtol=1e-10, atol=1e-12)
+    # Not vacuous: samples of different clusters receive different gradients.
+    assert not torch.allclose(sum_grad[0], sum_grad[1])
 
 
 # ---------------------------------------------------------------- degenerate input
@@ -352,7 +405,34 @@ def test_lone_non_empty_cluster_gives_exactly_zero_loss_and_zero_finite_gradient
     assert torch.isfinite(grad_of(online)).all()
     assert torch.equal(grad_of(online), torch.zeros_like(grad_of(online)))
     assert int(terms_of(module).num_active) == 1
-    assert terms_of(module).uniformity.item() == -math.inf  # no negatives: log of an empty sum
+    assert terms_of(module).uniformity.item() == 0.0  # no negatives: 0 by convention, not log(0)
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_uniformity_is_zero_with_zero_gradient_when_fewer_than_two_clusters_are_non_empty(soft: bool) -> None:
+    online, target, _ = make_batch(16, 5, 3, 3)
+    online.requires_grad_(True)
+    assignments: Tensor = torch.full((5,), 2)
+    if soft:
+        assignments = torch.zeros(5, 3, dtype=torch.float64)
+        assignments[:, 2] = torch.rand(5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    terms = prototype_scattering_loss(online, target, assignments, 3, return_terms=True)
+    assert int(terms.num_active) == 1
+    assert terms.uniformity.item() == 0.0
+    for term in (terms.loss, terms.alignment, terms.uniformity):
+        assert torch.isfinite(term)
+    (gradient,) = torch.autograd.grad(terms.uniformity, online, retain_graph=True)
+    assert torch.equal(gradient, torch.zeros_like(gradient))
+    (gradient,) = torch.autograd.grad(terms.alignment, online)
+    assert torch.isfinite(gradient).all() and bool(gradient.abs().sum() > 0)
+
+
+def test_scattering_terms_without_a_non_empty_cluster_raise_instead_of_averaging_nothing() -> None:
+    from propos_losses.psl import _scattering_terms
+
+    sums = torch.randn(3, 4, dtype=torch.float64)
+    with pytest.raises(ValueError, match="non-empty cluster"):
+        _scattering_terms(sums, sums, torch.zeros(3, dtype=torch.float64), 0.5)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
@@ -511,7 +591,7 @@ BAD_FORWARD_INPUTS = {
         "feature_dim",
     ),
     "indices_float": (_with(indices=lambda: torch.arange(B, dtype=torch.float32)), TypeError, "indices"),
-    "indices_int32": (_with(indices=lambda: torch.arange(B, dtype=torch.int32)), TypeError, "indices"),
+    "indices_bool": (_with(indices=lambda: torch.ones(B, dtype=torch.bool)), TypeError, "indices"),
     "indices_wrong_length": (_with(indices=lambda: torch.arange(B + 2)), ValueError, "indices"),
     "indices_negative": (_with(indices=lambda: torch.arange(B) - 1), ValueError, "indices"),
     "indices_2d": (_with(indices=lambda: torch.arange(B)[:, None]), ValueError, "indices"),
@@ -622,6 +702,43 @@ def test_bad_functional_hyper_parameters_raise(kwargs: dict, error: type, match:
     arguments = _good()
     with pytest.raises(error, match=match):
         prototype_scattering_loss(arguments["online"], arguments["target"], arguments["assignments"], **kwargs)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8])
+def test_indices_of_any_integer_dtype_are_accepted_and_stored_as_int64(dtype: torch.dtype) -> None:
+    # Like PrototypeQueue.push, which the module feeds.
+    module = PSL(K, queue_size=8, feature_dim=D)
+    arguments = _good()
+    module(arguments["online"], arguments["target"], arguments["assignments"], torch.arange(B, dtype=dtype) + 3)
+    _, _, indices = queue_of(module).contents()
+    assert indices.dtype == torch.int64
+    assert indices.tolist() == list(range(3, 3 + B))
+    direct = PrototypeQueue(8, D)
+    direct.push(arguments["target"], arguments["assignments"], torch.arange(B, dtype=dtype) + 3)
+    assert torch.equal(direct.contents()[2], indices)
+
+
+@pytest.mark.parametrize("temperature", [1e-40, torch.finfo(torch.float32).tiny / 2, 5e-324])
+def test_temperature_whose_reciprocal_overflows_float32_raises_naming_the_value(temperature: float) -> None:
+    arguments = _good()
+    with pytest.raises(ValueError, match=f"temperature.*got {temperature}"):
+        PSL(K, temperature=temperature)
+    with pytest.raises(ValueError, match=f"temperature.*got {temperature}"):
+        prototype_scattering_loss(
+            arguments["online"], arguments["target"], arguments["assignments"], K, temperature=temperature
+        )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_smallest_allowed_temperature_gives_finite_loss_terms_and_gradient(dtype: torch.dtype) -> None:
+    online, target, labels = make_batch(17, 8, 4, 3, dtype=dtype)
+    online.requires_grad_(True)
+    module = PSL(3, temperature=torch.finfo(torch.float32).tiny)
+    loss = module(online, target, labels)
+    loss.backward()
+    for term in terms_of(module)[:3]:
+        assert torch.isfinite(term)
+    assert torch.isfinite(grad_of(online)).all()
 
 
 def test_relabel_without_queue_raises() -> None:
