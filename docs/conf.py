@@ -38,7 +38,8 @@ napoleon_use_ivar = True
 
 # Docstring type hints mention torch/numpy types that are not documented here.
 nitpicky = False
-suppress_warnings = ["ref.python"]
+# The included Markdown reports start at H2 under the page title.
+suppress_warnings = ["ref.python", "myst.header"]
 
 # Docstring examples run under pytest --doctest-modules (in their module namespace);
 # the doctest builder runs the examples of these pages.

@@ -1,0 +1,215 @@
+"""Render every saved benchmark result as one Markdown report, with plots.
+
+Reads the JSON files the benchmark scripts write to ``benchmarks/results/``
+(``bench_losses.json``, ``bench_kmeans.json``, ``bench_metrics.json``,
+``bench_train_*.json``) and writes ``benchmarks/results/REPORT.md`` (tables,
+with the machine and date of each measurement) and, when matplotlib is
+installed, ``benchmarks/results/*.png``. It measures nothing itself: every
+figure comes from a script's saved output, so the docs and the README quote
+measured numbers only.
+
+Usage::
+
+    python benchmarks/report.py            # after running the benchmark scripts
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _load(name: str) -> Optional[Any]:
+    path = RESULTS / name
+    if not path.exists():
+        return None
+    return json.loads(path.read_text())
+
+
+def _table(header: Sequence[str], rows: List[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _machine(info: Dict[str, Any]) -> str:
+    keys = ("date_utc", "date", "cpu", "processor", "cpu_count", "torch_threads", "threads", "OMP_NUM_THREADS",
+            "device", "torch")
+    return ", ".join(f"{k}={info[k]}" for k in keys if k in info)
+
+
+def losses_section(data: Dict[str, Any]) -> str:
+    rows: Dict[tuple, Dict[str, Any]] = {}
+    for row in data["rows"]:
+        key = (row["num_clusters"], row["batch_size"], row["queue_size"])
+        rows.setdefault(key, {})[row["implementation"]] = row
+    body = []
+    for (k, b, q), pair in sorted(rows.items()):
+        ours, naive = pair.get("propos_losses"), pair.get("naive")
+        if ours is None or naive is None:
+            continue
+        body.append([
+            str(k), str(b), str(q),
+            f"{ours['min_ms']:.2f}", f"{naive['min_ms']:.2f}", f"{naive['min_ms'] / ours['min_ms']:.1f}x",
+            f"{ours['peak_memory_mib']:.1f}", f"{naive['peak_memory_mib']:.1f}",
+        ])
+    text = "## PSL forward + backward (`benchmarks/bench_losses.py`)\n\n"
+    text += f"Machine: {_machine(data['machine'])}. Peak memory: {data['memory_method']}. d = 256; "
+    text += "naive = the authors' dense one-hot prototypes with a finite fill for empty clusters.\n\n"
+    text += _table(["K", "B", "queue", "ours ms", "naive ms", "speed-up", "ours MiB", "naive MiB"], body)
+    step = data.get("resnet18_step") or {}
+    if "skipped" in step:
+        text += f"\nResNet-18 step overhead: not measured ({step['skipped']}).\n"
+    elif step:
+        text += "\nResNet-18 CIFAR step overhead: " + ", ".join(f"{k}={v}" for k, v in step.items()) + "\n"
+    return text
+
+
+def kmeans_section(data: Dict[str, Any]) -> str:
+    text = "## Spherical k-means (`benchmarks/bench_kmeans.py`)\n\n"
+    rows = data.get("mnist", [])
+    if rows:
+        text += f"Machine: {_machine(rows[0].get('machine', {}))}. n_init = 10, max_iter = 300, tol = 1e-4.\n\n"
+        body = [
+            [r["data"], str(r["k"]), r["method"], f"{r['wall_s']:.2f}", f"{r['cosine_inertia']:.1f}",
+             f"{r['nmi']:.4f}", str(r.get("n_iter", ""))]
+            for r in rows
+        ]
+        text += _table(["data", "K", "method", "wall s", "cosine inertia", "NMI", "iterations"], body)
+    large = data.get("synthetic_large", [])
+    if large:
+        text += "\nLarge synthetic runs:\n\n"
+        body = [[r.get("data", ""), str(r.get("n", "")), str(r.get("d", "")), str(r.get("k", "")), r.get("device", ""),
+                 f"{r['wall_s']:.2f}"] for r in large]
+        text += _table(["data", "N", "d", "K", "device", "wall s"], body)
+    return text
+
+
+def metrics_section(data: Dict[str, Any]) -> str:
+    text = "## Clustering metrics (`benchmarks/bench_metrics.py`)\n\n"
+    text += f"Machine: {_machine(data['machine'])}; measured {data.get('date_utc', '')}.\n\n"
+    body = []
+    for r in data["results"]:
+        if "sklearn_s" in r:
+            body.append([f"{r['n_samples']:,}", str(r["n_clusters"]), r["metric"].upper(), f"{r['ours_s']:.3f}",
+                         f"{r['sklearn_s']:.3f}", f"{r['speedup']:.1f}x", f"{r['abs_diff']:.1e}"])
+        elif r["metric"] == "evaluate_clustering":
+            body.append([f"{r['n_samples']:,}", str(r["n_clusters"]), "all four (one table)", f"{r['ours_s']:.3f}",
+                         "", "", ""])
+    text += _table(["N", "K", "metric", "ours s", "scikit-learn s", "speed-up", "abs. difference"], body)
+    exact = [r for r in data["results"] if r["metric"] == "exact_emi_check"]
+    if exact:
+        text += "\nAMI error against the AMI computed with an exact (mpmath, 25+ digits) expected mutual information:\n\n"
+        text += _table(
+            ["N", "K", "ours", "scikit-learn"],
+            [[f"{r['n_samples']:,}", str(r["n_clusters"]), f"{r['ami_ours_abs_err']:.1e}", f"{r['ami_sklearn_abs_err']:.1e}"]
+             for r in exact],
+        )
+    return text
+
+
+def _mean_std(summary: Dict[str, Any], key: str) -> str:
+    s = summary.get(key)
+    return f"{s['mean']:.3f} ± {s['std']:.3f}" if s else ""
+
+
+def train_section(name: str, data: Dict[str, Any]) -> str:
+    env = data.get("environment", {})
+    text = f"## Reference trainer: `{name}` (`benchmarks/bench_train.py {data['experiment']}`)\n\n"
+    text += f"Seeds {data['seeds']}; {_machine(env)}. {env.get('note', '')}\n\n"
+    raw = data.get("raw_kmeans")
+    body = []
+    if raw:
+        for kind in ("euclidean", "spherical"):
+            if f"{kind}_nmi" in raw:
+                body.append([f"k-means on raw pixels ({kind})", _mean_std(raw, f"{kind}_nmi"),
+                             _mean_std(raw, f"{kind}_acc"), "", "", ""])
+    for row in data["rows"]:
+        s = row["summary"]
+        body.append([row["variant"], _mean_std(s, "backbone_nmi"), _mean_std(s, "backbone_acc"),
+                     _mean_std(s, "projector_nmi"), _mean_std(s, "projector_acc"), f"{row['wall_s_mean']:.0f}"])
+    header = ["variant", "backbone NMI", "backbone ACC", "projector NMI", "projector ACC", "wall s / run"]
+    return text + _table(header, body)
+
+
+def plots(kmeans: Optional[Dict[str, Any]], metrics: Optional[Dict[str, Any]]) -> List[Path]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plots", file=sys.stderr)
+        return []
+    written = []
+    if kmeans and kmeans.get("mnist"):
+        rows = kmeans["mnist"]
+        groups = sorted({(r["data"], r["k"]) for r in rows})
+        methods = sorted({r["method"] for r in rows})
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        width = 0.8 / len(methods)
+        for i, method in enumerate(methods):
+            xs, ys = [], []
+            for j, group in enumerate(groups):
+                match = [r for r in rows if (r["data"], r["k"]) == group and r["method"] == method]
+                if match:
+                    xs.append(j + i * width)
+                    ys.append(match[0]["wall_s"])
+            ax.bar(xs, ys, width=width, label=method)
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(groups))], [f"{d}\nK={k}" for d, k in groups])
+        ax.set_yscale("log")
+        ax.set_ylabel("wall time (s, log)")
+        ax.set_title("Spherical k-means on MNIST, n_init=10")
+        ax.legend()
+        fig.tight_layout()
+        path = RESULTS / "bench_kmeans.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    if metrics and metrics.get("results"):
+        rows = [r for r in metrics["results"] if "sklearn_s" in r]
+        labels = [f"{r['metric'].upper()}\nN={r['n_samples']:,}" for r in rows]
+        fig, ax = plt.subplots(figsize=(8, 3.5))
+        xs = range(len(rows))
+        ax.bar([x - 0.2 for x in xs], [r["ours_s"] for r in rows], width=0.4, label="propos_losses")
+        ax.bar([x + 0.2 for x in xs], [r["sklearn_s"] for r in rows], width=0.4, label="scikit-learn")
+        ax.set_xticks(list(xs), labels, fontsize=7)
+        ax.set_yscale("log")
+        ax.set_ylabel("time (s, log)")
+        ax.set_title("Clustering metrics")
+        ax.legend()
+        fig.tight_layout()
+        path = RESULTS / "bench_metrics.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def main() -> int:
+    sections = ["# Benchmark report\n\nGenerated by `python benchmarks/report.py` from the JSON results of the "
+                "benchmark scripts in `benchmarks/`. Every figure was measured by those scripts on the machine "
+                "named in its section.\n"]
+    losses, kmeans, metrics = _load("bench_losses.json"), _load("bench_kmeans.json"), _load("bench_metrics.json")
+    if losses:
+        sections.append(losses_section(losses))
+    if kmeans:
+        sections.append(kmeans_section(kmeans))
+    if metrics:
+        sections.append(metrics_section(metrics))
+    for path in sorted(RESULTS.glob("bench_train_*.json")):
+        sections.append(train_section(path.stem.removeprefix("bench_train_"), json.loads(path.read_text())))
+    report = RESULTS / "REPORT.md"
+    report.write_text("\n".join(sections))
+    print(f"wrote {report}")
+    for path in plots(kmeans, metrics):
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
