@@ -224,10 +224,9 @@ def bench_mnist(args: argparse.Namespace, results: Dict[str, Any], info: Dict[st
                     "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                     "machine": info,
                 }
-                merge(results["mnist"], entry, ("data", "k", "method"))
+                save(results, args.output, "mnist", entry, ("data", "k", "method"))
                 print(f"{name} K={k} {method}: {entry['wall_s']:.2f} s, cosine inertia {entry['cosine_inertia']:.2f}, "
                       f"NMI {entry['nmi']:.4f}", flush=True)
-                save(results, args.output)
     print()
     print_table(results["mnist"])
 
@@ -257,19 +256,24 @@ def bench_synthetic(args: argparse.Namespace, results: Dict[str, Any], info: Dic
         }
         if args.device.startswith("cuda"):
             entry["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
-        merge(results["synthetic_large"], entry, ("data", "k", "method", "device"))
+        save(results, args.output, "synthetic_large", entry, ("data", "k", "method", "device"))
         print(f"{entry['data']} K={k}: {wall:.2f} s, cosine inertia {km.inertia_:.2f}, {km.n_iter_} iterations, "
               f"NMI {entry['nmi']:.4f}", flush=True)
-        save(results, args.output)
         del X, truth, km
         if args.device.startswith("cuda"):
             torch.cuda.empty_cache()
 
 
-def save(results: Dict[str, Any], path: str) -> None:
+def save(results: Dict[str, Any], path: str, section: str, entry: Dict[str, Any], keys: Tuple[str, ...]) -> None:
+    """Merge ``entry`` into the file as it is now (another run may have written to it meanwhile)."""
+    stored = load_results(path)
+    merge(stored.setdefault(section, []), entry, keys)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as handle:
-        json.dump(results, handle, indent=1)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as handle:
+        json.dump(stored, handle, indent=1)
+    os.replace(tmp, path)
+    results[section] = stored[section]  # so that the table shows the other runs' entries too
 
 
 def main(argv: Optional[List[str]] = None) -> None:

@@ -17,9 +17,11 @@ How it is computed (and why it is fast):
   ``(chunk, d) x (d, R * K)``. Peak extra memory is ``O(R * chunk * K)`` and is
   bounded by ``chunk_size`` (default: as many rows as fit in
   :data:`DEFAULT_CHUNK_BYTES` of similarities).
-* Centre updates are per-restart sums built with ``index_add_`` into
-  ``(R * K, d)``, then L2-normalised: for unit vectors the normalised sum is
-  the maximiser of ``sum_i cos(x_i, c)`` over the cluster.
+* Centres are the L2-normalised per-cluster sums (for unit vectors the
+  normalised sum maximises ``sum_i cos(x_i, c)`` over the cluster). The sums
+  ``(R, K, d)`` are kept in float64 and, after the first pass, updated only
+  with the rows that switched cluster (``index_add_``), which after a few
+  iterations is a small fraction of the data.
 * A restart stops on its own (see *Stopping rule*); converged restarts are
   dropped from the batch so the remaining ones run faster.
 * Initialisation is the greedy k-means++ of scikit-learn, batched over the
@@ -93,7 +95,6 @@ from propos_losses.distributed import (
     all_reduce_sum_,
     broadcast_,
     get_rank,
-    get_world_size,
     is_distributed,
 )
 
@@ -397,8 +398,8 @@ def _reseed_empty_(
     Args:
         centers: ``(R_a, K, d)`` centres the current labels were computed with.
         sums: ``(R_a, K, d)`` float64 cluster sums, ``counts``: ``(R_a, K)``.
-        labels: ``(N, R_a)`` view-free copy of the labels of these restarts;
-            returned updated through the caller (see :func:`_lloyd`).
+        labels: ``(N, R_a)`` labels of these restarts (a copy, which the
+            caller writes back).
 
     The labels of an affected restart are recomputed with its own centres
     and its sums and counts rebuilt from them, because the batched pass may
