@@ -21,8 +21,8 @@ import torch.multiprocessing as mp
 from torch import Tensor, nn
 
 from propos_losses.distributed import all_gather_cat_autograd, all_reduce_max_, all_reduce_sum
-from propos_losses.psl import PSL, PrototypeScatteringLoss, PSLTerms, prototype_scattering_loss
-from propos_losses.queue import PrototypeQueue
+from propos_losses.psl import PSL, prototype_scattering_loss
+from helpers import grad_of, queue_of, terms_of
 
 WORLD_SIZE = 2
 TIMEOUT_S = 120.0
@@ -31,22 +31,6 @@ IN_DIM, DIM = 5, 4
 QUEUE_SIZE = 16
 QUEUE_STEPS = 3
 LEARNING_RATE = 0.5
-
-
-def grad_of(tensor: Tensor) -> Tensor:
-    """The gradient of a leaf after ``backward`` (asserted to exist)."""
-    assert tensor.grad is not None
-    return tensor.grad
-
-
-def queue_of(module: PrototypeScatteringLoss) -> PrototypeQueue:
-    assert module.queue is not None
-    return module.queue
-
-
-def terms_of(module: PrototypeScatteringLoss) -> PSLTerms:
-    assert module.last_terms is not None
-    return module.last_terms
 
 
 # ---------------------------------------------------------------- shared data (parent and children)

@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-import doctest
 import math
 import os
-import time
 from pathlib import Path
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor, nn
 
-import propos_losses.momentum
 from propos_losses import defaults
 from propos_losses.momentum import BufferPolicy, MomentumUpdater
+from helpers import WORLD_SIZE, spawn_and_wait
 
 
 def make_online(seed: int = 0) -> nn.Sequential:
@@ -341,7 +338,6 @@ def test_bad_update_arguments_raise(online: object, target: object) -> None:
 
 # --- DistributedDataParallel -----------------------------------------------------------------------
 
-WORLD_SIZE = 2
 DDP_STEPS = 3
 
 
@@ -368,18 +364,6 @@ def _ddp_worker(rank: int, init_file: str, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def spawn_and_wait(worker: Callable[..., None], args: Sequence[object], timeout_s: float = 120.0) -> None:
-    """Run ``worker(rank, *args)`` on WORLD_SIZE spawned processes; re-raise child failures; kill on timeout."""
-    context = mp.spawn(worker, args=tuple(args), nprocs=WORLD_SIZE, join=False)
-    deadline = time.monotonic() + timeout_s
-    while not context.join(timeout=max(deadline - time.monotonic(), 0.0)):
-        if time.monotonic() >= deadline:
-            for process in context.processes:
-                if process.is_alive():
-                    process.kill()
-            pytest.fail(f"distributed workers did not finish within {timeout_s} s")
-
-
 def test_ddp_wrapped_online_model_gives_identical_targets_on_every_rank(tmp_path: Path) -> None:
     spawn_and_wait(_ddp_worker, (str(tmp_path / "init"), str(tmp_path)))
     results = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(WORLD_SIZE)]
@@ -396,6 +380,3 @@ def test_ddp_wrapped_online_model_gives_identical_targets_on_every_rank(tmp_path
         assert torch.equal(results[0]["target"][name], results[1]["target"][name]), name
 
 
-def test_docstring_examples_run() -> None:
-    result = doctest.testmod(propos_losses.momentum)
-    assert result.attempted > 0 and result.failed == 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
 import math
 from typing import List, Sequence
 
@@ -13,7 +12,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor, nn
 
-import propos_losses.psa
 from propos_losses import defaults
 from propos_losses.psa import PSA, PositiveSamplingAlignment, positive_sampling_alignment
 
@@ -382,6 +380,3 @@ def test_generator_on_another_device_raises() -> None:
         positive_sampling_alignment(GOOD_Q, GOOD_Z, linear_predictor(), generator=torch.Generator(device="cuda"))
 
 
-def test_docstring_examples_run() -> None:
-    result = doctest.testmod(propos_losses.psa)
-    assert result.attempted > 0 and result.failed == 0

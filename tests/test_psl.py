@@ -15,24 +15,9 @@ from oracles import psa_oracle, psl_oracle
 from propos_losses import defaults
 from propos_losses.psl import PSL, PrototypeScatteringLoss, PSLTerms, prototype_scattering_loss
 from propos_losses.queue import PrototypeQueue
+from helpers import grad_of, queue_of, terms_of
 
 TAU = defaults.TEMPERATURE
-
-
-def grad_of(tensor: Tensor) -> Tensor:
-    """The gradient of a leaf after ``backward`` (asserted to exist)."""
-    assert tensor.grad is not None
-    return tensor.grad
-
-
-def queue_of(module: PrototypeScatteringLoss) -> PrototypeQueue:
-    assert module.queue is not None
-    return module.queue
-
-
-def terms_of(module: PrototypeScatteringLoss) -> PSLTerms:
-    assert module.last_terms is not None
-    return module.last_terms
 
 
 def make_batch(

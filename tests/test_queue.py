@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import doctest
 import os
-import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import propos_losses.queue
 from propos_losses.queue import PrototypeQueue
+from helpers import WORLD_SIZE, spawn_and_wait
 
 FEATURE_DIM = 3
 
@@ -305,7 +302,6 @@ def test_bad_push_raises_and_leaves_the_queue_unchanged(args: tuple, error: type
 
 # --- torch.distributed -----------------------------------------------------------------
 
-WORLD_SIZE = 2
 DIST_QUEUE_SIZE = 5
 # Batch sizes per push and rank: different on the two ranks, empty batches and a
 # global batch larger than the queue included.
@@ -339,18 +335,6 @@ def _distributed_queue_worker(rank: int, init_file: str, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def spawn_and_wait(worker: Callable[..., None], args: Sequence[object], timeout_s: float = 120.0) -> None:
-    """Run ``worker(rank, *args)`` on WORLD_SIZE spawned processes; re-raise child failures; kill on timeout."""
-    context = mp.spawn(worker, args=tuple(args), nprocs=WORLD_SIZE, join=False)
-    deadline = time.monotonic() + timeout_s
-    while not context.join(timeout=max(deadline - time.monotonic(), 0.0)):
-        if time.monotonic() >= deadline:
-            for process in context.processes:
-                if process.is_alive():
-                    process.kill()
-            pytest.fail(f"distributed workers did not finish within {timeout_s} s")
-
-
 def test_distributed_push_gives_identical_queues_equal_to_one_process_on_the_global_batch(tmp_path: Path) -> None:
     spawn_and_wait(_distributed_queue_worker, (str(tmp_path / "init"), str(tmp_path)))
     results = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(WORLD_SIZE)]
@@ -369,6 +353,3 @@ def test_distributed_push_gives_identical_queues_equal_to_one_process_on_the_glo
         assert result["raised"] and result["unchanged"]
 
 
-def test_docstring_examples_run() -> None:
-    result = doctest.testmod(propos_losses.queue)
-    assert result.attempted > 0 and result.failed == 0
