@@ -407,7 +407,7 @@ class Trainer:
 
     Args:
         config: validated configuration.
-        output_dir: run directory (created by the caller or here); receives
+        output_dir: run directory (created by :meth:`fit` if missing); receives
             ``config.json``, ``metrics.jsonl``, ``checkpoint.pt``,
             ``assignments.csv`` and plots.
         dataset: the data, loaded from ``config`` when ``None``.
@@ -752,6 +752,8 @@ class Trainer:
             ``{"epoch": int, "final": metrics dict or None, "output_dir": str}``.
         """
         config = self.config
+        if self.is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
         last = config.epochs if stop_after is None else min(stop_after, config.epochs)
         start_time = time.perf_counter()
         while self.epoch < last:
