@@ -39,7 +39,10 @@ update). A restart stops after iteration ``t >= 1`` when
 
 i.e. when one more Lloyd step improved the objective by a relative amount of
 at most ``tol``, or after ``max_iter`` iterations. ``tol = 0`` runs until the
-objective stops decreasing (a fixed point). Unlike scikit-learn's centre
+objective stops decreasing (a fixed point). ``tol`` decides when a restart
+leaves the batch; the winning restart is then iterated alone (at ``1 / R`` of
+the batched cost per iteration) until its inertia stops decreasing or
+``max_iter`` iterations in all, so the result is a converged partition. Unlike scikit-learn's centre
 shift relative to the data variance, this criterion does not depend on the
 dimension or scale of the data.
 
@@ -731,12 +734,20 @@ def _fit(
     lowest = inertias.min()
     tied = inertias - lowest <= _TIE_ULPS * torch.finfo(unit.dtype).eps * lowest.abs().clamp_min(1)
     best = int(torch.nonzero(tied)[0, 0])
-    labels, best_centers, dist = _final_labels(unit, centers[best], chunk_size)
+    best_iter = int(n_iter[best])
+    best_history = history[best, :best_iter].tolist()
+    winner = centers[best]
+    if best_iter < max_iter and tol > 0:
+        # Refine the winner alone (1/R of a batched pass per iteration) until its inertia stops decreasing.
+        refined, more_iter, more_history = _lloyd(unit, winner.unsqueeze(0), max_iter - best_iter, 0.0, chunk_size, verbose)
+        winner = refined[0]
+        best_history += more_history[0, : int(more_iter[0])].tolist()
+        best_iter += int(more_iter[0])
+    labels, best_centers, dist = _final_labels(unit, winner, chunk_size)
     inertia = float(all_reduce_sum_(dist.sum(dtype=torch.float64).reshape(1)).item())
-    best_history = history[best, : int(n_iter[best])].tolist()
     if verbose and get_rank() == 0:
-        print(f"spherical k-means: best restart {best}, inertia {inertia:.6g}, {int(n_iter[best])} iterations")
-    result = _Fit(best_centers, labels, inertia, int(n_iter[best]), best_history, inertias.tolist())
+        print(f"spherical k-means: best restart {best}, inertia {inertia:.6g}, {best_iter} iterations")
+    result = _Fit(best_centers, labels, inertia, best_iter, best_history, inertias.tolist())
     return result, is_numpy
 
 
@@ -808,10 +819,11 @@ class SphericalKMeans:
         cluster_centers_: ``(K, d)`` unit-norm centres.
         labels_: ``(N,)`` int64 labels of the rows passed to :meth:`fit`.
         inertia_: ``sum_i (1 - cos(x_i, c_{a_i}))`` (all ranks).
-        n_iter_: Lloyd iterations of the best restart.
+        n_iter_: Lloyd iterations of the best restart (refinement included).
         inertia_history_: inertia of each iteration of the best restart
             (non-increasing), length ``n_iter_``.
-        restart_inertias_: inertia of every restart's final centres.
+        restart_inertias_: inertia of every restart's centres when it left
+            the batch (before the winner's refinement).
         n_features_in_: ``d``.
 
     Arrays are NumPy when :meth:`fit` got NumPy input, else tensors on the
