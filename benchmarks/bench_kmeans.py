@@ -143,7 +143,8 @@ def run_sklearn(X: np.ndarray, k: int, device: str, seed: int) -> Dict[str, Any]
 
     km = KMeans(k, n_init=KMEANS_N_INIT, max_iter=KMEANS_MAX_ITER, tol=KMEANS_TOL, random_state=seed)
     _, wall, cpu = timed(lambda: km.fit(X), "cpu")
-    return {"wall_s": wall, "cpu_s": cpu, "centers": km.cluster_centers_, "labels": km.labels_, "n_iter": int(km.n_iter_)}
+    return {"wall_s": wall, "cpu_s": cpu, "centers": km.cluster_centers_, "labels": km.labels_,
+            "n_iter": int(km.n_iter_)}
 
 
 def run_faiss(X: np.ndarray, k: int, device: str, seed: int) -> Dict[str, Any]:
@@ -188,7 +189,10 @@ def merge(entries: List[Dict[str, Any]], new: Dict[str, Any], keys: Tuple[str, .
 
 
 def print_table(entries: List[Dict[str, Any]]) -> None:
-    header = f"{'data':<13} {'K':>4} {'method':<8} {'wall s':>9} {'cpu s':>9} {'cos inertia':>13} {'vs best other':>13} {'speed-up':>9} {'NMI':>6} {'iters':>6}"
+    header = (
+        f"{'data':<13} {'K':>4} {'method':<8} {'wall s':>9} {'cpu s':>9} {'cos inertia':>13} "
+        f"{'vs best other':>13} {'speed-up':>9} {'NMI':>6} {'iters':>6}"
+    )
     print(header)
     print("-" * len(header))
     for entry in sorted(entries, key=lambda e: (e["data"], e["k"], METHODS.index(e["method"]))):

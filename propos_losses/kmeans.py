@@ -511,7 +511,8 @@ def _kmeans_plus_plus(
         best = potential.argmin(dim=1)  # (R,)
         centers[:, k] = candidates[arange_r, best]
         if keep and kept:
-            dist = torch.cat([chunk[:, arange_r, best] for chunk in kept], dim=0) if len(kept) > 1 else kept[0][:, arange_r, best]
+            chosen = [chunk[:, arange_r, best] for chunk in kept]
+            dist = torch.cat(chosen, dim=0) if len(chosen) > 1 else chosen[0]
         elif N > 0:
             dist = torch.minimum(dist, torch.rsub(X @ centers[:, k].t(), 1))
     return centers
@@ -739,7 +740,9 @@ def _fit(
     winner = centers[best]
     if best_iter < max_iter and tol > 0:
         # Refine the winner alone (1/R of a batched pass per iteration) until its inertia stops decreasing.
-        refined, more_iter, more_history = _lloyd(unit, winner.unsqueeze(0), max_iter - best_iter, 0.0, chunk_size, verbose)
+        refined, more_iter, more_history = _lloyd(
+            unit, winner.unsqueeze(0), max_iter - best_iter, 0.0, chunk_size, verbose
+        )
         winner = refined[0]
         best_history += more_history[0, : int(more_iter[0])].tolist()
         best_iter += int(more_iter[0])

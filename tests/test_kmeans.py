@@ -237,7 +237,9 @@ def test_identical_initial_centres_are_reseeded_into_distinct_non_empty_clusters
 
 @FAST
 @given(n_distinct=st.integers(1, 6), extra=st.integers(0, 6), seed=st.integers(0, 2**16), data=st.data())
-def test_no_cluster_is_ever_empty_when_n_is_at_least_k(n_distinct: int, extra: int, seed: int, data: st.DataObject) -> None:
+def test_no_cluster_is_ever_empty_when_n_is_at_least_k(
+    n_distinct: int, extra: int, seed: int, data: st.DataObject
+) -> None:
     gen = torch.Generator().manual_seed(seed)
     distinct = torch.randn(n_distinct, 3, generator=gen, dtype=torch.float64)
     X = distinct[torch.randint(0, n_distinct, (n_distinct + extra,), generator=gen)]
