@@ -41,8 +41,9 @@ i.e. when one more Lloyd step improved the objective by a relative amount of
 at most ``tol``, or after ``max_iter`` iterations. ``tol = 0`` runs until the
 objective stops decreasing (a fixed point). ``tol`` decides when a restart
 leaves the batch; the winning restart is then iterated alone (at ``1 / R`` of
-the batched cost per iteration) until its inertia stops decreasing or
-``max_iter`` iterations in all, so the result is a converged partition. Unlike scikit-learn's centre
+the batched cost per iteration) until its inertia stops decreasing (by more
+than a few ulps of the data dtype) or ``max_iter`` iterations in all, so the
+result is a converged partition. Unlike scikit-learn's centre
 shift relative to the data variance, this criterion does not depend on the
 dimension or scale of the data.
 
@@ -738,10 +739,12 @@ def _fit(
     best_iter = int(n_iter[best])
     best_history = history[best, :best_iter].tolist()
     winner = centers[best]
-    if best_iter < max_iter and tol > 0:
-        # Refine the winner alone (1/R of a batched pass per iteration) until its inertia stops decreasing.
+    # Refine the winner alone (1/R of a batched pass per iteration) until its inertia stops
+    # decreasing beyond rounding (a few ulps, so that summation order cannot add an iteration).
+    refine_tol = _TIE_ULPS * torch.finfo(unit.dtype).eps
+    if best_iter < max_iter and tol > refine_tol:
         refined, more_iter, more_history = _lloyd(
-            unit, winner.unsqueeze(0), max_iter - best_iter, 0.0, chunk_size, verbose
+            unit, winner.unsqueeze(0), max_iter - best_iter, refine_tol, chunk_size, verbose
         )
         winner = refined[0]
         best_history += more_history[0, : int(more_iter[0])].tolist()
