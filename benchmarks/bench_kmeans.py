@@ -59,6 +59,8 @@ from propos_losses.kmeans import SphericalKMeans  # noqa: E402
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "bench_kmeans.json")
 PCA_DIM = 256
 METHODS = ("ours", "sklearn", "faiss")
+#: (N, d, K) of the ``--synthetic-large`` runs: ImageNet-1k scale, and a CIFAR-like feature set.
+SYNTHETIC_RUNS = ((1_281_167, 256, 1000), (60_000, 512, 10))
 
 
 def machine_info(device: str) -> Dict[str, Any]:
@@ -248,7 +250,7 @@ def synthetic(n: int, d: int, k: int, device: str, seed: int) -> Tuple[torch.Ten
 def bench_synthetic(args: argparse.Namespace, results: Dict[str, Any], info: Dict[str, Any]) -> None:
     from sklearn.metrics import normalized_mutual_info_score
 
-    for n, d, k in ((1_281_167, 256, 1000), (60_000, 512, 10)):
+    for n, d, k in SYNTHETIC_RUNS:
         X, truth = synthetic(n, d, k, args.device, args.seed)
         km = SphericalKMeans(k, n_init=KMEANS_N_INIT, max_iter=KMEANS_MAX_ITER, tol=KMEANS_TOL, seed=args.seed)
         _, wall, cpu = timed(lambda: km.fit(X), args.device)
