@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import os
-import time
 from typing import Any, Dict
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from helpers import WORLD_SIZE, spawn_and_wait
 
 from propos_losses.kmeans import SphericalKMeans
 
-WORLD_SIZE = 2
 SHARD_SIZES = (70, 130)  # deliberately unequal
 TIMEOUT_S = 120.0
 
@@ -68,17 +66,8 @@ def worker(rank: int, init_file: str, out_dir: str) -> None:
 
 
 def run_workers(tmp_path: Any) -> list:
-    """Spawn the workers, re-raise a child's failure, and never wait longer than TIMEOUT_S."""
-    context = mp.start_processes(
-        worker, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=WORLD_SIZE, join=False, start_method="spawn"
-    )
-    deadline = time.monotonic() + TIMEOUT_S
-    while not context.join(timeout=1.0):  # join() raises ProcessRaisedException when a child fails
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                if process.is_alive():
-                    process.kill()
-            pytest.fail(f"distributed k-means did not finish within {TIMEOUT_S} s")
+    """Run the workers (child failures re-raised, killed after TIMEOUT_S) and load what each rank saved."""
+    spawn_and_wait(worker, (str(tmp_path / "store"), str(tmp_path)), timeout_s=TIMEOUT_S)
     return [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(WORLD_SIZE)]
 
 
