@@ -9,6 +9,9 @@ Experiments (each writes ``benchmarks/results/bench_train_<name>.json`` and prin
 * ``sweep``: when does PSL help on digits? One factor at a time around the
   preset: PSL warm-up length, ``lambda_psl``, ``sigma``, E-step features.
 * ``mnist``: ProPos vs BYOL on MNIST (70,000 images, ``--data-dir``).
+* ``summary``: no training; groups every run in ``results/bench_train_*.json``
+  by its resolved configuration and writes ``bench_train_summary.json``
+  (experiments split over several processes, e.g. one per seed, end up in one table).
 
 Usage::
 
@@ -57,7 +60,7 @@ def train_once(preset: str, overrides: Dict[str, Any], dataset: Any = None, name
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp) if KEEP_RUNS is None else KEEP_RUNS / f"{name}_seed{config.seed}"
-        run_dir.mkdir(parents=True, exist_ok=False)
+        run_dir.mkdir(parents=True, exist_ok=KEEP_RUNS is None)
         result = Trainer(config, run_dir, dataset=dataset, log=lambda message: None).fit()
         records = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
     curve = [
@@ -100,13 +103,14 @@ def summarise(values: Sequence[float]) -> Dict[str, float]:
 
 
 def _table(rows: List[Dict[str, Any]], keys: Sequence[str]) -> str:
-    lines = [f"{'variant':<34}" + "".join(f"{k:>22}" for k in keys) + f"{'wall s':>10}"]
+    width = max([34] + [len(row["variant"]) + 2 for row in rows])
+    lines = [f"{'variant':<{width}}" + "".join(f"{k:>22}" for k in keys) + f"{'wall s':>10}"]
     for row in rows:
         cells = []
         for key in keys:
             s = row["summary"].get(key)
             cells.append(f"{s['mean']:.4f} +- {s['std']:.4f}".rjust(22) if s else " " * 22)
-        lines.append(f"{row['variant']:<34}" + "".join(cells) + f"{row['wall_s_mean']:>10.0f}")
+        lines.append(f"{row['variant']:<{width}}" + "".join(cells) + f"{row['wall_s_mean']:>10.0f}")
     return "\n".join(lines)
 
 
@@ -131,6 +135,56 @@ def run_variants(preset: str, variants: Dict[str, Dict[str, Any]], seeds: Sequen
     return rows
 
 
+def _describe(config: Dict[str, Any]) -> str:
+    """Short label of a run's configuration: what differs from its preset."""
+    preset = resolve_config(config["preset"], overrides={"data_dir": config.get("data_dir") or "unused"})
+    skip = {"seed", "device", "output_dir", "data_dir"}
+    if config["method"] == "byol":  # PSL and the noise are off for the whole run
+        skip |= {"lambda_psl", "sigma", "psl_warmup_epochs", "temperature", "queue_size"}
+    changes = [f"{k}={v}" for k, v in sorted(config.items()) if k not in skip and getattr(preset, k) != v]
+    return f"{config['dataset']} {config['method']}" + (f" ({', '.join(changes)})" if changes else " (preset)")
+
+
+def summary() -> int:
+    """Group every saved run by configuration (all but the seed) and tabulate mean +- std."""
+    groups: Dict[str, Dict[str, Any]] = {}
+    raw: Dict[str, Any] = {}
+    for path in sorted(RESULTS.glob("bench_train_*.json")):
+        if path.name == "bench_train_summary.json":
+            continue
+        data = json.loads(path.read_text())
+        if data.get("raw_kmeans") and len(data["seeds"]) > raw.get("_seeds", 0):
+            raw = {**data["raw_kmeans"], "_seeds": len(data["seeds"])}
+        for row in data.get("rows", []):
+            for run in row["runs"]:
+                key = json.dumps({k: v for k, v in run["config"].items() if k not in ("seed", "output_dir", "device")}, sort_keys=True)
+                group = groups.setdefault(key, {"config": run["config"], "runs": {}, "files": set()})
+                group["runs"][run["seed"]] = run
+                group["files"].add(path.name)
+    rows = []
+    for group in groups.values():
+        runs = [group["runs"][s] for s in sorted(group["runs"])]
+        rows.append({
+            "variant": _describe(group["config"]),
+            "seeds": sorted(group["runs"]),
+            "files": sorted(group["files"]),
+            "summary": {k: summarise([r["final"][k] for r in runs])
+                        for k in ("backbone_nmi", "backbone_acc", "backbone_ari", "projector_nmi", "projector_acc")},
+            "wall_s_mean": statistics.fmean(r["wall_s"] for r in runs),
+        })
+    rows.sort(key=lambda r: r["variant"])
+    raw.pop("_seeds", None)
+    if raw:
+        print("k-means on raw pixels (digits): " + "  ".join(f"{k} {v['mean']:.4f}+-{v['std']:.4f}" for k, v in raw.items() if k.endswith(("nmi", "acc"))))
+    table = _table([{**r, "variant": r["variant"][:60] + f" n={len(r['seeds'])}"} for r in rows],
+                   ("backbone_nmi", "backbone_acc", "projector_nmi", "projector_acc"))
+    print(table)
+    (RESULTS / "bench_train_summary.json").write_text(
+        json.dumps({"raw_kmeans_digits": raw, "rows": rows, "environment": _environment()}, indent=1) + "\n"
+    )
+    return 0
+
+
 def _environment() -> Dict[str, Any]:
     return {
         "torch": torch.__version__,
@@ -144,20 +198,27 @@ def _environment() -> Dict[str, Any]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("experiment", choices=("digits", "sweep", "mnist"))
+    parser.add_argument("experiment", choices=("digits", "sweep", "mnist", "summary"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--data-dir", default=None, help="MNIST IDX directory (mnist experiment)")
     parser.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--methods", nargs="+", default=["propos", "byol"])
     parser.add_argument("--tag", default="", help="suffix of the result file name")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="extra settings for every run (JSON values), e.g. lambda_psl=0.1")
     parser.add_argument("--variants", nargs="+", default=None, help="sweep: run only these variants")
     parser.add_argument("--keep-runs", default=None, help="keep each run's output directory under this folder")
     args = parser.parse_args(argv)
+    if args.experiment == "summary":
+        return summary()
     global KEEP_RUNS
     KEEP_RUNS = None if args.keep_runs is None else Path(args.keep_runs)
     torch.set_num_threads(args.threads)
-    extra = {} if args.epochs is None else {"epochs": args.epochs}
+    extra: Dict[str, Any] = {} if args.epochs is None else {"epochs": args.epochs}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        extra[key] = json.loads(value)
     result: Dict[str, Any] = {"experiment": args.experiment, "seeds": args.seeds, "environment": _environment()}
 
     if args.experiment == "digits":
@@ -165,22 +226,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raw = [raw_kmeans(dataset, seed) for seed in args.seeds]
         result["raw_kmeans"] = {key: summarise([r[key] for r in raw]) for key in raw[0]}
         print("k-means on raw pixels: " + "  ".join(f"{k} {v['mean']:.4f}+-{v['std']:.4f}" for k, v in result["raw_kmeans"].items() if k.endswith(("nmi", "acc"))))
-        variants = {method: {"method": method, **extra} for method in args.methods}
+        variants = {method: {**extra, "method": method} for method in args.methods}
         result["rows"] = run_variants("digits", variants, args.seeds, dataset)
     elif args.experiment == "sweep":
         dataset = load_dataset("digits")
         variants = {
             "preset": {**extra},
-            "byol": {"method": "byol", **extra},
-            "psl_warmup=0": {"psl_warmup_epochs": 0, **extra},
-            "psl_warmup=5": {"psl_warmup_epochs": 5, **extra},
-            "psl_warmup=40": {"psl_warmup_epochs": 40, **extra},
-            "lambda=0.03": {"lambda_psl": 0.03, **extra},
-            "lambda=0.3": {"lambda_psl": 0.3, **extra},
-            "lambda=1.0": {"lambda_psl": 1.0, **extra},
-            "sigma=0": {"sigma": 0.0, **extra},
-            "sigma=0.01": {"sigma": 0.01, **extra},
-            "estep=backbone": {"estep_features": "backbone", **extra},
+            "byol": {**extra, "method": "byol"},
+            "psl_warmup=0": {**extra, "psl_warmup_epochs": 0},
+            "psl_warmup=5": {**extra, "psl_warmup_epochs": 5},
+            "psl_warmup=40": {**extra, "psl_warmup_epochs": 40},
+            "lambda=0.03": {**extra, "lambda_psl": 0.03},
+            "lambda=0.3": {**extra, "lambda_psl": 0.3},
+            "lambda=1.0": {**extra, "lambda_psl": 1.0},
+            "sigma=0": {**extra, "sigma": 0.0},
+            "sigma=0.01": {**extra, "sigma": 0.01},
+            "estep=backbone": {**extra, "estep_features": "backbone"},
         }
         if args.variants:
             unknown = sorted(set(args.variants) - set(variants))

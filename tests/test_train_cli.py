@@ -57,7 +57,8 @@ def test_psl_and_noise_switch_on_only_after_the_psl_warmup(tmp_path):
     assert main(TINY + ["--output-dir", str(run_dir), "--quiet"]) == 0
     epochs = [r for r in _records(run_dir) if r["event"] == "epoch"]
     assert (epochs[0]["lambda_psl"], epochs[0]["sigma"], epochs[0]["psl"]) == (0.0, 0.0, 0.0)
-    assert epochs[1]["lambda_psl"] == D.LAMBDA_PSL and epochs[1]["sigma"] == D.SIGMA
+    preset = resolve_config("digits")
+    assert epochs[1]["lambda_psl"] == preset.lambda_psl and epochs[1]["sigma"] == preset.sigma
     assert epochs[1]["psl"] > 0.0
 
 
