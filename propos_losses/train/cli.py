@@ -31,7 +31,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
-from propos_losses.distributed import all_reduce_sum_, broadcast_, get_rank, is_distributed
+from propos_losses.distributed import all_reduce_sum_, broadcast_, get_rank
 from propos_losses.train.config import (
     PRESET_NAMES,
     ConfigError,

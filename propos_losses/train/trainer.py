@@ -51,7 +51,7 @@ import random
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -73,7 +73,7 @@ from propos_losses.momentum import MomentumUpdater
 from propos_losses.psa import PositiveSamplingAlignment
 from propos_losses.psl import PrototypeScatteringLoss
 from propos_losses.train.augment import build_augmentation, normalize
-from propos_losses.train.config import ConfigError, TrainConfig, config_from_dict, config_to_dict
+from propos_losses.train.config import ConfigError, TrainConfig, config_to_dict
 from propos_losses.train.data import ImageDataset, load_dataset
 from propos_losses.train.models import build_backbone, mlp_head
 
