@@ -142,7 +142,8 @@ def train_section(name: str, data: Dict[str, Any]) -> str:
 def train_summary_section(data: Dict[str, Any]) -> str:
     """The trainer's results as summarised over result files by ``bench_train.py`` (mean ± std over seeds)."""
     text = "## Reference trainer on digits (`benchmarks/bench_train.py`)\n\n"
-    text += ("Final k-means (n_init = 10) on target backbone and projector features; mean ± standard deviation "
+    text += ("Final k-means (the run's kmeans_n_init, 3 in the digits preset) on target backbone and projector features; "
+             "mean ± standard deviation "
              "over the seeds listed. Wall time per run on the shared 2-core CPU (other jobs were running).\n\n")
     body = []
     raw = data.get("raw_kmeans_digits")
