@@ -161,10 +161,19 @@ PRESETS: Dict[str, Dict[str, Any]] = {
         "out_dim": 64,
         "kmeans_n_init": 3,
     },
-    # MNIST / any IDX set, sized for a 2-core CPU (about 550 steps per epoch). Not tuned
-    # by measurement yet: the digits settings scaled to 70,000 images, with PSL after
-    # half the run because a short run with PSL after 2 of 8 epochs was reported to
-    # lower NMI while the pseudo-labels were still poor.
+    # MNIST / any IDX set, sized for a 2-core CPU (about 550 steps per epoch). Not tuned:
+    # the digits settings scaled to 70,000 images, PSL after half the run. It does badly
+    # (backbone NMI ~0.25-0.3, below k-means on raw pixels, 0.49-0.53) and none of the
+    # preset values tried fixes that; the cause is the backbone at 28x28 (first 10,000
+    # images, seed 0, 1 thread): small_cnn keeps stride 1 in its first block, so each
+    # cell of its final 4x4 map sees only 17x17 pixels, and global average pooling
+    # drops where strokes are. Untrained, its pooled features give NMI 0.28 but its
+    # flattened 4x4 map 0.51; BYOL (6 epochs) leaves the pooled ones at 0.24 (not a
+    # collapse: effective rank ~100, BN eval/train mode alike). Crop scale 0.2-0.3,
+    # rotation 30 or base_lr 0.1 reach only 0.27-0.31. Stride 2 in the first block too
+    # (31-pixel field, 7x faster) starts at 0.47 and reaches 0.57 / 0.63 (BYOL, base_lr
+    # 0.1, 20 / 40 epochs of the 10,000): a models.py change, still far from NMI 0.9.
+    # resnet18 is ~10x slower than small_cnn per image (too slow for 70,000 on 2 cores).
     "mnist": {
         **_QUICK_GRAY,
         "dataset": "mnist",
