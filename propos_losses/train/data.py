@@ -158,14 +158,19 @@ class ImageDataset:
 # --------------------------------------------------------------------------- IDX
 
 
-def _read_bytes(path: Path) -> bytes:
-    """Read a file, decompressing it when it starts with the gzip magic number."""
+def _read_file(path: Path) -> bytes:
+    """The bytes of ``path``, or a :class:`DatasetError` naming it."""
     try:
-        raw = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError:
         raise DatasetError(f"{path}: file not found") from None
     except OSError as error:
         raise DatasetError(f"{path}: cannot read file ({error})") from error
+
+
+def _read_bytes(path: Path) -> bytes:
+    """Read a file, decompressing it when it starts with the gzip magic number."""
+    raw = _read_file(path)
     if raw[:2] != _GZIP_MAGIC:
         return raw
     try:
@@ -334,12 +339,7 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
 
 
 def _load_pickle(path: Path) -> dict[str, Any]:
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: file not found") from None
-    except OSError as error:
-        raise DatasetError(f"{path}: cannot read file ({error})") from error
+    raw = _read_file(path)
     try:
         # encoding="bytes" is what the CIFAR page prescribes for its Python 2 pickles.
         content = _NumpyOnlyUnpickler(io.BytesIO(raw), encoding="bytes").load()
