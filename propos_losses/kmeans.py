@@ -51,6 +51,20 @@ The best restart is the one with the lowest inertia of its final centres;
 restarts within a few ulps of it (the same optimum, summed in another order)
 count as tied and the first of them wins, so sharding cannot change the choice.
 
+Subsampled restarts (``sample_size``): when set and smaller than the number
+of rows, the initialisation and the batched Lloyd iterations of all restarts
+run on a uniform random subsample of about ``sample_size`` rows (drawn with
+the seeded generator; under ``torch.distributed`` every rank keeps
+``ceil(sample_size * N_rank / N)`` of its rows), the restart with the lowest
+inertia *on the subsample* wins, and only that one is then iterated on every
+row with the same ``tol`` and ``max_iter`` (``n_iter_`` and
+``inertia_history_`` count these full-data iterations). This cuts the cost of
+the restarts by ``N / sample_size`` at the price of choosing the winner on a
+sample: with enough rows per cluster (hundreds or more) the final inertia is
+typically within 0.1% of the unsampled run (see ``benchmarks/bench_kmeans.py``);
+with few rows per cluster it can be noticeably worse. The subsample depends on
+the sharding, so distributed and single-process runs differ when it is used.
+
 Empty clusters: after an assignment step, each empty cluster is re-seeded with
 a distinct point among those worst served by their current centre (largest
 ``1 - cos``), taken only from clusters that keep at least one member; the
@@ -629,14 +643,35 @@ def _final_labels(X: Tensor, centers: Tensor, chunk_size: Optional[int]) -> Tupl
     return labels, centers, dist
 
 
+def _subsample(X: Tensor, sample_size: int, n_total: int, generator: torch.Generator) -> Tensor:
+    """A uniform random subset of this rank's rows, about ``sample_size`` rows over all ranks.
+
+    Each rank keeps ``ceil(sample_size * N_rank / N_total)`` of its rows (so the
+    ranks together keep at least ``sample_size >= K`` rows and at most
+    ``sample_size + world_size``), drawn without replacement from a generator
+    seeded from ``generator`` (in the same state on every rank) and the rank.
+    """
+    n_local = X.shape[0]
+    sub_seed = int(torch.randint(0, _SEED_BOUND, (1,), generator=generator))
+    local_generator = torch.Generator().manual_seed((sub_seed + 1_000_003 * get_rank()) % _SEED_BOUND)
+    keep = min(n_local, -(-sample_size * n_local // n_total))
+    order = torch.randperm(n_local, generator=local_generator)[:keep].to(X.device)
+    # Sorted rows keep memory access sequential.
+    return X[order.sort().values]
+
+
 # --------------------------------------------------------------------------- driver
 
 
 def _check_params(
     n_clusters: object, n_init: object, max_iter: object, tol: object, seed: object, init: object,
-    chunk_size: object, verbose: object,
+    chunk_size: object, verbose: object, sample_size: object = None,
 ) -> None:
     check_int("n_clusters", n_clusters, minimum=1)
+    if sample_size is not None:
+        check_int("sample_size", sample_size, minimum=1)
+        if int(sample_size) < int(n_clusters):  # type: ignore[call-overload]
+            raise ValueError(f"sample_size must be >= n_clusters={n_clusters}, got {sample_size}")
     check_int("n_init", n_init, minimum=1)
     check_int("max_iter", max_iter, minimum=1)
     check_float("tol", tol, minimum=0.0)
@@ -702,8 +737,9 @@ def _fit(
     init: InitLike,
     chunk_size: Optional[int],
     verbose: bool,
+    sample_size: Optional[int] = None,
 ) -> Tuple[_Fit, bool]:
-    _check_params(n_clusters, n_init, max_iter, tol, seed, init, chunk_size, verbose)
+    _check_params(n_clusters, n_init, max_iter, tol, seed, init, chunk_size, verbose, sample_size)
     data, is_numpy = _as_tensor("X", X)
     error: Optional[Exception] = None
     unit = data
@@ -720,17 +756,24 @@ def _fit(
 
     start_time = time.perf_counter()
     generator = _make_generator(seed, data.device)
+    # With sample_size, the restarts (initialisation and their Lloyd iterations) run on a
+    # uniform subsample; only the winner is then iterated on every row.
+    restart_rows = unit
+    sampled = False
+    if sample_size is not None and n_total > sample_size:
+        restart_rows = _subsample(unit, sample_size, n_total, generator)
+        sampled = True
     if given is not None:
         centers = given
     elif init == "random":
-        centers = _random_init(unit, n_clusters, n_init, generator)
+        centers = _random_init(restart_rows, n_clusters, n_init, generator)
     else:
-        centers = _kmeans_plus_plus(unit, n_clusters, n_init, generator, chunk_size)
+        centers = _kmeans_plus_plus(restart_rows, n_clusters, n_init, generator, chunk_size)
     if verbose and get_rank() == 0:
         print(f"spherical k-means: initialised {centers.shape[0]} restarts in {time.perf_counter() - start_time:.3f} s")
 
-    centers, n_iter, history = _lloyd(unit, centers, max_iter, tol, chunk_size, verbose)
-    inertias = _inertias(unit, centers, chunk_size)
+    centers, n_iter, history = _lloyd(restart_rows, centers, max_iter, tol, chunk_size, verbose)
+    inertias = _inertias(restart_rows, centers, chunk_size)
     # Restarts that reach the same optimum differ only by summation order (which changes with
     # sharding): count inertias within a few ulps as tied and take the first, so the choice is stable.
     lowest = inertias.min()
@@ -739,10 +782,17 @@ def _fit(
     best_iter = int(n_iter[best])
     best_history = history[best, :best_iter].tolist()
     winner = centers[best]
-    # Refine the winner alone (1/R of a batched pass per iteration) until its inertia stops
-    # decreasing beyond rounding (a few ulps, so that summation order cannot add an iteration).
     refine_tol = _TIE_ULPS * torch.finfo(unit.dtype).eps
-    if best_iter < max_iter and tol > refine_tol:
+    if sampled:
+        # The winner of the subsample, iterated on all rows with the user's tol (its
+        # subsample iterations are not counted: n_iter_ and the history are full-data ones).
+        refined, more_iter, more_history = _lloyd(unit, winner.unsqueeze(0), max_iter, tol, chunk_size, verbose)
+        winner = refined[0]
+        best_iter = int(more_iter[0])
+        best_history = more_history[0, :best_iter].tolist()
+    elif best_iter < max_iter and tol > refine_tol:
+        # Refine the winner alone (1/R of a batched pass per iteration) until its inertia stops
+        # decreasing beyond rounding (a few ulps, so that summation order cannot add an iteration).
         refined, more_iter, more_history = _lloyd(
             unit, winner.unsqueeze(0), max_iter - best_iter, refine_tol, chunk_size, verbose
         )
@@ -768,6 +818,7 @@ def spherical_kmeans(
     init: InitLike = "k-means++",
     chunk_size: Optional[int] = None,
     verbose: bool = False,
+    sample_size: Optional[int] = None,
 ) -> KMeansResult:
     """Spherical k-means of the rows of ``X`` (functional form of :class:`SphericalKMeans`).
 
@@ -787,6 +838,11 @@ def spherical_kmeans(
         chunk_size: rows per matrix multiply; ``None`` picks it from
             :data:`DEFAULT_CHUNK_BYTES`.
         verbose: print progress (rank 0 only).
+        sample_size: if set and smaller than the number of rows, the restarts
+            (initialisation and Lloyd iterations) run on a uniform random
+            subsample of about this many rows, and only the best of them is
+            then iterated on all rows (see *Subsampled restarts* in the module
+            docstring); ``None`` runs every restart on all rows.
 
     Returns:
         :class:`KMeansResult` ``(centers (K, d), labels (N,), inertia, n_iter)``;
@@ -799,7 +855,7 @@ def spherical_kmeans(
         >>> result.centers.shape, result.labels.shape, len(set(result.labels.tolist()))
         (torch.Size([3, 3]), torch.Size([150]), 3)
     """
-    fit, is_numpy = _fit(X, n_clusters, n_init, max_iter, tol, seed, init, chunk_size, verbose)
+    fit, is_numpy = _fit(X, n_clusters, n_init, max_iter, tol, seed, init, chunk_size, verbose, sample_size)
     return KMeansResult(_to_output(fit.centers, is_numpy), _to_output(fit.labels, is_numpy), fit.inertia, fit.n_iter)
 
 
@@ -820,6 +876,9 @@ class SphericalKMeans:
         init: ``"k-means++"``, ``"random"`` or initial centres.
         chunk_size: rows per matrix multiply (memory ``O(R * chunk_size * K)``).
         verbose: print progress.
+        sample_size: run the restarts on a random subsample of about this
+            many rows and iterate only the winner on all rows (``None``: all
+            rows for every restart).
 
     Attributes:
         cluster_centers_: ``(K, d)`` unit-norm centres.
@@ -856,8 +915,9 @@ class SphericalKMeans:
         init: InitLike = "k-means++",
         chunk_size: Optional[int] = None,
         verbose: bool = False,
+        sample_size: Optional[int] = None,
     ) -> None:
-        _check_params(n_clusters, n_init, max_iter, tol, seed, init, chunk_size, verbose)
+        _check_params(n_clusters, n_init, max_iter, tol, seed, init, chunk_size, verbose, sample_size)
         self.n_clusters = int(n_clusters)
         self.n_init = int(n_init)
         self.max_iter = int(max_iter)
@@ -866,12 +926,13 @@ class SphericalKMeans:
         self.init = init
         self.chunk_size = chunk_size
         self.verbose = verbose
+        self.sample_size = None if sample_size is None else int(sample_size)
 
     def fit(self, X: ArrayLike) -> "SphericalKMeans":
         """Cluster ``X`` ``(N, d)``; returns ``self``."""
         fit, is_numpy = _fit(
             X, self.n_clusters, self.n_init, self.max_iter, self.tol, self.seed, self.init, self.chunk_size,
-            self.verbose,
+            self.verbose, self.sample_size,
         )
         self._centers = fit.centers
         self.cluster_centers_ = _to_output(fit.centers, is_numpy)

@@ -309,6 +309,43 @@ def test_verbose_reports_progress(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().out == ""
 
 
+# --------------------------------------------------------------------------- subsampled restarts
+
+
+def test_sample_size_at_least_n_is_the_unsampled_run() -> None:
+    X, _ = planted(30, 4, 6, noise=0.5, seed=21)
+    full = SphericalKMeans(4, n_init=3, seed=5).fit(X)
+    same = SphericalKMeans(4, n_init=3, seed=5, sample_size=X.shape[0]).fit(X)
+    assert torch.equal(full.cluster_centers_, same.cluster_centers_)
+    assert full.inertia_ == same.inertia_ and full.n_iter_ == same.n_iter_
+
+
+def test_sampled_restarts_refine_the_winner_on_every_row() -> None:
+    X, truth = planted(400, 6, 12, noise=0.6, seed=22)
+    km = SphericalKMeans(6, n_init=4, seed=1, sample_size=300).fit(X)
+    full = SphericalKMeans(6, n_init=4, seed=1).fit(X)
+    # The restarts saw 300 rows; the winner was then iterated on all 2,400 to a Lloyd fixed point
+    # of the full data (tol: the last step barely moved), and its labels match its centres.
+    assert len(km.restart_inertias_) == 4
+    assert km.labels_.shape == (2400,)
+    assert_labels_consistent_with_centres(X, km.cluster_centers_, km.labels_)
+    assert km.inertia_ == pytest.approx(cosine_inertia(X, km.cluster_centers_, km.labels_), rel=1e-12)
+    assert km.inertia_history_[-1] >= km.inertia_ - 1e-9
+    assert km.inertia_ <= full.inertia_ * 1.001
+    assert normalized_mutual_info_score(truth, km.labels_) == pytest.approx(
+        normalized_mutual_info_score(truth, full.labels_), abs=0.01
+    )
+
+
+def test_sampled_restarts_are_deterministic_for_a_seed_and_depend_on_it() -> None:
+    X = random_rows(500, 5, seed=23)
+    first = spherical_kmeans(X, 7, n_init=3, seed=2, sample_size=100)
+    again = spherical_kmeans(X, 7, n_init=3, seed=2, sample_size=100)
+    other = spherical_kmeans(X, 7, n_init=3, seed=3, sample_size=100)
+    assert torch.equal(first.centers, again.centers) and torch.equal(first.labels, again.labels)
+    assert not torch.equal(first.centers, other.centers)
+
+
 # --------------------------------------------------------------------------- bad input
 
 GOOD = random_rows(10, 3, seed=18)
@@ -334,6 +371,9 @@ GOOD = random_rows(10, 3, seed=18)
         ({"init": torch.ones(2, 3, dtype=torch.long)}, TypeError, "init"),
         ({"init": torch.zeros(2, 3, dtype=torch.float64)}, ValueError, "zero"),
         ({"verbose": 1}, TypeError, "verbose"),
+        ({"sample_size": 0}, ValueError, "sample_size"),
+        ({"sample_size": 1}, ValueError, "sample_size must be >= n_clusters=2, got 1"),
+        ({"sample_size": 5.0}, TypeError, "sample_size"),
     ],
 )
 def test_bad_arguments_raise(kwargs: dict, error: type, match: str) -> None:

@@ -57,8 +57,14 @@ def worker(rank: int, init_file: str, out_dir: str) -> None:
         given = SphericalKMeans(5, init=make_init(X), tol=0.0).fit(local)
         plus_plus = SphericalKMeans(5, n_init=4, seed=3).fit(local)
         unseeded = SphericalKMeans(5, n_init=2).fit(local)
+        sampled = SphericalKMeans(5, n_init=3, seed=4, sample_size=60).fit(local)
         torch.save(
-            {"given": fit_summary(given), "plus_plus": fit_summary(plus_plus), "unseeded": fit_summary(unseeded)},
+            {
+                "given": fit_summary(given),
+                "plus_plus": fit_summary(plus_plus),
+                "unseeded": fit_summary(unseeded),
+                "sampled": fit_summary(sampled),
+            },
             os.path.join(out_dir, f"rank{rank}.pt"),
         )
     finally:
@@ -89,7 +95,7 @@ def test_ranks_with_given_centres_match_the_single_process_run_on_the_concatenat
         assert torch.equal(got["labels"], shard(single["labels"], rank))
 
 
-@pytest.mark.parametrize("run", ["given", "plus_plus", "unseeded"])
+@pytest.mark.parametrize("run", ["given", "plus_plus", "unseeded", "sampled"])
 def test_every_rank_ends_with_identical_centres_inertia_and_iterations(results: list, run: str) -> None:
     first, second = (result[run] for result in results)
     assert torch.equal(first["centers"], second["centers"])
@@ -109,3 +115,15 @@ def test_distributed_k_means_plus_plus_uses_every_shard_and_reaches_single_proce
     assert results[0]["plus_plus"]["inertia"] == pytest.approx(float((1 - (unit * centers[labels]).sum(1)).sum()))
     single = SphericalKMeans(5, n_init=4, seed=3).fit(X)
     assert results[0]["plus_plus"]["inertia"] <= single.inertia_ * 1.05
+
+
+def test_distributed_sampled_restarts_end_on_a_global_fixed_point(results: list) -> None:
+    X = make_data()
+    labels = torch.cat([result["sampled"]["labels"] for result in results])
+    centers = results[0]["sampled"]["centers"]
+    unit = X / X.norm(dim=1, keepdim=True)
+    # The winner of the (per-rank proportional) subsample was refined on both shards.
+    assert results[0]["sampled"]["inertia"] == pytest.approx(float((1 - (unit * centers[labels]).sum(1)).sum()))
+    sims = unit @ centers.t()
+    assert torch.all(sims.gather(1, labels.view(-1, 1)).squeeze(1) >= sims.max(dim=1).values - 1e-12)
+    assert torch.all(torch.bincount(labels, minlength=5) > 0)
