@@ -29,6 +29,9 @@ IDENTITY = {
     "degrees": 0.0,
     "translate": 0.0,
     "scale": (1.0, 1.0),
+    "shear": 0.0,
+    "elastic_alpha": 0.0,
+    "stroke_p": 0.0,
     "flip_p": 0.0,
     "brightness": 0.0,
     "contrast": 0.0,
@@ -249,6 +252,53 @@ def test_translation_moves_the_centroid_by_at_most_the_translate_fraction() -> N
     assert float(centre_x.abs().max()) > 0.5  # some sample actually moved
 
 
+def test_shear_slants_vertical_strokes_but_keeps_the_centre_row() -> None:
+    size = 28
+    bar = torch.zeros(8, 1, size, size)
+    bar[:, :, 4:24, 13:15] = 1.0  # a vertical stroke through the centre
+
+    out = Augmentation(size, 1, shear=30.0)(bar, generator())
+
+    cols = torch.arange(size, dtype=torch.float32)
+    def column_centre(rows: slice) -> torch.Tensor:
+        part = out[:, 0, rows]
+        return (part * cols).sum(dim=(-2, -1)) / part.sum(dim=(-2, -1))
+    slope = column_centre(slice(18, 23)) - column_centre(slice(5, 10))
+    # A horizontal shear moves the top and bottom of the stroke sideways in opposite directions.
+    assert float(slope.abs().max()) > 2.0
+    assert float(slope.abs().max()) <= 2 * 13 * torch.tan(torch.tensor(30.0).deg2rad()) + 1.0
+
+
+def test_elastic_distortion_is_smooth_local_and_bounded() -> None:
+    size = 28
+    batch = images(6, 1, size)
+    alpha = 2.0
+    augment = Augmentation(size, 1, elastic_alpha=alpha, elastic_sigma=3.0)
+
+    field = augment._elastic_displacement(6, generator(), torch.device("cpu")) * size / 2  # pixels
+    out = augment(batch, generator())
+
+    assert field.shape == (6, size, size, 2)
+    # Smoothed uniform noise times alpha never exceeds alpha pixels, and neighbours move alike.
+    assert float(field.abs().max()) <= alpha and float(field.abs().max()) > 0.05
+    assert float((field[:, 1:] - field[:, :-1]).abs().max()) < 0.5 * float(field.abs().max())
+    assert not torch.allclose(out, batch)
+
+
+def test_stroke_thickness_dilates_or_thins_each_sample() -> None:
+    size = 28
+    bar = torch.zeros(64, 1, size, size)
+    bar[:, :, 4:24, 13:15] = 0.6
+
+    out = Augmentation(size, 1, stroke_p=1.0)(bar, generator())
+
+    mass = out.sum(dim=(-2, -1)).flatten()
+    dilated = mass > bar[0].sum() + 1e-6
+    thinned = mass < bar[0].sum() - 1e-6
+    assert bool((dilated | thinned).all()) and bool(dilated.any()) and bool(thinned.any())
+    assert torch.equal(out[thinned], bar[thinned] ** 2)
+
+
 @settings(max_examples=15, deadline=None)
 @given(
     size=st.sampled_from(SIZES),
@@ -271,6 +321,9 @@ def test_any_valid_options_keep_values_in_unit_interval(
         degrees=degrees,
         translate=translate,
         scale=(0.5, 1.5),
+        shear=degrees / 6,
+        elastic_alpha=translate * 8,
+        stroke_p=0.5,
         flip_p=0.5,
         brightness=jitter,
         contrast=jitter,
@@ -308,6 +361,10 @@ def test_empty_batch_passes_through() -> None:
         ({"hue": 0.6}, ValueError, r"hue must be <= 0.5, got 0.6"),
         ({"brightness": -0.1}, ValueError, r"brightness must be >= 0.0, got -0.1"),
         ({"degrees": float("nan")}, ValueError, r"degrees must be finite"),
+        ({"shear": 61.0}, ValueError, r"shear must be <= 60.0, got 61.0"),
+        ({"elastic_alpha": -1.0}, ValueError, r"elastic_alpha must be >= 0.0, got -1.0"),
+        ({"elastic_sigma": 0.0}, ValueError, r"elastic_sigma must be > 0.0, got 0.0"),
+        ({"stroke_p": 2.0}, ValueError, r"stroke_p must be <= 1.0, got 2.0"),
     ],
 )
 def test_invalid_options_are_rejected_naming_the_option(kwargs: dict, error: type, message: str) -> None:

@@ -164,7 +164,7 @@ def test_mlp_head_in_train_mode_rejects_a_batch_of_one() -> None:
 @pytest.mark.parametrize(
     ("call", "error", "message"),
     [
-        (lambda: build_backbone("vgg", 3, 32), ValueError, "name must be one of small_cnn, resnet18, resnet34, got 'vgg'"),
+        (lambda: build_backbone("vgg", 3, 32), ValueError, "name must be one of small_cnn, flat_cnn, resnet18, resnet34, got 'vgg'"),
         (lambda: build_backbone("resnet18", 0, 32), ValueError, "in_channels must be >= 1, got 0"),
         (lambda: build_backbone("small_cnn", 1, 2.5), TypeError, "image_size must be an int"),
         (lambda: mlp_head(16, 0, 8), ValueError, "hidden_dim must be >= 1, got 0"),

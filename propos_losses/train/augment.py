@@ -203,6 +203,10 @@ class Augmentation(nn.Module):
         degrees: float = 0.0,
         translate: float = 0.0,
         scale: tuple[float, float] = (1.0, 1.0),
+        shear: float = 0.0,
+        elastic_alpha: float = 0.0,
+        elastic_sigma: float = 3.0,
+        stroke_p: float = 0.0,
         flip_p: float = 0.0,
         brightness: float = 0.0,
         contrast: float = 0.0,
@@ -221,6 +225,10 @@ class Augmentation(nn.Module):
         degrees = check_float("degrees", degrees, minimum=0.0, maximum=180.0)
         translate = check_float("translate", translate, minimum=0.0, maximum=1.0)
         scale = _check_range("scale", scale, minimum=0.0, strict=True)
+        shear = check_float("shear", shear, minimum=0.0, maximum=60.0)
+        elastic_alpha = check_float("elastic_alpha", elastic_alpha, minimum=0.0)
+        elastic_sigma = check_float("elastic_sigma", elastic_sigma, minimum=0.0, strict_minimum=True)
+        stroke_p = check_float("stroke_p", stroke_p, minimum=0.0, maximum=1.0)
         flip_p = check_float("flip_p", flip_p, minimum=0.0, maximum=1.0)
         brightness = check_float("brightness", brightness, minimum=0.0)
         contrast = check_float("contrast", contrast, minimum=0.0)
@@ -236,6 +244,10 @@ class Augmentation(nn.Module):
         self.degrees = degrees
         self.translate = translate
         self.scale = scale
+        self.shear = shear
+        self.elastic_alpha = elastic_alpha
+        self.elastic_sigma = elastic_sigma
+        self.stroke_p = stroke_p
         self.flip_p = flip_p
         self.brightness = brightness
         self.contrast = contrast
@@ -248,7 +260,7 @@ class Augmentation(nn.Module):
     def extra_repr(self) -> str:
         names = (
             "image_size", "channels", "crop_scale", "crop_ratio", "degrees", "translate", "scale",
-            "flip_p", "brightness", "contrast", "saturation", "hue", "jitter_p", "grayscale_p",
+            "shear", "elastic_alpha", "elastic_sigma", "stroke_p", "flip_p", "brightness", "contrast", "saturation", "hue", "jitter_p", "grayscale_p",
         )  # fmt: skip
         return ", ".join(f"{name}={getattr(self, name)!r}" for name in names)
 
@@ -300,17 +312,40 @@ class Augmentation(nn.Module):
         matrices[:, 0, 1] = sin
         matrices[:, 1, 0] = -sin
         matrices[:, 1, 1] = cos
+        if self.shear > 0.0:
+            # y = s R H x + t with the x-shear H = [[1, tan a], [0, 1]]: x = H^-1 R^T (y - t) / s.
+            bound = math.tan(math.radians(self.shear))
+            shear = self._uniform(-bound, bound, (batch,), generator, device)
+            matrices[:, 0, :2] = matrices[:, 0, :2] - shear.unsqueeze(1) * matrices[:, 1, :2]
         matrices[:, :2, 2] = -(matrices[:, :2, :2] @ shift.unsqueeze(-1)).squeeze(-1)
         matrices[:, 2, 2] = 1.0
         return matrices
+
+    def _elastic_displacement(self, batch: int, generator: Optional[torch.Generator], device: torch.device) -> Tensor:
+        """``(B, H, W, 2)`` smooth random displacement in normalised coordinates (Simard et al., 2003).
+
+        Uniform noise in ``[-1, 1]`` per pixel and axis, smoothed by a Gaussian of
+        standard deviation ``elastic_sigma`` pixels and scaled by ``elastic_alpha`` pixels.
+        """
+        size = self.image_size
+        noise = self._uniform(-1.0, 1.0, (batch * 2, 1, size, size), generator, device)
+        radius = max(1, int(math.ceil(2.0 * self.elastic_sigma)))
+        offsets = torch.arange(-radius, radius + 1, device=device, dtype=torch.float32)
+        kernel = torch.exp(-0.5 * (offsets / self.elastic_sigma) ** 2)
+        kernel = kernel / kernel.sum()
+        smooth = F.conv2d(F.pad(noise, (radius, radius, 0, 0), mode="reflect" if radius < size else "replicate"), kernel.view(1, 1, 1, -1))
+        smooth = F.conv2d(F.pad(smooth, (0, 0, radius, radius), mode="reflect" if radius < size else "replicate"), kernel.view(1, 1, -1, 1))
+        # alpha pixels are 2 * alpha / size in normalised coordinates.
+        return smooth.view(batch, 2, size, size).permute(0, 2, 3, 1) * (2.0 * self.elastic_alpha / size)
 
     # -------------------------------------------------------------- stages
 
     def _geometric(self, images: Tensor, generator: Optional[torch.Generator]) -> Tensor:
         batch, device = images.shape[0], images.device
         use_crop = self.crop_scale != (1.0, 1.0) or self.crop_ratio != (1.0, 1.0)
-        use_affine = self.degrees > 0.0 or self.translate > 0.0 or self.scale != (1.0, 1.0)
-        if not (use_crop or use_affine):
+        use_affine = self.degrees > 0.0 or self.translate > 0.0 or self.scale != (1.0, 1.0) or self.shear > 0.0
+        use_elastic = self.elastic_alpha > 0.0
+        if not (use_crop or use_affine or use_elastic):
             return images
         theta = torch.eye(3, device=device).expand(batch, 3, 3)
         if use_crop:
@@ -320,10 +355,12 @@ class Augmentation(nn.Module):
             theta = theta @ self._inverse_affine_matrices(batch, generator, device)
         theta = theta[:, :2].to(images.dtype)
         grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+        if use_elastic:
+            grid = grid + self._elastic_displacement(batch, generator, device).to(grid.dtype)
         # A crop reaching the image edge samples up to half a pixel beyond the
         # outer pixel centres: clamp there instead of blending in zeros. Rotated
         # or shifted content is filled with black, as torchvision's fill=0.
-        padding = "zeros" if use_affine else "border"
+        padding = "zeros" if use_affine or use_elastic else "border"
         return F.grid_sample(images, grid, mode="bilinear", padding_mode=padding, align_corners=False)
 
     def _colour_jitter(self, images: Tensor, generator: Optional[torch.Generator]) -> Tensor:
@@ -396,6 +433,15 @@ class Augmentation(nn.Module):
         batch, device = work.shape[0], work.device
 
         work = self._geometric(work, generator)
+        if self.stroke_p:
+            # Thicker or thinner strokes, each with p / 2: a 3x3 grey-level dilation, or
+            # squared intensities (fades the anti-aliased stroke edges; a 3x3 erosion
+            # would erase the 1-2 pixel strokes of 28x28 digits).
+            draw = torch.rand(batch, generator=generator, device=device)
+            dilated = F.max_pool2d(work, 3, stride=1, padding=1)
+            eroded = work.clamp(0.0, 1.0).square()
+            work = torch.where((draw < self.stroke_p / 2).view(batch, 1, 1, 1), dilated, work)
+            work = torch.where(((draw >= self.stroke_p / 2) & (draw < self.stroke_p)).view(batch, 1, 1, 1), eroded, work)
         if self.flip_p:
             flip = torch.rand(batch, generator=generator, device=device) < self.flip_p
             work = torch.where(flip.view(batch, 1, 1, 1), work.flip(-1), work)

@@ -56,7 +56,7 @@ _HELP = {
     "method": "propos | byol (BYOL = lambda_psl 0 and sigma 0 on the same code path)",
     "batch_size": "global batch size (split over torchrun processes); lr = base_lr * batch_size / 256",
     "device": "auto | cpu | cuda (auto: CUDA when available)",
-    "backbone": "small_cnn | resnet18 | resnet34",
+    "backbone": "small_cnn | flat_cnn | resnet18 | resnet34",
     "psl_warmup_epochs": "epochs with PSL and PSA noise off (default: warmup_epochs)",
     "num_clusters": "K of the E-step (default: number of classes)",
     "estep_features": "projector | backbone: target features clustered by the E-step",

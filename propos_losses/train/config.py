@@ -47,7 +47,7 @@ DEVICES: Tuple[str, ...] = ("auto", "cpu", "cuda")
 ESTEP_FEATURES: Tuple[str, ...] = ("projector", "backbone")
 AUGMENTATIONS: Tuple[str, ...] = ("digits", "mnist", "color")
 DATASETS: Tuple[str, ...] = ("digits", "mnist", "cifar10", "cifar20", "folder")
-BACKBONES: Tuple[str, ...] = ("small_cnn", "resnet18", "resnet34")
+BACKBONES: Tuple[str, ...] = ("small_cnn", "flat_cnn", "resnet18", "resnet34")
 
 
 class ConfigError(ValueError):

@@ -2,6 +2,10 @@
 
 * ``"small_cnn"``: four conv-BN-ReLU blocks and global average pooling, 256
   features; meant for 8x8 and 28x28 grayscale digits and fast on a CPU.
+* ``"flat_cnn"``: three stride-2 conv-BN-ReLU blocks, then the flattened map
+  through ``Linear-BN1d-ReLU`` (256 features). It keeps *where* strokes are,
+  which global average pooling loses, and is the one to use for 28x28 digits
+  (MNIST): about 1.3 ms per image for a BYOL step on one CPU thread.
 * ``"resnet18"``/``"resnet34"``: ResNets with BasicBlocks and the CIFAR stem the
   paper uses (a 3x3 stride-1 convolution and no max-pool), 512 features.
 * :func:`mlp_head`: ``Linear-BN1d-ReLU-Linear``, the BYOL/ProPos projector and
@@ -29,17 +33,20 @@ __all__ = [
     "BasicBlock",
     "CifarResNet",
     "SmallCNN",
+    "FlatCNN",
     "build_backbone",
     "mlp_head",
 ]
 
 #: Names accepted by :func:`build_backbone`.
-BACKBONE_NAMES: tuple[str, ...] = ("small_cnn", "resnet18", "resnet34")
+BACKBONE_NAMES: tuple[str, ...] = ("small_cnn", "flat_cnn", "resnet18", "resnet34")
 
 _SMALL_CNN_WIDTHS = (32, 64, 128, 256)
 # The small CNN stops halving the feature map once it is this small, so 8x8
 # digits keep 4x4 maps and 28x28 ones end at 4x4 too.
 _SMALL_CNN_MIN_SIZE = 4
+_FLAT_CNN_WIDTHS = (32, 64, 128)
+_FLAT_CNN_FEATURES = 256
 _RESNET_WIDTHS = (64, 128, 256, 512)
 _RESNET_LAYERS = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
 
@@ -111,6 +118,70 @@ class SmallCNN(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         _check_images(self, images, self.in_channels)
         return self.pool(self.features(images)).flatten(1)
+
+
+class FlatCNN(nn.Module):
+    """Stride-2 conv-BN-ReLU blocks, then ``Flatten-Linear-BN1d-ReLU`` of the whole map.
+
+    Each block halves the map (28 -> 14 -> 7 -> 4 with the default three), and
+    the last map is flattened rather than averaged, so the features keep the
+    spatial layout of the strokes; on 28x28 digits this is what separates the
+    classes (global average pooling of the small CNN's 4x4 map does not).
+
+    Args:
+        in_channels: ``C`` of the input images.
+        image_size: ``H = W`` of the input images (sets the flattened width).
+        widths: output channels of the conv blocks.
+        feature_dim: width of the output features.
+
+    Shapes:
+        ``(B, C, H, W)`` float -> ``(B, feature_dim)``. In training mode the
+        final BatchNorm1d uses batch statistics (needs ``B > 1``).
+
+    Example:
+        >>> import torch
+        >>> from propos_losses.train.models import FlatCNN
+        >>> FlatCNN(1, 28).eval()(torch.rand(2, 1, 28, 28)).shape
+        torch.Size([2, 256])
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        image_size: int,
+        widths: Sequence[int] = _FLAT_CNN_WIDTHS,
+        feature_dim: int = _FLAT_CNN_FEATURES,
+    ) -> None:
+        super().__init__()
+        self.in_channels = check_int("in_channels", in_channels, minimum=1)
+        size = check_int("image_size", image_size, minimum=1)
+        widths = tuple(check_int(f"widths[{index}]", width, minimum=1) for index, width in enumerate(widths))
+        if not widths:
+            raise ValueError("widths must not be empty")
+        self.feature_dim = check_int("feature_dim", feature_dim, minimum=1)
+        blocks = []
+        channels = self.in_channels
+        for width in widths:
+            blocks.append(_conv_bn_relu(channels, width, stride=2))
+            size = (size + 1) // 2
+            channels = width
+        self.features = nn.Sequential(*blocks)
+        self.head = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(channels * size * size, self.feature_dim, bias=False),
+            nn.BatchNorm1d(self.feature_dim),
+            nn.ReLU(inplace=True),
+        )
+        self.image_size = int(image_size)
+        _init_weights(self)
+
+    def forward(self, images: Tensor) -> Tensor:
+        _check_images(self, images, self.in_channels)
+        if images.shape[2:] != (self.image_size, self.image_size):
+            raise ValueError(
+                f"FlatCNN was built for {self.image_size}x{self.image_size} images, got {tuple(images.shape)}"
+            )
+        return self.head(self.features(images))
 
 
 class BasicBlock(nn.Module):
@@ -215,6 +286,8 @@ def build_backbone(name: str, in_channels: int, image_size: int) -> tuple[nn.Mod
     backbone: nn.Module
     if name == "small_cnn":
         backbone = SmallCNN(in_channels, image_size)
+    elif name == "flat_cnn":
+        backbone = FlatCNN(in_channels, image_size)
     elif name in _RESNET_LAYERS:
         backbone = CifarResNet(_RESNET_LAYERS[name], in_channels)
     else:
