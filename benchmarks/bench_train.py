@@ -251,7 +251,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     else:
         if not args.data_dir:
             parser.error("mnist needs --data-dir")
-        dataset = load_dataset("mnist", args.data_dir)
+        # Load once for every run, honouring a max_samples override (--set max_samples=10000).
+        dataset = load_dataset("mnist", args.data_dir, max_samples=extra.get("max_samples"))
         variants = {method: {"method": method, "data_dir": args.data_dir, **extra} for method in args.methods}
         result["rows"] = run_variants("mnist", variants, args.seeds, dataset)
 
