@@ -161,30 +161,25 @@ PRESETS: Dict[str, Dict[str, Any]] = {
         "out_dim": 64,
         "kmeans_n_init": 3,
     },
-    # MNIST / any IDX set, sized for a 2-core CPU (about 550 steps per epoch). Not tuned:
-    # the digits settings scaled to 70,000 images, PSL after half the run. It does badly
-    # (backbone NMI ~0.25-0.3, below k-means on raw pixels, 0.49-0.53) and none of the
-    # preset values tried fixes that; the cause is the backbone at 28x28 (first 10,000
-    # images, seed 0, 1 thread): small_cnn keeps stride 1 in its first block, so each
-    # cell of its final 4x4 map sees only 17x17 pixels, and global average pooling
-    # drops where strokes are. Untrained, its pooled features give NMI 0.28 but its
-    # flattened 4x4 map 0.51; BYOL (6 epochs) leaves the pooled ones at 0.24 (not a
-    # collapse: effective rank ~100, BN eval/train mode alike). Crop scale 0.2-0.3,
-    # rotation 30 or base_lr 0.1 reach only 0.27-0.31. Stride 2 in the first block too
-    # (31-pixel field, 7x faster) starts at 0.47 and reaches 0.57 / 0.63 (BYOL, base_lr
-    # 0.1, 20 / 40 epochs of the 10,000): a models.py change, still far from NMI 0.9.
-    # With it, smaller crops hurt (20 epochs: crop_min_scale 1.0 / 0.7 / 0.5 / 0.3 give
-    # 0.60 / 0.57 / 0.52 / 0.42), and ProPos = BYOL (0.63 both, 40 epochs, PSL after 20).
-    # resnet18 is ~10x slower than small_cnn per image (too slow for 70,000 on 2 cores).
+    # MNIST / any IDX set (70,000 28x28 digits), sized for 60 minutes on one CPU thread
+    # (ProPos and BYOL side by side on 2 cores). Found on the first 10,000 images (seed 0,
+    # 20 epochs; benchmarks/bench_train.py and docs/trainer.rst): the flat_cnn backbone
+    # (small_cnn's global average pooling loses where strokes are: NMI ~0.3) and the
+    # "mnist" augmentation with shear, elastic distortion and stroke thickness (affine
+    # jitter alone: backbone NMI 0.61 -> 0.69); PSL after 8 of 20 epochs with lambda 1 then
+    # adds ~0.05 NMI (0.694 -> 0.742 backbone). base_lr 0.4 was worse than 0.1 (projector
+    # NMI 0.64 vs 0.76).
     "mnist": {
         **_QUICK_GRAY,
         "dataset": "mnist",
-        "epochs": 8,
+        "backbone": "flat_cnn",
+        "epochs": 25,
         "batch_size": 128,
-        "base_lr": 0.4,
+        "base_lr": 0.1,
         "base_momentum": 0.99,
         "warmup_epochs": 1,
-        "psl_warmup_epochs": 4,
+        "psl_warmup_epochs": 5,
+        "lambda_psl": 1.0,
         "hidden_dim": 512,
         "out_dim": 64,
         "kmeans_n_init": 3,
