@@ -36,7 +36,10 @@ def test_wheel_ships_py_typed_and_no_tests(dists: dict[str, Path]) -> None:
     assert not [n for n in names if n.startswith("tests/") or "/tests/" in n]
     metadata = next(n for n in names if n.endswith(".dist-info/METADATA"))
     text = zipfile.ZipFile(dists["wheel"]).read(metadata).decode()
-    for field in ("Requires-Dist: torch>=2.1", "Requires-Dist: numpy", "Requires-Dist: scipy", "Summary: "):
+    for field in (
+        "Requires-Dist: torch>=2.1", "Requires-Dist: numpy", "Requires-Dist: scipy", "Summary: ",
+        "License-Expression: MIT", "Project-URL: Paper, https://arxiv.org/abs/2111.11821",
+    ):
         assert field in text
 
 
@@ -71,3 +74,16 @@ def test_wheel_imports_from_a_clean_venv(dists: dict[str, Path], tmp_path: Path)
     )
     result = subprocess.run([str(python), "-I", "-c", code], check=True, capture_output=True, text=True, cwd=tmp_path)
     assert result.stdout.strip()
+
+
+def test_changelog_has_unreleased_and_a_dated_section_for_the_current_version() -> None:
+    import re
+
+    from propos_losses import __version__
+
+    text = (Path(__file__).resolve().parents[1] / "CHANGELOG.md").read_text()
+    headings = re.findall(r"^## \[([^\]]+)\](.*)$", text, flags=re.MULTILINE)
+    assert headings[0][0] == "Unreleased"
+    released = {name: rest for name, rest in headings[1:]}
+    assert __version__ in released, f"CHANGELOG.md has no section for version {__version__}"
+    assert re.fullmatch(r" - \d{4}-\d{2}-\d{2}", released[__version__])

@@ -171,7 +171,9 @@ class Augmentation(nn.Module):
     """Random augmentation of an image batch, each sample with its own parameters.
 
     The pipeline (each stage skipped when its strength is zero): random resized
-    crop -> random affine (rotation, translation, scale) -> horizontal flip ->
+    crop -> random affine (rotation, translation, scale, shear) plus a smooth
+    elastic displacement, in one resampling -> stroke thickening/thinning ->
+    horizontal flip ->
     colour jitter (brightness, contrast, saturation, hue in a random order,
     applied with probability ``jitter_p``) -> random grayscale. Output size
     equals input size. Saturation, hue and grayscale leave one-channel images
@@ -187,6 +189,14 @@ class Augmentation(nn.Module):
         translate: translation drawn from ``[-translate, translate]`` times the
             image size, independently along x and y.
         scale: zoom factor range of the affine stage.
+        shear: horizontal shear angle drawn from ``[-shear, shear]`` degrees.
+        elastic_alpha: largest elastic displacement in pixels (Simard et al.,
+            2003): per-pixel uniform noise in ``[-1, 1]``, smoothed by a
+            Gaussian of ``elastic_sigma`` pixels, times ``elastic_alpha``.
+        elastic_sigma: smoothness of the elastic displacement, in pixels.
+        stroke_p: probability of changing stroke thickness: with ``p / 2`` a
+            3x3 grey-level dilation (thicker), with ``p / 2`` squared
+            intensities (thinner, fading anti-aliased edges).
         flip_p: probability of a horizontal flip.
         brightness, contrast, saturation: jitter strength ``s``; the factor is
             drawn from ``[max(0, 1 - s), 1 + s]``.
