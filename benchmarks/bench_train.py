@@ -9,6 +9,7 @@ Experiments (each writes ``benchmarks/results/bench_train_<name>.json`` and prin
 * ``sweep``: when does PSL help on digits? One factor at a time around the
   preset: PSL warm-up length, ``lambda_psl``, ``sigma``, E-step features.
 * ``mnist``: ProPos vs BYOL on MNIST (70,000 images, ``--data-dir``).
+* ``mnist-raw``: k-means on the raw MNIST pixels (the baseline of ``mnist``).
 * ``summary``: no training; groups every run in ``results/bench_train_*.json``
   by its resolved configuration and writes ``bench_train_summary.json``
   (experiments split over several processes, e.g. one per seed, end up in one table).
@@ -18,6 +19,7 @@ Usage::
     python benchmarks/bench_train.py digits --seeds 0 1 2
     python benchmarks/bench_train.py sweep --seeds 0 1
     python benchmarks/bench_train.py mnist --data-dir /path/to/mnist --seeds 0
+    python benchmarks/bench_train.py mnist-raw --data-dir /path/to/mnist --seeds 0 1 2
 
 Figures depend on the machine only through time; the metrics are deterministic
 for a seed on CPU (``torch.set_num_threads`` does not change them beyond
@@ -145,15 +147,16 @@ def _describe(config: Dict[str, Any]) -> str:
 
 
 def summary() -> int:
-    """Group every saved run by configuration (all but the seed) and tabulate mean +- std."""
+    """Group every saved run by configuration (all but the seed) and tabulate mean +- std, per data set."""
     groups: Dict[str, Dict[str, Any]] = {}
-    raw: Dict[str, Any] = {}
+    raw: Dict[str, Dict[str, Any]] = {}
     for path in sorted(RESULTS.glob("bench_train_*.json")):
         if path.name == "bench_train_summary.json":
             continue
         data = json.loads(path.read_text())
-        if data.get("raw_kmeans") and len(data["seeds"]) > raw.get("_seeds", 0):
-            raw = {**data["raw_kmeans"], "_seeds": len(data["seeds"])}
+        dataset = "mnist" if data["experiment"].startswith("mnist") else "digits"
+        if data.get("raw_kmeans") and len(data["seeds"]) > raw.get(dataset, {}).get("_seeds", 0):
+            raw[dataset] = {**data["raw_kmeans"], "_seeds": len(data["seeds"])}
         for row in data.get("rows", []):
             for run in row["runs"]:
                 key = json.dumps({k: v for k, v in run["config"].items() if k not in ("seed", "output_dir", "device")}, sort_keys=True)
@@ -164,22 +167,24 @@ def summary() -> int:
     for group in groups.values():
         runs = [group["runs"][s] for s in sorted(group["runs"])]
         rows.append({
+            "dataset": group["config"]["dataset"],
             "variant": _describe(group["config"]),
             "seeds": sorted(group["runs"]),
             "files": sorted(group["files"]),
             "summary": {k: summarise([r["final"][k] for r in runs])
                         for k in ("backbone_nmi", "backbone_acc", "backbone_ari", "projector_nmi", "projector_acc")},
             "wall_s_mean": statistics.fmean(r["wall_s"] for r in runs),
+            "wall_s_max": max(r["wall_s"] for r in runs),
         })
-    rows.sort(key=lambda r: r["variant"])
-    raw.pop("_seeds", None)
-    if raw:
-        print("k-means on raw pixels (digits): " + "  ".join(f"{k} {v['mean']:.4f}+-{v['std']:.4f}" for k, v in raw.items() if k.endswith(("nmi", "acc"))))
-    table = _table([{**r, "variant": r["variant"][:60] + f" n={len(r['seeds'])}"} for r in rows],
+    rows.sort(key=lambda r: (r["dataset"], r["variant"]))
+    for dataset, values in raw.items():
+        values.pop("_seeds", None)
+        print(f"k-means on raw pixels ({dataset}): " + "  ".join(f"{k} {v['mean']:.4f}+-{v['std']:.4f}" for k, v in values.items() if k.endswith(("nmi", "acc"))))
+    table = _table([{**r, "variant": f"{r['dataset']}: " + r["variant"][:60] + f" n={len(r['seeds'])}"} for r in rows],
                    ("backbone_nmi", "backbone_acc", "projector_nmi", "projector_acc"))
     print(table)
     (RESULTS / "bench_train_summary.json").write_text(
-        json.dumps({"raw_kmeans_digits": raw, "rows": rows, "environment": _environment()}, indent=1) + "\n"
+        json.dumps({"raw_kmeans": raw, "rows": rows, "environment": _environment()}, indent=1) + "\n"
     )
     return 0
 
@@ -197,7 +202,7 @@ def _environment() -> Dict[str, Any]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("experiment", choices=("digits", "sweep", "mnist", "summary"))
+    parser.add_argument("experiment", choices=("digits", "sweep", "mnist", "mnist-raw", "summary"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--data-dir", default=None, help="MNIST IDX directory (mnist experiment)")
     parser.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
@@ -248,6 +253,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 parser.error(f"unknown variants {unknown}; choose from {sorted(variants)}")
             variants = {name: variants[name] for name in args.variants}
         result["rows"] = run_variants("digits", variants, args.seeds, dataset)
+    elif args.experiment == "mnist-raw":
+        if not args.data_dir:
+            parser.error("mnist-raw needs --data-dir")
+        dataset = load_dataset("mnist", args.data_dir, max_samples=extra.get("max_samples"))
+        raw = [raw_kmeans(dataset, seed) for seed in args.seeds]
+        result["raw_kmeans"] = {key: summarise([r[key] for r in raw]) for key in raw[0]}
+        result["rows"] = []
+        print("k-means on raw pixels: " + "  ".join(f"{k} {v['mean']:.4f}+-{v['std']:.4f}" for k, v in result["raw_kmeans"].items() if k.endswith(("nmi", "acc"))))
     else:
         if not args.data_dir:
             parser.error("mnist needs --data-dir")
@@ -256,7 +269,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         variants = {method: {"method": method, "data_dir": args.data_dir, **extra} for method in args.methods}
         result["rows"] = run_variants("mnist", variants, args.seeds, dataset)
 
-    print(_table(result["rows"], ("backbone_nmi", "backbone_acc", "projector_nmi", "projector_acc")))
+    if result["rows"]:
+        print(_table(result["rows"], ("backbone_nmi", "backbone_acc", "projector_nmi", "projector_acc")))
     RESULTS.mkdir(parents=True, exist_ok=True)
     name = f"bench_train_{args.experiment}{'_' + args.tag if args.tag else ''}.json"
     (RESULTS / name).write_text(json.dumps(result, indent=1, default=float) + "\n")
