@@ -151,6 +151,35 @@ def test_missing_and_truncated_mnist_files_exit_2_and_keep_existing_outputs(tmp_
     assert not run_dir.exists()
 
 
+def test_mnist_preset_smoke_run_on_synthetic_idx_files(tmp_path, capsys):
+    """The mnist preset end to end (flat_cnn, handwriting augmentation, PSL after its warm-up)."""
+    import numpy as np
+
+    data = tmp_path / "mnist"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    n = 96
+    images = (rng.random((n, 28, 28)) < 0.2).astype(np.uint8) * 255
+    labels = rng.integers(0, 10, n).astype(np.uint8)
+    with gzip.open(data / "train-images-idx3-ubyte.gz", "wb") as fh:
+        fh.write(b"\x00\x00\x08\x03" + n.to_bytes(4, "big") + (28).to_bytes(4, "big") * 2 + images.tobytes())
+    with gzip.open(data / "train-labels-idx1-ubyte.gz", "wb") as fh:
+        fh.write(b"\x00\x00\x08\x01" + n.to_bytes(4, "big") + labels.tobytes())
+    run_dir = tmp_path / "run"
+    argv = [
+        "--preset", "mnist", "--data-dir", str(data), "--epochs", "2", "--psl-warmup-epochs", "1",
+        "--batch-size", "32", "--hidden-dim", "32", "--out-dim", "16", "--kmeans-n-init", "1",
+        "--device", "cpu", "--no-plots", "--quiet", "--output-dir", str(run_dir),
+    ]
+    assert main(argv) == 0
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert saved["backbone"] == "flat_cnn" and saved["dataset"] == "mnist"
+    epochs = [r for r in _records(run_dir) if r["event"] == "epoch"]
+    assert epochs[0]["psl"] == 0.0 and epochs[1]["psl"] > 0.0
+    assert epochs[1]["lambda_psl"] == PRESETS["mnist"]["lambda_psl"]
+    assert "final NMI" in capsys.readouterr().out
+
+
 def test_non_empty_output_dir_is_refused_and_left_untouched(tmp_path, capsys):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
