@@ -353,7 +353,7 @@ def resolve_config(
 
     Example:
         >>> resolve_config("mnist", overrides={"data_dir": "/data/mnist"}).backbone
-        'small_cnn'
+        'flat_cnn'
     """
     file_values = dict(file_values or {})
     overrides = dict(overrides or {})
