@@ -784,18 +784,16 @@ def _fit(
     winner = centers[best]
     refine_tol = _TIE_ULPS * torch.finfo(unit.dtype).eps
     if sampled:
-        # The winner of the subsample, iterated on all rows with the user's tol (its
-        # subsample iterations are not counted: n_iter_ and the history are full-data ones).
-        refined, more_iter, more_history = _lloyd(unit, winner.unsqueeze(0), max_iter, tol, chunk_size, verbose)
-        winner = refined[0]
-        best_iter = int(more_iter[0])
-        best_history = more_history[0, :best_iter].tolist()
-    elif best_iter < max_iter and tol > refine_tol:
+        # The subsample's winner is iterated on all rows with the user's tol; its subsample
+        # iterations are not counted (n_iter_ and the history are full-data ones).
+        best_iter, best_history = 0, []
+        budget, stop_tol = max_iter, tol
+    else:
         # Refine the winner alone (1/R of a batched pass per iteration) until its inertia stops
         # decreasing beyond rounding (a few ulps, so that summation order cannot add an iteration).
-        refined, more_iter, more_history = _lloyd(
-            unit, winner.unsqueeze(0), max_iter - best_iter, refine_tol, chunk_size, verbose
-        )
+        budget, stop_tol = max_iter - best_iter, refine_tol
+    if sampled or (budget > 0 and tol > refine_tol):
+        refined, more_iter, more_history = _lloyd(unit, winner.unsqueeze(0), budget, stop_tol, chunk_size, verbose)
         winner = refined[0]
         best_history += more_history[0, : int(more_iter[0])].tolist()
         best_iter += int(more_iter[0])

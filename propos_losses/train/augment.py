@@ -356,8 +356,10 @@ class Augmentation(nn.Module):
         offsets = torch.arange(-radius, radius + 1, device=device, dtype=torch.float32)
         kernel = torch.exp(-0.5 * (offsets / self.elastic_sigma) ** 2)
         kernel = kernel / kernel.sum()
-        smooth = F.conv2d(F.pad(noise, (radius, radius, 0, 0), mode="reflect" if radius < size else "replicate"), kernel.view(1, 1, 1, -1))
-        smooth = F.conv2d(F.pad(smooth, (0, 0, radius, radius), mode="reflect" if radius < size else "replicate"), kernel.view(1, 1, -1, 1))
+        # Separable blur; reflect padding needs radius < size.
+        mode = "reflect" if radius < size else "replicate"
+        smooth = F.conv2d(F.pad(noise, (radius, radius, 0, 0), mode=mode), kernel.view(1, 1, 1, -1))
+        smooth = F.conv2d(F.pad(smooth, (0, 0, radius, radius), mode=mode), kernel.view(1, 1, -1, 1))
         # alpha pixels are 2 * alpha / size in normalised coordinates.
         return smooth.view(batch, 2, size, size).permute(0, 2, 3, 1) * (2.0 * self.elastic_alpha / size)
 

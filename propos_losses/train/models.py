@@ -58,6 +58,16 @@ def _check_images(module: nn.Module, images: Tensor, in_channels: int) -> None:
         )
 
 
+def _check_cnn_args(in_channels: int, image_size: int, widths: Sequence[int]) -> tuple[int, int, tuple[int, ...]]:
+    """Validated ``(in_channels, image_size, widths)`` of the small CNN backbones."""
+    in_channels = check_int("in_channels", in_channels, minimum=1)
+    image_size = check_int("image_size", image_size, minimum=1)
+    widths = tuple(check_int(f"widths[{index}]", width, minimum=1) for index, width in enumerate(widths))
+    if not widths:
+        raise ValueError("widths must not be empty")
+    return in_channels, image_size, widths
+
+
 def _conv_bn_relu(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
     return nn.Sequential(
         # No bias: the BatchNorm that follows has its own shift.
@@ -97,11 +107,7 @@ class SmallCNN(nn.Module):
 
     def __init__(self, in_channels: int, image_size: int, widths: Sequence[int] = _SMALL_CNN_WIDTHS) -> None:
         super().__init__()
-        self.in_channels = check_int("in_channels", in_channels, minimum=1)
-        size = check_int("image_size", image_size, minimum=1)
-        widths = tuple(check_int(f"widths[{index}]", width, minimum=1) for index, width in enumerate(widths))
-        if not widths:
-            raise ValueError("widths must not be empty")
+        self.in_channels, size, widths = _check_cnn_args(in_channels, image_size, widths)
         blocks = []
         channels = self.in_channels
         for index, width in enumerate(widths):
@@ -153,11 +159,8 @@ class FlatCNN(nn.Module):
         feature_dim: int = _FLAT_CNN_FEATURES,
     ) -> None:
         super().__init__()
-        self.in_channels = check_int("in_channels", in_channels, minimum=1)
-        size = check_int("image_size", image_size, minimum=1)
-        widths = tuple(check_int(f"widths[{index}]", width, minimum=1) for index, width in enumerate(widths))
-        if not widths:
-            raise ValueError("widths must not be empty")
+        self.in_channels, size, widths = _check_cnn_args(in_channels, image_size, widths)
+        self.image_size = size
         self.feature_dim = check_int("feature_dim", feature_dim, minimum=1)
         blocks = []
         channels = self.in_channels
@@ -172,7 +175,6 @@ class FlatCNN(nn.Module):
             nn.BatchNorm1d(self.feature_dim),
             nn.ReLU(inplace=True),
         )
-        self.image_size = int(image_size)
         _init_weights(self)
 
     def forward(self, images: Tensor) -> Tensor:
