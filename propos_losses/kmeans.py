@@ -239,7 +239,20 @@ def _normalise_rows(name: str, X: Tensor) -> Tensor:
             f"{name} has all-zero rows (e.g. row {first}); their direction, hence "
             f"their cosine similarity, is undefined"
         )
+    if X.shape[0] and float((norms - 1).abs().max()) <= _unit_norm_tolerance(X):
+        # Already unit rows (e.g. normalised features): dividing would only copy X.
+        return X
     return X / norms.unsqueeze(1)
+
+
+def _unit_norm_tolerance(X: Tensor) -> float:
+    """Largest ``| ||x|| - 1 |`` of rows used without dividing by their norm.
+
+    Normalising a ``d``-dimensional row leaves its norm within about
+    ``sqrt(d)`` ulps of 1, so rows that close to unit length are as normalised
+    as dividing would make them.
+    """
+    return 4.0 * math.sqrt(X.shape[1]) * torch.finfo(X.dtype).eps
 
 
 def _to_output(value: Tensor, is_numpy: bool) -> ArrayLike:
@@ -584,7 +597,8 @@ def _lloyd(
         active_counts = count_change if full else counts[active] + count_change
         # Summing only the rows that switched costs two scattered adds per switch:
         # recompute from scratch next time when too many rows switch.
-        full = switched > _INCREMENTAL_MAX_FRACTION * n_total * active.numel()
+        # (The first pass compares with placeholder labels, so its switches do not count.)
+        full = it > 0 and switched > _INCREMENTAL_MAX_FRACTION * n_total * active.numel()
         if bool((active_counts == 0).any()):
             active_labels = labels[:, active]
             _reseed_empty_(X, current, active_sums, active_counts, active_labels, chunk_size)
