@@ -6,8 +6,9 @@ Data: the 70,000 MNIST images (train + test) from ``--data-dir``, as raw
 ``tol = 1e-4``:
 
 * ``ours``: :class:`propos_losses.kmeans.SphericalKMeans` (float32, on ``--device``);
-* ``ours-sampled``: the same with ``sample_size=--sample-size`` (restarts on a
-  random subsample, the winner iterated on all rows);
+* ``ours-sampled``: the same with ``sample_size = --rows-per-cluster * K``
+  (default 500 rows per cluster; restarts on a random subsample, the winner
+  iterated on all rows);
 * ``sklearn``: ``sklearn.cluster.KMeans(n_init=10)`` on the normalised rows
   (Euclidean k-means; its partition is scored with its mean directions);
 * ``faiss``: ``faiss.Kmeans(d, K, niter=300, nredo=10, spherical=True)`` when
@@ -17,7 +18,15 @@ Every method is scored the same way: the cosine inertia
 ``sum_i (1 - cos(x_i, c_{a_i}))`` of its labels with its centres
 L2-normalised, and the NMI of its labels against the digit classes
 (``sklearn.metrics.normalized_mutual_info_score``). Wall-clock and process CPU
-seconds are both recorded, because the machine may be shared.
+seconds are both recorded, with ``other_cpu_s``: the CPU seconds other
+processes used during the run (from ``/proc/stat``; a busy machine inflates
+both timings, unevenly between methods, so compare runs where it is near 0). Each entry also records
+the iterations the method ran (faiss: summed over its restarts, on its
+``256 * K``-row training subsample) and, for ours, ``predict_s``: the seconds of
+one assignment of every row to the fitted centres (``SphericalKMeans.predict``,
+the least any method that labels every row must spend once), and for
+``ours-sampled`` the inertia of the subsample's winner on all rows before its
+full-data iterations (``first_full_inertia``).
 
 Results are printed as a table and merged into
 ``benchmarks/results/bench_kmeans.json`` (entries measured now replace those
@@ -41,6 +50,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import platform
 import sys
@@ -53,6 +63,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from _compare import compare  # noqa: E402
 from _mnist import DEFAULT_DATA_DIR, load_mnist  # noqa: E402
 
 from propos_losses.defaults import KMEANS_MAX_ITER, KMEANS_N_INIT, KMEANS_TOL  # noqa: E402
@@ -61,8 +72,10 @@ from propos_losses.kmeans import SphericalKMeans  # noqa: E402
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "bench_kmeans.json")
 PCA_DIM = 256
 METHODS = ("ours", "ours-sampled", "sklearn", "faiss")
-#: Default ``sample_size`` of the ``ours-sampled`` runs.
-SAMPLE_SIZE = 20_000
+#: Default rows per cluster of the ``ours-sampled`` runs (``sample_size = ROWS_PER_CLUSTER * K``):
+#: at 500, MNIST K = 10 and K = 100 stay within 0.1% of scikit-learn's inertia (fewer rows did not at
+#: K = 10: 256 per cluster gave 0.17% more).
+ROWS_PER_CLUSTER = 500
 #: (N, d, K) of the ``--synthetic-large`` runs: ImageNet-1k scale, and a CIFAR-like feature set.
 SYNTHETIC_RUNS = ((1_281_167, 256, 1000), (60_000, 512, 10))
 
@@ -124,52 +137,81 @@ def cosine_inertia(X: np.ndarray, centers: np.ndarray, labels: np.ndarray) -> fl
     return float((1.0 - cos).sum())
 
 
-def timed(fn: Callable[[], Any], device: str) -> Tuple[Any, float, float]:
+def busy_cpu_seconds() -> float:
+    """CPU seconds all processes of the machine have been busy since boot (``/proc/stat``; NaN elsewhere)."""
+    try:
+        with open("/proc/stat") as handle:
+            fields = handle.readline().split()[1:]
+    except OSError:
+        return math.nan
+    # user nice system idle iowait irq softirq steal: everything but idle and iowait is busy.
+    busy = sum(int(v) for i, v in enumerate(fields[:8]) if i not in (3, 4))
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def timed(fn: Callable[[], Any], device: str) -> Tuple[Any, float, float, float]:
+    """``fn()``, its wall and process CPU seconds, and the CPU seconds other processes used meanwhile."""
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-    wall, cpu = time.perf_counter(), time.process_time()
+    wall, cpu, busy = time.perf_counter(), time.process_time(), busy_cpu_seconds()
     out = fn()
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-    return out, time.perf_counter() - wall, time.process_time() - cpu
+    cpu = time.process_time() - cpu
+    return out, time.perf_counter() - wall, cpu, max(0.0, busy_cpu_seconds() - busy - cpu)
 
 
-def run_ours(X: np.ndarray, k: int, device: str, seed: int, sample_size: Optional[int] = None) -> Dict[str, Any]:
+def run_ours(X: np.ndarray, k: int, device: str, args: argparse.Namespace, sampled: bool = False) -> Dict[str, Any]:
     data = torch.from_numpy(X).to(device)
     km = SphericalKMeans(
-        k, n_init=KMEANS_N_INIT, max_iter=KMEANS_MAX_ITER, tol=KMEANS_TOL, seed=seed, sample_size=sample_size
+        k, n_init=KMEANS_N_INIT, max_iter=KMEANS_MAX_ITER, tol=KMEANS_TOL, seed=args.seed,
+        sample_size=args.rows_per_cluster * k if sampled else None,
     )
-    _, wall, cpu = timed(lambda: km.fit(data), device)
-    centers = km.cluster_centers_.cpu().numpy()
-    labels = km.labels_.cpu().numpy()
-    return {"wall_s": wall, "cpu_s": cpu, "centers": centers, "labels": labels, "n_iter": km.n_iter_,
-            "reported_inertia": km.inertia_}
+    _, wall, cpu, other = timed(lambda: km.fit(data), device)
+    predict_s = min(timed(lambda: km.predict(data), device)[1] for _ in range(3))
+    out = {"wall_s": wall, "cpu_s": cpu, "other_cpu_s": other, "centers": km.cluster_centers_.cpu().numpy(),
+           "labels": km.labels_.cpu().numpy(), "n_iter": km.n_iter_, "reported_inertia": km.inertia_,
+           "predict_s": predict_s}
+    if sampled:
+        out["sample_size"] = args.rows_per_cluster * k
+        out["first_full_inertia"] = km.inertia_history_[0]
+    return out
 
 
-def run_sklearn(X: np.ndarray, k: int, device: str, seed: int) -> Dict[str, Any]:
+def run_ours_sampled(X: np.ndarray, k: int, device: str, args: argparse.Namespace) -> Dict[str, Any]:
+    return run_ours(X, k, device, args, sampled=True)
+
+
+def run_sklearn(X: np.ndarray, k: int, device: str, args: argparse.Namespace) -> Dict[str, Any]:
     from sklearn.cluster import KMeans
 
-    km = KMeans(k, n_init=KMEANS_N_INIT, max_iter=KMEANS_MAX_ITER, tol=KMEANS_TOL, random_state=seed)
-    _, wall, cpu = timed(lambda: km.fit(X), "cpu")
-    return {"wall_s": wall, "cpu_s": cpu, "centers": km.cluster_centers_, "labels": km.labels_,
+    km = KMeans(k, n_init=KMEANS_N_INIT, max_iter=KMEANS_MAX_ITER, tol=KMEANS_TOL, random_state=args.seed)
+    _, wall, cpu, other = timed(lambda: km.fit(X), "cpu")
+    return {"wall_s": wall, "cpu_s": cpu, "other_cpu_s": other, "centers": km.cluster_centers_, "labels": km.labels_,
             "n_iter": int(km.n_iter_)}
 
 
-def run_faiss(X: np.ndarray, k: int, device: str, seed: int) -> Dict[str, Any]:
+def run_faiss(X: np.ndarray, k: int, device: str, args: argparse.Namespace) -> Dict[str, Any]:
     import faiss
 
-    km = faiss.Kmeans(X.shape[1], k, niter=KMEANS_MAX_ITER, nredo=KMEANS_N_INIT, spherical=True, seed=seed)
+    km = faiss.Kmeans(X.shape[1], k, niter=KMEANS_MAX_ITER, nredo=KMEANS_N_INIT, spherical=True, seed=args.seed)
 
     def fit() -> np.ndarray:
         km.train(X)
         return km.index.search(X, 1)[1][:, 0]
 
-    labels, wall, cpu = timed(fit, "cpu")
-    return {"wall_s": wall, "cpu_s": cpu, "centers": km.centroids, "labels": labels.astype(np.int64),
-            "n_iter": KMEANS_MAX_ITER}
+    labels, wall, cpu, other = timed(fit, "cpu")
+    # faiss stops a restart once its objective stops improving (early_stop_threshold 0), so count
+    # the iterations it ran (all restarts together) instead of assuming niter.
+    return {"wall_s": wall, "cpu_s": cpu, "other_cpu_s": other, "centers": km.centroids,
+            "labels": labels.astype(np.int64),
+            "n_iter": len(km.iteration_stats), "train_rows": min(X.shape[0], k * km.cp.max_points_per_centroid)}
 
 
-RUNNERS = {"ours": run_ours, "sklearn": run_sklearn, "faiss": run_faiss}
+#: Method name -> runner ``(X, K, device, args) -> dict``.
+RUNNERS: Dict[str, Callable[[np.ndarray, int, str, argparse.Namespace], Dict[str, Any]]] = {
+    "ours": run_ours, "ours-sampled": run_ours_sampled, "sklearn": run_sklearn, "faiss": run_faiss,
+}
 
 
 def available(method: str) -> bool:
@@ -199,24 +241,21 @@ def merge(entries: List[Dict[str, Any]], new: Dict[str, Any], keys: Tuple[str, .
 def print_table(entries: List[Dict[str, Any]]) -> None:
     header = (
         f"{'data':<13} {'K':>4} {'method':<12} {'wall s':>9} {'cpu s':>9} {'cos inertia':>13} "
-        f"{'vs best other':>13} {'cpu x':>9} {'NMI':>6} {'iters':>6}"
+        f"{'vs best other':>13} {'wall x':>8} {'cpu x':>8} {'NMI':>6} {'iters':>6} {'other s':>7}"
     )
     print(header)
     print("-" * len(header))
     for entry in sorted(entries, key=lambda e: (e["data"], e["k"], METHODS.index(e["method"]))):
-        others = [
-            e for e in entries
-            if e["data"] == entry["data"] and e["k"] == entry["k"] and not e["method"].startswith("ours")
-        ]
-        ratio = speed = ""
-        if entry["method"].startswith("ours") and others:
-            best = min(others, key=lambda e: e["cosine_inertia"])
-            ratio = f"{entry['cosine_inertia'] / best['cosine_inertia']:.5f}"
-            # CPU seconds: the machine may be shared, which inflates wall times unevenly.
-            speed = f"{min(e['cpu_s'] for e in others) / entry['cpu_s']:.1f}x"
+        ratio = wall_speed = cpu_speed = ""
+        comparison = compare(entry, entries)
+        if comparison is not None:
+            ratio = f"{comparison['inertia_ratio']:.5f}"
+            wall_speed = f"{comparison['wall_speedup']:.1f}x"
+            cpu_speed = f"{comparison['cpu_speedup']:.1f}x"
         print(
             f"{entry['data']:<13} {entry['k']:>4} {entry['method']:<12} {entry['wall_s']:>9.2f} {entry['cpu_s']:>9.2f} "
-            f"{entry['cosine_inertia']:>13.2f} {ratio:>13} {speed:>9} {entry['nmi']:>6.4f} {entry['n_iter']:>6}"
+            f"{entry['cosine_inertia']:>13.2f} {ratio:>13} {wall_speed:>8} {cpu_speed:>8} {entry['nmi']:>6.4f} "
+            f"{entry['n_iter']:>6} {entry.get('other_cpu_s', math.nan):>7.2f}"
         )
 
 
@@ -231,20 +270,18 @@ def bench_mnist(args: argparse.Namespace, results: Dict[str, Any], info: Dict[st
         for k in ks:
             for method in methods:
                 device = args.device if method.startswith("ours") else "cpu"
-                if method == "ours-sampled":
-                    out = run_ours(X, k, device, args.seed, sample_size=args.sample_size)
-                else:
-                    out = RUNNERS[method](X, k, device, args.seed)
+                out = RUNNERS[method](X, k, device, args)
                 entry = {
                     "data": name, "n": int(X.shape[0]), "d": int(X.shape[1]), "k": k, "method": method,
                     "device": device, "wall_s": out["wall_s"], "cpu_s": out["cpu_s"],
                     "cosine_inertia": cosine_inertia(X, out["centers"], out["labels"]),
                     "nmi": float(normalized_mutual_info_score(truth, out["labels"])), "n_iter": out["n_iter"],
                     "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                    "machine": info,
+                    "machine": info, "other_cpu_s": out["other_cpu_s"],
                 }
-                if method == "ours-sampled":
-                    entry["sample_size"] = args.sample_size
+                for key in ("predict_s", "sample_size", "first_full_inertia", "train_rows"):
+                    if key in out:
+                        entry[key] = out[key]
                 save(results, args.output, "mnist", entry, ("data", "k", "method"))
                 print(f"{name} K={k} {method}: {entry['wall_s']:.2f} s, cosine inertia {entry['cosine_inertia']:.2f}, "
                       f"NMI {entry['nmi']:.4f}", flush=True)
@@ -268,10 +305,10 @@ def bench_synthetic(args: argparse.Namespace, results: Dict[str, Any], info: Dic
     for n, d, k in SYNTHETIC_RUNS:
         X, truth = synthetic(n, d, k, args.device, args.seed)
         km = SphericalKMeans(k, n_init=KMEANS_N_INIT, max_iter=KMEANS_MAX_ITER, tol=KMEANS_TOL, seed=args.seed)
-        _, wall, cpu = timed(lambda: km.fit(X), args.device)
+        _, wall, cpu, other = timed(lambda: km.fit(X), args.device)
         entry = {
             "data": f"synthetic-{n}x{d}", "n": n, "d": d, "k": k, "method": "ours", "device": args.device,
-            "wall_s": wall, "cpu_s": cpu, "cosine_inertia": km.inertia_, "n_iter": km.n_iter_,
+            "wall_s": wall, "cpu_s": cpu, "other_cpu_s": other, "cosine_inertia": km.inertia_, "n_iter": km.n_iter_,
             "nmi": float(normalized_mutual_info_score(truth.cpu().numpy(), km.labels_.cpu().numpy())),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "machine": info,
         }
@@ -308,7 +345,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--quick", action="store_true", help="K = 10 only")
     parser.add_argument("--synthetic-large", action="store_true", help="the large synthetic runs (ours only)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--sample-size", type=int, default=SAMPLE_SIZE, help="sample_size of the ours-sampled runs")
+    parser.add_argument("--rows-per-cluster", type=int, default=ROWS_PER_CLUSTER,
+                        help="the ours-sampled runs use sample_size = this * K")
     parser.add_argument("--output", default=RESULTS, help="JSON file to merge the results into")
     args = parser.parse_args(argv)
 

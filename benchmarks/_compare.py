@@ -1,0 +1,34 @@
+"""Comparison of our k-means runs with the baselines, shared by ``bench_kmeans.py`` and ``report.py``."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+#: Methods that are ours (compared with the others, which are the baselines).
+OURS_PREFIX = "ours"
+
+
+def baselines(entry: Dict[str, Any], entries: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """The baseline runs (scikit-learn, faiss) on the same data set and ``K`` as ``entry``."""
+    return [
+        e for e in entries
+        if (e["data"], e["k"]) == (entry["data"], entry["k"]) and not e["method"].startswith(OURS_PREFIX)
+    ]
+
+
+def compare(entry: Dict[str, Any], entries: List[Dict[str, Any]]) -> Optional[Dict[str, float]]:
+    """How one of our runs compares with the baselines of its data set and ``K``.
+
+    Returns ``None`` for a baseline run or when no baseline was measured, else
+    ``inertia_ratio`` (our cosine inertia over the lower of the baselines'),
+    ``wall_speedup`` and ``cpu_speedup`` (the faster baseline's seconds over
+    ours; a value of 10 means ten times faster than the faster baseline).
+    """
+    others = baselines(entry, entries)
+    if not entry["method"].startswith(OURS_PREFIX) or not others:
+        return None
+    return {
+        "inertia_ratio": entry["cosine_inertia"] / min(e["cosine_inertia"] for e in others),
+        "wall_speedup": min(e["wall_s"] for e in others) / entry["wall_s"],
+        "cpu_speedup": min(e["cpu_s"] for e in others) / entry["cpu_s"],
+    }
