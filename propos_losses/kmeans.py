@@ -91,7 +91,9 @@ Input and output types: ``X`` may be a NumPy array or a torch tensor, float32
 or float64, on CPU or CUDA; float16 and bfloat16 tensors are computed in
 float32; integer, boolean and complex input raise :class:`TypeError`. All
 computation runs on the device of ``X`` in its (float32/float64) dtype.
-Results mirror the input: torch tensors on ``X``'s device for tensor input,
+Rows are divided by their norm unless every norm is already within
+``4 sqrt(d)`` ulps of 1 (as normalising leaves them); then ``X`` is used as
+it is, without a copy. Results mirror the input: torch tensors on ``X``'s device for tensor input,
 NumPy arrays for NumPy input (labels are int64 in both cases).
 """
 
