@@ -20,13 +20,13 @@ L2-normalised, and the NMI of its labels against the digit classes
 (``sklearn.metrics.normalized_mutual_info_score``). Wall-clock and process CPU
 seconds are both recorded, with ``other_cpu_s``: the CPU seconds other
 processes used during the run (from ``/proc/stat``; a busy machine inflates
-both timings, unevenly between methods, so compare runs where it is near 0). Each entry also records
-the iterations the method ran (faiss: summed over its restarts, on its
-``256 * K``-row training subsample) and, for ours, ``predict_s``: the seconds of
-one assignment of every row to the fitted centres (``SphericalKMeans.predict``,
-the least any method that labels every row must spend once), and for
-``ours-sampled`` the inertia of the subsample's winner on all rows before its
-full-data iterations (``first_full_inertia``).
+both timings, unevenly between methods, so compare runs where it is near 0).
+Each entry also records the iterations the method ran (faiss: summed over its
+restarts, on its ``256 * K``-row training subsample); ours also record
+``predict_s``, the seconds of one assignment of every row to the fitted
+centres (``SphericalKMeans.predict``: the least any method that labels every
+row must spend once), and ``ours-sampled`` the inertia of the subsample's
+winner on all rows before its full-data iterations (``first_full_inertia``).
 
 Results are printed as a table and merged into
 ``benchmarks/results/bench_kmeans.json`` (entries measured now replace those
