@@ -146,6 +146,19 @@ def _describe(config: Dict[str, Any]) -> str:
     return f"{config['dataset']} {config['method']}" + (f" ({', '.join(changes)})" if changes else " (preset)")
 
 
+def _format_raw(values: Dict[str, Any]) -> str:
+    """The NMI and ACC of a raw-pixel k-means summary as ``name mean+-std`` pairs."""
+    return "  ".join(f"{k} {v['mean']:.4f}+-{v['std']:.4f}" for k, v in values.items() if k.endswith(("nmi", "acc")))
+
+
+def _raw_kmeans_summary(dataset: Any, seeds: Sequence[int]) -> Dict[str, Any]:
+    """k-means on the raw pixels for every seed, summarised (mean, std, n) and printed."""
+    raw = [raw_kmeans(dataset, seed) for seed in seeds]
+    summary = {key: summarise([r[key] for r in raw]) for key in raw[0]}
+    print("k-means on raw pixels: " + _format_raw(summary))
+    return summary
+
+
 def summary() -> int:
     """Group every saved run by configuration (all but the seed) and tabulate mean +- std, per data set."""
     groups: Dict[str, Dict[str, Any]] = {}
@@ -179,7 +192,7 @@ def summary() -> int:
     rows.sort(key=lambda r: (r["dataset"], r["variant"]))
     for dataset, values in raw.items():
         values.pop("_seeds", None)
-        print(f"k-means on raw pixels ({dataset}): " + "  ".join(f"{k} {v['mean']:.4f}+-{v['std']:.4f}" for k, v in values.items() if k.endswith(("nmi", "acc"))))
+        print(f"k-means on raw pixels ({dataset}): " + _format_raw(values))
     table = _table([{**r, "variant": f"{r['dataset']}: " + r["variant"][:60] + f" n={len(r['seeds'])}"} for r in rows],
                    ("backbone_nmi", "backbone_acc", "projector_nmi", "projector_acc"))
     print(table)
@@ -227,9 +240,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     if args.experiment == "digits":
         dataset = load_dataset("digits")
-        raw = [raw_kmeans(dataset, seed) for seed in args.seeds]
-        result["raw_kmeans"] = {key: summarise([r[key] for r in raw]) for key in raw[0]}
-        print("k-means on raw pixels: " + "  ".join(f"{k} {v['mean']:.4f}+-{v['std']:.4f}" for k, v in result["raw_kmeans"].items() if k.endswith(("nmi", "acc"))))
+        result["raw_kmeans"] = _raw_kmeans_summary(dataset, args.seeds)
         variants = {method: {**extra, "method": method} for method in args.methods}
         result["rows"] = run_variants("digits", variants, args.seeds, dataset)
     elif args.experiment == "sweep":
@@ -253,19 +264,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 parser.error(f"unknown variants {unknown}; choose from {sorted(variants)}")
             variants = {name: variants[name] for name in args.variants}
         result["rows"] = run_variants("digits", variants, args.seeds, dataset)
-    elif args.experiment == "mnist-raw":
+    else:  # mnist, mnist-raw
         if not args.data_dir:
-            parser.error("mnist-raw needs --data-dir")
-        dataset = load_dataset("mnist", args.data_dir, max_samples=extra.get("max_samples"))
-        raw = [raw_kmeans(dataset, seed) for seed in args.seeds]
-        result["raw_kmeans"] = {key: summarise([r[key] for r in raw]) for key in raw[0]}
-        result["rows"] = []
-        print("k-means on raw pixels: " + "  ".join(f"{k} {v['mean']:.4f}+-{v['std']:.4f}" for k, v in result["raw_kmeans"].items() if k.endswith(("nmi", "acc"))))
-    else:
-        if not args.data_dir:
-            parser.error("mnist needs --data-dir")
+            parser.error(f"{args.experiment} needs --data-dir")
         # Load once for every run, honouring a max_samples override (--set max_samples=10000).
         dataset = load_dataset("mnist", args.data_dir, max_samples=extra.get("max_samples"))
+    if args.experiment == "mnist-raw":
+        result["raw_kmeans"] = _raw_kmeans_summary(dataset, args.seeds)
+        result["rows"] = []
+    elif args.experiment == "mnist":
         variants = {method: {"method": method, "data_dir": args.data_dir, **extra} for method in args.methods}
         result["rows"] = run_variants("mnist", variants, args.seeds, dataset)
 
