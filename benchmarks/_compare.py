@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 #: Methods that are ours (compared with the others, which are the baselines).
 OURS_PREFIX = "ours"
+#: Every method of ``bench_kmeans.py``, in table order.
+METHODS = ("ours", "ours-sampled", "sklearn", "faiss")
 
 
 def baselines(entry: Dict[str, Any], entries: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
@@ -32,3 +34,23 @@ def compare(entry: Dict[str, Any], entries: List[Dict[str, Any]]) -> Optional[Di
         "wall_speedup": min(e["wall_s"] for e in others) / entry["wall_s"],
         "cpu_speedup": min(e["cpu_s"] for e in others) / entry["cpu_s"],
     }
+
+
+def table_order(entry: Dict[str, Any]) -> Tuple[str, int, int]:
+    """Sort key of the tables: data set, ``K``, then :data:`METHODS` order (unknown methods last)."""
+    method = entry["method"]
+    return entry["data"], entry["k"], METHODS.index(method) if method in METHODS else len(METHODS)
+
+
+def format_comparison(
+    entry: Dict[str, Any], entries: List[Dict[str, Any]], ratio_digits: int, speed_digits: int
+) -> Tuple[str, str, str]:
+    """:func:`compare` as table cells (inertia ratio, wall and CPU speed-ups); empty for baselines."""
+    comparison = compare(entry, entries)
+    if comparison is None:
+        return "", "", ""
+    return (
+        f"{comparison['inertia_ratio']:.{ratio_digits}f}",
+        f"{comparison['wall_speedup']:.{speed_digits}f}x",
+        f"{comparison['cpu_speedup']:.{speed_digits}f}x",
+    )

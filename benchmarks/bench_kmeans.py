@@ -63,7 +63,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _compare import compare  # noqa: E402
+from _compare import METHODS, format_comparison, table_order  # noqa: E402
 from _mnist import DEFAULT_DATA_DIR, load_mnist  # noqa: E402
 
 from propos_losses.defaults import KMEANS_MAX_ITER, KMEANS_N_INIT, KMEANS_TOL  # noqa: E402
@@ -71,7 +71,6 @@ from propos_losses.kmeans import SphericalKMeans  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "bench_kmeans.json")
 PCA_DIM = 256
-METHODS = ("ours", "ours-sampled", "sklearn", "faiss")
 #: Default rows per cluster of the ``ours-sampled`` runs (``sample_size = ROWS_PER_CLUSTER * K``):
 #: at 500, MNIST K = 10 and K = 100 stay within 0.1% of scikit-learn's inertia (fewer rows did not at
 #: K = 10: 256 per cluster gave 0.17% more).
@@ -245,13 +244,8 @@ def print_table(entries: List[Dict[str, Any]]) -> None:
     )
     print(header)
     print("-" * len(header))
-    for entry in sorted(entries, key=lambda e: (e["data"], e["k"], METHODS.index(e["method"]))):
-        ratio = wall_speed = cpu_speed = ""
-        comparison = compare(entry, entries)
-        if comparison is not None:
-            ratio = f"{comparison['inertia_ratio']:.5f}"
-            wall_speed = f"{comparison['wall_speedup']:.1f}x"
-            cpu_speed = f"{comparison['cpu_speedup']:.1f}x"
+    for entry in sorted(entries, key=table_order):
+        ratio, wall_speed, cpu_speed = format_comparison(entry, entries, ratio_digits=5, speed_digits=1)
         print(
             f"{entry['data']:<13} {entry['k']:>4} {entry['method']:<12} {entry['wall_s']:>9.2f} {entry['cpu_s']:>9.2f} "
             f"{entry['cosine_inertia']:>13.2f} {ratio:>13} {wall_speed:>8} {cpu_speed:>8} {entry['nmi']:>6.4f} "

@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional, Sequence
 RESULTS = Path(__file__).resolve().parent / "results"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _compare import compare  # noqa: E402
+from _compare import format_comparison, table_order  # noqa: E402
 
 
 def _load(name: str) -> Optional[Any]:
@@ -72,9 +72,6 @@ def losses_section(data: Dict[str, Any]) -> str:
     return text
 
 
-_KMEANS_ORDER = ("ours", "ours-sampled", "sklearn", "faiss")
-
-
 def kmeans_section(data: Dict[str, Any]) -> str:
     text = "## Spherical k-means (`benchmarks/bench_kmeans.py`)\n\n"
     rows = data.get("mnist", [])
@@ -91,15 +88,8 @@ def kmeans_section(data: Dict[str, Any]) -> str:
                  "restart once its objective stops improving). *predict s*: one assignment of every row "
                  "to our fitted centres.\n\n")
         body = []
-        for r in sorted(rows, key=lambda r: (r["data"], r["k"], _KMEANS_ORDER.index(r["method"])
-                                             if r["method"] in _KMEANS_ORDER else len(_KMEANS_ORDER))):
-            others = [o for o in rows if (o["data"], o["k"]) == (r["data"], r["k"]) and not o["method"].startswith("ours")]
-            ratio = wall_speed = cpu_speed = ""
-            comparison = compare(r, rows)
-            if comparison is not None:
-                ratio = f"{comparison['inertia_ratio']:.4f}"
-                wall_speed = f"{comparison['wall_speedup']:.2f}x"
-                cpu_speed = f"{comparison['cpu_speedup']:.2f}x"
+        for r in sorted(rows, key=table_order):
+            ratio, wall_speed, cpu_speed = format_comparison(r, rows, ratio_digits=4, speed_digits=2)
             method = r["method"] + (f" ({r['sample_size']:,} rows)" if "sample_size" in r else "")
             other = f"{r['other_cpu_s']:.2f}" if "other_cpu_s" in r else "not recorded"
             predict = f"{r['predict_s']:.3f}" if "predict_s" in r else ""
