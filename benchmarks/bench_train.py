@@ -10,6 +10,9 @@ Experiments (each writes ``benchmarks/results/bench_train_<name>.json`` and prin
   preset: PSL warm-up length, ``lambda_psl``, ``sigma``, E-step features.
 * ``mnist``: ProPos vs BYOL on MNIST (70,000 images, ``--data-dir``).
 * ``mnist-raw``: k-means on the raw MNIST pixels (the baseline of ``mnist``).
+* ``buffers``: the target's BatchNorm statistics under the momentum update
+  (``target_buffers`` none / copy / ema, i.e. ``MomentumUpdater(buffers=...)``),
+  ProPos on digits, or on MNIST when ``--data-dir`` is given.
 * ``summary``: no training; groups every run in ``results/bench_train_*.json``
   by its resolved configuration and writes ``bench_train_summary.json``
   (experiments split over several processes, e.g. one per seed, end up in one table).
@@ -20,6 +23,8 @@ Usage::
     python benchmarks/bench_train.py sweep --seeds 0 1
     python benchmarks/bench_train.py mnist --data-dir /path/to/mnist --seeds 0
     python benchmarks/bench_train.py mnist-raw --data-dir /path/to/mnist --seeds 0 1 2
+    python benchmarks/bench_train.py buffers --seeds 0 1 2 --threads 1
+    python benchmarks/bench_train.py buffers --data-dir ../shared/data/mnist --set max_samples=10000 --epochs 10 --tag mnist
 
 Figures depend on the machine only through time; the metrics are deterministic
 for a seed on CPU (``torch.set_num_threads`` does not change them beyond
@@ -215,7 +220,7 @@ def _environment() -> Dict[str, Any]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("experiment", choices=("digits", "sweep", "mnist", "mnist-raw", "summary"))
+    parser.add_argument("experiment", choices=("digits", "sweep", "mnist", "mnist-raw", "buffers", "summary"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--data-dir", default=None, help="MNIST IDX directory (mnist experiment)")
     parser.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
@@ -243,6 +248,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         result["raw_kmeans"] = _raw_kmeans_summary(dataset, args.seeds)
         variants = {method: {**extra, "method": method} for method in args.methods}
         result["rows"] = run_variants("digits", variants, args.seeds, dataset)
+    elif args.experiment == "buffers":
+        preset = "mnist" if args.data_dir else "digits"
+        if args.data_dir:
+            extra["data_dir"] = args.data_dir
+        dataset = load_dataset(preset, args.data_dir, max_samples=extra.get("max_samples"))
+        variants = {f"target_buffers={policy}": {**extra, "target_buffers": policy} for policy in ("none", "copy", "ema")}
+        result["rows"] = run_variants(preset, variants, args.seeds, dataset)
     elif args.experiment == "sweep":
         dataset = load_dataset("digits")
         variants = {

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import List, Literal, Tuple, TypeVar
+from typing import List, Literal, Sequence, Tuple, TypeVar, Union
 
 import torch
 from torch import Tensor, nn
@@ -34,6 +34,8 @@ BufferPolicy = Literal["copy", "ema", "none"]
 _BUFFER_POLICIES: Tuple[str, ...] = ("copy", "ema", "none")
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
+#: One module, or an equal-length sequence of modules updated together as one step.
+Modules = Union[nn.Module, Sequence[nn.Module]]
 
 
 def _unwrap(module: nn.Module) -> nn.Module:
@@ -45,6 +47,30 @@ def _unwrap(module: nn.Module) -> nn.Module:
             module = module._orig_mod  # type: ignore[assignment]
         else:
             return module
+
+
+def _as_module_list(name: str, modules: object) -> List[nn.Module]:
+    """``modules`` (one module or a list/tuple of modules) as a list of unwrapped modules."""
+    if isinstance(modules, nn.Module):
+        return [_unwrap(modules)]
+    if not isinstance(modules, (list, tuple)):
+        raise TypeError(f"{name} must be an nn.Module or a list/tuple of nn.Modules, got {type(modules).__name__}")
+    if not modules:
+        raise ValueError(f"{name} must hold at least one module, got an empty {type(modules).__name__}")
+    for position, module in enumerate(modules):
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"{name}[{position}] must be an nn.Module, got {type(module).__name__}")
+    return [_unwrap(module) for module in modules]
+
+
+def _named(modules: List[nn.Module], kind: str) -> List[Tuple[str, Tensor]]:
+    """Named parameters or buffers of every module, names prefixed by the module's position when several."""
+    named: List[Tuple[str, Tensor]] = []
+    for position, module in enumerate(modules):
+        prefix = f"[{position}]." if len(modules) > 1 else ""
+        items = module.named_parameters() if kind == "parameter" else module.named_buffers()
+        named.extend((prefix + name, tensor) for name, tensor in items)
+    return named
 
 
 def _paired(kind: str, online: List[Tuple[str, Tensor]], target: List[Tuple[str, Tensor]]) -> Tuple[List[Tensor], List[Tensor]]:
@@ -79,10 +105,18 @@ class MomentumUpdater(nn.Module):
 
     Buffer policies (BatchNorm running statistics and the like):
 
-    * ``"copy"``: copy every buffer from the online network (default);
+    * ``"none"`` (default): leave the target's buffers alone, so the target
+      keeps its own BatchNorm statistics (from the batches it sees in train
+      mode). This is what BYOL, lightly and the ProPos authors do;
+    * ``"copy"``: copy every buffer from the online network (the default of
+      0.1.0, which measurably hurts clustering: see :doc:`/dropin`);
     * ``"ema"``: EMA of floating-point buffers with the same ``m_t``, integer
-      buffers (e.g. ``num_batches_tracked``) copied;
-    * ``"none"``: leave the target's buffers alone.
+      buffers (e.g. ``num_batches_tracked``) copied.
+
+    Several module pairs (lightly/solo-learn keep a momentum copy of the
+    backbone and of the projection head): pass equal-length lists,
+    ``update([backbone, head], [backbone_m, head_m])``. That is ONE step of
+    the schedule; calling ``update`` once per pair would advance it twice.
 
     Distributed training: pass the DDP-wrapped online model (or the plain
     one); it is unwrapped through ``.module`` (DataParallel and
@@ -97,7 +131,7 @@ class MomentumUpdater(nn.Module):
         base_momentum: ``m_0``, the momentum at step 0, in ``[0, 1]``.
         final_momentum: ``m_T``, the momentum at step ``total_steps``, in ``[0, 1]``.
         total_steps: ``T``, the number of optimiser steps of the schedule, ``>= 1``.
-        buffers: the buffer policy, ``"copy"``, ``"ema"`` or ``"none"``.
+        buffers: the buffer policy, ``"none"`` (default), ``"copy"`` or ``"ema"``.
 
     Raises:
         TypeError: a non-numeric momentum, a non-int ``total_steps``, a non-str ``buffers``.
@@ -123,7 +157,7 @@ class MomentumUpdater(nn.Module):
         final_momentum: float = defaults.FINAL_MOMENTUM,
         *,
         total_steps: int,
-        buffers: BufferPolicy = "copy",
+        buffers: BufferPolicy = "none",
     ) -> None:
         super().__init__()
         self.base_momentum = check_float("base_momentum", base_momentum, minimum=0.0, maximum=1.0)
@@ -178,33 +212,52 @@ class MomentumUpdater(nn.Module):
         return target  # type: ignore[return-value]
 
     @torch.no_grad()
-    def update(self, online: nn.Module, target: nn.Module) -> float:
+    def update(self, online: Modules, target: Modules) -> float:
         """EMA step ``theta' <- m_t theta' + (1 - m_t) theta``, then ``t <- t + 1``.
 
         Args:
-            online: the online network (a DDP/DataParallel wrapper is unwrapped).
+            online: the online network (a DDP/DataParallel wrapper is
+                unwrapped), or a list/tuple of online modules.
             target: the target network, with the same parameter (and, unless
-                ``buffers="none"``, buffer) names, shapes, dtypes and devices.
+                ``buffers="none"``, buffer) names, shapes, dtypes and devices;
+                a list/tuple of the same length when ``online`` is one.
 
         Returns:
             The momentum ``m_t`` that was applied (for logging).
 
         Raises:
-            TypeError: ``online`` or ``target`` not an ``nn.Module``.
-            ValueError: the two networks differ in names, shapes, dtypes or
-                devices, or are the same module; nothing is changed then.
+            TypeError: ``online`` or ``target`` (or an element) not an ``nn.Module``.
+            ValueError: sequences of different lengths or empty, networks that
+                differ in names, shapes, dtypes or devices, or a target that is
+                an online module; nothing is changed then.
+
+        Example:
+            >>> backbone, head = torch.nn.Linear(4, 4), torch.nn.Linear(4, 2)
+            >>> backbone_m, head_m = MomentumUpdater.make_target(backbone), MomentumUpdater.make_target(head)
+            >>> updater = MomentumUpdater(total_steps=10)
+            >>> m = updater.update([backbone, head], [backbone_m, head_m])  # one step for both pairs
+            >>> int(updater.step)
+            1
         """
-        for name, module in (("online", online), ("target", target)):
-            if not isinstance(module, nn.Module):
-                raise TypeError(f"{name} must be an nn.Module, got {type(module).__name__}")
-        online, target = _unwrap(online), _unwrap(target)
-        if online is target:
+        online_modules = _as_module_list("online", online)
+        target_modules = _as_module_list("target", target)
+        if len(online_modules) != len(target_modules):
+            raise ValueError(
+                f"online and target must hold the same number of modules, got {len(online_modules)} and "
+                f"{len(target_modules)}"
+            )
+        online_ids = {id(module) for module in online_modules}
+        if any(id(module) in online_ids for module in target_modules):
             raise ValueError("online and target must be different modules (see MomentumUpdater.make_target)")
-        online_params, target_params = _paired("parameter", list(online.named_parameters()), list(target.named_parameters()))
+        online_params, target_params = _paired(
+            "parameter", _named(online_modules, "parameter"), _named(target_modules, "parameter")
+        )
         online_buffers: List[Tensor] = []
         target_buffers: List[Tensor] = []
         if self.buffers_policy != "none":
-            online_buffers, target_buffers = _paired("buffer", list(online.named_buffers()), list(target.named_buffers()))
+            online_buffers, target_buffers = _paired(
+                "buffer", _named(online_modules, "buffer"), _named(target_modules, "buffer")
+            )
 
         momentum = self.momentum
         self._ema_(target_params, online_params, momentum)

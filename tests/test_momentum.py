@@ -92,7 +92,8 @@ def test_defaults_are_the_papers_values() -> None:
     updater = MomentumUpdater(total_steps=10)
     assert updater.base_momentum == defaults.BASE_MOMENTUM
     assert updater.final_momentum == defaults.FINAL_MOMENTUM
-    assert updater.buffers_policy == "copy"
+    # The target keeps its own BatchNorm statistics, as in BYOL, lightly and the authors' code.
+    assert updater.buffers_policy == "none"
 
 
 def test_update_uses_the_current_step_then_increments_it() -> None:
@@ -163,7 +164,7 @@ def test_momentum_one_leaves_the_target_unchanged_and_zero_copies_the_online_net
     for name, value in target.state_dict().items():
         assert torch.equal(value, before[name]), name
 
-    copy = MomentumUpdater(0.0, 0.0, total_steps=1)
+    copy = MomentumUpdater(0.0, 0.0, total_steps=1, buffers="copy")
     copy.update(online, target)
     for name, value in target.state_dict().items():
         assert torch.equal(value, online.state_dict()[name]), name

@@ -63,6 +63,7 @@ _HELP = {
     "output_dir": "run directory (default ./runs/<timestamp>); must be new or empty",
     "augmentation": "digits | mnist | color (default from the data set)",
     "optimizer": "sgd | lars",
+    "target_buffers": "none | copy | ema: the target's BatchNorm statistics (none: its own, as BYOL)",
     "crop_min_scale": "smallest random-crop area fraction (default: the augmentation kind's)",
     "rotation_degrees": "rotation range +-degrees (default: the augmentation kind's)",
     "translate": "translation range as a fraction of the image size (default: the augmentation kind's)",

@@ -33,6 +33,7 @@ __all__ = [
     "OPTIMIZERS",
     "DEVICES",
     "ESTEP_FEATURES",
+    "TARGET_BUFFERS",
     "AUGMENTATIONS",
     "resolve_config",
     "load_config_file",
@@ -45,6 +46,8 @@ METHODS: Tuple[str, ...] = ("propos", "byol")
 OPTIMIZERS: Tuple[str, ...] = ("sgd", "lars")
 DEVICES: Tuple[str, ...] = ("auto", "cpu", "cuda")
 ESTEP_FEATURES: Tuple[str, ...] = ("projector", "backbone")
+#: What the momentum update does with the target's BatchNorm statistics (MomentumUpdater's ``buffers``).
+TARGET_BUFFERS: Tuple[str, ...] = ("none", "copy", "ema")
 AUGMENTATIONS: Tuple[str, ...] = ("digits", "mnist", "color")
 DATASETS: Tuple[str, ...] = ("digits", "mnist", "cifar10", "cifar20", "folder")
 BACKBONES: Tuple[str, ...] = ("small_cnn", "flat_cnn", "resnet18", "resnet34")
@@ -110,6 +113,8 @@ class TrainConfig:
     queue_size: int = 0
     base_momentum: float = D.BASE_MOMENTUM
     final_momentum: float = D.FINAL_MOMENTUM
+    #: MomentumUpdater's buffer policy: ``none`` (target keeps its own BN statistics), ``copy`` or ``ema``.
+    target_buffers: str = "none"
     kmeans_n_init: int = D.KMEANS_N_INIT
     kmeans_max_iter: int = D.KMEANS_MAX_ITER
     kmeans_tol: float = D.KMEANS_TOL
@@ -302,6 +307,7 @@ def validate_config(config: TrainConfig) -> TrainConfig:
     choice("backbone", BACKBONES)
     choice("optimizer", OPTIMIZERS)
     choice("estep_features", ESTEP_FEATURES)
+    choice("target_buffers", TARGET_BUFFERS)
     if config.augmentation is not None:
         choice("augmentation", AUGMENTATIONS)
     for name in ("epochs", "batch_size", "hidden_dim", "out_dim", "estep_every", "kmeans_n_init", "kmeans_max_iter"):

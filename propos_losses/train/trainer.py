@@ -500,7 +500,10 @@ class Trainer:
                 groups, lr=config.lr, momentum=config.sgd_momentum, weight_decay=config.weight_decay
             )
         self.momentum = MomentumUpdater(
-            base_momentum=config.base_momentum, final_momentum=config.final_momentum, total_steps=max(self.total_steps, 1)
+            base_momentum=config.base_momentum,
+            final_momentum=config.final_momentum,
+            total_steps=max(self.total_steps, 1),
+            buffers=config.target_buffers,  # type: ignore[arg-type]
         )
 
         self.epoch = 0
