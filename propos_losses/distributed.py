@@ -13,7 +13,9 @@ single-process gradient on the concatenated global batch.
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Tuple
+import contextlib
+import contextvars
+from typing import Any, Iterator, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -21,6 +23,7 @@ from torch import Tensor
 
 __all__ = [
     "is_distributed",
+    "local_only",
     "get_world_size",
     "get_rank",
     "all_reduce_sum",
@@ -34,9 +37,30 @@ __all__ = [
 ProcessGroup = Any  # torch.distributed.ProcessGroup; kept loose for typing across versions
 
 
+# Set by local_only(): collectives are skipped even inside an initialised process group.
+_LOCAL_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("propos_losses_local_only", default=False)
+
+
 def is_distributed(group: Optional[ProcessGroup] = None) -> bool:
-    """``True`` when a process group is initialised and has more than one rank."""
+    """``True`` when a process group is initialised, has more than one rank and :func:`local_only` is not active."""
+    if _LOCAL_ONLY.get():
+        return False
     return dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
+
+
+@contextlib.contextmanager
+def local_only() -> Iterator[None]:
+    """Run the package's computations on this process alone, even inside a process group.
+
+    Inside the context every helper here behaves as without a process group
+    (no collective is issued), so e.g. a k-means called on rank 0 only does not
+    wait for the other ranks.
+    """
+    token = _LOCAL_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _LOCAL_ONLY.reset(token)
 
 
 def get_world_size(group: Optional[ProcessGroup] = None) -> int:

@@ -116,6 +116,7 @@ from propos_losses.distributed import (
     broadcast_,
     get_rank,
     is_distributed,
+    local_only,
 )
 
 __all__ = ["SphericalKMeans", "spherical_kmeans", "KMeansResult", "DEFAULT_CHUNK_BYTES"]
@@ -743,7 +744,37 @@ def _initial_centers(init: Union[Tensor, np.ndarray], X: Tensor, n_clusters: int
     return _normalise_rows("init", centers.reshape(-1, d)).view(centers.shape)
 
 
+def _check_distributed(distributed: object) -> None:
+    if distributed is not None and not isinstance(distributed, bool):
+        raise TypeError(f"distributed must be None, True or False, got {distributed!r}")
+    if distributed is True and not is_distributed():
+        raise ValueError(
+            "distributed=True needs an initialised torch.distributed process group with more than one rank; "
+            "use distributed=None to follow the process group when there is one"
+        )
+
+
 def _fit(
+    X: Any,
+    n_clusters: int,
+    n_init: int,
+    max_iter: int,
+    tol: float,
+    seed: Optional[int],
+    init: InitLike,
+    chunk_size: Optional[int],
+    verbose: bool,
+    sample_size: Optional[int] = None,
+    distributed: Optional[bool] = None,
+) -> Tuple[_Fit, bool]:
+    _check_distributed(distributed)
+    if distributed is False:
+        with local_only():
+            return _fit_collective(X, n_clusters, n_init, max_iter, tol, seed, init, chunk_size, verbose, sample_size)
+    return _fit_collective(X, n_clusters, n_init, max_iter, tol, seed, init, chunk_size, verbose, sample_size)
+
+
+def _fit_collective(
     X: Any,
     n_clusters: int,
     n_init: int,
@@ -833,6 +864,7 @@ def spherical_kmeans(
     chunk_size: Optional[int] = None,
     verbose: bool = False,
     sample_size: Optional[int] = None,
+    distributed: Optional[bool] = None,
 ) -> KMeansResult:
     """Spherical k-means of the rows of ``X`` (functional form of :class:`SphericalKMeans`).
 
@@ -857,6 +889,9 @@ def spherical_kmeans(
             subsample of about this many rows, and only the best of them is
             then iterated on all rows (see *Subsampled restarts* in the module
             docstring); ``None`` runs every restart on all rows.
+        distributed: ``None``: data-parallel whenever a process group with
+            more than one rank exists; ``False``: this process alone, no
+            collective; ``True``: require a process group.
 
     Returns:
         :class:`KMeansResult` ``(centers (K, d), labels (N,), inertia, n_iter)``;
@@ -869,7 +904,9 @@ def spherical_kmeans(
         >>> result.centers.shape, result.labels.shape, len(set(result.labels.tolist()))
         (torch.Size([3, 3]), torch.Size([150]), 3)
     """
-    fit, is_numpy = _fit(X, n_clusters, n_init, max_iter, tol, seed, init, chunk_size, verbose, sample_size)
+    fit, is_numpy = _fit(
+        X, n_clusters, n_init, max_iter, tol, seed, init, chunk_size, verbose, sample_size, distributed
+    )
     return KMeansResult(_to_output(fit.centers, is_numpy), _to_output(fit.labels, is_numpy), fit.inertia, fit.n_iter)
 
 
@@ -893,6 +930,12 @@ class SphericalKMeans:
         sample_size: run the restarts on a random subsample of about this
             many rows and iterate only the winner on all rows (``None``: all
             rows for every restart).
+        distributed: ``None`` (default): data-parallel over the ranks whenever
+            a ``torch.distributed`` process group with more than one rank is
+            initialised (every rank must call :meth:`fit` with its shard);
+            ``False``: this process clusters its ``X`` alone, with no
+            collective, e.g. an evaluation on rank 0 only; ``True``: require a
+            process group (``ValueError`` without one).
 
     Attributes:
         cluster_centers_: ``(K, d)`` unit-norm centres.
@@ -930,8 +973,10 @@ class SphericalKMeans:
         chunk_size: Optional[int] = None,
         verbose: bool = False,
         sample_size: Optional[int] = None,
+        distributed: Optional[bool] = None,
     ) -> None:
         _check_params(n_clusters, n_init, max_iter, tol, seed, init, chunk_size, verbose, sample_size)
+        _check_distributed(distributed)
         self.n_clusters = int(n_clusters)
         self.n_init = int(n_init)
         self.max_iter = int(max_iter)
@@ -941,12 +986,13 @@ class SphericalKMeans:
         self.chunk_size = chunk_size
         self.verbose = verbose
         self.sample_size = None if sample_size is None else int(sample_size)
+        self.distributed = distributed
 
     def fit(self, X: ArrayLike) -> "SphericalKMeans":
         """Cluster ``X`` ``(N, d)``; returns ``self``."""
         fit, is_numpy = _fit(
             X, self.n_clusters, self.n_init, self.max_iter, self.tol, self.seed, self.init, self.chunk_size,
-            self.verbose, self.sample_size,
+            self.verbose, self.sample_size, self.distributed,
         )
         self._centers = fit.centers
         self.cluster_centers_ = _to_output(fit.centers, is_numpy)
