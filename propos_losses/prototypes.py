@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Tuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -101,6 +102,27 @@ def _cluster_sums(features: Tensor, assignments: Tensor, num_clusters: int) -> T
         return sums, counts
     weights = assignments.to(features.dtype)
     return weights.t() @ features, weights.sum(dim=0)
+
+
+def _as_assignments(assignments: object, device: torch.device) -> object:
+    """NumPy labels ``(B,)`` (any integer dtype) or weights ``(B, K)`` (float) as a tensor on ``device``.
+
+    Tensors and other objects are returned unchanged (they are checked by
+    :func:`_check_assignments`), so a NumPy array is accepted exactly where
+    the equivalent tensor is.
+    """
+    if not isinstance(assignments, np.ndarray):
+        return assignments
+    kind = assignments.dtype.kind
+    if kind == "u" and assignments.dtype.itemsize == 8 and assignments.size and assignments.max() > np.iinfo(np.int64).max:
+        raise ValueError(f"assignments must be in [0, K), got label {assignments.max()}")
+    if kind in "iu":
+        return torch.from_numpy(np.ascontiguousarray(assignments, dtype=np.int64)).to(device)
+    if kind == "f":
+        return torch.from_numpy(np.ascontiguousarray(assignments)).to(device)
+    raise TypeError(
+        f"assignments must hold integer labels or floating-point weights, got NumPy dtype {assignments.dtype}"
+    )
 
 
 def _check_assignments(

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from typing import Callable, Optional
+import weakref
+from typing import Any, Callable, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -167,18 +168,56 @@ def positive_sampling_alignment(
         return (2 - 2 * (p * z).sum(dim=1)).mean()
 
 
+class _PredictionTracker:
+    """Forward hook on the predictor: a weak reference to its latest output, kept on the PSA module.
+
+    Lets :meth:`PositiveSamplingAlignment.forward` catch a prediction passed
+    where the projection belongs. Only weak references: the hook keeps
+    neither the loss module nor the output alive.
+    """
+
+    def __init__(self, psa: "PositiveSamplingAlignment") -> None:
+        self.psa = weakref.ref(psa)
+
+    def __getstate__(self) -> dict:
+        return {}  # a weak reference cannot be pickled; the owning PSA re-registers a live tracker
+
+    def __setstate__(self, state: dict) -> None:
+        self.psa = lambda: None
+
+    def __call__(self, module: nn.Module, inputs: Tuple[Any, ...], output: Any) -> None:
+        psa = self.psa()
+        if psa is not None and isinstance(output, Tensor):
+            psa._last_prediction = weakref.ref(output)
+
+
+def _track_predictions(psa: "PositiveSamplingAlignment") -> None:
+    # A copied predictor (deepcopy, pickle) brings its original's trackers along: drop those first.
+    hooks = psa.predictor._forward_hooks
+    for key in [key for key, hook in hooks.items() if isinstance(hook, _PredictionTracker)]:
+        del hooks[key]
+    psa.predictor.register_forward_hook(_PredictionTracker(psa))
+
+
 class PositiveSamplingAlignment(nn.Module):
     """Positive sampling alignment loss of ProPos (Eq. 9, 10); ``sigma = 0`` is BYOL.
 
     ``L_psa = mean_i (2 - 2 cos(g(q_i + sigma * eps_i), z'+_i))``, ``eps ~ N(0, I)``
     drawn only in training mode. The module **owns** the predictor ``g``, so
     ``psa.predictor.parameters()`` can be given its own learning rate (the
-    paper uses 10x); do not also register the predictor in another module whose
-    parameters you optimise, or they would be optimised twice.
+    paper uses 10x).
 
-    Symmetrisation: the BYOL/ProPos loss sums the loss of both view orders,
-    ``psa(q1, z2) + psa(q2, z1)`` where ``q`` are online and ``z`` target
-    projections; :meth:`symmetric` does exactly that.
+    A model that already owns its prediction head (lightly's and solo-learn's
+    layouts): pass that head, ``PSA(model.prediction_head)``, let the model
+    return the projection ``q`` (not the prediction), and optimise
+    ``model.parameters()`` only; ``psa.predictor`` is then the same module,
+    so do not add ``psa.parameters()`` to the optimiser as well. Passing the
+    predictor's own latest output as ``online_projection`` (the predictor
+    applied twice) raises a ``ValueError``.
+
+    Symmetrisation: :meth:`symmetric` sums the loss of both view orders,
+    ``psa(q1, z2) + psa(q2, z1)`` (BYOL paper); the ProPos authors and lightly
+    *average* them, which :class:`~propos_losses.ProPosLoss` does.
 
     Under DDP the loss is the mean over the local batch; DDP's gradient
     averaging then yields the global-batch gradient for equal local batch sizes.
@@ -218,6 +257,17 @@ class PositiveSamplingAlignment(nn.Module):
         self.predictor = predictor
         self._sigma = _check_sigma(sigma)
         self._generator = _check_generator(generator)
+        self._last_prediction: Optional[weakref.ref] = None
+        _track_predictions(self)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_last_prediction"] = None  # weak references cannot be copied or pickled
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        _track_predictions(self)
 
     @property
     def sigma(self) -> float:
@@ -250,7 +300,20 @@ class PositiveSamplingAlignment(nn.Module):
 
         Returns:
             Scalar float32 loss (float64 for float64 inputs), in ``[0, 4]``.
+
+        Raises:
+            ValueError: ``online_projection`` is the latest output of
+                ``self.predictor`` (the prediction passed instead of the
+                projection, so the predictor would run twice), besides the
+                errors of :func:`positive_sampling_alignment`.
         """
+        last = None if self._last_prediction is None else self._last_prediction()
+        if last is not None and online_projection is last:
+            raise ValueError(
+                "online_projection is the output of psa.predictor: pass the projection q = f(x), not the "
+                "prediction g(q) (PSA applies the predictor itself; a model that owns its prediction head "
+                "should return the projection, see the drop-in guide)"
+            )
         return positive_sampling_alignment(
             online_projection,
             target_projection,

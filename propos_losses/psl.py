@@ -57,6 +57,7 @@ from propos_losses._validation import (
 )
 from propos_losses.distributed import all_reduce_max_, all_reduce_sum, all_reduce_sum_, is_distributed
 from propos_losses.prototypes import (
+    _as_assignments,
     _check_assignments,
     _cluster_sums,
     _rescale_weights,
@@ -340,7 +341,8 @@ def prototype_scattering_loss(
         target: ``(B, d)`` target projector outputs ``f'(x)``; detached.
         assignments: ``(B,)`` integer cluster labels in ``[0, K)``, or ``(B, K)``
             non-negative float weights ``p(k|x)`` (rows may be zero, not all;
-            only their ratios matter); treated as constants (detached).
+            only their ratios matter); treated as constants (detached). A
+            NumPy array is accepted as the equivalent tensor.
         num_clusters: ``K >= 2``.
         temperature: ``tau``, at least ``torch.finfo(torch.float32).tiny``.
         queue_features: optional ``(Q, d)`` features of a memory queue (target
@@ -369,6 +371,8 @@ def prototype_scattering_loss(
     """
     num_clusters = check_int("num_clusters", num_clusters, minimum=2)
     temperature = _check_temperature(temperature)
+    if isinstance(online, Tensor):
+        assignments = _as_assignments(assignments, online.device)  # type: ignore[assignment]
     # Under torch.distributed a rank may hold no samples or all-zero weights: only the global total counts.
     distributed = is_distributed()
 
@@ -453,7 +457,10 @@ class PrototypeScatteringLoss(nn.Module):
             online: ``(B, d)`` online projector outputs (any floating dtype).
             target: ``(B, d)`` target projector outputs (detached).
             assignments: ``(B,)`` integer labels in ``[0, K)`` or ``(B, K)``
-                non-negative float weights (not with a queue).
+                non-negative float weights (not with a queue); a tensor or a
+                NumPy array (integer labels of any width, float weights), e.g.
+                the ``labels_`` of :class:`~propos_losses.SphericalKMeans`
+                fitted on NumPy features.
             indices: optional ``(B,)`` dataset indices ``>= 0`` of the samples,
                 any integer dtype (like :meth:`PrototypeQueue.push`), stored in
                 the queue as int64 so that it can be relabelled.
@@ -461,6 +468,8 @@ class PrototypeScatteringLoss(nn.Module):
         Returns:
             0-d loss tensor (float32, float64 for float64 input).
         """
+        if isinstance(online, Tensor):
+            assignments = _as_assignments(assignments, online.device)  # type: ignore[assignment]
         _validate_on_every_rank(lambda: self._check_forward(online, target, assignments, indices), online, target)
         queue_sums = None if self.queue is None else _buffer_queue_sums(self.queue, self.num_clusters)
         terms, z_target = _psl(online, target, assignments, self.num_clusters, self.temperature, queue_sums)
