@@ -9,6 +9,8 @@ around them, a batched spherical k-means and exact clustering metrics:
 """
 
 from propos_losses._version import __version__
+from propos_losses.estep import EStep
+from propos_losses.features import WithIndex, extract_features
 from propos_losses.diagnostics import alignment, cluster_size_stats, representation_diagnostics, uniformity
 from propos_losses.kmeans import KMeansResult, SphericalKMeans, spherical_kmeans
 from propos_losses.metrics import (
@@ -24,6 +26,7 @@ from propos_losses.metrics import (
 from propos_losses.momentum import MomentumUpdater
 from propos_losses.prototypes import cluster_sums, compute_prototypes
 from propos_losses.psa import PSA, PositiveSamplingAlignment, positive_sampling_alignment
+from propos_losses.propos_loss import ProPosLoss
 from propos_losses.psl import PSL, PrototypeScatteringLoss, PSLTerms, prototype_scattering_loss
 from propos_losses.queue import PrototypeQueue
 
@@ -39,6 +42,11 @@ __all__ = [
     "positive_sampling_alignment",
     "cluster_sums",
     "compute_prototypes",
+    "ProPosLoss",
+    # drop-in helpers
+    "WithIndex",
+    "extract_features",
+    "EStep",
     # training utilities
     "MomentumUpdater",
     "PrototypeQueue",
