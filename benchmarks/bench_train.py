@@ -13,6 +13,11 @@ Experiments (each writes ``benchmarks/results/bench_train_<name>.json`` and prin
 * ``buffers``: the target's BatchNorm statistics under the momentum update
   (``target_buffers`` none / copy / ema, i.e. ``MomentumUpdater(buffers=...)``),
   ProPos on digits, or on MNIST when ``--data-dir`` is given.
+* ``psl-start``: PSL switched on automatically (``psl_start=auto``: once two
+  successive E-steps agree with NMI >= ``psl_agreement``) instead of after the
+  preset's fixed warm-up; digits, or MNIST with ``--data-dir``. The preset
+  rows it compares with are the ``target_buffers=none`` rows of ``buffers``
+  (same configuration, deterministic per seed on CPU), joined by ``summary``.
 * ``summary``: no training; groups every run in ``results/bench_train_*.json``
   by its resolved configuration and writes ``bench_train_summary.json``
   (experiments split over several processes, e.g. one per seed, end up in one table).
@@ -25,6 +30,7 @@ Usage::
     python benchmarks/bench_train.py mnist-raw --data-dir /path/to/mnist --seeds 0 1 2
     python benchmarks/bench_train.py buffers --seeds 0 1 2 --threads 1
     python benchmarks/bench_train.py buffers --data-dir ../shared/data/mnist --set max_samples=10000 --epochs 10 --tag mnist
+    python benchmarks/bench_train.py psl-start --seeds 0 1 2 --threads 1
 
 Figures depend on the machine only through time; the metrics are deterministic
 for a seed on CPU (``torch.set_num_threads`` does not change them beyond
@@ -70,13 +76,17 @@ def train_once(preset: str, overrides: Dict[str, Any], dataset: Any = None, name
         result = Trainer(config, run_dir, dataset=dataset, log=lambda message: None).fit()
         records = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
     curve = [
-        {k: r[k] for k in ("epoch", "backbone_nmi", "backbone_acc", "projector_nmi", "projector_acc") if k in r}
+        {k: r[k] for k in ("epoch", "backbone_nmi", "backbone_acc", "projector_nmi", "projector_acc",
+                           "pseudo_agreement") if k in r}
         for r in records
         if r["event"] in ("estep", "eval", "final")
     ]
+    # The first epoch trained with PSL on (1-based), None if never.
+    psl_epoch = next((r["epoch"] for r in records if r["event"] == "epoch" and r.get("lambda_psl", 0) > 0), None)
     return {
         "config": config_to_dict(config),
         "final": result["final"],
+        "psl_first_epoch": psl_epoch,
         "curve": curve,
         "wall_s": time.perf_counter() - start,
     }
@@ -130,7 +140,8 @@ def run_variants(preset: str, variants: Dict[str, Dict[str, Any]], seeds: Sequen
             runs.append(run)
             f = run["final"]
             print(f"  {name:<30} seed {seed}: backbone NMI {f['backbone_nmi']:.4f} ACC {f['backbone_acc']:.4f}  "
-                  f"projector NMI {f['projector_nmi']:.4f} ACC {f['projector_acc']:.4f}  ({run['wall_s']:.0f} s)",
+                  f"projector NMI {f['projector_nmi']:.4f} ACC {f['projector_acc']:.4f}  "
+                  f"PSL from epoch {run['psl_first_epoch']}  ({run['wall_s']:.0f} s)",
                   flush=True)
         summary = {
             key: summarise([r["final"][key] for r in runs])
@@ -220,7 +231,7 @@ def _environment() -> Dict[str, Any]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("experiment", choices=("digits", "sweep", "mnist", "mnist-raw", "buffers", "summary"))
+    parser.add_argument("experiment", choices=("digits", "sweep", "mnist", "mnist-raw", "buffers", "psl-start", "summary"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--data-dir", default=None, help="MNIST IDX directory (mnist experiment)")
     parser.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
@@ -248,12 +259,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         result["raw_kmeans"] = _raw_kmeans_summary(dataset, args.seeds)
         variants = {method: {**extra, "method": method} for method in args.methods}
         result["rows"] = run_variants("digits", variants, args.seeds, dataset)
-    elif args.experiment == "buffers":
+    elif args.experiment in ("buffers", "psl-start"):
         preset = "mnist" if args.data_dir else "digits"
         if args.data_dir:
             extra["data_dir"] = args.data_dir
         dataset = load_dataset(preset, args.data_dir, max_samples=extra.get("max_samples"))
-        variants = {f"target_buffers={policy}": {**extra, "target_buffers": policy} for policy in ("none", "copy", "ema")}
+        if args.experiment == "buffers":
+            variants = {f"target_buffers={p}": {**extra, "target_buffers": p} for p in ("none", "copy", "ema")}
+        else:
+            variants = {"psl_start=auto": {**extra, "psl_start": "auto"}}
         result["rows"] = run_variants(preset, variants, args.seeds, dataset)
     elif args.experiment == "sweep":
         dataset = load_dataset("digits")

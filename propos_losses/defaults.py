@@ -16,6 +16,9 @@ TEMPERATURE: Final[float] = 0.5
 LAMBDA_PSL: Final[float] = 0.1
 #: ``lambda_psl`` on ImageNet-1k.
 LAMBDA_PSL_IMAGENET1K: Final[float] = 0.001
+#: Automatic PSL start (``ProPosLoss(psl_start="auto")``, ``propos-train --psl-start auto``):
+#: PSL switches on once two successive E-steps' pseudo-labels agree with at least this NMI.
+PSL_AUTO_AGREEMENT: Final[float] = 0.9
 #: ``sigma`` of the positive sampling noise (Eq. 9).
 SIGMA: Final[float] = 1e-3
 #: ``sigma`` on ImageNet-1k.

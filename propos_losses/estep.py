@@ -171,12 +171,25 @@ class EStep:
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Restore :meth:`state_dict` output (checked before anything changes)."""
-        if not isinstance(state, dict) or set(state) != {"labels", "cluster_centers", "inertia", "history"}:
-            raise ValueError(f"state must be a dict from EStep.state_dict(), got keys {sorted(state) if isinstance(state, dict) else type(state).__name__}")
-        centers = state["cluster_centers"]
-        if centers is not None and (not isinstance(centers, Tensor) or centers.dim() != 2 or centers.shape[0] != self.num_clusters):
-            raise ValueError(f"state's cluster_centers must be ({self.num_clusters}, d), got {getattr(centers, 'shape', centers)}")
-        self.labels_ = state["labels"]
+        keys = {"labels", "cluster_centers", "inertia", "history"}
+        if not isinstance(state, dict) or set(state) != keys:
+            got = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"state must be a dict from EStep.state_dict() with keys {sorted(keys)}, got {got}")
+        labels, centers, inertia, history = state["labels"], state["cluster_centers"], state["inertia"], state["history"]
+        if (labels is None) != (centers is None) or (labels is None) != (inertia is None):
+            raise ValueError("state must hold labels, cluster_centers and inertia together (or none of them)")
+        if labels is not None:
+            if not isinstance(labels, Tensor) or labels.dim() != 1 or labels.dtype != torch.int64:
+                raise ValueError(f"state's labels must be an (N,) int64 tensor, got {getattr(labels, 'shape', labels)!r}")
+            if not isinstance(centers, Tensor) or centers.dim() != 2 or centers.shape[0] != self.num_clusters:
+                raise ValueError(
+                    f"state's cluster_centers must be ({self.num_clusters}, d), got {getattr(centers, 'shape', centers)!r}"
+                )
+            if isinstance(inertia, bool) or not isinstance(inertia, (int, float)):
+                raise ValueError(f"state's inertia must be a number, got {inertia!r}")
+        if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
+            raise ValueError(f"state's history must be a list of dicts, got {type(history).__name__}")
+        self.labels_ = labels
         self.cluster_centers_ = centers
-        self.inertia_ = state["inertia"]
-        self.history_ = [dict(h) for h in state["history"]]
+        self.inertia_ = None if inertia is None else float(inertia)
+        self.history_ = [dict(h) for h in history]

@@ -13,7 +13,14 @@ from typing import Any, Iterator, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, SequentialSampler
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    DistributedSampler,
+    IterableDataset,
+    SequentialSampler,
+)
 
 from propos_losses._validation import check_int
 from propos_losses.distributed import all_gather_cat, is_distributed
@@ -115,7 +122,13 @@ def _batches(data: Union[Tensor, Dataset, DataLoader], batch_size: int) -> Tuple
             # Deterministic for a given epoch: the same order the loader is about to use.
             indices = torch.tensor(list(iter(sampler)), dtype=torch.int64)
             return iter(data), n, indices
-        if not isinstance(sampler, SequentialSampler) or data.batch_sampler is None:
+        batch_sampler = data.batch_sampler
+        in_order = isinstance(sampler, SequentialSampler) and (
+            # A custom batch_sampler replaces `sampler`: only a BatchSampler over a SequentialSampler keeps order.
+            isinstance(batch_sampler, BatchSampler) and isinstance(batch_sampler.sampler, SequentialSampler)
+        )
+        if not in_order:
+            sampler = batch_sampler.sampler if isinstance(batch_sampler, BatchSampler) else batch_sampler
             raise ValueError(
                 f"data must be a DataLoader that visits the data set in order (shuffle=False) or uses a "
                 f"DistributedSampler, got one with {type(sampler).__name__}; features come back in data-set order"

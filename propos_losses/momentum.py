@@ -249,6 +249,8 @@ class MomentumUpdater(nn.Module):
         online_ids = {id(module) for module in online_modules}
         if any(id(module) in online_ids for module in target_modules):
             raise ValueError("online and target must be different modules (see MomentumUpdater.make_target)")
+        if len({id(module) for module in target_modules}) != len(target_modules):
+            raise ValueError("target must not hold the same module twice (it would be averaged twice in one step)")
         online_params, target_params = _paired(
             "parameter", _named(online_modules, "parameter"), _named(target_modules, "parameter")
         )

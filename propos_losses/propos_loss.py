@@ -28,11 +28,7 @@ from propos_losses.metrics import nmi
 from propos_losses.psa import PositiveSamplingAlignment
 from propos_losses.psl import PrototypeScatteringLoss
 
-__all__ = ["ProPosLoss", "AUTO_AGREEMENT"]
-
-#: Default threshold of ``psl_start="auto"``: PSL starts once two successive
-#: E-steps' pseudo-labels agree with at least this NMI (see docs/dropin.rst for the measurement).
-AUTO_AGREEMENT: float = 0.9
+__all__ = ["ProPosLoss"]
 
 
 def _as_label_tensor(labels: object) -> Tensor:
@@ -99,7 +95,7 @@ class ProPosLoss(nn.Module):
         lambda_psl: float = defaults.LAMBDA_PSL,
         *,
         psl_start: Union[int, str] = "auto",
-        agreement_threshold: float = AUTO_AGREEMENT,
+        agreement_threshold: float = defaults.PSL_AUTO_AGREEMENT,
     ) -> None:
         super().__init__()
         if not isinstance(psa, PositiveSamplingAlignment):
@@ -148,6 +144,8 @@ class ProPosLoss(nn.Module):
     def set_pseudo_labels(self, labels: Union[Tensor, np.ndarray]) -> None:
         """Take the E-step's labels ``(N,)`` of the whole data set (integer, ``[0, K)``; tensor or NumPy).
 
+        ``N`` must stay the same from one call to the next (checked before anything changes).
+
         Also measures their agreement (NMI) with the previous labels, which
         switches PSL on under ``psl_start="auto"``. Under a PSL queue the queue
         is relabelled from these labels.
@@ -159,11 +157,14 @@ class ProPosLoss(nn.Module):
         if low < 0 or high >= self.psl.num_clusters:
             bad = low if low < 0 else high
             raise ValueError(f"labels must be in [0, num_clusters={self.psl.num_clusters}), got label {bad}")
+        if self.pseudo_labels is not None and self.pseudo_labels.shape != labels.shape:
+            raise ValueError(
+                f"labels must have one label per sample of the data set ({self.pseudo_labels.shape[0]}, as the "
+                f"previous pseudo-labels), got shape {tuple(labels.shape)}; use a new ProPosLoss for another data set"
+            )
         labels = labels.to(torch.int64)
-        if self.pseudo_labels is not None and self.pseudo_labels.shape == labels.shape:
+        if self.pseudo_labels is not None:
             self.agreement = float(nmi(self.pseudo_labels.cpu().numpy(), labels.cpu().numpy()))
-        else:
-            self.agreement = None
         if self.psl.queue is not None and len(self.psl.queue):
             self.psl.relabel_queue(labels.to(self.psl.queue.labels.device))
         self.pseudo_labels = labels

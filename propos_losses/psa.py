@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import weakref
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -169,7 +169,7 @@ def positive_sampling_alignment(
 
 
 class _PredictionTracker:
-    """Forward hook on the predictor: a weak reference to its latest output, kept on the PSA module.
+    """Forward hook on the predictor: weak references to its outputs that are still alive, kept on the PSA module.
 
     Lets :meth:`PositiveSamplingAlignment.forward` catch a prediction passed
     where the projection belongs. Only weak references: the hook keeps
@@ -188,7 +188,10 @@ class _PredictionTracker:
     def __call__(self, module: nn.Module, inputs: Tuple[Any, ...], output: Any) -> None:
         psa = self.psa()
         if psa is not None and isinstance(output, Tensor):
-            psa._last_prediction = weakref.ref(output)
+            # Every live output, not only the latest: a loop computes p0 and p1 before the loss.
+            predictions = psa._predictions
+            key = id(output)
+            predictions[key] = weakref.ref(output, lambda _, key=key: predictions.pop(key, None))
 
 
 def _track_predictions(psa: "PositiveSamplingAlignment") -> None:
@@ -212,7 +215,7 @@ class PositiveSamplingAlignment(nn.Module):
     return the projection ``q`` (not the prediction), and optimise
     ``model.parameters()`` only; ``psa.predictor`` is then the same module,
     so do not add ``psa.parameters()`` to the optimiser as well. Passing the
-    predictor's own latest output as ``online_projection`` (the predictor
+    predictor's own output as ``online_projection`` (the predictor
     applied twice) raises a ``ValueError``.
 
     Symmetrisation: :meth:`symmetric` sums the loss of both view orders,
@@ -257,12 +260,12 @@ class PositiveSamplingAlignment(nn.Module):
         self.predictor = predictor
         self._sigma = _check_sigma(sigma)
         self._generator = _check_generator(generator)
-        self._last_prediction: Optional[weakref.ref] = None
+        self._predictions: Dict[int, weakref.ref] = {}
         _track_predictions(self)
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_last_prediction"] = None  # weak references cannot be copied or pickled
+        state["_predictions"] = {}  # weak references cannot be copied or pickled
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -302,13 +305,13 @@ class PositiveSamplingAlignment(nn.Module):
             Scalar float32 loss (float64 for float64 inputs), in ``[0, 4]``.
 
         Raises:
-            ValueError: ``online_projection`` is the latest output of
+            ValueError: ``online_projection`` is an output of
                 ``self.predictor`` (the prediction passed instead of the
                 projection, so the predictor would run twice), besides the
                 errors of :func:`positive_sampling_alignment`.
         """
-        last = None if self._last_prediction is None else self._last_prediction()
-        if last is not None and online_projection is last:
+        seen = self._predictions.get(id(online_projection))
+        if seen is not None and seen() is online_projection:
             raise ValueError(
                 "online_projection is the output of psa.predictor: pass the projection q = f(x), not the "
                 "prediction g(q) (PSA applies the predictor itself; a model that owns its prediction head "

@@ -34,6 +34,7 @@ __all__ = [
     "DEVICES",
     "ESTEP_FEATURES",
     "TARGET_BUFFERS",
+    "PSL_STARTS",
     "AUGMENTATIONS",
     "resolve_config",
     "load_config_file",
@@ -46,6 +47,8 @@ METHODS: Tuple[str, ...] = ("propos", "byol")
 OPTIMIZERS: Tuple[str, ...] = ("sgd", "lars")
 DEVICES: Tuple[str, ...] = ("auto", "cpu", "cuda")
 ESTEP_FEATURES: Tuple[str, ...] = ("projector", "backbone")
+#: When PSL starts: after ``psl_warmup_epochs`` (``warmup``) or once successive E-steps agree (``auto``).
+PSL_STARTS: Tuple[str, ...] = ("warmup", "auto")
 #: What the momentum update does with the target's BatchNorm statistics (MomentumUpdater's ``buffers``).
 TARGET_BUFFERS: Tuple[str, ...] = ("none", "copy", "ema")
 AUGMENTATIONS: Tuple[str, ...] = ("digits", "mnist", "color")
@@ -102,6 +105,10 @@ class TrainConfig:
     warmup_epochs: int = D.WARMUP_EPOCHS
     #: Epochs with PSL and PSA noise off; ``None`` = ``warmup_epochs`` (the paper).
     psl_warmup_epochs: Optional[int] = None
+    #: ``warmup``: PSL from epoch ``psl_warmup_epochs`` on; ``auto``: from the first E-step whose
+    #: pseudo-labels agree with the previous E-step's with NMI >= ``psl_agreement``.
+    psl_start: str = "warmup"
+    psl_agreement: float = D.PSL_AUTO_AGREEMENT
     lambda_psl: float = D.LAMBDA_PSL
     sigma: float = D.SIGMA
     temperature: float = D.TEMPERATURE
@@ -308,6 +315,9 @@ def validate_config(config: TrainConfig) -> TrainConfig:
     choice("optimizer", OPTIMIZERS)
     choice("estep_features", ESTEP_FEATURES)
     choice("target_buffers", TARGET_BUFFERS)
+    choice("psl_start", PSL_STARTS)
+    if not 0.0 < config.psl_agreement <= 1.0:
+        raise ConfigError(f"psl_agreement must be in (0, 1], got {config.psl_agreement!r}")
     if config.augmentation is not None:
         choice("augmentation", AUGMENTATIONS)
     for name in ("epochs", "batch_size", "hidden_dim", "out_dim", "estep_every", "kmeans_n_init", "kmeans_max_iter"):

@@ -68,7 +68,7 @@ from propos_losses.distributed import (
     is_distributed,
 )
 from propos_losses.kmeans import SphericalKMeans
-from propos_losses.metrics import evaluate_clustering
+from propos_losses.metrics import evaluate_clustering, nmi
 from propos_losses.momentum import MomentumUpdater
 from propos_losses.psa import PositiveSamplingAlignment
 from propos_losses.psl import PrototypeScatteringLoss
@@ -509,6 +509,10 @@ class Trainer:
         self.epoch = 0
         self.step = 0
         self.pseudo_labels = torch.zeros(n, dtype=torch.int64, device=self.device)
+        # psl_start="auto": NMI between the last two E-steps' labels, and whether PSL has switched on.
+        self.label_agreement: Optional[float] = None
+        self.estep_count = 0
+        self.psl_started = False
         self.log_lines = 0
         # Per-rank stream for the PSA noise (the global torch RNG); the model init above is shared.
         torch.manual_seed(_seed_for(config.seed, 1, self.rank))
@@ -610,6 +614,10 @@ class Trainer:
                 labels = eval_projector  # the same k-means; run it once
             else:
                 labels = self._kmeans(projector if estep_on_projector else backbone, self.num_clusters, stream=2)
+            if self.estep_count > 0:
+                self.label_agreement = float(nmi(self.pseudo_labels.cpu().numpy(), labels.cpu().numpy()))
+                record["pseudo_agreement"] = self.label_agreement
+            self.estep_count += 1
             self.pseudo_labels = labels
             if self.step_module.psl.queue is not None:
                 self.step_module.psl.relabel_queue(labels)
@@ -638,6 +646,8 @@ class Trainer:
             "scheduler": {"step": self.step, "total_steps": self.total_steps, "warmup_steps": self.warmup_steps},
             "momentum": self.momentum.state_dict(),
             "pseudo_labels": self.pseudo_labels.cpu(),
+            "psl_start": {"agreement": self.label_agreement, "estep_count": self.estep_count,
+                          "started": self.psl_started},
             "rng": _rng_state(),
             "log_lines": self.log_lines,
         }
@@ -671,6 +681,11 @@ class Trainer:
         self.epoch = int(state["epoch"])
         self.step = int(state["step"])
         self.pseudo_labels = state["pseudo_labels"].to(self.device)
+        # Checkpoints from 0.1.0 have no psl_start entry: they used the fixed warm-up.
+        psl_start = state.get("psl_start", {"agreement": None, "estep_count": self.epoch, "started": False})
+        self.label_agreement = psl_start["agreement"]
+        self.estep_count = int(psl_start["estep_count"])
+        self.psl_started = bool(psl_start["started"])
         self.log_lines = int(state["log_lines"])
         _set_rng_state(state["rng"])
         if self.is_main:
@@ -693,9 +708,20 @@ class Trainer:
             group["lr"] = self.config.lr * group["lr_scale"] * factor
         return self.config.lr * factor
 
+    def _psl_on(self) -> bool:
+        """Whether PSL (and the PSA noise) is on this epoch; under ``psl_start="auto"`` it stays on once on."""
+        config = self.config
+        if config.method == "byol":
+            return False
+        if config.psl_start == "auto":
+            agreed = self.label_agreement is not None and self.label_agreement >= config.psl_agreement
+            self.psl_started = self.psl_started or agreed
+            return self.psl_started
+        return self.epoch >= config.effective_psl_warmup_epochs
+
     def _train_epoch(self) -> Dict[str, Any]:
         config = self.config
-        psl_on = self.epoch >= config.effective_psl_warmup_epochs
+        psl_on = self._psl_on()
         lambda_psl = config.lambda_psl if psl_on else 0.0
         sigma = config.sigma if psl_on else 0.0
         # Fresh per-(epoch, rank) streams: a resumed run draws exactly the same numbers.
