@@ -14,7 +14,6 @@ single-process gradient on the concatenated global batch.
 from __future__ import annotations
 
 import contextlib
-import contextvars
 from typing import Any, Iterator, List, Optional, Tuple
 
 import torch
@@ -37,13 +36,14 @@ __all__ = [
 ProcessGroup = Any  # torch.distributed.ProcessGroup; kept loose for typing across versions
 
 
-# Set by local_only(): collectives are skipped even inside an initialised process group.
-_LOCAL_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("propos_losses_local_only", default=False)
+# Depth of nested local_only() contexts: collectives are skipped while it is positive. A plain
+# module-level int (not a ContextVar, which torch.compile cannot trace); local_only is process-wide.
+_local_only_depth = 0
 
 
 def is_distributed(group: Optional[ProcessGroup] = None) -> bool:
     """``True`` when a process group is initialised, has more than one rank and :func:`local_only` is not active."""
-    if _LOCAL_ONLY.get():
+    if _local_only_depth > 0:
         return False
     return dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
 
@@ -54,13 +54,14 @@ def local_only() -> Iterator[None]:
 
     Inside the context every helper here behaves as without a process group
     (no collective is issued), so e.g. a k-means called on rank 0 only does not
-    wait for the other ranks.
+    wait for the other ranks. The switch is process-wide (all threads).
     """
-    token = _LOCAL_ONLY.set(True)
+    global _local_only_depth
+    _local_only_depth += 1
     try:
         yield
     finally:
-        _LOCAL_ONLY.reset(token)
+        _local_only_depth -= 1
 
 
 def get_world_size(group: Optional[ProcessGroup] = None) -> int:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import List, Literal, Sequence, Tuple, TypeVar, Union
+from typing import Any, Dict, List, Literal, Sequence, Tuple, TypeVar, Union
 
 import torch
 from torch import Tensor, nn
@@ -169,6 +169,9 @@ class MomentumUpdater(nn.Module):
             raise ValueError(f"buffers must be one of {_BUFFER_POLICIES}, got {buffers!r}")
         self.buffers_policy: BufferPolicy = buffers
         self.register_buffer("step", torch.zeros((), dtype=torch.int64))
+        # Host-side copy of `step`, so that update() never reads the device (no sync per step).
+        # It follows load_state_dict; change the step only through update() or load_state_dict().
+        self._step_count = 0
 
     def extra_repr(self) -> str:
         return (
@@ -185,7 +188,7 @@ class MomentumUpdater(nn.Module):
     @property
     def momentum(self) -> float:
         """The momentum the next :meth:`update` will use."""
-        return self.momentum_at(int(self.step))
+        return self.momentum_at(self._step_count)
 
     @staticmethod
     def make_target(online: ModuleT) -> ModuleT:
@@ -274,7 +277,12 @@ class MomentumUpdater(nn.Module):
             for t, o in others:
                 t.copy_(o)
         self.step.add_(1)
+        self._step_count += 1
         return momentum
+
+    def _load_from_state_dict(self, state_dict: Dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._step_count = int(self.step)  # one sync per load, none per update
 
     @staticmethod
     def _ema_(target: List[Tensor], online: List[Tensor], momentum: float) -> None:

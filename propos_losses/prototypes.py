@@ -98,7 +98,9 @@ def _cluster_sums(features: Tensor, assignments: Tensor, num_clusters: int) -> T
     if assignments.dim() == 1:
         index = assignments.long()
         sums = features.new_zeros((num_clusters, features.shape[1])).index_add(0, index, features)
-        counts = torch.bincount(index, minlength=num_clusters).to(features.dtype)
+        # index_add rather than bincount: a fixed (K,) output shape (bincount's depends on the data,
+        # which breaks torch.compile graphs); integer counts are exact in float up to 2**24.
+        counts = features.new_zeros(num_clusters).index_add(0, index, features.new_ones(index.shape[0]))
         return sums, counts
     weights = assignments.to(features.dtype)
     return weights.t() @ features, weights.sum(dim=0)
@@ -126,13 +128,16 @@ def _as_assignments(assignments: object, device: torch.device) -> object:
 
 
 def _check_assignments(
-    assignments: Tensor, batch_size: int, num_clusters: int, *, allow_all_zero: bool = False
+    assignments: Tensor, batch_size: int, num_clusters: int, *, allow_all_zero: bool = False, values: bool = True
 ) -> None:
     """Validate hard labels ``(N,)`` or soft weights ``(N, K)`` (raises ValueError/TypeError).
 
     ``allow_all_zero`` accepts all-zero (or empty) weights: under
     ``torch.distributed`` only the global total weight must be positive, which
-    the distributed loss checks after its all-reduce.
+    the distributed loss checks after its all-reduce. ``values=False`` keeps
+    the structural checks (type, ndim, dtype, shape: no device sync) and skips
+    the value checks (label range, finite and non-negative weights), which
+    read the tensor back to the host.
     """
     check_tensor("assignments", assignments)
     if assignments.dim() == 1:
@@ -141,7 +146,8 @@ def _check_assignments(
                 f"assignments given as (B,) must hold integer cluster labels, got dtype {assignments.dtype}; "
                 "pass soft weights as a (B, K) tensor"
             )
-        check_labels("assignments", assignments, num_clusters)
+        if values:
+            check_labels("assignments", assignments, num_clusters)
     elif assignments.dim() == 2:
         if not assignments.is_floating_point():
             raise TypeError(f"assignments given as (B, K) must be floating-point weights, got dtype {assignments.dtype}")
@@ -149,8 +155,9 @@ def _check_assignments(
             raise ValueError(
                 f"assignments must have num_clusters={num_clusters} columns, got shape {tuple(assignments.shape)}"
             )
-        check_finite("assignments", assignments)
-        if assignments.numel():
+        if values:
+            check_finite("assignments", assignments)
+        if values and assignments.numel():
             low = float(assignments.detach().min())
             if low < 0:
                 raise ValueError(f"assignments must be non-negative weights, got minimum {low}")

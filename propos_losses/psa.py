@@ -65,6 +65,7 @@ def positive_sampling_alignment(
     sigma: float = defaults.SIGMA,
     generator: Optional[torch.Generator] = None,
     training: bool = True,
+    validate_args: bool = True,
 ) -> Tensor:
     """Positive sampling alignment loss ``mean_i (2 - 2 cos(g(q_i + sigma eps_i), z'+_i))``.
 
@@ -84,6 +85,8 @@ def positive_sampling_alignment(
             (float32, or float64 for float64 inputs). ``None`` uses the global RNG.
         training: draw noise only when ``True`` (evaluation is deterministic).
             No random number is drawn when ``training`` is ``False`` or ``sigma == 0``.
+        validate_args: also check that the inputs are finite (one host sync);
+            ``False`` keeps the structural checks only and makes no sync.
 
     Returns:
         A scalar tensor, float32 for float32/half/bfloat16 inputs (and under
@@ -128,10 +131,13 @@ def positive_sampling_alignment(
         )
     if not isinstance(training, bool):
         raise TypeError(f"training must be a bool, got {training!r}")
-    # One host synchronisation for both finiteness checks.
-    finite = torch.isfinite(online_projection).all() & torch.isfinite(target_projection).all()
-    if not bool(finite):
-        raise ValueError("online_projection and target_projection must be finite, got NaN or Inf values")
+    if not isinstance(validate_args, bool):
+        raise TypeError(f"validate_args must be a bool, got {validate_args!r}")
+    if validate_args:
+        # One host synchronisation for both finiteness checks.
+        finite = torch.isfinite(online_projection).all() & torch.isfinite(target_projection).all()
+        if not bool(finite):
+            raise ValueError("online_projection and target_projection must be finite, got NaN or Inf values")
 
     # float32 at least: sigma = 1e-3 is below half precision's resolution around 1.
     compute_dtype = torch.promote_types(online_projection.dtype, torch.float32)
@@ -186,6 +192,8 @@ class _PredictionTracker:
         self.psa = lambda: None
 
     def __call__(self, module: nn.Module, inputs: Tuple[Any, ...], output: Any) -> None:
+        if torch.compiler.is_compiling():
+            return  # weak references cannot be traced; compiled code skips the check (see forward)
         psa = self.psa()
         if psa is not None and isinstance(output, Tensor):
             # Every live output, not only the latest: a loop computes p0 and p1 before the loss.
@@ -231,6 +239,8 @@ class PositiveSamplingAlignment(nn.Module):
             changed at run time (e.g. ``0`` during the warm-up).
         generator: optional :class:`torch.Generator` (on the inputs' device)
             for reproducible noise; otherwise the global RNG is used.
+        validate_args: check that the inputs are finite (one host sync per
+            call); ``False`` is the sync-free fast path (a settable attribute).
 
     Raises:
         TypeError: ``predictor`` not an ``nn.Module``, ``sigma`` not a real
@@ -253,8 +263,12 @@ class PositiveSamplingAlignment(nn.Module):
         sigma: float = defaults.SIGMA,
         *,
         generator: Optional[torch.Generator] = None,
+        validate_args: bool = True,
     ) -> None:
         super().__init__()
+        if not isinstance(validate_args, bool):
+            raise TypeError(f"validate_args must be a bool, got {validate_args!r}")
+        self.validate_args = validate_args
         if not isinstance(predictor, nn.Module):
             raise TypeError(f"predictor must be an nn.Module, got {type(predictor).__name__}")
         self.predictor = predictor
@@ -310,7 +324,7 @@ class PositiveSamplingAlignment(nn.Module):
                 projection, so the predictor would run twice), besides the
                 errors of :func:`positive_sampling_alignment`.
         """
-        seen = self._predictions.get(id(online_projection))
+        seen = None if torch.compiler.is_compiling() else self._predictions.get(id(online_projection))
         if seen is not None and seen() is online_projection:
             raise ValueError(
                 "online_projection is the output of psa.predictor: pass the projection q = f(x), not the "
@@ -324,6 +338,7 @@ class PositiveSamplingAlignment(nn.Module):
             sigma=self._sigma,
             generator=self._generator,
             training=self.training,
+            validate_args=self.validate_args,
         )
 
     def symmetric(

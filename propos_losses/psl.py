@@ -12,9 +12,12 @@ Convention: ``uniformity = 0`` when ``|A| < 2`` (a lone non-empty cluster has
 no negatives, nothing to repel; the log of the empty sum would be ``-inf``), so
 no term is ever Inf or NaN for valid input and its gradient is then zero.
 
-Numerics: empty clusters are removed exactly (only the non-empty clusters are
-selected; the ``j != k`` exclusion is a ``-inf`` logit inside a log-sum-exp
-whose positive column is always finite), the loss is computed in float32
+Numerics: empty clusters are removed exactly, with static shapes: all ``K``
+clusters are computed and the empty ones *masked* (their logits are ``-inf``
+inside a log-sum-exp whose positive column is always finite, their rows get
+zero weight, ``|A|`` stays a tensor), so the loss needs no host sync and no
+data-dependent shape (``torch.compile(fullgraph=True)`` works); the
+loss is computed in float32
 (float64 inputs stay float64) with autocast disabled, zero feature vectors give
 zero (never NaN), and the target side and the assignments are detached.
 Features are normalised exactly (:func:`~propos_losses.prototypes.normalize_features`),
@@ -118,8 +121,11 @@ def _check_temperature(temperature: object) -> float:
     return temperature
 
 
-def _check_features(online: Tensor, target: Tensor, *, allow_empty: bool = False) -> None:
-    """``allow_empty`` accepts ``B = 0`` (a rank without samples under ``torch.distributed``)."""
+def _check_features(online: Tensor, target: Tensor, *, allow_empty: bool = False, values: bool = True) -> None:
+    """``allow_empty`` accepts ``B = 0`` (a rank without samples under ``torch.distributed``).
+
+    ``values=False`` skips the finiteness checks (the only ones that sync with the device).
+    """
     check_tensor("online", online, ndim=2, floating=True)
     check_tensor("target", target, ndim=2, floating=True)
     if online.shape != target.shape:
@@ -130,12 +136,19 @@ def _check_features(online: Tensor, target: Tensor, *, allow_empty: bool = False
         raise ValueError(f"online must be (B, d) with d >= 1, got shape {tuple(online.shape)}")
     if online.shape[0] < 1 and not allow_empty:
         raise ValueError(f"online must be (B, d) with B >= 1, got shape {tuple(online.shape)}")
-    check_finite("online", online)
-    check_finite("target", target)
+    if online.device != target.device:
+        raise ValueError(f"online and target must be on the same device, got {online.device} and {target.device}")
+    if values:
+        check_finite("online", online)
+        check_finite("target", target)
 
 
 def _check_queue(
-    queue_features: Optional[Tensor], queue_labels: Optional[Tensor], feature_dim: int, num_clusters: int
+    queue_features: Optional[Tensor],
+    queue_labels: Optional[Tensor],
+    feature_dim: int,
+    num_clusters: int,
+    values: bool = True,
 ) -> None:
     if (queue_features is None) != (queue_labels is None):
         raise ValueError(
@@ -156,17 +169,25 @@ def _check_queue(
             f"queue_labels must have one label per queue_features row ({queue_features.shape[0]}), "
             f"got shape {tuple(queue_labels.shape)}"
         )
-    check_labels("queue_labels", queue_labels, num_clusters)
-    check_finite("queue_features", queue_features)
+    if queue_labels.is_floating_point() or queue_labels.is_complex() or queue_labels.dtype == torch.bool:
+        raise TypeError(f"queue_labels must hold integer labels, got dtype {queue_labels.dtype}")
+    if values:
+        check_labels("queue_labels", queue_labels, num_clusters)
+        check_finite("queue_features", queue_features)
 
 
-def _validate_on_every_rank(check: Callable[[], None], *candidates: object) -> None:
+def _validate_on_every_rank(check: Callable[[], None], *candidates: object, collective: bool = True) -> None:
     """Run the local checks; under ``torch.distributed`` make every rank raise if any rank failed.
 
     The checks are local (no collective), so a rank with bad data would raise
     alone and leave the other ranks blocked in the all-reduce of the prototype
     sums. One tiny all-reduce of a failure flag lets every rank raise instead.
+    ``collective=False`` (``validate_args=False``) skips that flag and its
+    host sync: a rank with bad input then raises alone.
     """
+    if not collective:
+        check()
+        return
     error: Optional[Exception] = None
     try:
         check()
@@ -184,38 +205,36 @@ def _validate_on_every_rank(check: Callable[[], None], *candidates: object) -> N
 
 
 def _scattering_terms(online_sums: Tensor, target_sums: Tensor, counts: Tensor, temperature: float) -> PSLTerms:
-    """Eq. 4/5 from global per-cluster sums ``(K, d)`` and total weights ``(K,)``.
+    """Eq. 4/5 from global per-cluster sums ``(K, d)`` and total weights ``(K,)``, with static shapes.
 
-    Only the non-empty clusters ``A`` are selected (one host sync, which the
-    input validation pays anyway), so empty clusters are excluded exactly and
-    the similarity matrix is ``|A| x |A|`` rather than ``K x K``.
+    All ``K`` clusters are computed; the empty ones are masked out exactly:
+    ``-inf`` logits (``exp(-inf) == 0``) as negatives of every other row, and
+    zero weight in the averages over ``A``. Nothing reads a value back to the
+    host. With no non-empty cluster at all (which validation rules out) the
+    averages are over zero rows and give 0.
     """
-    active = (counts > 0).nonzero().squeeze(1)
-    num_active = active.numel()
-    if num_active == 0:
-        # Validation rules this out; never average over an empty set (NaN).
-        raise ValueError(
-            "the prototype scattering loss needs at least one non-empty cluster, got none "
-            "(every cluster has zero total weight)"
-        )
-    mu = normalize_features(online_sums.index_select(0, active))
-    mu_target = normalize_features(target_sums.index_select(0, active))
-    positive = (mu * mu_target).sum(dim=1) / temperature  # (|A|,)
-    similarity = mu @ mu.t() / temperature  # (|A|, |A|)
-    eye = torch.eye(num_active, dtype=torch.bool, device=mu.device)
-    # -inf, not a finite fill, removes the diagonal exactly: exp(-inf) == 0.
-    negative = similarity.masked_fill(eye, float("-inf"))
-    # The positive column is always finite, so every row's log-sum-exp and its gradient are finite
-    # (a lone cluster gives log_partition == positive exactly: loss 0, gradient 0).
+    active = counts > 0  # (K,) mask of A
+    num_active = active.sum()  # |A|, a 0-d int64 tensor
+    rows = num_active.clamp_min(1).to(online_sums.dtype)
+    mu = normalize_features(online_sums)  # empty clusters: zero rows, zero gradient
+    mu_target = normalize_features(target_sums)
+    positive = (mu * mu_target).sum(dim=1) / temperature  # (K,)
+    similarity = mu @ mu.t() / temperature  # (K, K)
+    eye = torch.eye(mu.shape[0], dtype=torch.bool, device=mu.device)
+    pairs = active[:, None] & active[None, :] & ~eye  # j is a negative of k: both non-empty, j != k
+    # -inf, not a finite fill, removes a negative exactly. The positive column is always finite, so
+    # every row's log-sum-exp and its gradient are finite (a lone cluster: log_partition == positive).
+    negative = similarity.masked_fill(~pairs, float("-inf"))
     log_partition = torch.logsumexp(torch.cat([positive[:, None], negative], dim=1), dim=1)
-    loss = (log_partition - positive).mean()
-    alignment = (-positive).mean()
-    if num_active > 1:
-        uniformity = torch.logsumexp(negative, dim=1).mean()
-    else:
-        # No negatives, nothing to repel: 0 by convention (not -inf), attached to the graph with zero gradient.
-        uniformity = similarity.sum() * 0
-    return PSLTerms(loss, alignment, uniformity, torch.tensor(num_active, device=mu.device))
+    loss = torch.where(active, log_partition - positive, 0.0).sum() / rows
+    alignment = torch.where(active, -positive, 0.0).sum() / rows
+    # Rows without any negative (empty clusters, or |A| < 2) would give log(0) = -inf, whose backward
+    # is NaN even when masked afterwards: feed them zeros, then drop them. Their uniformity is 0 by
+    # convention (nothing to repel), attached to the graph with zero gradient.
+    has_negative = pairs.any(dim=1)
+    safe_negative = torch.where(has_negative[:, None], negative, 0.0)
+    uniformity = torch.where(has_negative, torch.logsumexp(safe_negative, dim=1), 0.0).sum() / rows
+    return PSLTerms(loss, alignment, uniformity, num_active)
 
 
 QueueSource = Callable[[torch.dtype], Tuple[Tensor, Tensor]]
@@ -228,6 +247,7 @@ def _psl(
     num_clusters: int,
     temperature: float,
     queue_sums: Optional[QueueSource],
+    validate_args: bool = True,
 ) -> Tuple[PSLTerms, Tensor]:
     """Unchecked core; returns the terms and the normalised, detached target features ``(B, d)``.
 
@@ -252,7 +272,7 @@ def _psl(
         online_sums = all_reduce_sum(online_sums)
         statistics = all_reduce_sum_(torch.cat([target_sums, counts[:, None]], dim=1))
         target_sums, counts = statistics[:, :-1], statistics[:, -1]
-        if is_distributed() and not bool((counts > 0).any()):
+        if validate_args and is_distributed() and not bool((counts > 0).any()):
             # The counts are global, so every rank takes this branch together (no rank is left in a collective).
             raise ValueError(
                 "assignments give zero total weight over all ranks (every local batch is empty or has "
@@ -287,8 +307,7 @@ def _buffer_queue_sums(queue: PrototypeQueue, num_clusters: int) -> QueueSource:
     def sums(dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
         index = torch.where(queue.labels >= 0, queue.labels, num_clusters)
         features = queue.features.to(dtype)
-        summed = features.new_zeros((num_clusters + 1, features.shape[1])).index_add_(0, index, features)
-        counts = torch.bincount(index, minlength=num_clusters + 1).to(dtype)
+        summed, counts = _cluster_sums(features, index, num_clusters + 1)
         return summed[:num_clusters], counts[:num_clusters]
 
     return sums
@@ -305,6 +324,7 @@ def prototype_scattering_loss(
     queue_features: Optional[Tensor] = ...,
     queue_labels: Optional[Tensor] = ...,
     return_terms: Literal[False] = ...,
+    validate_args: bool = ...,
 ) -> Tensor: ...
 
 
@@ -319,6 +339,7 @@ def prototype_scattering_loss(
     queue_features: Optional[Tensor] = ...,
     queue_labels: Optional[Tensor] = ...,
     return_terms: Literal[True],
+    validate_args: bool = ...,
 ) -> PSLTerms: ...
 
 
@@ -332,6 +353,7 @@ def prototype_scattering_loss(
     queue_features: Optional[Tensor] = None,
     queue_labels: Optional[Tensor] = None,
     return_terms: bool = False,
+    validate_args: bool = True,
 ) -> Union[Tensor, PSLTerms]:
     """Prototype scattering loss ``L_psl`` (Eq. 4), functional form.
 
@@ -354,6 +376,12 @@ def prototype_scattering_loss(
         return_terms: return a :class:`PSLTerms` (loss, alignment, uniformity,
             number of non-empty clusters; all attached to the graph) instead
             of the loss alone.
+        validate_args: ``True`` (default): also check values (finite
+            features, labels in range, non-negative weights) and, under
+            ``torch.distributed``, make every rank raise when one rank got bad
+            input. ``False``: structural checks only (types, shapes, dtypes,
+            devices), no host sync, ``torch.compile(fullgraph=True)``-able;
+            invalid values then give an undefined result instead of an error.
 
     Returns:
         The 0-d loss (float32, float64 for float64 input), or :class:`PSLTerms`.
@@ -376,16 +404,21 @@ def prototype_scattering_loss(
     # Under torch.distributed a rank may hold no samples or all-zero weights: only the global total counts.
     distributed = is_distributed()
 
-    def check() -> None:
-        _check_features(online, target, allow_empty=distributed)
-        _check_assignments(assignments, online.shape[0], num_clusters, allow_all_zero=distributed)
-        _check_queue(queue_features, queue_labels, online.shape[1], num_clusters)
+    if not isinstance(validate_args, bool):
+        raise TypeError(f"validate_args must be a bool, got {validate_args!r}")
 
-    _validate_on_every_rank(check, online, target)
+    def check() -> None:
+        _check_features(online, target, allow_empty=distributed, values=validate_args)
+        _check_assignments(
+            assignments, online.shape[0], num_clusters, allow_all_zero=distributed, values=validate_args
+        )
+        _check_queue(queue_features, queue_labels, online.shape[1], num_clusters, values=validate_args)
+
+    _validate_on_every_rank(check, online, target, collective=validate_args)
     queue_sums = None
     if queue_features is not None and queue_labels is not None:
         queue_sums = _tensor_queue_sums(queue_features, queue_labels, num_clusters)
-    terms, _ = _psl(online, target, assignments, num_clusters, temperature, queue_sums)
+    terms, _ = _psl(online, target, assignments, num_clusters, temperature, queue_sums, validate_args)
     return terms if return_terms else terms.loss
 
 
@@ -399,6 +432,12 @@ class PrototypeScatteringLoss(nn.Module):
         queue_size: number of queue slots; ``0`` (default) disables the queue.
         feature_dim: ``d``; required when ``queue_size > 0`` (to allocate the
             queue), otherwise optional and, when given, checked against the input.
+        validate_args: check values as well as structure (default ``True``);
+            ``False`` is the fast path: no host sync per call, compiles with
+            ``torch.compile(fullgraph=True)`` (see
+            :func:`prototype_scattering_loss`). Also set on the queue. An
+            attribute that may be changed at run time, e.g. ``True`` for the
+            first step only.
 
     Queue (``queue_size > 0``): ``self.queue`` is a
     :class:`~propos_losses.queue.PrototypeQueue` of normalised *target*
@@ -434,8 +473,11 @@ class PrototypeScatteringLoss(nn.Module):
         queue_size: int = 0,
         *,
         feature_dim: Optional[int] = None,
+        validate_args: bool = True,
     ) -> None:
         super().__init__()
+        if not isinstance(validate_args, bool):
+            raise TypeError(f"validate_args must be a bool, got {validate_args!r}")
         self.num_clusters = check_int("num_clusters", num_clusters, minimum=2)
         self.temperature = _check_temperature(temperature)
         self.queue_size = check_int("queue_size", queue_size, minimum=0)
@@ -446,6 +488,20 @@ class PrototypeScatteringLoss(nn.Module):
         self.feature_dim = feature_dim
         self.queue = PrototypeQueue(self.queue_size, feature_dim) if self.queue_size > 0 and feature_dim else None
         self.last_terms = None
+        self.validate_args = validate_args
+
+    @property
+    def validate_args(self) -> bool:
+        """Whether values are checked too (``False``: structural checks only, no host sync)."""
+        return self._validate_args
+
+    @validate_args.setter
+    def validate_args(self, value: bool) -> None:
+        if not isinstance(value, bool):
+            raise TypeError(f"validate_args must be a bool, got {value!r}")
+        self._validate_args = value
+        if self.queue is not None:
+            self.queue.validate_args = value
 
     def extra_repr(self) -> str:
         return f"num_clusters={self.num_clusters}, temperature={self.temperature}, queue_size={self.queue_size}"
@@ -470,9 +526,14 @@ class PrototypeScatteringLoss(nn.Module):
         """
         if isinstance(online, Tensor):
             assignments = _as_assignments(assignments, online.device)  # type: ignore[assignment]
-        _validate_on_every_rank(lambda: self._check_forward(online, target, assignments, indices), online, target)
+        validate = self._validate_args
+        _validate_on_every_rank(
+            lambda: self._check_forward(online, target, assignments, indices), online, target, collective=validate
+        )
         queue_sums = None if self.queue is None else _buffer_queue_sums(self.queue, self.num_clusters)
-        terms, z_target = _psl(online, target, assignments, self.num_clusters, self.temperature, queue_sums)
+        terms, z_target = _psl(
+            online, target, assignments, self.num_clusters, self.temperature, queue_sums, validate
+        )
         self.last_terms = PSLTerms(*(term.detach() for term in terms))
         if self.training and self.queue is not None:
             self.queue.push(z_target, assignments.long(), indices)
@@ -486,20 +547,21 @@ class PrototypeScatteringLoss(nn.Module):
         indices: Optional[Tensor],
     ) -> None:
         distributed = is_distributed()
-        _check_features(online, target, allow_empty=distributed)
+        values = self._validate_args
+        _check_features(online, target, allow_empty=distributed, values=values)
         batch_size, feature_dim = online.shape
         if self.feature_dim is not None and feature_dim != self.feature_dim:
             raise ValueError(
                 f"online must have feature size feature_dim={self.feature_dim}"
                 f"{' (the queue feature size)' if self.queue is not None else ''}, got shape {tuple(online.shape)}"
             )
-        _check_assignments(assignments, batch_size, self.num_clusters, allow_all_zero=distributed)
+        _check_assignments(assignments, batch_size, self.num_clusters, allow_all_zero=distributed, values=values)
         if indices is not None:
             check_tensor("indices", indices, ndim=1)
             check_integer_dtype("indices", indices)
             if indices.shape[0] != batch_size:
                 raise ValueError(f"indices must have shape ({batch_size},), got {tuple(indices.shape)}")
-            if indices.numel() and int(indices.min()) < 0:
+            if values and indices.numel() and int(indices.min()) < 0:
                 raise ValueError(f"indices must be >= 0, got {int(indices.min())}")
         if self.queue is not None and assignments.dim() != 1:
             raise ValueError(
@@ -511,7 +573,7 @@ class PrototypeScatteringLoss(nn.Module):
                 f"online is on {online.device} but the queue is on {self.queue.features.device}; "
                 "move the loss with .to(device)"
             )
-        if self.queue is not None and self.queue.labels.numel():
+        if values and self.queue is not None and self.queue.labels.numel():
             # Labels may have been relabelled or loaded from a checkpoint made with another K.
             high = int(self.queue.labels.max())
             if high >= self.num_clusters:

@@ -34,14 +34,14 @@ __all__ = ["PrototypeQueue"]
 _UNKNOWN = -1
 
 
-def _check_index_tensor(name: str, value: object, batch_size: int) -> Tensor:
-    """Check a 1-D integer tensor of ``batch_size`` non-negative entries."""
+def _check_index_tensor(name: str, value: object, batch_size: int, values: bool = True) -> Tensor:
+    """Check a 1-D integer tensor of ``batch_size`` entries, non-negative when ``values``."""
     tensor = check_tensor(name, value, ndim=1)
     if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
         raise TypeError(f"{name} must have an integer dtype, got {tensor.dtype}")
     if tensor.shape[0] != batch_size:
         raise ValueError(f"{name} must have {batch_size} entries (one per row of features), got {tensor.shape[0]}")
-    if tensor.numel():
+    if values and tensor.numel():
         low = int(tensor.min())
         if low < 0:
             raise ValueError(f"{name} must be >= 0, got {low}")
@@ -69,6 +69,10 @@ class PrototypeQueue(nn.Module):
         size: number of slots, ``>= 1``.
         feature_dim: size ``d`` of each stored feature vector, ``>= 1``.
         dtype: floating dtype of the stored features (pushed features are cast).
+        validate_args: check values too (finite features, non-negative labels
+            and indices) and, under ``torch.distributed``, make every rank
+            raise when one rank got bad input; ``False``: structural checks
+            only, so a push makes no host sync (a settable attribute).
 
     Raises:
         TypeError: ``size`` or ``feature_dim`` not an int, ``dtype`` not a
@@ -93,8 +97,13 @@ class PrototypeQueue(nn.Module):
     ptr: Tensor
     fill: Tensor
 
-    def __init__(self, size: int, feature_dim: int, *, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self, size: int, feature_dim: int, *, dtype: torch.dtype = torch.float32, validate_args: bool = True
+    ) -> None:
         super().__init__()
+        if not isinstance(validate_args, bool):
+            raise TypeError(f"validate_args must be a bool, got {validate_args!r}")
+        self.validate_args = validate_args
         size = check_int("size", size, minimum=1)
         feature_dim = check_int("feature_dim", feature_dim, minimum=1)
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
@@ -155,11 +164,12 @@ class PrototypeQueue(nn.Module):
                 f"features must have feature_dim={self.feature_dim} columns (the queue's), "
                 f"got shape {tuple(features.shape)}"
             )
-        check_finite("features", features)
+        if self.validate_args:
+            check_finite("features", features)
         batch_size = features.shape[0]
-        labels = _check_index_tensor("labels", labels, batch_size)
+        labels = _check_index_tensor("labels", labels, batch_size, self.validate_args)
         if indices is not None:
-            indices = _check_index_tensor("indices", indices, batch_size)
+            indices = _check_index_tensor("indices", indices, batch_size, self.validate_args)
         return features, labels, indices
 
     def push(self, features: Tensor, labels: Tensor, indices: Optional[Tensor] = None) -> None:
@@ -197,7 +207,7 @@ class PrototypeQueue(nn.Module):
             features, labels, indices = self._validate_push(features, labels, indices)
         except (TypeError, ValueError) as exc:
             error = exc
-        if is_distributed():
+        if self.validate_args and is_distributed():
             # Agree on success before the gathers: a rank that raised alone
             # would leave the others blocked in all_gather forever.
             device = features.device if isinstance(features, Tensor) else self.features.device

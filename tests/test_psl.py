@@ -412,12 +412,17 @@ def test_uniformity_is_zero_with_zero_gradient_when_fewer_than_two_clusters_are_
     assert torch.isfinite(gradient).all() and bool(gradient.abs().sum() > 0)
 
 
-def test_scattering_terms_without_a_non_empty_cluster_raise_instead_of_averaging_nothing() -> None:
+def test_scattering_terms_without_a_non_empty_cluster_give_zero_not_nan() -> None:
+    # The static-shape core never averages over an empty set (validation rules this input out anyway).
     from propos_losses.psl import _scattering_terms
 
-    sums = torch.randn(3, 4, dtype=torch.float64)
-    with pytest.raises(ValueError, match="non-empty cluster"):
-        _scattering_terms(sums, sums, torch.zeros(3, dtype=torch.float64), 0.5)
+    sums = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    terms = _scattering_terms(sums, sums.detach(), torch.zeros(3, dtype=torch.float64), 0.5)
+    assert int(terms.num_active) == 0
+    for term in (terms.loss, terms.alignment, terms.uniformity):
+        assert term.item() == 0.0
+    (gradient,) = torch.autograd.grad(terms.loss + terms.uniformity, sums)
+    assert torch.equal(gradient, torch.zeros_like(gradient))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
