@@ -68,6 +68,9 @@ class ProPosLoss(nn.Module):
         last_terms: after each forward, detached ``{"psa", "psl"}`` (``psl``
             is 0 while PSL is off), for logging.
 
+    Fast path: the value checks follow ``psl.validate_args`` and
+    ``psa.validate_args`` (set both to ``False`` for a step without host syncs).
+
     Raises:
         TypeError: ``psa``/``psl`` of the wrong type, a non-numeric weight.
         ValueError: a negative weight, a bad ``psl_start`` or threshold.
@@ -208,9 +211,15 @@ class ProPosLoss(nn.Module):
         if indices.shape[0] != online_1.shape[0]:
             raise ValueError(f"indices must have shape ({online_1.shape[0]},), got {tuple(indices.shape)}")
         n = self.pseudo_labels.shape[0]
-        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= n):
-            raise ValueError(f"indices must be in [0, {n}) (the number of pseudo-labels), got {indices.min().item()}..{indices.max().item()}")
-        labels = self.pseudo_labels.to(online_1.device).index_select(0, indices.to(online_1.device).long())
+        # A value check (host sync): only when PSL validates its values too (validate_args).
+        if self.psl.validate_args and indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= n):
+            raise ValueError(
+                f"indices must be in [0, {n}) (the number of pseudo-labels), "
+                f"got {indices.min().item()}..{indices.max().item()}"
+            )
+        if self.pseudo_labels.device != online_1.device:
+            self.pseudo_labels = self.pseudo_labels.to(online_1.device)  # once, not every step
+        labels = self.pseudo_labels.index_select(0, indices.to(online_1.device).long())
         scattering = 0.5 * (self.psl(online_1, target_1, labels, indices) + self.psl(online_2, target_2, labels, indices))
         self.last_terms = {"psa": alignment.detach(), "psl": scattering.detach()}
         return alignment + self.lambda_psl * scattering

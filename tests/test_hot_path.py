@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.profiler import ProfilerActivity, profile
 
-from propos_losses import PSA, PSL, MomentumUpdater, PrototypeQueue, prototype_scattering_loss
+from propos_losses import PSA, PSL, MomentumUpdater, ProPosLoss, PrototypeQueue, prototype_scattering_loss
 
 B, D, K = 24, 8, 5
 
@@ -82,7 +82,18 @@ def _updater(validate: bool) -> Callable[[], object]:
     return lambda: updater.update(online, target)
 
 
+def _propos_loss(validate: bool) -> Callable[[], object]:
+    online, target, labels, _ = batch()
+    criterion = ProPosLoss(
+        PSA(nn.Linear(D, D), validate_args=validate), PSL(K, validate_args=validate), lambda_psl=0.5, psl_start=0
+    )
+    criterion.set_pseudo_labels(torch.randint(0, K, (100,)))
+    indices = torch.randperm(100)[:B]
+    return lambda: criterion(online, online, target, target, indices).backward()
+
+
 CASES = {
+    "propos_loss": _propos_loss,
     "psl_hard": _psl_hard,
     "psl_soft": _psl_soft,
     "psl_queue": _psl_queue,
@@ -98,7 +109,7 @@ def test_fast_path_makes_no_host_sync(case: str) -> None:
     assert count_syncs(CASES[case](False)) == 0
 
 
-@pytest.mark.parametrize("case", ["psl_hard", "psl_soft", "psl_queue", "psa", "queue_push"])
+@pytest.mark.parametrize("case", ["psl_hard", "psl_soft", "psl_queue", "psa", "queue_push", "propos_loss"])
 def test_value_checks_read_the_device_and_the_counter_sees_it(case: str) -> None:
     # The counter can fail: the validating path does read values back.
     assert count_syncs(CASES[case](True)) > 0
