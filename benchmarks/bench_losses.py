@@ -5,7 +5,9 @@ For every K in {10, 200, 1000}, B in {256, 1024} and queue size in {0, 10240}
 
 * ``propos_losses``: :class:`propos_losses.psl.PrototypeScatteringLoss` (hard
   labels summed with ``index_add``, exact masking of empty clusters, queue
-  read and push included, training mode), and
+  read and push included, training mode), with its value checks
+  (``validate_args=True``, the default) and without (``fast``: structural
+  checks only, no host sync), and
 * ``naive``: the authors' style: a dense one-hot ``K x (B + Q)`` matrix,
   L1-normalised, multiplied with the features, all ``K`` prototypes kept and
   empty clusters filled with the finite logit ``-10``, and a queue kept as a
@@ -16,6 +18,13 @@ allocated before it. On CUDA: ``torch.cuda.max_memory_allocated``. On CPU:
 the memory events of ``torch.profiler`` (``profile_memory=True``), replayed in
 time order to find the highest total of live tensor bytes allocated during
 the step (the method is printed with the table).
+
+``--hot-path`` adds, for PSL (K = 10 and 1000, B = 256, with and without a
+queue) and PSA: host syncs per forward + backward (``aten::_local_scalar_dense``
+in a profiler trace) with ``validate_args`` on and off, ``torch._dynamo``
+graph breaks, and eager vs ``torch.compile(fullgraph=True)`` time of the fast
+path (``--compile-backend``, default ``inductor``; ``aot_eager`` where no C++
+compiler is available).
 
 ``--resnet18-step`` adds the PSL overhead (two PSL calls, one per view, K = 10,
 B = 256, no queue) as a fraction of a BYOL-style ResNet-18 (CIFAR stem)
@@ -198,6 +207,7 @@ def bench_config(
     rows = []
     implementations: List[Tuple[str, nn.Module]] = [
         ("propos_losses", PrototypeScatteringLoss(num_clusters, queue_size=queue_size, feature_dim=DIM)),
+        ("fast", PrototypeScatteringLoss(num_clusters, queue_size=queue_size, feature_dim=DIM, validate_args=False)),
         ("naive", NaiveDensePSL(num_clusters, defaults.TEMPERATURE, queue_size, DIM)),
     ]
     for name, module in implementations:
@@ -229,6 +239,92 @@ def bench_config(
             }
         )
     return rows
+
+
+# ---------------------------------------------------------------- hot path
+
+
+def count_syncs(step: Callable[[], None]) -> int:
+    """Device-to-host reads (``aten::_local_scalar_dense``) during one call of ``step``."""
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    return sum(e.count for e in prof.key_averages() if e.key == "aten::_local_scalar_dense")
+
+
+def bench_hot_path(
+    device: torch.device, backend: str, warmup: int, repeats: int, min_time_s: float
+) -> List[Dict[str, Any]]:
+    """Syncs (validate on/off), graph breaks and eager vs compiled time of PSL and PSA at B = 256."""
+    from propos_losses.psa import PositiveSamplingAlignment
+
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    batch_size = 256
+    online = torch.randn(batch_size, DIM, generator=generator).to(device).requires_grad_(True)
+    target = torch.randn(batch_size, DIM, generator=generator).to(device)
+    rows = []
+    cases: List[Tuple[str, Callable[[bool], nn.Module], Tuple[Any, ...]]] = []
+    for k, queue in ((10, 0), (1000, 0), (10, 10240)):
+        labels = torch.randint(0, k, (batch_size,), generator=generator).to(device)
+        cases.append((f"PSL K={k} queue={queue}",
+                      lambda v, k=k, queue=queue: PrototypeScatteringLoss(k, queue_size=queue, feature_dim=DIM,
+                                                                          validate_args=v),
+                      (online, target, labels)))
+    predictor = nn.Sequential(nn.Linear(DIM, 4096), nn.BatchNorm1d(4096), nn.ReLU(), nn.Linear(4096, DIM)).to(device)
+    cases.append(("PSA (4096-wide predictor)", lambda v: PositiveSamplingAlignment(predictor, validate_args=v),
+                  (online, target)))
+    for name, build, inputs in cases:
+        row: Dict[str, Any] = {"case": name, "backend": backend}
+        for validate in (True, False):
+            module = build(validate).to(device)
+            if isinstance(module, PrototypeScatteringLoss) and module.queue is not None:
+                fill_queue(module, module.queue_size, module.num_clusters, device)
+
+            def step(module: nn.Module = module) -> None:
+                online.grad = None
+                module(*inputs).backward()
+
+            step()
+            row[f"syncs_validate_{validate}"] = count_syncs(step)
+            row[f"eager_ms_validate_{validate}"] = time_step(step, device, warmup, repeats, min_time_s)[1]
+        fast = build(False).to(device)
+        if isinstance(fast, PrototypeScatteringLoss) and fast.queue is not None:
+            fill_queue(fast, fast.queue_size, fast.num_clusters, device)
+        torch._dynamo.reset()
+        row["graph_breaks"] = int(torch._dynamo.explain(fast)(*inputs).graph_break_count)
+        torch._dynamo.reset()
+        try:
+            compiled = torch.compile(fast, fullgraph=True, backend=backend)
+
+            def compiled_step() -> None:
+                online.grad = None
+                compiled(*inputs).backward()
+
+            start = time.perf_counter()
+            compiled_step()
+            row["compile_s"] = time.perf_counter() - start
+            row["compiled_ms"] = time_step(compiled_step, device, warmup, repeats, min_time_s)[1]
+        except Exception as exc:  # report, do not hide: e.g. no C++ compiler for inductor
+            row["compiled_ms"] = None
+            row["compile_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        rows.append(row)
+    return rows
+
+
+def format_hot_path(rows: List[Dict[str, Any]]) -> str:
+    header = (f"{'case':<28} | {'syncs checked':>13} {'syncs fast':>10} {'breaks':>6} | {'checked ms':>10} "
+              f"{'fast ms':>8} {'compiled ms':>11}")
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        compiled = f"{r['compiled_ms']:.2f}" if r.get("compiled_ms") is not None else "error"
+        lines.append(
+            f"{r['case']:<28} | {r['syncs_validate_True']:>13} {r['syncs_validate_False']:>10} {r['graph_breaks']:>6} | "
+            f"{r['eager_ms_validate_True']:>10.2f} {r['eager_ms_validate_False']:>8.2f} {compiled:>11}"
+        )
+    lines.append(f"(compiled: torch.compile(fullgraph=True, backend={rows[0]['backend']!r}) of the fast path)")
+    for r in rows:
+        if r.get("compile_error"):
+            lines.append(f"{r['case']}: {r['compile_error']}")
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- ResNet-18 step
@@ -323,7 +419,7 @@ def machine_info(device: torch.device) -> Dict[str, Any]:
 
 
 def format_table(rows: List[Dict[str, Any]]) -> str:
-    header = f"{'K':>5} {'B':>5} {'queue':>6} | {'ours ms':>8} {'naive ms':>9} {'speed-up':>8} | "
+    header = f"{'K':>5} {'B':>5} {'queue':>6} | {'ours ms':>8} {'fast ms':>8} {'naive ms':>9} {'speed-up':>8} | "
     header += f"{'ours MiB':>9} {'naive MiB':>10} | {'ours loss':>9} {'naive loss':>10}"
     lines = [header, "-" * len(header)]
     by_key: Dict[Tuple[int, int, int], Dict[str, Dict[str, Any]]] = {}
@@ -331,10 +427,10 @@ def format_table(rows: List[Dict[str, Any]]) -> str:
         key = (row["num_clusters"], row["batch_size"], row["queue_size"])
         by_key.setdefault(key, {})[row["implementation"]] = row
     for (k, b, q), pair in by_key.items():
-        ours, naive = pair["propos_losses"], pair["naive"]
+        ours, fast, naive = pair["propos_losses"], pair["fast"], pair["naive"]
         lines.append(
-            f"{k:>5} {b:>5} {q:>6} | {ours['min_ms']:>8.2f} {naive['min_ms']:>9.2f} "
-            f"{naive['min_ms'] / ours['min_ms']:>7.2f}x | {ours['peak_memory_mib']:>9.2f} "
+            f"{k:>5} {b:>5} {q:>6} | {ours['min_ms']:>8.2f} {fast['min_ms']:>8.2f} {naive['min_ms']:>9.2f} "
+            f"{naive['min_ms'] / fast['min_ms']:>7.2f}x | {ours['peak_memory_mib']:>9.2f} "
             f"{naive['peak_memory_mib']:>10.2f} | {ours['loss_first_step']:>9.4f} {naive['loss_first_step']:>10.4f}"
         )
     return "\n".join(lines)
@@ -357,6 +453,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         default=None,
         help=f"batch of that step (default {defaults.BATCH_SIZE}; on CPU the step is skipped unless this is given)",
     )
+    parser.add_argument("--hot-path", action="store_true", help="syncs, graph breaks, eager vs compiled")
+    parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend of --hot-path")
+    parser.add_argument("--skip-table", action="store_true", help="only the --hot-path / --resnet18-step parts")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="JSON output path")
     args = parser.parse_args(argv)
@@ -385,14 +484,20 @@ def main(argv: Optional[List[str]] = None) -> None:
         "processes on a shared machine only ever add time.\n"
     )
     rows: List[Dict[str, Any]] = []
-    for num_clusters in CLUSTER_COUNTS:
-        for batch_size in BATCH_SIZES:
-            for queue_size in QUEUE_SIZES:
-                rows += bench_config(
-                    num_clusters, batch_size, queue_size, device, args.warmup, args.repeats, args.min_time
-                )
-    print(format_table(rows))
-    print("\n(loss columns differ where clusters are empty: the naive -10 fill leaks into the denominator)")
+    if not args.skip_table:
+        for num_clusters in CLUSTER_COUNTS:
+            for batch_size in BATCH_SIZES:
+                for queue_size in QUEUE_SIZES:
+                    rows += bench_config(
+                        num_clusters, batch_size, queue_size, device, args.warmup, args.repeats, args.min_time
+                    )
+        print(format_table(rows))
+        print("(speed-up: naive / fast; loss columns differ where clusters are empty: the naive -10 fill leaks "
+              "into the denominator)")
+    hot: Optional[List[Dict[str, Any]]] = None
+    if args.hot_path:
+        hot = bench_hot_path(device, args.compile_backend, args.warmup, args.repeats, args.min_time)
+        print("\n" + format_hot_path(hot))
     resnet: Optional[Dict[str, Any]] = None
     if args.resnet18_step and device.type != "cuda" and args.resnet18_batch is None:
         reason = (
@@ -417,6 +522,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         "repeats": args.repeats,
         "min_time_s": args.min_time,
         "rows": rows,
+        "hot_path": hot,
         "resnet18_step": resnet,
     }
     args.output.write_text(json.dumps(result, indent=2) + "\n")

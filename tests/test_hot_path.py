@@ -115,12 +115,21 @@ def test_value_checks_read_the_device_and_the_counter_sees_it(case: str) -> None
     assert count_syncs(CASES[case](True)) > 0
 
 
-def test_fast_path_gives_the_validated_result() -> None:
-    online, target, labels, weights = batch(3)
+@pytest.mark.parametrize("num_clusters", [K, 3 * B])  # 3B: most clusters empty, masked vs selected
+def test_fast_path_gives_the_validated_result_and_gradient(num_clusters: int) -> None:
+    online, target, labels, _ = batch(3)
+    online = online.detach().double().requires_grad_(True)
+    target = target.double()
+    labels = labels * (num_clusters // K)
+    weights = torch.rand(B, num_clusters, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    weights[:, ::2] = 0  # empty columns
     for assignments in (labels, weights):
-        checked = PSL(K)(online, target, assignments)
-        fast = PSL(K, validate_args=False)(online, target, assignments)
-        assert torch.equal(checked, fast)
+        checked = PSL(num_clusters)(online, target, assignments)
+        (checked_grad,) = torch.autograd.grad(checked, online)
+        fast = PSL(num_clusters, validate_args=False)(online, target, assignments)
+        (fast_grad,) = torch.autograd.grad(fast, online)
+        torch.testing.assert_close(fast, checked, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(fast_grad, checked_grad, rtol=1e-12, atol=1e-12)
 
 
 def test_fast_path_keeps_the_structural_checks() -> None:
