@@ -768,24 +768,9 @@ def _fit(
     distributed: Optional[bool] = None,
 ) -> Tuple[_Fit, bool]:
     _check_distributed(distributed)
-    if distributed is False:
-        with local_only():
-            return _fit_collective(X, n_clusters, n_init, max_iter, tol, seed, init, chunk_size, verbose, sample_size)
-    return _fit_collective(X, n_clusters, n_init, max_iter, tol, seed, init, chunk_size, verbose, sample_size)
-
-
-def _fit_collective(
-    X: Any,
-    n_clusters: int,
-    n_init: int,
-    max_iter: int,
-    tol: float,
-    seed: Optional[int],
-    init: InitLike,
-    chunk_size: Optional[int],
-    verbose: bool,
-    sample_size: Optional[int] = None,
-) -> Tuple[_Fit, bool]:
+    if distributed is False and is_distributed():
+        with local_only():  # every collective below becomes a no-op on this process
+            return _fit(X, n_clusters, n_init, max_iter, tol, seed, init, chunk_size, verbose, sample_size)
     _check_params(n_clusters, n_init, max_iter, tol, seed, init, chunk_size, verbose, sample_size)
     data, is_numpy = _as_tensor("X", X)
     error: Optional[Exception] = None
