@@ -51,17 +51,21 @@ def assert_terms_match_oracle(terms: PSLTerms, expected: Dict[str, float]) -> No
         (9, 6, [0, 0, 2, 2, 2, 5, 5, 0, 2]),  # clusters 1, 3, 4 empty
         (5, 40, [3, 17, 17, 39, 0]),  # K much larger than the batch
         (7, 3, [1, 2, 1, 2, 1, 2, 1]),  # cluster 0 empty
+        (4, 5, [3, 3, 3, 3]),  # a lone non-empty cluster
     ],
 )
+@pytest.mark.parametrize("validate_args", [True, False])  # selected vs masked empty clusters
 def test_hard_label_loss_and_terms_match_float64_oracle(
-    batch_size: int, num_clusters: int, labels: Optional[list]
+    batch_size: int, num_clusters: int, labels: Optional[list], validate_args: bool
 ) -> None:
     online, target, random_labels = make_batch(0, batch_size, 5, num_clusters)
     assignments = random_labels if labels is None else torch.tensor(labels)
     expected = psl_oracle(online, target, assignments, num_clusters, TAU)
-    terms = prototype_scattering_loss(online, target, assignments, num_clusters, return_terms=True)
+    terms = prototype_scattering_loss(
+        online, target, assignments, num_clusters, return_terms=True, validate_args=validate_args
+    )
     assert_terms_match_oracle(terms, expected)
-    module = PSL(num_clusters)
+    module = PSL(num_clusters, validate_args=validate_args)
     loss = module(online, target, assignments)
     assert loss.dtype == torch.float64
     assert loss.item() == pytest.approx(expected["loss"], rel=1e-10)
@@ -69,21 +73,26 @@ def test_hard_label_loss_and_terms_match_float64_oracle(
     assert_terms_match_oracle(module.last_terms, expected)
 
 
-def test_soft_weight_loss_matches_float64_oracle_with_zero_rows_and_empty_clusters() -> None:
+@pytest.mark.parametrize("validate_args", [True, False])
+def test_soft_weight_loss_matches_float64_oracle_with_zero_rows_and_empty_clusters(validate_args: bool) -> None:
     online, target, _ = make_batch(1, 8, 6, 5)
     generator = torch.Generator().manual_seed(2)
     weights = torch.rand(8, 5, generator=generator, dtype=torch.float64)
     weights[:, 3] = 0.0  # an empty cluster
     weights[2] = 0.0  # a sample assigned to no cluster
     expected = psl_oracle(online, target, weights, 5, 0.3)
-    terms = prototype_scattering_loss(online, target, weights, 5, temperature=0.3, return_terms=True)
+    terms = prototype_scattering_loss(
+        online, target, weights, 5, temperature=0.3, return_terms=True, validate_args=validate_args
+    )
     assert_terms_match_oracle(terms, expected)
-    assert PSL(5, temperature=0.3)(online, target, weights).item() == pytest.approx(expected["loss"], rel=1e-10)
+    loss = PSL(5, temperature=0.3, validate_args=validate_args)(online, target, weights)
+    assert loss.item() == pytest.approx(expected["loss"], rel=1e-10)
 
 
-def test_queue_loss_matches_float64_oracle_and_current_batch_is_enqueued_after_the_loss() -> None:
+@pytest.mark.parametrize("validate_args", [True, False])
+def test_queue_loss_matches_float64_oracle_and_current_batch_is_enqueued_after_the_loss(validate_args: bool) -> None:
     num_clusters, dim = 6, 4
-    module = PSL(num_clusters, queue_size=10, feature_dim=dim)
+    module = PSL(num_clusters, queue_size=10, feature_dim=dim, validate_args=validate_args)
     first_online, first_target, _ = make_batch(3, 7, dim, num_clusters)
     first_labels = torch.tensor([0, 1, 5, 5, 1, 0, 4])
     # First step: the queue is empty, so the loss is the plain batch loss.
@@ -306,20 +315,22 @@ def test_queue_rows_count_like_batch_rows_and_relabelling_keeps_the_loss(
 # ---------------------------------------------------------------- gradients
 
 
-def test_gradcheck_hard_labels_with_empty_cluster() -> None:
+@pytest.mark.parametrize("validate_args", [True, False])
+def test_gradcheck_hard_labels_with_empty_cluster(validate_args: bool) -> None:
     online, target, _ = make_batch(10, 7, 4, 4)
     labels = torch.tensor([0, 1, 1, 3, 0, 3, 3])
     online.requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda x: prototype_scattering_loss(x, target, labels, 4), (online,))
-    assert torch.autograd.gradgradcheck(lambda x: prototype_scattering_loss(x, target, labels, 4), (online,))
+    assert torch.autograd.gradcheck(lambda x: prototype_scattering_loss(x, target, labels, 4, validate_args=validate_args), (online,))
+    assert torch.autograd.gradgradcheck(lambda x: prototype_scattering_loss(x, target, labels, 4, validate_args=validate_args), (online,))
 
 
-def test_gradcheck_soft_weights() -> None:
+@pytest.mark.parametrize("validate_args", [True, False])
+def test_gradcheck_soft_weights(validate_args: bool) -> None:
     online, target, _ = make_batch(11, 6, 3, 3)
     weights = torch.rand(6, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     weights[:, 1] = 0.0  # an empty cluster
     online.requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda x: prototype_scattering_loss(x, target, weights, 3), (online,))
+    assert torch.autograd.gradcheck(lambda x: prototype_scattering_loss(x, target, weights, 3, validate_args=validate_args), (online,))
 
 
 def test_soft_weights_are_treated_as_constants() -> None:
