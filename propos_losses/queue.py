@@ -255,6 +255,10 @@ class PrototypeQueue(nn.Module):
         Args:
             new_labels: ``(N_dataset,)`` integer labels ``>= 0`` of every sample.
 
+        With ``validate_args=False`` the relabelling makes no host sync and
+        skips the value checks: slots pushed without indices keep their label
+        and indices are not checked against ``N_dataset``.
+
         Raises:
             TypeError: ``new_labels`` not an integer tensor.
             ValueError: ``new_labels`` not 1-D, a filled slot without a known
@@ -271,6 +275,13 @@ class PrototypeQueue(nn.Module):
         new_labels = check_tensor("new_labels", new_labels, ndim=1)
         if new_labels.is_floating_point() or new_labels.is_complex() or new_labels.dtype == torch.bool:
             raise TypeError(f"new_labels must have an integer dtype, got {new_labels.dtype}")
+        if not self.validate_args:
+            # No host sync: every slot with a label and a known index is relabelled in place (empty
+            # slots and slots pushed without indices keep their label); indices are not range-checked.
+            known = (self.labels >= 0) & (self.indices >= 0)
+            gathered = new_labels.to(self.indices.device).index_select(0, self.indices.clamp_min(0)).long()
+            self.labels.copy_(torch.where(known, gathered, self.labels))
+            return
         slots = self._filled_slots()
         if slots.numel() == 0:
             return

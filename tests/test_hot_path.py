@@ -75,6 +75,25 @@ def _queue_push(validate: bool) -> Callable[[], object]:
     return lambda: queue.push(target, labels, torch.arange(B))
 
 
+def _queue_relabel(validate: bool) -> Callable[[], object]:
+    _, target, labels, _ = batch()
+    queue = PrototypeQueue(30, D, validate_args=validate)
+    queue.push(target, labels, torch.arange(B))
+    new_labels = torch.randint(0, K, (B,))
+    return lambda: queue.relabel(new_labels)
+
+
+def test_fast_relabel_equals_the_checked_one() -> None:
+    _, target, labels, _ = batch()
+    new_labels = torch.randint(0, K, (B,), generator=torch.Generator().manual_seed(9))
+    queues = [PrototypeQueue(30, D, validate_args=v) for v in (True, False)]
+    for queue in queues:
+        queue.push(target, labels, torch.arange(B))
+        queue.relabel(new_labels)
+    assert torch.equal(queues[0].labels, queues[1].labels)
+    assert torch.equal(queues[1].contents()[1], new_labels)
+
+
 def _updater(validate: bool) -> Callable[[], object]:
     online = nn.Sequential(nn.Linear(D, D), nn.BatchNorm1d(D))
     updater = MomentumUpdater(total_steps=10)
@@ -100,6 +119,7 @@ CASES = {
     "psl_functional_queue": _functional,
     "psa": _psa,
     "queue_push": _queue_push,
+    "queue_relabel": _queue_relabel,
     "momentum_update": _updater,
 }
 
