@@ -14,6 +14,7 @@ Usage::
 
     python benchmarks/bench_dropin.py --seeds 0 1 2 --jobs 2
     python benchmarks/bench_dropin.py --datasets mnist --data-dir ../shared/data/mnist --max-samples 10000
+    python benchmarks/bench_dropin.py --datasets mnist --epochs 30 --tag mnist30   # longer MNIST budget
 """
 
 from __future__ import annotations
