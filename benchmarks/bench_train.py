@@ -18,6 +18,10 @@ Experiments (each writes ``benchmarks/results/bench_train_<name>.json`` and prin
   preset's fixed warm-up; digits, or MNIST with ``--data-dir``. The preset
   rows it compares with are the ``target_buffers=none`` rows of ``buffers``
   (same configuration, deterministic per seed on CPU), joined by ``summary``.
+* ``estep-init``: the E-step's k-means from fresh restarts (``cold``) or from
+  the previous E-step's centres (``warm``): E-step k-means seconds, pseudo-label
+  NMI against the true labels and against a cold run on the same features,
+  final NMI; digits, or MNIST with ``--data-dir``.
 * ``summary``: no training; groups every run in ``results/bench_train_*.json``
   by its resolved configuration and writes ``bench_train_summary.json``
   (experiments split over several processes, e.g. one per seed, end up in one table).
@@ -77,7 +81,7 @@ def train_once(preset: str, overrides: Dict[str, Any], dataset: Any = None, name
         records = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
     curve = [
         {k: r[k] for k in ("epoch", "backbone_nmi", "backbone_acc", "projector_nmi", "projector_acc",
-                           "pseudo_agreement") if k in r}
+                           "pseudo_agreement", "pseudo_nmi", "pseudo_vs_cold_nmi", "estep_kmeans_s") if k in r}
         for r in records
         if r["event"] in ("estep", "eval", "final")
     ]
@@ -231,7 +235,7 @@ def _environment() -> Dict[str, Any]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("experiment", choices=("digits", "sweep", "mnist", "mnist-raw", "buffers", "psl-start", "summary"))
+    parser.add_argument("experiment", choices=("digits", "sweep", "mnist", "mnist-raw", "buffers", "psl-start", "estep-init", "summary"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--data-dir", default=None, help="MNIST IDX directory (mnist experiment)")
     parser.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
@@ -259,15 +263,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         result["raw_kmeans"] = _raw_kmeans_summary(dataset, args.seeds)
         variants = {method: {**extra, "method": method} for method in args.methods}
         result["rows"] = run_variants("digits", variants, args.seeds, dataset)
-    elif args.experiment in ("buffers", "psl-start"):
+    elif args.experiment in ("buffers", "psl-start", "estep-init"):
         preset = "mnist" if args.data_dir else "digits"
         if args.data_dir:
             extra["data_dir"] = args.data_dir
         dataset = load_dataset(preset, args.data_dir, max_samples=extra.get("max_samples"))
         if args.experiment == "buffers":
             variants = {f"target_buffers={p}": {**extra, "target_buffers": p} for p in ("none", "copy", "ema")}
-        else:
+        elif args.experiment == "psl-start":
             variants = {"psl_start=auto": {**extra, "psl_start": "auto"}}
+        else:
+            variants = {f"estep_init={i}": {**extra, "estep_init": i} for i in ("cold", "warm")}
         result["rows"] = run_variants(preset, variants, args.seeds, dataset)
     elif args.experiment == "sweep":
         dataset = load_dataset("digits")

@@ -56,6 +56,24 @@ def test_one_epoch_plus_resume_equals_two_straight_epochs_bit_for_bit(tmp_path):
     assert (straight / "assignments.csv").read_text() == (resumed / "assignments.csv").read_text()
 
 
+def test_resume_with_warm_estep_and_automatic_psl_start_is_bit_for_bit(tmp_path):
+    # Both keep state across epochs (the last E-step's centres; the agreement and the PSL switch).
+    options = TINY + ["--epochs", "3", "--estep-init", "warm", "--psl-start", "auto", "--psl-agreement", "0.3"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert main(options + ["--output-dir", str(straight)]) == 0
+    assert main(options + ["--output-dir", str(resumed), "--stop-after", "2"]) == 0
+    assert load_checkpoint(resumed)["estep_centers"] is not None
+    assert main(["--resume", str(resumed), "--quiet", "--no-plots"]) == 0
+    a, b = load_checkpoint(straight), load_checkpoint(resumed)
+    for key in ("online", "target", "psl", "pseudo_labels", "estep_centers", "psl_start", "epoch"):
+        _assert_same_tensors(a[key], b[key], key)
+    log = _log(straight)
+    assert log == _log(resumed)
+    esteps = [r for r in log if r["event"] == "estep"]
+    assert "pseudo_vs_cold_nmi" not in esteps[0] and "pseudo_vs_cold_nmi" in esteps[1]  # the first E-step is cold
+    assert "pseudo_agreement" in esteps[1]
+
+
 def test_resume_discards_log_lines_written_after_the_checkpoint(tmp_path):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert main(TINY + ["--output-dir", str(straight)]) == 0

@@ -59,6 +59,8 @@ _HELP = {
     "backbone": "small_cnn | flat_cnn | resnet18 | resnet34",
     "psl_warmup_epochs": "epochs with PSL and PSA noise off (default: warmup_epochs)",
     "psl_start": "warmup | auto (auto: PSL from the first E-step whose labels agree with the previous ones, NMI >= psl_agreement)",
+    "estep_init": "cold | warm (warm: the E-step's k-means starts from the previous E-step's centres)",
+    "final_kmeans_n_init": "k-means restarts of the final evaluation",
     "psl_agreement": "NMI between successive E-steps' pseudo-labels that starts PSL under --psl-start auto",
     "num_clusters": "K of the E-step (default: number of classes)",
     "estep_features": "projector | backbone: target features clustered by the E-step",

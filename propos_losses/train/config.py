@@ -35,6 +35,7 @@ __all__ = [
     "ESTEP_FEATURES",
     "TARGET_BUFFERS",
     "PSL_STARTS",
+    "ESTEP_INITS",
     "AUGMENTATIONS",
     "resolve_config",
     "load_config_file",
@@ -47,6 +48,8 @@ METHODS: Tuple[str, ...] = ("propos", "byol")
 OPTIMIZERS: Tuple[str, ...] = ("sgd", "lars")
 DEVICES: Tuple[str, ...] = ("auto", "cpu", "cuda")
 ESTEP_FEATURES: Tuple[str, ...] = ("projector", "backbone")
+#: How the E-step's k-means starts: fresh k-means++ restarts, or from the previous E-step's centres.
+ESTEP_INITS: Tuple[str, ...] = ("cold", "warm")
 #: When PSL starts: after ``psl_warmup_epochs`` (``warmup``) or once successive E-steps agree (``auto``).
 PSL_STARTS: Tuple[str, ...] = ("warmup", "auto")
 #: What the momentum update does with the target's BatchNorm statistics (MomentumUpdater's ``buffers``).
@@ -123,6 +126,11 @@ class TrainConfig:
     #: MomentumUpdater's buffer policy: ``none`` (target keeps its own BN statistics), ``copy`` or ``ema``.
     target_buffers: str = "none"
     kmeans_n_init: int = D.KMEANS_N_INIT
+    #: ``cold``: every E-step runs ``kmeans_n_init`` fresh restarts; ``warm``: one run from the
+    #: previous E-step's centres (the first E-step is cold; evaluations stay cold).
+    estep_init: str = "cold"
+    #: Restarts of the final evaluation's k-means (a local minimum there would misreport the run).
+    final_kmeans_n_init: int = D.KMEANS_N_INIT
     kmeans_max_iter: int = D.KMEANS_MAX_ITER
     kmeans_tol: float = D.KMEANS_TOL
     #: Evaluate (k-means on backbone and projector features) every this many epochs
@@ -316,11 +324,13 @@ def validate_config(config: TrainConfig) -> TrainConfig:
     choice("estep_features", ESTEP_FEATURES)
     choice("target_buffers", TARGET_BUFFERS)
     choice("psl_start", PSL_STARTS)
+    choice("estep_init", ESTEP_INITS)
     if not 0.0 < config.psl_agreement <= 1.0:
         raise ConfigError(f"psl_agreement must be in (0, 1], got {config.psl_agreement!r}")
     if config.augmentation is not None:
         choice("augmentation", AUGMENTATIONS)
-    for name in ("epochs", "batch_size", "hidden_dim", "out_dim", "estep_every", "kmeans_n_init", "kmeans_max_iter"):
+    for name in ("epochs", "batch_size", "hidden_dim", "out_dim", "estep_every", "kmeans_n_init", "kmeans_max_iter",
+                 "final_kmeans_n_init"):
         at_least(name, 1)
     for name in ("seed", "warmup_epochs", "queue_size", "eval_every"):
         at_least(name, 0)
