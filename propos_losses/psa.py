@@ -203,9 +203,10 @@ class _PredictionTracker:
 
 
 def _track_predictions(psa: "PositiveSamplingAlignment") -> None:
-    # A copied predictor (deepcopy, pickle) brings its original's trackers along: drop those first.
+    # A copied predictor (deepcopy, pickle) brings dead copies of its original's trackers: drop those
+    # (and trackers of PSA modules that no longer exist), keep the live ones of other PSA modules.
     hooks = psa.predictor._forward_hooks
-    for key in [key for key, hook in hooks.items() if isinstance(hook, _PredictionTracker)]:
+    for key in [key for key, hook in hooks.items() if isinstance(hook, _PredictionTracker) and hook.psa() is None]:
         del hooks[key]
     psa.predictor.register_forward_hook(_PredictionTracker(psa))
 

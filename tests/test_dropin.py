@@ -819,6 +819,15 @@ def test_psa_rejects_both_predictions_of_a_lightly_style_loop() -> None:
         criterion(p0, p1, z0, z1)
 
 
+def test_two_psa_modules_sharing_a_predictor_both_catch_its_outputs() -> None:
+    head = nn.Linear(D, D)
+    first, second = PSA(head, sigma=0.0), PSA(head, sigma=0.0)
+    prediction = head(torch.randn(5, D))
+    for psa in (first, second):
+        with pytest.raises(ValueError, match="prediction"):
+            psa(prediction, torch.randn(5, D))
+
+
 def test_psa_rejects_its_predictors_output_after_deepcopy() -> None:
     model = LightlyBYOL()
     psa = PSA(model.prediction_head, sigma=0.0)
