@@ -156,6 +156,29 @@ def run_variants(preset: str, variants: Dict[str, Dict[str, Any]], seeds: Sequen
     return rows
 
 
+def estep_summary(rows: List[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
+    """Per variant: E-step k-means seconds, pseudo-label NMI (vs truth, vs a cold run), over E-steps 2.. of every run.
+
+    The first E-step is cold in every variant, so it is left out. Prints one line per variant.
+    """
+    out = {}
+    for row in rows:
+        seconds, truth, cold = [], [], []
+        for run in row["runs"]:
+            later = [c for c in run["curve"] if "estep_kmeans_s" in c][1:]
+            seconds.append(statistics.fmean(c["estep_kmeans_s"] for c in later))
+            truth.append(statistics.fmean(c["pseudo_nmi"] for c in later if "pseudo_nmi" in c))
+            if any("pseudo_vs_cold_nmi" in c for c in later):
+                cold.append(statistics.fmean(c["pseudo_vs_cold_nmi"] for c in later if "pseudo_vs_cold_nmi" in c))
+        out[row["variant"]] = {"estep_kmeans_s": summarise(seconds), "pseudo_nmi": summarise(truth),
+                               "pseudo_vs_cold_nmi": summarise(cold) if cold else None}
+        entry = out[row["variant"]]
+        print(f"{row['variant']:<20} E-step k-means {entry['estep_kmeans_s']['mean']:.4f} s  "
+              f"pseudo NMI vs truth {entry['pseudo_nmi']['mean']:.4f} +- {entry['pseudo_nmi']['std']:.4f}"
+              + (f"  vs a cold run {entry['pseudo_vs_cold_nmi']['mean']:.4f}" if cold else ""))
+    return out
+
+
 def _describe(config: Dict[str, Any]) -> str:
     """Short label of a run's configuration: what differs from its preset."""
     preset = resolve_config(config["preset"], overrides={"data_dir": config.get("data_dir") or "unused"})
@@ -310,6 +333,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     if result["rows"]:
         print(_table(result["rows"], ("backbone_nmi", "backbone_acc", "projector_nmi", "projector_acc")))
+    if args.experiment == "estep-init":
+        result["estep_summary"] = estep_summary(result["rows"])
     RESULTS.mkdir(parents=True, exist_ok=True)
     name = f"bench_train_{args.experiment}{'_' + args.tag if args.tag else ''}.json"
     (RESULTS / name).write_text(json.dumps(result, indent=1, default=float) + "\n")
