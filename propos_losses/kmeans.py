@@ -99,10 +99,11 @@ NumPy arrays for NumPy input (labels are int64 in both cases).
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 import warnings
-from typing import Any, List, NamedTuple, Optional, Tuple, Union
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -119,7 +120,22 @@ from propos_losses.distributed import (
     local_only,
 )
 
-__all__ = ["SphericalKMeans", "spherical_kmeans", "KMeansResult", "DEFAULT_CHUNK_BYTES"]
+__all__ = ["SphericalKMeans", "spherical_kmeans", "KMeansResult", "NotFittedError", "DEFAULT_CHUNK_BYTES"]
+
+
+try:  # scikit-learn's own class when it is installed, so that its checks recognise the error
+    from sklearn.exceptions import NotFittedError as _NotFittedBase
+except ImportError:  # pragma: no cover - scikit-learn is optional
+
+    class _NotFittedBase(ValueError, AttributeError):  # type: ignore[no-redef]
+        pass
+
+
+class NotFittedError(_NotFittedBase):
+    """A method used before :meth:`SphericalKMeans.fit`: a ``ValueError`` and an ``AttributeError``.
+
+    A subclass of scikit-learn's ``NotFittedError`` when scikit-learn is installed.
+    """
 
 ArrayLike = Union[Tensor, np.ndarray]
 InitLike = Union[str, Tensor, np.ndarray]
@@ -190,8 +206,26 @@ def _raise_collectively(error: Optional[Exception], device: torch.device) -> Non
 
 
 def _as_tensor(name: str, X: object) -> Tuple[Tensor, bool]:
-    """Return ``X`` as a 2-D float32/float64 tensor and whether it was a NumPy array."""
+    """Return ``X`` as a 2-D float32/float64 tensor and whether it was a NumPy array (or array-like)."""
+    if isinstance(X, Tensor) and X.layout != torch.strided:
+        raise TypeError(f"{name} must be a dense tensor, got layout {X.layout}; convert it with {name}.to_dense()")
+    if hasattr(X, "tocsr") and hasattr(X, "toarray"):  # scipy.sparse, without importing it
+        raise TypeError(f"{name} must be dense, got the sparse {type(X).__name__}; convert it with {name}.toarray()")
+    if not isinstance(X, (Tensor, np.ndarray)) and hasattr(X, "__array__") or isinstance(X, (list, tuple)):
+        try:
+            X = np.asarray(X)  # array-likes (scikit-learn's convention); NumPy rules below
+        except (TypeError, ValueError) as error:  # e.g. ragged nested lists
+            raise ValueError(f"{name} must be a 2-D array of numbers: {error}") from None
     if isinstance(X, np.ndarray):
+        if X.dtype.kind == "c":
+            raise ValueError(f"Complex data not supported: {name} has NumPy dtype {X.dtype}")
+        if X.dtype.kind == "O":
+            try:
+                X = X.astype(np.float64)  # e.g. a list mixing ints and floats, pandas object columns
+            except (TypeError, ValueError) as error:
+                raise TypeError(f"{name} must hold numbers, got a NumPy object array that is not numeric: {error}") from None
+        if X.dtype == np.float16:
+            X = X.astype(np.float32)  # as for torch half precision: computed in float32
         if X.dtype not in (np.float32, np.float64):
             raise TypeError(
                 f"{name} must be float32 or float64, got NumPy dtype {X.dtype}; "
@@ -213,9 +247,14 @@ def _as_tensor(name: str, X: object) -> Tuple[Tensor, bool]:
     else:
         raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(X).__name__}")
     if tensor.dim() != 2:
-        raise ValueError(f"{name} must be 2-D (N, d), got shape {tuple(tensor.shape)}")
+        raise ValueError(
+            f"{name} must be 2-D (N, d), got shape {tuple(tensor.shape)}; Reshape your data, e.g. with "
+            f"{name}.reshape(-1, 1) for one feature or {name}.reshape(1, -1) for one sample"
+        )
     if tensor.shape[1] < 1:
-        raise ValueError(f"{name} must have at least one feature, got shape {tuple(tensor.shape)}")
+        raise ValueError(
+            f"{name} has 0 feature(s) (shape=({tensor.shape[0]}, 0)) while a minimum of 1 is required."
+        )
     return tensor, is_numpy
 
 
@@ -713,7 +752,7 @@ def _make_generator(seed: Optional[int], device: torch.device) -> torch.Generato
         # Fresh OS entropy, leaving the global RNGs of the user untouched.
         drawn = torch.tensor([int(np.random.default_rng().integers(_SEED_BOUND))], dtype=torch.long, device=device)
         seed = int(broadcast_(drawn).item())
-    return torch.Generator().manual_seed(seed)
+    return torch.Generator().manual_seed(int(seed))  # NumPy integer seeds too
 
 
 def _initial_centers(init: Union[Tensor, np.ndarray], X: Tensor, n_clusters: int, n_init: int) -> Tensor:
@@ -895,6 +934,19 @@ def spherical_kmeans(
     return KMeansResult(_to_output(fit.centers, is_numpy), _to_output(fit.labels, is_numpy), fit.inertia, fit.n_iter)
 
 
+#: Constructor parameters of :class:`SphericalKMeans`, in signature order (get_params / set_params / clone).
+_ESTIMATOR_PARAMS = (
+    "n_clusters", "n_init", "max_iter", "tol", "seed", "init", "chunk_size", "verbose", "sample_size", "distributed"
+)
+
+
+def _same_value(a: object, b: object) -> bool:
+    """Equality for repr's "differs from the default" test, safe for arrays (never equal to a default)."""
+    if isinstance(a, (Tensor, np.ndarray)) or isinstance(b, (Tensor, np.ndarray)):
+        return False
+    return type(a) is type(b) and a == b
+
+
 class SphericalKMeans:
     """Spherical k-means estimator with a scikit-learn-like interface.
 
@@ -933,8 +985,14 @@ class SphericalKMeans:
             the batch (before the winner's refinement).
         n_features_in_: ``d``.
 
-    Arrays are NumPy when :meth:`fit` got NumPy input, else tensors on the
-    input's device.
+    Arrays are NumPy when :meth:`fit` got NumPy input (or a list), else
+    tensors on the input's device.
+
+    scikit-learn conventions (duck-typed, scikit-learn is not required):
+    ``get_params``/``set_params`` (so ``sklearn.base.clone`` and pipelines
+    work), ``fit(X, y=None)``, ``fit_transform``, ``score`` (minus the
+    inertia), estimator tags, :class:`NotFittedError` before ``fit``. The
+    seed keeps this library's name ``seed`` (not ``random_state``).
 
     Example:
         >>> import numpy as np
@@ -962,22 +1020,67 @@ class SphericalKMeans:
     ) -> None:
         _check_params(n_clusters, n_init, max_iter, tol, seed, init, chunk_size, verbose, sample_size)
         _check_distributed(distributed)
-        self.n_clusters = int(n_clusters)
-        self.n_init = int(n_init)
-        self.max_iter = int(max_iter)
-        self.tol = float(tol)
+        # Stored as given (scikit-learn's clone checks identity); converted where they are used.
+        self.n_clusters = n_clusters
+        self.n_init = n_init
+        self.max_iter = max_iter
+        self.tol = tol
         self.seed = seed
         self.init = init
         self.chunk_size = chunk_size
         self.verbose = verbose
-        self.sample_size = None if sample_size is None else int(sample_size)
+        self.sample_size = sample_size
         self.distributed = distributed
 
-    def fit(self, X: ArrayLike) -> "SphericalKMeans":
-        """Cluster ``X`` ``(N, d)``; returns ``self``."""
+    # scikit-learn's estimator conventions, duck-typed: scikit-learn is not a runtime dependency of
+    # the package, so there is no base class to inherit; get_params/set_params/clone/pipelines only
+    # need these methods.
+
+    def get_params(self, deep: bool = True) -> Dict[str, Any]:
+        """The constructor's parameters as a dict (scikit-learn's convention; ``deep`` is accepted and unused)."""
+        return {name: getattr(self, name) for name in _ESTIMATOR_PARAMS}
+
+    def set_params(self, **params: Any) -> "SphericalKMeans":
+        """Set constructor parameters; checked like the constructor, nothing changes on error. Returns ``self``."""
+        unknown = sorted(set(params) - set(_ESTIMATOR_PARAMS))
+        if unknown:
+            raise ValueError(f"invalid parameter(s) {unknown} for SphericalKMeans; valid ones: {list(_ESTIMATOR_PARAMS)}")
+        merged = {**self.get_params(), **params}
+        SphericalKMeans(**merged)  # validates every value before anything is set
+        for name, value in params.items():
+            setattr(self, name, value)
+        return self
+
+    def __sklearn_tags__(self) -> Any:
+        """scikit-learn (>= 1.6) estimator tags: a clusterer and transformer of dense 2-D float input.
+
+        Imported here: only scikit-learn asks for them, so it stays an optional dependency.
+        """
+        from sklearn.utils import Tags, TargetTags, TransformerTags
+
+        tags = Tags(estimator_type="clusterer", target_tags=TargetTags(required=False),
+                    transformer_tags=TransformerTags(preserves_dtype=["float64", "float32"]))
+        tags.input_tags.allow_nan = False
+        return tags
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return hasattr(self, "_centers")
+
+    def __repr__(self) -> str:
+        defaults = inspect.signature(SphericalKMeans.__init__).parameters
+        shown = [
+            f"{name}={value!r}" for name, value in self.get_params().items()
+            if defaults[name].default is inspect.Parameter.empty or not _same_value(value, defaults[name].default)
+        ]
+        return f"SphericalKMeans({', '.join(shown)})"
+
+    def fit(self, X: ArrayLike, y: object = None) -> "SphericalKMeans":
+        """Cluster ``X`` ``(N, d)``; returns ``self``. ``y`` is ignored (scikit-learn's convention)."""
         fit, is_numpy = _fit(
-            X, self.n_clusters, self.n_init, self.max_iter, self.tol, self.seed, self.init, self.chunk_size,
-            self.verbose, self.sample_size, self.distributed,
+            X, int(self.n_clusters), int(self.n_init), int(self.max_iter), float(self.tol),
+            None if self.seed is None else int(self.seed), self.init,
+            None if self.chunk_size is None else int(self.chunk_size), self.verbose,
+            None if self.sample_size is None else int(self.sample_size), self.distributed,
         )
         self._centers = fit.centers
         self.cluster_centers_ = _to_output(fit.centers, is_numpy)
@@ -989,16 +1092,37 @@ class SphericalKMeans:
         self.n_features_in_ = int(fit.centers.shape[1])
         return self
 
-    def fit_predict(self, X: ArrayLike) -> ArrayLike:
-        """Fit and return ``labels_`` ``(N,)``."""
+    def fit_predict(self, X: ArrayLike, y: object = None) -> ArrayLike:
+        """Fit and return ``labels_`` ``(N,)``; ``y`` is ignored."""
         return self.fit(X).labels_
+
+    def fit_transform(self, X: ArrayLike, y: object = None) -> ArrayLike:
+        """Fit, then the cosine similarities ``(N, K)`` of ``X`` to the centres; ``y`` is ignored."""
+        return self.fit(X).transform(X)
+
+    def score(self, X: ArrayLike, y: object = None) -> float:
+        """Minus the inertia ``sum_i (1 - max_k cos(x_i, c_k))`` of ``X`` (higher is better, as scikit-learn's).
+
+        Example:
+            >>> import numpy as np
+            >>> X = np.eye(3)
+            >>> km = SphericalKMeans(n_clusters=3, seed=0).fit(X)
+            >>> km.score(X)
+            -0.0
+        """
+        unit, centers, _ = self._prepare(X)
+        _, dist = _assign(unit, centers, self.chunk_size)
+        return -float(dist.sum(dtype=torch.float64))
 
     def _prepare(self, X: ArrayLike) -> Tuple[Tensor, Tensor, bool]:
         if not hasattr(self, "_centers"):
-            raise ValueError("this SphericalKMeans is not fitted yet: call fit(X) first")
+            raise NotFittedError("this SphericalKMeans is not fitted yet: call fit(X) first")
         data, is_numpy = _as_tensor("X", X)
         if data.shape[1] != self.n_features_in_:
-            raise ValueError(f"X must have {self.n_features_in_} features, got shape {tuple(data.shape)}")
+            raise ValueError(
+                f"X has {data.shape[1]} features, but SphericalKMeans is expecting {self.n_features_in_} "
+                f"features as input (shape {tuple(data.shape)})"
+            )
         unit = _normalise_rows("X", data)
         return unit, self._centers.to(device=unit.device, dtype=unit.dtype), is_numpy
 

@@ -101,11 +101,22 @@ def _as_labels(name: str, labels: object) -> np.ndarray:
     if array.size == 0:
         raise ValueError(f"{name} must not be empty, got 0 labels")
     kind = array.dtype.kind
+    if kind == "O":
+        # Object arrays of integers (e.g. pandas nullable integer columns): convert, then check as usual.
+        if not all(isinstance(value, (int, np.integer)) and not isinstance(value, bool) for value in array.tolist()):
+            bad = next(v for v in array.tolist() if not isinstance(v, (int, np.integer)) or isinstance(v, bool))
+            raise TypeError(f"{name} must hold integer labels, got an object array containing {bad!r}")
+        try:
+            array = np.asarray(array.tolist(), dtype=np.int64)
+        except OverflowError:
+            raise ValueError(f"{name} holds a label too large for int64") from None
+        kind = "i"
     if kind == "b":
         return array.astype(np.int64)
     if kind in "iu":
         return array
     if kind == "f":
+        array = array.astype(np.float64)  # float16 would overflow comparing against the int64 limit
         if not np.isfinite(array).all():
             raise ValueError(f"{name} must be finite, got NaN or Inf labels")
         integral = array == np.round(array)

@@ -393,7 +393,8 @@ def test_bad_arguments_raise(kwargs: dict, error: type, match: str) -> None:
         (torch.cat([GOOD, torch.zeros(1, 3, dtype=torch.float64)]), ValueError, "all-zero rows"),
         (torch.ones(10, 3, dtype=torch.long), TypeError, "float"),
         (np.ones((10, 3), dtype=np.uint8), TypeError, "float"),
-        (GOOD.tolist(), TypeError, "numpy"),
+        ([[1.0, 2.0], [3.0]], ValueError, "2-D array of numbers"),  # ragged; rectangular lists are accepted
+        ("not an array", TypeError, "numpy"),
     ],
 )
 def test_bad_data_raises(X: object, error: type, match: str) -> None:
