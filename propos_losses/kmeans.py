@@ -101,6 +101,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import sys
 import time
 import warnings
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
@@ -123,19 +124,25 @@ from propos_losses.distributed import (
 __all__ = ["SphericalKMeans", "spherical_kmeans", "KMeansResult", "NotFittedError", "DEFAULT_CHUNK_BYTES"]
 
 
-try:  # scikit-learn's own class when it is installed, so that its checks recognise the error
-    from sklearn.exceptions import NotFittedError as _NotFittedBase
-except ImportError:  # pragma: no cover - scikit-learn is optional
-
-    class _NotFittedBase(ValueError, AttributeError):  # type: ignore[no-redef]
-        pass
-
-
-class NotFittedError(_NotFittedBase):
+class NotFittedError(ValueError, AttributeError):
     """A method used before :meth:`SphericalKMeans.fit`: a ``ValueError`` and an ``AttributeError``.
 
-    A subclass of scikit-learn's ``NotFittedError`` when scikit-learn is installed.
+    When scikit-learn is loaded, the error raised is also an instance of
+    scikit-learn's ``NotFittedError`` (so its checks recognise it).
     """
+
+
+def _not_fitted(message: str) -> NotFittedError:
+    """A :class:`NotFittedError`, also scikit-learn's when scikit-learn is already imported.
+
+    Importing scikit-learn here would add about a second to ``import propos_losses``; a user whose
+    code reaches scikit-learn's checks or pipelines has imported it already.
+    """
+    module = sys.modules.get("sklearn.exceptions")
+    if module is None:
+        return NotFittedError(message)
+    combined = type("NotFittedError", (NotFittedError, module.NotFittedError), {"__module__": __name__})
+    return combined(message)
 
 ArrayLike = Union[Tensor, np.ndarray]
 InitLike = Union[str, Tensor, np.ndarray]
@@ -1116,7 +1123,7 @@ class SphericalKMeans:
 
     def _prepare(self, X: ArrayLike) -> Tuple[Tensor, Tensor, bool]:
         if not hasattr(self, "_centers"):
-            raise NotFittedError("this SphericalKMeans is not fitted yet: call fit(X) first")
+            raise _not_fitted("this SphericalKMeans is not fitted yet: call fit(X) first")
         data, is_numpy = _as_tensor("X", X)
         if data.shape[1] != self.n_features_in_:
             raise ValueError(

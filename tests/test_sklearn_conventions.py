@@ -12,7 +12,7 @@ import torch
 from propos_losses import SphericalKMeans, ami, nmi, spherical_kmeans
 from propos_losses.kmeans import NotFittedError
 
-sklearn = pytest.importorskip("sklearn")
+sklearn = pytest.importorskip("sklearn", minversion="1.6")  # estimator tags and expected_failed_checks
 from sklearn.base import clone  # noqa: E402
 from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
