@@ -281,6 +281,18 @@ def test_hungarian_accuracy_equals_brute_force_for_any_cluster_count(
     assert cluster_accuracy(true, pred) == pytest.approx(brute_force_accuracy(true, pred), abs=1e-15)
 
 
+def test_accuracy_is_the_same_for_ids_that_start_at_one_or_have_gaps() -> None:
+    # The authors' accuracy scores ids 1..10 far too low and raises IndexError on non-contiguous ids.
+    rng = np.random.default_rng(0)
+    true = rng.integers(0, 10, 500)
+    pred = np.where(rng.random(500) < 0.8, true, rng.integers(0, 10, 500))
+    reference = cluster_accuracy(true, pred)
+    assert 0.8 < reference < 0.9
+    assert cluster_accuracy(true + 1, pred + 1) == reference
+    gaps = np.array([0, 3, 7, 12, 20, 33, 41, 58, 60, 99])
+    assert cluster_accuracy(gaps[true], gaps[pred]) == reference
+
+
 @settings(max_examples=30, deadline=None)
 @given(labelings(max_size=80, max_labels=8), st.integers(0, 2**32 - 1))
 def test_relabelling_predicted_clusters_leaves_accuracy_unchanged(
