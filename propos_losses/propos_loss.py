@@ -60,6 +60,11 @@ class ProPosLoss(nn.Module):
         psl_start: epoch from which PSL is on (``int >= 0``), or ``"auto"``.
         agreement_threshold: NMI in ``(0, 1]`` between successive
             pseudo-labelings that switches PSL on under ``"auto"``.
+        psl_pairing: ``"same"`` (default): online and target prototypes of
+            the same view, ``L_psl(q1, z'1)`` and ``L_psl(q2, z'2)``;
+            ``"cross"``: of the two views, ``L_psl(q1, z'2)`` and
+            ``L_psl(q2, z'1)``, as in the authors' code and the reference
+            trainer. The drop-in measurements used ``"same"``.
 
     Attributes:
         pseudo_labels: ``(N,)`` int64 labels of the data set, or ``None``.
@@ -99,6 +104,7 @@ class ProPosLoss(nn.Module):
         *,
         psl_start: Union[int, str] = "auto",
         agreement_threshold: float = defaults.PSL_AUTO_AGREEMENT,
+        psl_pairing: str = "same",
     ) -> None:
         super().__init__()
         if not isinstance(psa, PositiveSamplingAlignment):
@@ -115,6 +121,9 @@ class ProPosLoss(nn.Module):
         self.agreement_threshold = check_float("agreement_threshold", agreement_threshold, minimum=0.0, maximum=1.0)
         if self.agreement_threshold == 0.0:
             raise ValueError("agreement_threshold must be > 0, got 0.0 (use psl_start=0 to start PSL at once)")
+        if psl_pairing not in ("same", "cross"):
+            raise ValueError(f"psl_pairing must be 'same' or 'cross', got {psl_pairing!r}")
+        self.psl_pairing = psl_pairing
         self.psa = psa
         self.psl = psl
         self.sigma = psa.sigma
@@ -127,7 +136,7 @@ class ProPosLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"lambda_psl={self.lambda_psl}, psl_start={self.psl_start!r}, "
+            f"lambda_psl={self.lambda_psl}, psl_start={self.psl_start!r}, psl_pairing={self.psl_pairing!r}, "
             f"agreement_threshold={self.agreement_threshold}, agreement={self.agreement}, psl_active={self.psl_active}"
         )
 
@@ -220,7 +229,8 @@ class ProPosLoss(nn.Module):
         if self.pseudo_labels.device != online_1.device:
             self.pseudo_labels = self.pseudo_labels.to(online_1.device)  # once, not every step
         labels = self.pseudo_labels.index_select(0, indices.to(online_1.device).long())
-        scattering = 0.5 * (self.psl(online_1, target_1, labels, indices) + self.psl(online_2, target_2, labels, indices))
+        first, second = (target_1, target_2) if self.psl_pairing == "same" else (target_2, target_1)
+        scattering = 0.5 * (self.psl(online_1, first, labels, indices) + self.psl(online_2, second, labels, indices))
         self.last_terms = {"psa": alignment.detach(), "psl": scattering.detach()}
         return alignment + self.lambda_psl * scattering
 

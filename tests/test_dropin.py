@@ -577,6 +577,20 @@ def test_propos_loss_auto_respects_a_custom_agreement_threshold() -> None:
     assert not below.psl_active and at.psl_active
 
 
+def test_propos_loss_cross_pairing_pairs_each_views_online_prototypes_with_the_other_views_targets() -> None:
+    psa = PSA(nn.Linear(D, D), sigma=0.0)
+    psl = PSL(num_clusters=3)
+    criterion = ProPosLoss(psa, psl, lambda_psl=0.5, psl_start=0, psl_pairing="cross")
+    labels = torch.randint(0, 3, (30,), generator=torch.Generator().manual_seed(1))
+    criterion.set_pseudo_labels(labels)
+    q1, q2, z1, z2 = torch.randn(4, 8, D, generator=torch.Generator().manual_seed(2), dtype=torch.float64).unbind(0)
+    indices = torch.arange(8)
+    expected = 0.5 * (psa(q1, z2) + psa(q2, z1)) + 0.5 * 0.5 * (psl(q1, z2, labels[:8]) + psl(q2, z1, labels[:8]))
+    torch.testing.assert_close(criterion(q1, q2, z1, z2, indices), expected)
+    with pytest.raises(ValueError, match="psl_pairing"):
+        ProPosLoss(psa, psl, psl_pairing="both")
+
+
 @pytest.mark.parametrize("dtype", [np.int32, np.int64, np.uint8])
 def test_propos_loss_accepts_numpy_pseudo_labels(dtype: Any) -> None:
     criterion = make_criterion(psl_start=0)
