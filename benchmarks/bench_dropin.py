@@ -15,6 +15,11 @@ Usage::
     python benchmarks/bench_dropin.py --seeds 0 1 2 --jobs 2
     python benchmarks/bench_dropin.py --datasets mnist --data-dir ../shared/data/mnist --max-samples 10000
     python benchmarks/bench_dropin.py --datasets mnist --epochs 30 --tag mnist30   # longer MNIST budget
+    python benchmarks/bench_dropin.py --datasets digits --loops propos --psl-pairing cross --tag cross
+
+``--psl-pairing cross`` runs a copy of ``propos_loop.py`` (in a temporary
+directory) whose ``ProPosLoss`` gets ``psl_pairing="cross"``; the committed
+loop, and the changed-line count, stay as they are.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -53,9 +59,24 @@ def changed_lines() -> Dict[str, int]:
     return {"added": added, "removed": removed, "replaced": replaced, "total": added + removed + replaced}
 
 
+def loop_script(loop: str, pairing: str, workdir: Path) -> Path:
+    """The loop file to run: the committed one, or a copy of propos_loop.py with another PSL pairing."""
+    path = LOOPS / f"{loop}_loop.py"
+    if loop != "propos" or pairing == "same":
+        return path
+    source = path.read_text()
+    marker = "lambda_psl=1.0)"
+    if source.count(marker) != 1:
+        raise RuntimeError(f"cannot find the ProPosLoss arguments ({marker!r}) in {path}")
+    patched = workdir / f"propos_loop_{pairing}.py"
+    patched.write_text(source.replace(marker, f'lambda_psl=1.0, psl_pairing="{pairing}")'))
+    return patched
+
+
 def run_loop(loop: str, dataset: str, seed: int, data_dir: Optional[str], max_samples: Optional[int],
-             epochs: Optional[int]) -> Dict[str, Any]:
-    command = [sys.executable, str(LOOPS / f"{loop}_loop.py"), "--dataset", dataset, "--seed", str(seed)]
+             epochs: Optional[int], script: Optional[Path] = None) -> Dict[str, Any]:
+    script = script or LOOPS / f"{loop}_loop.py"
+    command = [sys.executable, str(script), "--dataset", dataset, "--seed", str(seed)]
     if data_dir:
         command += ["--data-dir", data_dir]
     if max_samples:
@@ -63,7 +84,7 @@ def run_loop(loop: str, dataset: str, seed: int, data_dir: Optional[str], max_sa
     if epochs:
         command += ["--epochs", str(epochs)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")])}
+           "PYTHONPATH": os.pathsep.join([str(LOOPS), str(HERE.parent), os.environ.get("PYTHONPATH", "")])}
     start, cpu_start = time.perf_counter(), os.times()
     done = subprocess.run(command, cwd=LOOPS, env=env, capture_output=True, text=True)
     if done.returncode != 0:
@@ -89,16 +110,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--epochs", type=int, default=None, help="override the loops' epochs (smoke runs)")
     parser.add_argument("--jobs", type=int, default=2, help="loops run at once (one thread each)")
     parser.add_argument("--tag", default="")
+    parser.add_argument("--loops", nargs="+", default=["byol", "propos"], choices=["byol", "propos"])
+    parser.add_argument("--psl-pairing", default="same", choices=["same", "cross"],
+                        help="ProPosLoss(psl_pairing=...) of the propos loop (a patched copy for 'cross')")
     args = parser.parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="bench_dropin_"))
 
     diff = changed_lines()
     print(f"changed lines byol_loop.py -> propos_loop.py: {diff}")
-    jobs = [(loop, dataset, seed) for dataset in args.datasets for seed in args.seeds for loop in ("byol", "propos")]
+    jobs = [(loop, dataset, seed) for dataset in args.datasets for seed in args.seeds for loop in args.loops]
+    scripts = {loop: loop_script(loop, args.psl_pairing, workdir) for loop in args.loops}
     runs: List[Dict[str, Any]] = []
     with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
         futures = {
             pool.submit(run_loop, loop, dataset, seed, args.data_dir if dataset == "mnist" else None,
-                        args.max_samples if dataset == "mnist" else None, args.epochs): (loop, dataset, seed)
+                        args.max_samples if dataset == "mnist" else None, args.epochs, scripts[loop]): (loop, dataset, seed)
             for loop, dataset, seed in jobs
         }
         for future in concurrent.futures.as_completed(futures):
@@ -112,7 +138,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     header = f"{'data set':<10}{'loop':<9}" + "".join(f"{k:>22}" for k in KEYS) + f"{'wall s':>9}"
     print(header)
     for dataset in args.datasets:
-        for loop in ("byol", "propos"):
+        for loop in args.loops:
             group = [r for r in runs if r["dataset"] == dataset and r["loop"] == loop]
             summary = {k: summarise([r["result"][k] for r in group]) for k in KEYS}
             wall = statistics.fmean(r["wall_s"] for r in group)
@@ -126,7 +152,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "runs": sorted(runs, key=lambda r: (r["dataset"], r["loop"], r["seed"])),
         "environment": {"python": platform.python_version(), "cpu_count": os.cpu_count(), "jobs": args.jobs,
                         "threads_per_job": 1, "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
-                        "max_samples": args.max_samples, "epochs_override": args.epochs},
+                        "max_samples": args.max_samples, "epochs_override": args.epochs,
+                        "psl_pairing": args.psl_pairing},
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"bench_dropin{'_' + args.tag if args.tag else ''}.json"
