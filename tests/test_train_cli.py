@@ -85,7 +85,7 @@ def test_config_file_overrides_preset_and_flags_override_file(tmp_path, capsys, 
 
 
 def test_paper_presets_read_their_values_from_the_defaults_module():
-    config = resolve_config("cifar10", overrides={"data_dir": "unused"})
+    config = resolve_config("cifar20", overrides={"data_dir": "unused"})
     assert (config.epochs, config.batch_size, config.temperature, config.lambda_psl, config.sigma) == (
         D.EPOCHS, D.BATCH_SIZE, D.TEMPERATURE, D.LAMBDA_PSL, D.SIGMA
     )
@@ -93,6 +93,18 @@ def test_paper_presets_read_their_values_from_the_defaults_module():
         D.BASE_MOMENTUM, D.HIDDEN_DIM, D.PROJECTION_DIM, D.WARMUP_EPOCHS
     )
     assert config.lr == D.BASE_LR * D.BATCH_SIZE / D.LR_REFERENCE_BATCH
+    assert config.final_momentum == D.FINAL_MOMENTUM  # cifar20_r18_propos.yml: momentum_increase true
+
+
+def test_cifar10_preset_follows_the_authors_config():
+    # cifar10_r18_propos.yml: batch_size 128 on num_devices 4; momentum_base 0.996, momentum_increase false.
+    config = resolve_config("cifar10", overrides={"data_dir": "unused"})
+    assert config.batch_size == 128 * 4
+    assert config.base_momentum == config.final_momentum == 0.996
+    assert config.lr == D.BASE_LR * 512 / D.LR_REFERENCE_BATCH
+    assert (config.epochs, config.temperature, config.lambda_psl, config.sigma) == (
+        D.EPOCHS, D.TEMPERATURE, D.LAMBDA_PSL, D.SIGMA
+    )
 
 
 @pytest.mark.parametrize(
