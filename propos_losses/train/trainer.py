@@ -9,7 +9,8 @@ One epoch of :class:`Trainer` is
    evaluated (k-means on target backbone and projector features, NMI / AMI /
    ARI / ACC against the labels when the data set has them).
 2. **M-step**: for every mini-batch two augmented views ``x``, ``x+``;
-   ``L = sum over both view orders of (L_psa + lambda_psl * L_psl)`` (Eq. 12),
+   ``L = mean over both view orders of (L_psa + lambda_psl * L_psl)`` (Eq. 12;
+   the authors' ``0.5 * (...)``),
    SGD (or LARS) with a per-step linear warm-up and cosine decay of the
    learning rate, then the EMA update of the target network (Eq. 11). During
    the first ``psl_warmup_epochs`` epochs PSL and the PSA noise are off
@@ -173,9 +174,10 @@ class _OnlineStep(nn.Module):
         # One forward for both views keeps BN statistics over the 2B images, as BYOL does.
         _, online = self.encoder(torch.cat((view1, view2)))
         online1, online2 = online.chunk(2)
-        psa_loss = self.psa.symmetric(online1, online2, target1, target2)
+        # Both view orders averaged, as the authors (and ProPosLoss) do.
+        psa_loss = 0.5 * self.psa.symmetric(online1, online2, target1, target2)
         if lambda_psl > 0.0:
-            psl_loss = _psl_pair(self.psl, online1, online2, target1, target2, pseudo_labels, indices)
+            psl_loss = 0.5 * _psl_pair(self.psl, online1, online2, target1, target2, pseudo_labels, indices)
         else:
             psl_loss = psa_loss.new_zeros(())
         loss = psa_loss + lambda_psl * psl_loss
