@@ -146,7 +146,7 @@ class _OnlineStep(nn.Module):
     """The differentiable part of one M-step (the module that DDP wraps).
 
     Holds the online encoder, PSA (which owns the predictor) and PSL.
-    ``forward`` returns the loss summed over both view orders and the detached
+    ``forward`` returns the loss averaged over both view orders and the detached
     PSA and PSL terms.
     """
 
