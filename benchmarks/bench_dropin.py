@@ -85,7 +85,7 @@ def run_loop(loop: str, dataset: str, seed: int, data_dir: Optional[str], max_sa
         command += ["--epochs", str(epochs)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(LOOPS), str(HERE.parent), os.environ.get("PYTHONPATH", "")])}
-    start, cpu_start = time.perf_counter(), os.times()
+    start = time.perf_counter()
     done = subprocess.run(command, cwd=LOOPS, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")

@@ -9,7 +9,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from propos_losses import PSA, PSL, EStep, ProPosLoss, WithIndex
 
-from _user_code import (BYOLPredictionHead, BYOLProjectionHead, NegativeCosineSimilarity, cosine_schedule,
+from _user_code import (BYOLPredictionHead, BYOLProjectionHead, cosine_schedule,
                         deactivate_requires_grad, evaluate, make_setup, update_momentum)
 
 
