@@ -281,6 +281,17 @@ class MomentumUpdater(nn.Module):
         return momentum
 
     def _load_from_state_dict(self, state_dict: Dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        step = state_dict.get(prefix + "step")
+        if isinstance(step, Tensor):
+            problem = None
+            if step.numel() != 1 or step.is_floating_point() or step.is_complex() or step.dtype == torch.bool:
+                problem = f"step must be a single integer, got a {step.dtype} tensor of shape {tuple(step.shape)}"
+            elif int(step) < 0:
+                problem = f"step must be >= 0, got {int(step)}"
+            if problem is not None:
+                error_msgs = args[-1] if args else kwargs["error_msgs"]
+                error_msgs.append(f"{prefix}{problem}; the updater was left unchanged")
+                return
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._step_count = int(self.step)  # one sync per load, none per update
 

@@ -318,6 +318,47 @@ class PrototypeQueue(nn.Module):
         self.ptr.zero_()
         self.fill.zero_()
 
+    def _state_problem(self, state_dict: Dict[str, Any], prefix: str) -> Optional[str]:
+        """Why ``state_dict`` cannot be this queue's state, or ``None`` (missing keys are torch's to report)."""
+        expected = {
+            "features": ((self.size, self.feature_dim), True),
+            "labels": ((self.size,), False),
+            "indices": ((self.size,), False),
+            "ptr": ((), False),
+            "fill": ((), False),
+        }
+        saved: Dict[str, Tensor] = {}
+        for name, (shape, floating) in expected.items():
+            value = state_dict.get(prefix + name)
+            if value is None:
+                continue
+            if not isinstance(value, Tensor):
+                return f"{name} must be a tensor, got {type(value).__name__}"
+            if tuple(value.shape) != shape:
+                return (f"{name} has shape {tuple(value.shape)} but this queue (size={self.size}, "
+                        f"feature_dim={self.feature_dim}) needs {shape}")
+            if value.is_floating_point() != floating or value.is_complex() or value.dtype == torch.bool:
+                return f"{name} has dtype {value.dtype}, expected {'a floating' if floating else 'an integer'} dtype"
+            saved[name] = value
+        if len(saved) < len(expected):
+            return None
+        ptr, fill = int(saved["ptr"]), int(saved["fill"])
+        if not 0 <= ptr < self.size:
+            return f"ptr must be in [0, {self.size - 1}] for a queue of size {self.size}, got {ptr}"
+        if not 0 <= fill <= self.size:
+            return f"fill must be in [0, {self.size}] for a queue of size {self.size}, got {fill}"
+        labels, indices = saved["labels"].long(), saved["indices"].long()
+        filled = torch.zeros(self.size, dtype=torch.bool)
+        filled[torch.remainder(ptr - fill + torch.arange(fill), self.size)] = True
+        filled = filled.to(labels.device)
+        if bool((labels[filled] < 0).any()) or bool((labels[~filled] != _UNKNOWN).any()):
+            return f"labels contradict fill={fill}: filled slots need labels >= 0 and empty slots -1"
+        if bool((indices < _UNKNOWN).any()):
+            return "indices must be >= -1"
+        if not bool(torch.isfinite(saved["features"][filled.to(saved["features"].device)]).all()):
+            return "features of filled slots must be finite, got NaN or Inf"
+        return None
+
     def _load_from_state_dict(
         self,
         state_dict: Dict[str, Any],
@@ -328,13 +369,12 @@ class PrototypeQueue(nn.Module):
         unexpected_keys: List[str],
         error_msgs: List[str],
     ) -> None:
-        # Refuse a pointer or fill level that cannot belong to a queue of this
-        # size before anything is copied (shape mismatches are caught by torch).
-        for name, high in (("ptr", self.size - 1), ("fill", self.size)):
-            value = state_dict.get(prefix + name)
-            if isinstance(value, Tensor) and value.numel() == 1 and not 0 <= int(value) <= high:
-                error_msgs.append(f"{prefix}{name} must be in [0, {high}] for a queue of size {self.size}, got {int(value)}")
-                return
+        # Check the whole saved queue before anything is copied: torch copies every buffer whose
+        # shape matches before it reports the others, which would mix two queues.
+        problem = self._state_problem(state_dict, prefix)
+        if problem is not None:
+            error_msgs.append(f"{prefix.rstrip('.') or 'PrototypeQueue'}: {problem}; the queue was left unchanged")
+            return
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )

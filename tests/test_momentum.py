@@ -381,3 +381,13 @@ def test_ddp_wrapped_online_model_gives_identical_targets_on_every_rank(tmp_path
         assert torch.equal(results[0]["target"][name], results[1]["target"][name]), name
 
 
+
+
+@pytest.mark.parametrize("step", [torch.tensor(2.7), torch.tensor(-5), torch.tensor([1, 2]), torch.tensor(True)])
+def test_load_state_dict_rejects_a_step_that_is_not_a_non_negative_integer(step: torch.Tensor) -> None:
+    updater = MomentumUpdater(total_steps=10)
+    online = torch.nn.Linear(2, 2)
+    updater.update(online, updater.make_target(online))
+    with pytest.raises(RuntimeError, match="step must be"):
+        updater.load_state_dict({"step": step})
+    assert int(updater.step) == 1 and updater.momentum == updater.momentum_at(1)

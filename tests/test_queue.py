@@ -353,3 +353,68 @@ def test_distributed_push_gives_identical_queues_equal_to_one_process_on_the_glo
         assert result["raised"] and result["unchanged"]
 
 
+
+
+# ---------------------------------------------------------------- load_state_dict leaves nothing half-loaded
+
+
+def _state_of(queue: PrototypeQueue) -> dict:
+    return {name: tensor.clone() for name, tensor in queue.state_dict().items()}
+
+
+def _assert_unchanged(queue: PrototypeQueue, before: dict) -> None:
+    for name, tensor in queue.state_dict().items():
+        assert torch.equal(tensor, before[name]), name
+
+
+def _filled(size: int, dim: int, rows: int) -> PrototypeQueue:
+    queue = PrototypeQueue(size, dim)
+    queue.push(torch.randn(rows, dim), torch.arange(rows) % 3, torch.arange(rows))
+    return queue
+
+
+@pytest.mark.parametrize(
+    ("source", "match"),
+    [
+        (lambda: _filled(16, 4, 5), r"features has shape \(16, 4\)"),  # a larger queue (fill 5 fits, ptr too)
+        (lambda: _filled(8, 6, 3), r"features has shape \(8, 6\)"),  # another feature size
+    ],
+)
+def test_failed_load_of_another_queue_changes_nothing(source, match) -> None:
+    queue = _filled(8, 4, 2)
+    before = _state_of(queue)
+    for strict in (True, False):
+        with pytest.raises(RuntimeError, match=match):
+            queue.load_state_dict(source().state_dict(), strict=strict)
+        _assert_unchanged(queue, before)
+
+
+def test_failed_load_through_psl_changes_nothing() -> None:
+    from propos_losses import PSL
+
+    psl = PSL(3, queue_size=8, feature_dim=4)
+    psl(torch.randn(2, 4), torch.randn(2, 4), torch.tensor([0, 1]), torch.tensor([0, 1]))
+    before = _state_of(psl.queue)  # type: ignore[arg-type]
+    other = PSL(3, queue_size=16, feature_dim=4)
+    other(torch.randn(5, 4), torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1]), torch.arange(5))
+    with pytest.raises(RuntimeError, match="queue was left unchanged"):
+        psl.load_state_dict(other.state_dict(), strict=False)
+    _assert_unchanged(psl.queue, before)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("defect", ["nan_feature", "label_in_empty_slot", "negative_label_in_filled_slot", "index"])
+def test_load_rejects_values_that_contradict_the_queue(defect: str) -> None:
+    state = _state_of(_filled(8, 4, 3))  # slots 0..2 filled, ptr 3
+    if defect == "nan_feature":
+        state["features"][1, 0] = float("nan")
+    elif defect == "label_in_empty_slot":
+        state["labels"][5] = 2
+    elif defect == "negative_label_in_filled_slot":
+        state["labels"][0] = -1
+    else:
+        state["indices"][1] = -7
+    queue = PrototypeQueue(8, 4)
+    before = _state_of(queue)
+    with pytest.raises(RuntimeError, match="left unchanged"):
+        queue.load_state_dict(state)
+    _assert_unchanged(queue, before)
