@@ -257,6 +257,13 @@ class MomentumUpdater(nn.Module):
         online_params, target_params = _paired(
             "parameter", _named(online_modules, "parameter"), _named(target_modules, "parameter")
         )
+        # Empty and meta tensors have no storage address to compare (data_ptr 0).
+        online_storage = {p.untyped_storage().data_ptr() for p in online_params if p.untyped_storage().data_ptr()}
+        if any(p.untyped_storage().data_ptr() in online_storage for p in target_params):
+            raise ValueError(
+                "target shares parameter storage with online (e.g. made with copy.copy); the EMA would "
+                "rescale the online weights: make the target with MomentumUpdater.make_target or copy.deepcopy"
+            )
         online_buffers: List[Tensor] = []
         target_buffers: List[Tensor] = []
         if self.buffers_policy != "none":

@@ -149,6 +149,12 @@ def _check_features(online: Tensor, target: Tensor, *, allow_empty: bool = False
         check_finite("target", target)
 
 
+def _check_assignments_device(assignments: object, online: Tensor) -> None:
+    """Structural: labels or weights on the features' device (a raw torch error otherwise)."""
+    if isinstance(assignments, Tensor) and assignments.device != online.device:
+        raise ValueError(f"assignments are on {assignments.device} but online is on {online.device}")
+
+
 def _check_queue(
     queue_features: Optional[Tensor],
     queue_labels: Optional[Tensor],
@@ -452,6 +458,7 @@ def prototype_scattering_loss(
 
     def check() -> None:
         _check_features(online, target, allow_empty=distributed, values=validate_args)
+        _check_assignments_device(assignments, online)
         _check_assignments(
             assignments, online.shape[0], num_clusters, allow_all_zero=distributed, values=validate_args
         )
@@ -598,6 +605,7 @@ class PrototypeScatteringLoss(nn.Module):
                 f"online must have feature size feature_dim={self.feature_dim}"
                 f"{' (the queue feature size)' if self.queue is not None else ''}, got shape {tuple(online.shape)}"
             )
+        _check_assignments_device(assignments, online)
         _check_assignments(assignments, batch_size, self.num_clusters, allow_all_zero=distributed, values=values)
         if indices is not None:
             check_tensor("indices", indices, ndim=1)

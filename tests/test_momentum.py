@@ -391,3 +391,14 @@ def test_load_state_dict_rejects_a_step_that_is_not_a_non_negative_integer(step:
     with pytest.raises(RuntimeError, match="step must be"):
         updater.load_state_dict({"step": step})
     assert int(updater.step) == 1 and updater.momentum == updater.momentum_at(1)
+
+
+def test_update_rejects_a_target_that_shares_parameters_with_the_online_network() -> None:
+    import copy
+
+    online = torch.nn.Linear(3, 3)
+    weights = online.weight.detach().clone()
+    updater = MomentumUpdater(0.5, 0.5, total_steps=10)
+    with pytest.raises(ValueError, match="shares parameter storage"):
+        updater.update(online, copy.copy(online))  # a shallow copy: the same parameter tensors
+    assert torch.equal(online.weight, weights) and int(updater.step) == 0

@@ -789,3 +789,12 @@ def test_psl_oracle_of_two_orthogonal_clusters_is_the_closed_form() -> None:
     expected = -math.log(math.exp(1 / TAU) / (math.exp(1 / TAU) + 1.0))
     assert psl_oracle(online, online, labels, 2, TAU)["loss"] == pytest.approx(expected, rel=1e-14)
     assert prototype_scattering_loss(online, online, labels, 2).item() == pytest.approx(expected, rel=1e-14)
+
+
+def test_assignments_on_another_device_get_a_clear_error() -> None:
+    online, target, labels = make_batch(0, 6, 4, 3)
+    for assignments in (labels.to("meta"), torch.ones(6, 3, dtype=torch.float64, device="meta")):
+        with pytest.raises(ValueError, match="assignments are on meta"):
+            PSL(3)(online, target, assignments)
+        with pytest.raises(ValueError, match="assignments are on meta"):
+            prototype_scattering_loss(online, target, assignments, 3, validate_args=False)
