@@ -244,3 +244,16 @@ def test_resolve_config_rejects_wrong_types_before_running():
         resolve_config("digits", overrides={"epochs": "3"})
     with pytest.raises(ConfigError, match="sigma must be >= 0"):
         resolve_config("digits", overrides={"sigma": -1.0})
+
+
+def test_dataset_without_a_preset_takes_the_preset_made_for_it():
+    # It used to fall back to the digits preset (small_cnn, batch 32), which does badly on MNIST.
+    config = resolve_config(overrides={"dataset": "mnist", "data_dir": "unused"})
+    assert (config.preset, config.backbone) == ("mnist", "flat_cnn")
+    assert resolve_config(overrides={"dataset": "folder", "data_dir": "unused"}).preset == "digits"  # none for folder
+
+
+@pytest.mark.parametrize("value", ["", ["digits"], 3])
+def test_an_empty_or_non_string_preset_is_an_error_not_the_digits_preset(value):
+    with pytest.raises(ConfigError, match="unknown preset"):
+        resolve_config(file_values={"preset": value})

@@ -376,7 +376,8 @@ def resolve_config(
     """Defaults, then ``preset``, then ``file_values``, then ``overrides``; validated.
 
     The preset is taken from ``preset``, else from ``overrides``/``file_values``
-    (key ``"preset"``), else ``"digits"``.
+    (key ``"preset"``), else the preset named like the chosen ``dataset`` (e.g.
+    ``mnist``) when there is one, else ``"digits"``.
 
     Args:
         preset: name in :data:`PRESET_NAMES`.
@@ -392,7 +393,16 @@ def resolve_config(
     """
     file_values = dict(file_values or {})
     overrides = dict(overrides or {})
-    name = preset or overrides.get("preset") or file_values.get("preset") or "digits"
+    given = [v for v in (preset, overrides.get("preset"), file_values.get("preset")) if v is not None]
+    if given:
+        name = given[0]
+        if not isinstance(name, str) or name not in PRESETS:
+            raise ConfigError(f"unknown preset {name!r}; choose one of {list(PRESET_NAMES)}")
+    else:
+        # No preset named: the one made for the chosen data set when there is one (--dataset mnist
+        # gets the mnist preset, not the digits one), else digits.
+        dataset = overrides.get("dataset", file_values.get("dataset"))
+        name = dataset if isinstance(dataset, str) and dataset in PRESETS else "digits"
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose one of {list(PRESET_NAMES)}")
     config = config_from_dict({**PRESETS[name], "preset": name})
