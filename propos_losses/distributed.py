@@ -14,7 +14,7 @@ single-process gradient on the concatenated global batch.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Iterator, List, Mapping, Optional, Tuple, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -31,6 +31,8 @@ __all__ = [
     "all_gather_cat",
     "all_gather_cat_autograd",
     "broadcast_",
+    "check_on_every_rank",
+    "dtype_code",
 ]
 
 ProcessGroup = Any  # torch.distributed.ProcessGroup; kept loose for typing across versions
@@ -194,3 +196,82 @@ def all_reduce_max_(tensor: Tensor, group: Optional[ProcessGroup] = None) -> Ten
     if is_distributed(group):
         dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=group)
     return tensor
+
+
+_T = TypeVar("_T")
+
+# Dtypes compared between ranks by check_on_every_rank; anything else is code -1 (rejected locally anyway).
+_DTYPE_CODES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def dtype_code(value: object) -> int:
+    """A small integer naming ``value``'s floating dtype, for :func:`check_on_every_rank`; -1 if none."""
+    dtype = getattr(value, "dtype", None)
+    return _DTYPE_CODES.index(dtype) if dtype in _DTYPE_CODES else -1
+
+
+def check_on_every_rank(
+    check: Callable[[], _T],
+    *,
+    what: str,
+    device: Optional[torch.device] = None,
+    agree: Optional[Mapping[str, int]] = None,
+    group: Optional[ProcessGroup] = None,
+) -> _T:
+    """Run local input checks so that, under ``torch.distributed``, every rank raises or none does.
+
+    Local checks alone are not enough with a process group: a rank with bad
+    input would raise by itself and leave the others blocked in the next
+    collective, and inputs whose shapes differ between ranks (e.g. the feature
+    size) make the collective itself abort the process (gloo) or hang (NCCL).
+    Here one small all-reduce (a maximum over ``1 + 2 * len(agree)`` integers,
+    one host sync) tells every rank whether any rank failed and whether each
+    value of ``agree`` is the same everywhere.
+
+    Args:
+        check: the local checks; raises :class:`TypeError`/:class:`ValueError`
+            on bad input. Its return value is returned.
+        what: names the operation in the messages, e.g. ``"PSL"``.
+        device: where the flag tensor lives (a CUDA device for NCCL).
+        agree: named integers that must be equal on every rank (feature
+            size, a :func:`dtype_code`, ...); use ``-1`` for "unknown" when
+            the local input is too malformed to tell (the local check then
+            fails and its error wins).
+        group: process group, the default group when ``None``.
+
+    Raises:
+        TypeError, ValueError: this rank's own error; or, on a rank whose input
+            was fine, a :class:`ValueError` saying that another rank failed or
+            which ``agree`` value differs between ranks (with its range).
+
+    Example:
+        >>> import torch
+        >>> x = torch.randn(4, 3)
+        >>> check_on_every_rank(lambda: None, what="example", agree={"feature size": x.shape[1]})
+    """
+    error: Optional[Exception] = None
+    result: Optional[_T] = None
+    try:
+        result = check()
+    except (TypeError, ValueError) as exc:
+        error = exc
+    if is_distributed(group):
+        items = list((agree or {}).items())
+        flags = [0 if error is None else 1]
+        for _, value in items:
+            flags += [int(value), -int(value)]
+        flag = torch.tensor(flags, dtype=torch.int64, device=device if device is not None else torch.device("cpu"))
+        all_reduce_max_(flag, group)
+        host = flag.tolist()
+        if error is None and host[0] > 0:
+            raise ValueError(f"{what} received bad input on another rank (see that rank's error); nothing was changed")
+        if error is None:
+            for i, (name, _) in enumerate(items):
+                high, low = host[1 + 2 * i], -host[2 + 2 * i]
+                if high != low:
+                    raise ValueError(
+                        f"{what}: {name} differs between ranks (from {low} to {high}); it must be the same on every rank"
+                    )
+    if error is not None:
+        raise error
+    return result  # type: ignore[return-value]

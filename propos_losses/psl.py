@@ -64,7 +64,14 @@ from propos_losses._validation import (
     check_labels,
     check_tensor,
 )
-from propos_losses.distributed import all_reduce_max_, all_reduce_sum, all_reduce_sum_, is_distributed
+from propos_losses.distributed import (
+    all_reduce_max_,
+    all_reduce_sum,
+    all_reduce_sum_,
+    check_on_every_rank,
+    dtype_code,
+    is_distributed,
+)
 from propos_losses.prototypes import (
     _as_assignments,
     _check_assignments,
@@ -188,32 +195,32 @@ def _check_queue(
         check_finite("queue_features", queue_features)
 
 
-def _validate_on_every_rank(check: Callable[[], None], *candidates: object, collective: bool = True) -> None:
+def _validate_on_every_rank(
+    check: Callable[[], None], online: object, assignments: object, *, collective: bool = True
+) -> None:
     """Run the local checks; under ``torch.distributed`` make every rank raise if any rank failed.
 
-    The checks are local (no collective), so a rank with bad data would raise
-    alone and leave the other ranks blocked in the all-reduce of the prototype
-    sums. One tiny all-reduce of a failure flag lets every rank raise instead.
-    ``collective=False`` (``validate_args=False``) skips that flag and its
-    host sync: a rank with bad input then raises alone.
+    The checks are local, so a rank with bad data would raise alone and leave
+    the other ranks blocked in the all-reduce of the prototype sums, and a
+    feature size or dtype that differs between ranks would make that
+    all-reduce abort the process (gloo). One tiny all-reduce
+    (:func:`~propos_losses.distributed.check_on_every_rank`) lets every rank
+    raise instead. ``collective=False`` (``validate_args=False``) skips it and
+    its host sync: a rank with bad input then raises alone.
     """
     if not collective:
         check()
         return
-    error: Optional[Exception] = None
-    try:
-        check()
-    except (TypeError, ValueError) as exc:
-        error = exc
-    if is_distributed():
-        # The flag lives on the inputs' device (NCCL needs CUDA tensors).
-        device = next((c.device for c in candidates if isinstance(c, Tensor)), torch.device("cpu"))
-        failures = torch.tensor([0 if error is None else 1], dtype=torch.int64, device=device)
-        all_reduce_sum_(failures)
-        if error is None and int(failures) > 0:
-            raise ValueError("the prototype scattering loss received bad input on another rank")
-    if error is not None:
-        raise error
+    well_formed = isinstance(online, Tensor) and online.dim() == 2
+    agree = {
+        "the feature size (online.shape[1])": online.shape[1] if well_formed else -1,  # type: ignore[union-attr]
+        "the feature dtype (code)": dtype_code(online),
+        "assignments.dim() (1 for hard labels, 2 for soft weights)": (
+            assignments.dim() if isinstance(assignments, Tensor) else -1
+        ),
+    }
+    device = online.device if isinstance(online, Tensor) else None
+    check_on_every_rank(check, what="the prototype scattering loss", device=device, agree=agree)
 
 
 def _scattering_terms(
@@ -464,7 +471,7 @@ def prototype_scattering_loss(
         )
         _check_queue(queue_features, queue_labels, online.shape[1], num_clusters, values=validate_args)
 
-    _validate_on_every_rank(check, online, target, collective=validate_args)
+    _validate_on_every_rank(check, online, assignments, collective=validate_args)
     queue_sums = None
     if queue_features is not None and queue_labels is not None:
         queue_sums = _tensor_queue_sums(queue_features, queue_labels, num_clusters)
@@ -578,7 +585,7 @@ class PrototypeScatteringLoss(nn.Module):
             assignments = _as_assignments(assignments, online.device)  # type: ignore[assignment]
         validate = self._validate_args
         _validate_on_every_rank(
-            lambda: self._check_forward(online, target, assignments, indices), online, target, collective=validate
+            lambda: self._check_forward(online, target, assignments, indices), online, assignments, collective=validate
         )
         queue_sums = None if self.queue is None else _buffer_queue_sums(self.queue, self.num_clusters)
         terms, z_target = _psl(

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from propos_losses._validation import check_finite, check_int, check_tensor
-from propos_losses.distributed import all_gather_cat, all_reduce_sum_, is_distributed
+from propos_losses.distributed import all_gather_cat, check_on_every_rank
 
 __all__ = ["PrototypeQueue"]
 
@@ -202,21 +202,16 @@ class PrototypeQueue(nn.Module):
             >>> queue.contents()[1].tolist()
             [3, 4]
         """
-        error: Optional[Exception] = None
-        try:
-            features, labels, indices = self._validate_push(features, labels, indices)
-        except (TypeError, ValueError) as exc:
-            error = exc
-        if self.validate_args and is_distributed():
+        def check() -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+            return self._validate_push(features, labels, indices)
+
+        if self.validate_args:
             # Agree on success before the gathers: a rank that raised alone
             # would leave the others blocked in all_gather forever.
             device = features.device if isinstance(features, Tensor) else self.features.device
-            failures = torch.tensor([0 if error is None else 1], dtype=torch.int64, device=device)
-            all_reduce_sum_(failures)
-            if error is None and int(failures) > 0:
-                raise ValueError("PrototypeQueue.push received bad input on another rank; no queue was changed")
-        if error is not None:
-            raise error
+            features, labels, indices = check_on_every_rank(check, what="PrototypeQueue.push", device=device)
+        else:
+            features, labels, indices = check()
 
         features = features.detach().to(dtype=self.features.dtype)
         if indices is None:

@@ -249,6 +249,40 @@ def _bad_input_on_one_rank(rank: int) -> Dict[str, Any]:
     return {"message": message, "queue_length": len(queue_of(module)), "after": check}
 
 
+def _mismatch_between_ranks(rank: int) -> Dict[str, Any]:
+    """Inputs that are fine on each rank alone but disagree between ranks (gloo used to abort the process)."""
+    part = rank_slices()[rank]
+    inputs, targets, labels, _ = global_batch(0, torch.float64)
+    width = DIM - 1 if rank == 1 else DIM  # feature size differs on rank 1
+    cases = {
+        "feature size (module)": lambda: PSL(NUM_CLUSTERS)(inputs[part, :width], targets[part, :width], labels[part]),
+        "feature size (functional)": lambda: prototype_scattering_loss(
+            inputs[part, :width], targets[part, :width], labels[part], NUM_CLUSTERS
+        ),
+        "dtype": lambda: PSL(NUM_CLUSTERS)(
+            inputs[part, :DIM].to(torch.float32 if rank == 1 else torch.float64),
+            targets[part, :DIM].to(torch.float32 if rank == 1 else torch.float64),
+            labels[part],
+        ),
+        "hard vs soft": lambda: PSL(NUM_CLUSTERS)(
+            inputs[part, :DIM],
+            targets[part, :DIM],
+            torch.nn.functional.one_hot(labels[part], NUM_CLUSTERS).double() if rank == 1 else labels[part],
+        ),
+    }
+    messages = {}
+    for name, call in cases.items():
+        try:
+            call()
+        except ValueError as exc:
+            messages[name] = str(exc)
+        else:
+            messages[name] = "no error"
+    check = torch.ones(1)
+    dist.all_reduce(check)
+    return {"messages": messages, "after": check}
+
+
 def _worker(rank: int, init_file: str, out_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD_SIZE)
@@ -265,6 +299,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
             "zero_global_weight": _zero_global_weight(rank),
             "queue": _queue_training(rank),
             "bad_input": _bad_input_on_one_rank(rank),
+            "mismatch": _mismatch_between_ranks(rank),
         }
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     except BaseException:
@@ -462,3 +497,21 @@ def test_bad_input_on_one_rank_raises_on_every_rank_without_changing_the_queue(
     for result in rank_results:
         assert result["bad_input"]["queue_length"] == 0
         assert result["bad_input"]["after"].item() == WORLD_SIZE
+
+
+@pytest.mark.parametrize(
+    "case, needle",
+    [
+        ("feature size (module)", "feature size"),
+        ("feature size (functional)", "feature size"),
+        ("dtype", "dtype"),
+        ("hard vs soft", "assignments.dim()"),
+    ],
+)
+def test_inputs_that_disagree_between_ranks_raise_on_every_rank_instead_of_aborting(
+    rank_results: List[Dict[str, Any]], case: str, needle: str
+) -> None:
+    for result in rank_results:
+        message = result["mismatch"]["messages"][case]
+        assert "differs between ranks" in message and needle in message, message
+        assert result["mismatch"]["after"].item() == WORLD_SIZE
