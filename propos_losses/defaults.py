@@ -21,6 +21,9 @@ LAMBDA_PSL_IMAGENET1K: Final[float] = 0.001
 PSL_AUTO_AGREEMENT: Final[float] = 0.9
 #: ``sigma`` of the positive sampling noise (Eq. 9).
 SIGMA: Final[float] = 1e-3
+#: Largest accepted ``sigma``: ten million times the paper's value. Far larger noise only
+#: measures the noise, and from about 1e37 the noise itself overflows float32 (NaN losses).
+SIGMA_MAX: Final[float] = 1e4
 #: ``sigma`` on ImageNet-1k.
 SIGMA_IMAGENET1K: Final[float] = 1e-4
 #: ``m_0`` of the BYOL cosine momentum schedule (Eq. 11).

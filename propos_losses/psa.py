@@ -33,7 +33,22 @@ __all__ = ["PositiveSamplingAlignment", "PSA", "positive_sampling_alignment"]
 
 
 def _check_sigma(sigma: object) -> float:
-    return check_float("sigma", sigma, minimum=0.0)
+    return check_float("sigma", sigma, minimum=0.0, maximum=defaults.SIGMA_MAX)
+
+
+def _expected_width(predictor: object) -> Optional[Tuple[int, str]]:
+    """Input width of ``predictor`` when its first leaf module states one (``nn.Linear``, ``nn.BatchNorm1d``)."""
+    if not isinstance(predictor, nn.Module):
+        return None
+    for name, module in predictor.named_modules():
+        if next(iter(module.children()), None) is not None:
+            continue  # a container: look at its first leaf
+        if isinstance(module, nn.Linear) and not isinstance(module, nn.LazyLinear):
+            return module.in_features, f"{type(module).__name__} {name or 'predictor'} (in_features)"
+        if isinstance(module, nn.BatchNorm1d) and not isinstance(module, nn.LazyBatchNorm1d):
+            return module.num_features, f"{type(module).__name__} {name or 'predictor'} (num_features)"
+        return None
+    return None
 
 
 def _check_generator(generator: object) -> Optional[torch.Generator]:
@@ -77,8 +92,8 @@ def positive_sampling_alignment(
         target_projection: ``z'+``, ``(B, d')`` target projector outputs of the
             other view, floating, finite; detached here (no gradient flows to it).
         predictor: ``g``, maps ``(B, d)`` to ``(B, d')``; usually an ``nn.Module``.
-        sigma: standard deviation of the positive sampling noise, ``>= 0``;
-            ``0`` gives exactly BYOL's loss.
+        sigma: standard deviation of the positive sampling noise, in
+            ``[0, defaults.SIGMA_MAX]`` (``1e4``); ``0`` gives exactly BYOL's loss.
         generator: optional :class:`torch.Generator` for reproducible noise, on
             the device of ``online_projection``; ``eps`` is one draw of
             ``torch.randn((B, d), generator=generator)`` in the compute dtype
@@ -99,8 +114,10 @@ def positive_sampling_alignment(
         TypeError: a non-tensor or non-floating input, a non-callable
             predictor, a bad ``sigma``/``generator``/``training`` type.
         ValueError: wrong ranks, mismatched batch sizes, an empty batch,
-            non-finite values, ``sigma < 0``, a generator on another device, or
-            a predictor output whose shape differs from ``target_projection``.
+            non-finite values, ``sigma`` outside ``[0, 1e4]``, a generator on
+            another device, a projection width that differs from the
+            predictor's first ``nn.Linear``/``nn.BatchNorm1d`` input size, or a
+            predictor output whose shape differs from ``target_projection``.
 
     Example:
         >>> import torch
@@ -123,6 +140,13 @@ def positive_sampling_alignment(
         raise ValueError("online_projection must hold at least one sample, got an empty batch")
     if not callable(predictor):
         raise TypeError(f"predictor must be callable (an nn.Module), got {type(predictor).__name__}")
+    expected = _expected_width(predictor)
+    if expected is not None and expected[0] != online_projection.shape[1]:
+        raise ValueError(
+            f"online_projection has width {online_projection.shape[1]} but the predictor's first layer, "
+            f"{expected[1]}, takes {expected[0]} features: online_projection must be the projector output q "
+            f"(shape {tuple(online_projection.shape)})"
+        )
     sigma = _check_sigma(sigma)
     generator = _check_generator(generator)
     if generator is not None and not _same_device(generator.device, online_projection.device):
@@ -236,7 +260,7 @@ class PositiveSamplingAlignment(nn.Module):
 
     Args:
         predictor: ``g``, an ``nn.Module`` mapping ``(B, d)`` to ``(B, d')``.
-        sigma: noise standard deviation ``>= 0``; a property that may be
+        sigma: noise standard deviation in ``[0, 1e4]``; a property that may be
             changed at run time (e.g. ``0`` during the warm-up).
         generator: optional :class:`torch.Generator` (on the inputs' device)
             for reproducible noise; otherwise the global RNG is used.
@@ -246,7 +270,8 @@ class PositiveSamplingAlignment(nn.Module):
     Raises:
         TypeError: ``predictor`` not an ``nn.Module``, ``sigma`` not a real
             number, ``generator`` not a ``torch.Generator``.
-        ValueError: ``sigma`` negative or not finite.
+        ValueError: ``sigma`` negative, not finite or above
+            ``defaults.SIGMA_MAX`` (``1e4``).
 
     Example:
         >>> import torch

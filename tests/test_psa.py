@@ -380,3 +380,40 @@ def test_generator_on_another_device_raises() -> None:
         positive_sampling_alignment(GOOD_Q, GOOD_Z, linear_predictor(), generator=torch.Generator(device="cuda"))
 
 
+
+
+def test_huge_sigma_is_rejected_instead_of_giving_nan() -> None:
+    q, z = inputs()
+    predictor = linear_predictor()
+    # sigma = 1e38 used to overflow the float32 noise and return NaN silently.
+    for bad in (1e38, 2 * defaults.SIGMA_MAX):
+        with pytest.raises(ValueError, match=r"sigma must be <= 10000"):
+            PSA(predictor, sigma=bad)
+        with pytest.raises(ValueError, match=r"sigma must be <="):
+            positive_sampling_alignment(q, z, predictor, sigma=bad)
+    loss = PSA(predictor, sigma=defaults.SIGMA_MAX)(q, z)
+    assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize(
+    "predictor, first",
+    [
+        (nn.Linear(5, 4), "Linear predictor (in_features)"),
+        (nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 4)), "Linear 0 (in_features)"),
+        (nn.Sequential(nn.Sequential(nn.BatchNorm1d(5)), nn.Linear(5, 4)), "BatchNorm1d 0.0 (num_features)"),
+    ],
+)
+def test_projection_width_that_the_predictor_cannot_take_is_a_clear_error(predictor: nn.Module, first: str) -> None:
+    q, z = torch.randn(6, 3), torch.randn(6, 4)
+    running = [b.clone() for b in predictor.buffers()]
+    with pytest.raises(ValueError, match=r"width 3 but the predictor's first layer") as info:
+        PSA(predictor)(q, z)
+    assert first in str(info.value) and "takes 5 features" in str(info.value)
+    assert all(torch.equal(a, b) for a, b in zip(running, predictor.buffers()))
+
+
+def test_predictors_without_a_stated_width_still_run() -> None:
+    q, z = torch.randn(6, 3), torch.randn(6, 4)
+    lazy = nn.Sequential(nn.LazyLinear(4))
+    assert torch.isfinite(PSA(lazy)(q, z))
+    assert torch.isfinite(positive_sampling_alignment(q, z, lambda v: v @ torch.ones(3, 4)))
