@@ -112,7 +112,7 @@ def test_resuming_a_finished_run_changes_nothing(tmp_path, capsys):
     assert main(TINY + ["--output-dir", str(run_dir), "--epochs", "1"]) == 0
     before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
     capsys.readouterr()
-    assert main(["--resume", str(run_dir)]) == 0
+    assert main(["--resume", str(run_dir), "--no-plots"]) == 0
     assert "already finished" in capsys.readouterr().out
     assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
 

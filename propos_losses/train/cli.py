@@ -23,7 +23,10 @@ import argparse
 import dataclasses
 import json
 import os
+import shlex
+import signal
 import sys
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -42,6 +45,7 @@ from propos_losses.train.config import (
     validate_config,
     config_from_dict,
 )
+from propos_losses.train.rundir import CONFIG_NAME
 
 __all__ = ["main", "build_parser", "EXIT_USER_ERROR"]
 
@@ -49,6 +53,8 @@ __all__ = ["main", "build_parser", "EXIT_USER_ERROR"]
 EXIT_USER_ERROR = 2
 #: Settings that may differ between a run and its resumption.
 _RESUMABLE_CHANGES = ("device", "output_dir")
+#: Files plot_run draws.
+_PLOT_NAMES = ("metrics.png", "cluster_sizes.png")
 _HELP = {
     "preset": f"one of {list(PRESET_NAMES)} (default digits)",
     "dataset": "digits | mnist | cifar10 | cifar20 | folder",
@@ -133,13 +139,28 @@ def _timestamp() -> str:
     return datetime.fromtimestamp(int(seconds), tz=timezone.utc).strftime("%Y%m%d-%H%M%S")
 
 
-def _check_new_output_dir(path: Path) -> None:
-    if path.exists() and not path.is_dir():
-        raise _UserError(f"output directory {str(path)!r} exists and is not a directory")
-    if path.is_dir() and any(path.iterdir()):
-        raise _UserError(
-            f"output directory {str(path)!r} is not empty; choose a new --output-dir or continue it with --resume {path}"
-        )
+def _broadcast_text(text: str) -> str:
+    """Rank 0's ``text`` on every process (the run directory rank 0 claimed)."""
+    if not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return text
+    data = text.encode("utf-8")
+    length = torch.tensor([len(data)], dtype=torch.int64, device=_collective_device())
+    broadcast_(length)
+    buffer = torch.zeros(int(length), dtype=torch.uint8, device=_collective_device())
+    if get_rank() == 0:
+        buffer.copy_(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+    broadcast_(buffer)
+    return bytes(buffer.cpu().tolist()).decode("utf-8")
+
+
+def _agree(error: Optional[Exception]) -> None:
+    """Raise on every process when any failed (rank 0 alone claims and locks the run directory)."""
+    failed = torch.tensor([1.0 if error is not None else 0.0], device=_collective_device())
+    all_reduce_sum_(failed)
+    if error is not None:
+        raise error
+    if float(failed) > 0:
+        raise _UserError("another process could not prepare the run directory (see rank 0's message)")
 
 
 def _barrier() -> None:
@@ -183,45 +204,123 @@ def _is_complete(run_dir: Path, state: Dict[str, Any]) -> bool:
     except ValueError:  # a torn last line: the final evaluation did not finish
         return False
     return (
-        len(records) == state["log_lines"] + 1
+        state["epoch"] >= state["config"]["epochs"]
+        and len(records) == state["log_lines"] + 1
         and records[-1].get("event") == "final"
         and (run_dir / ASSIGNMENTS_NAME).is_file()
     )
 
 
-def _run(args: argparse.Namespace) -> int:
-    from propos_losses.train.trainer import (
-        CONFIG_NAME,
-        CheckpointError,
+def _config_json(config: TrainConfig) -> bytes:
+    return (json.dumps(config_to_dict(config), indent=2, sort_keys=True) + "\n").encode("utf-8")
+
+
+def _unstarted_run_config(run_dir: Path) -> TrainConfig:
+    """The settings of a run killed before its first checkpoint (its ``config.json``)."""
+    from propos_losses.train.trainer import CHECKPOINT_NAME, CheckpointError
+
+    path = run_dir / CONFIG_NAME
+    if not path.is_file():
+        raise CheckpointError(
+            f"no checkpoint at {str(run_dir / CHECKPOINT_NAME)!r} and no {CONFIG_NAME}: {str(run_dir)!r} holds no run "
+            f"to resume"
+        )
+    try:
+        return config_from_dict(load_config_file(path))
+    except ConfigError as exc:
+        raise CheckpointError(f"cannot restart the run in {str(run_dir)!r}: {exc}") from None
+
+
+def _check_config_json(run_dir: Path, config: TrainConfig, checkpoint: str) -> None:
+    """A checkpoint resumes only the run whose ``config.json`` sits next to it."""
+    from propos_losses.train.trainer import CheckpointError, config_fingerprint
+
+    path = run_dir / CONFIG_NAME
+    if not path.is_file():
+        return
+    try:
+        saved = config_from_dict(load_config_file(path))
+    except ConfigError:
+        saved = None
+    if saved is None or config_fingerprint(saved) != config_fingerprint(config):
+        raise CheckpointError(f"{checkpoint!r} and {str(path)!r} hold different settings: they are not one run")
+
+
+def _header(config: TrainConfig, trainer: Any) -> str:
+    dataset = trainer.dataset
+    _, channels, height, width = dataset.images.shape
+    classes = f"{dataset.num_classes} classes" if dataset.num_classes is not None else "unlabelled"
+    return (
+        f"run {config.output_dir}: preset {config.preset}, {dataset.name} ({len(dataset)} samples "
+        f"{channels}x{height}x{width}, {classes}), method {config.method}, {config.epochs} epochs, "
+        f"K={trainer.num_clusters}, device {trainer.device}"
+    )
+
+
+class _Progress:
+    """What an interrupted run has written (for the message that tells how to continue it)."""
+
+    def __init__(self) -> None:
+        self.run_dir: Optional[Path] = None
+        self.trainer: Any = None
+        self.epochs = 0
+
+
+def _run(args: argparse.Namespace, progress: _Progress) -> int:
+    from propos_losses.train.data import DatasetError
+    from propos_losses.train.rundir import (
         OutputDirError,
+        RunDirLock,
+        check_output_dir,
+        claim_run_dir,
+        lock_run_dir,
+    )
+    from propos_losses.train.trainer import (
+        CHECKPOINT_NAME,
+        METRICS_NAME,
+        CheckpointError,
         Trainer,
-        atomic_write_bytes,
         load_checkpoint,
     )
-    from propos_losses.train.data import DatasetError
 
     options = vars(args)
     run_keys = ("config", "resume", "print_config", "stop_after", "no_plots", "quiet")
     overrides = {k: v for k, v in options.items() if k not in run_keys}
     log = (lambda message: None) if options.get("quiet") else (lambda message: print(message, flush=True))
     resume_state: Optional[Dict[str, Any]] = None
+    restart = False  # --resume of a run killed before its first checkpoint: start it again
+    lock: Optional[RunDirLock] = None
     try:
         if "resume" in options:
-            resume_state = load_checkpoint(options["resume"])
-            saved = config_from_dict(resume_state["config"])
             if "config" in options:
                 raise ConfigError("--config cannot be combined with --resume (the run's own config is used)")
+            target = Path(options["resume"])
+            if target.is_dir() and not (target / CHECKPOINT_NAME).exists():
+                saved, run_dir, restart = _unstarted_run_config(target), target, True
+            else:
+                resume_state = load_checkpoint(target)
+                try:
+                    saved = config_from_dict(resume_state["config"])
+                except ConfigError as exc:
+                    raise CheckpointError(f"{resume_state['path']!r} is damaged: {exc}") from None
+                run_dir = Path(resume_state["path"]).parent
             for key, value in overrides.items():
                 if key not in _RESUMABLE_CHANGES and value != getattr(saved, key):
                     raise ConfigError(
                         f"cannot change {key} when resuming (checkpoint has {getattr(saved, key)!r}, got {value!r}); "
                         f"only {list(_RESUMABLE_CHANGES)} may change"
                     )
-            run_dir = Path(resume_state["path"]).parent
             if "output_dir" in overrides and Path(overrides["output_dir"]).resolve() != run_dir.resolve():
                 raise ConfigError(f"a resumed run continues in its own directory {str(run_dir)!r}; drop --output-dir")
-            config = validate_config(dataclasses.replace(saved, device=overrides.get("device", saved.device),
-                                                         output_dir=str(run_dir)))
+            try:
+                config = validate_config(dataclasses.replace(saved, device=overrides.get("device", saved.device),
+                                                             output_dir=str(run_dir)))
+            except ConfigError as exc:
+                if resume_state is None:
+                    raise
+                raise CheckpointError(f"{resume_state['path']!r} is damaged: {exc}") from None
+            if resume_state is not None:
+                _check_config_json(run_dir, config, resume_state["path"])
         else:
             file_values = load_config_file(options["config"]) if "config" in options else {}
             config = resolve_config(overrides.get("preset"), file_values=file_values, overrides=overrides)
@@ -230,29 +329,59 @@ def _run(args: argparse.Namespace) -> int:
             return 0
         if "stop_after" in options and options["stop_after"] < 1:
             raise ConfigError(f"--stop-after must be >= 1, got {options['stop_after']}")
+        progress.epochs = config.epochs
         distributed = _init_distributed(config.device)
         try:
-            if resume_state is not None:
-                if resume_state["epoch"] >= config.epochs and _is_complete(Path(config.output_dir), resume_state):
-                    log(f"the run in {config.output_dir} already finished all {config.epochs} epochs; nothing to do")
-                    return 0
-                run_dir = Path(config.output_dir)
-            else:
-                run_dir = Path(config.output_dir or Path("runs") / _timestamp())
+            resuming = resume_state is not None or restart
+            if resuming:
+                error: Optional[Exception] = None
+                if get_rank() == 0:
+                    try:
+                        lock = lock_run_dir(run_dir)  # before reading the log: no other process may write it
+                    except OutputDirError as exc:
+                        error = exc
+                _agree(error)
+                progress.run_dir = run_dir
+            if resume_state is not None and _is_complete(run_dir, resume_state):
+                if get_rank() == 0:
+                    _plot_if_missing(run_dir, options, log)
+                    log(f"the run in {run_dir} already finished all {config.epochs} epochs; nothing to do")
+                return 0
+            if not resuming:
+                explicit = config.output_dir is not None
+                run_dir = Path(config.output_dir) if explicit else Path("runs") / _timestamp()
+                check_output_dir(run_dir, default_name=not explicit)  # early refusal; the claim below is atomic
                 config = dataclasses.replace(config, output_dir=str(run_dir))
-                _check_new_output_dir(run_dir)
-            if get_rank() == 0:
-                log(json.dumps(config_to_dict(config), sort_keys=True))
             # Data and settings are checked (Trainer.__init__) before the directory is touched.
             trainer = Trainer(config, run_dir, resume=resume_state, log=log)
+            progress.trainer = trainer
+            if not resuming:
+                error = None
+                claimed = ""
+                if get_rank() == 0:
+                    try:
+                        claimed_dir, lock = claim_run_dir(
+                            run_dir, lambda path: _config_json(dataclasses.replace(config, output_dir=str(path))),
+                            exclusive_name=explicit,
+                        )
+                        claimed = str(claimed_dir)
+                    except OutputDirError as exc:
+                        error = exc
+                _agree(error)
+                run_dir = Path(_broadcast_text(claimed))
+                trainer.use_output_dir(run_dir)
+                config = trainer.config
+                progress.run_dir = run_dir
+            elif restart and get_rank() == 0:
+                (run_dir / METRICS_NAME).unlink(missing_ok=True)  # the log of the attempt that was killed
             _barrier()
-            if get_rank() == 0 and resume_state is None:
-                run_dir.mkdir(parents=True, exist_ok=True)
-                atomic_write_bytes(run_dir / CONFIG_NAME,
-                                   (json.dumps(config_to_dict(config), indent=2, sort_keys=True) + "\n").encode())
-            _barrier()
+            if get_rank() == 0:
+                log(_header(config, trainer))
+                log(json.dumps(config_to_dict(config), sort_keys=True))
             if resume_state is not None:
                 log(f"resuming {resume_state['path']} at epoch {resume_state['epoch']}")
+            elif restart:
+                log(f"restarting the run in {run_dir} from the beginning (it was stopped before its first checkpoint)")
             result = trainer.fit(stop_after=options.get("stop_after"))
             if get_rank() == 0 and result["final"] is not None:
                 if not options.get("no_plots"):
@@ -271,16 +400,65 @@ def _run(args: argparse.Namespace) -> int:
     except (ConfigError, DatasetError, CheckpointError, OutputDirError, _UserError) as exc:
         print(f"propos-train: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _plot_if_missing(run_dir: Path, options: Dict[str, Any], log: Any) -> None:
+    """Draw the plots of a finished run that was stopped before drawing them."""
+    if options.get("no_plots") or all((run_dir / name).is_file() for name in _PLOT_NAMES):
+        return
+    from propos_losses.train.plots import plot_run
+
+    written = plot_run(run_dir)
+    if written:
+        log("plots: " + ", ".join(str(p) for p in written))
+
+
+def _interrupt_message(signum: int, progress: _Progress) -> str:
+    from propos_losses.train.trainer import CHECKPOINT_NAME
+
+    name = signal.Signals(signum).name
+    run_dir = progress.run_dir
+    if run_dir is None:
+        return f"propos-train: interrupted by {name} before the run directory was created; nothing was written"
+    command = "propos-train --resume " + shlex.quote(str(run_dir))
+    saved = getattr(progress.trainer, "saved_epoch", None)
+    if saved is None and not (run_dir / CHECKPOINT_NAME).is_file():
+        return f"propos-train: interrupted by {name} before the first checkpoint; start the run again with: {command}"
+    if saved is None:
+        return f"propos-train: interrupted by {name}; continue the run with: {command}"
+    if saved >= progress.epochs:
+        return (f"propos-train: interrupted by {name} after all {saved} epochs were saved; finish the evaluation "
+                f"with: {command}")
+    return f"propos-train: interrupted by {name}; {saved} of {progress.epochs} epochs are saved; continue with: {command}"
+
+
+class _Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM, raised where the main thread is."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_interrupted(signum: int, frame: Any) -> None:
+    raise _Interrupted(signum)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``propos-train``; returns the exit status.
 
+    SIGINT and SIGTERM (what cluster schedulers send before pre-empting a job)
+    abandon the epoch in progress, keep the last checkpoint, print the command
+    that continues the run and return ``128 + signal number`` (130, 143).
+
     Args:
         argv: arguments without the program name (``sys.argv[1:]`` when ``None``).
 
     Returns:
-        0 on success, 2 on a user error (message on stderr).
+        0 on success, 2 on a user error (message on stderr), 130 / 143 when interrupted.
 
     Example:
         >>> main(["--epochs", "0"])  # prints "propos-train: error: epochs must be >= 1, got 0" on stderr
@@ -291,8 +469,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse already printed the message
         return int(exc.code or 0)
+    progress = _Progress()
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous[signum] = signal.signal(signum, _raise_interrupted)
     try:
-        return _run(args)
-    except KeyboardInterrupt:
-        print("propos-train: interrupted; resume with --resume <run directory>", file=sys.stderr)
-        return 130
+        return _run(args, progress)
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        if get_rank() == 0:
+            print(_interrupt_message(signum, progress), file=sys.stderr, flush=True)
+        return 128 + int(signum)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

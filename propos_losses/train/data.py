@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
 import os
 import pickle
 import re
@@ -220,7 +221,7 @@ def read_idx(path: PathLike) -> np.ndarray:
     if len(data) < header_size:
         raise DatasetError(f"{path}: truncated IDX header (declares {ndim} dimensions, file has {len(data)} bytes)")
     shape = tuple(int(size) for size in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize  # Python ints: no overflow for any header
     payload = len(data) - header_size
     if payload != expected:
         problem = "truncated" if payload < expected else "has trailing bytes"
@@ -300,6 +301,16 @@ def _load_mnist(data_dir: Path) -> ImageDataset:
     labels = np.concatenate(all_labels)
     num_classes = int(labels.max()) + 1 if labels.size else 1
     names = ", ".join(path.name for pair in pairs for path in pair)
+    present = np.unique(labels)
+    if present.size != num_classes:
+        # The class count is max + 1: a stray value (255 as "unknown") would make it 256, mostly empty classes.
+        missing = sorted(set(range(num_classes)) - set(present.tolist()))
+        shown = ", ".join(map(str, missing[:5])) + (", ..." if len(missing) > 5 else "")
+        raise DatasetError(
+            f"{data_dir}: the labels in {', '.join(str(labels_path.name) for _, labels_path in pairs)} must be "
+            f"0..K-1 with every class present; they range up to {num_classes - 1} but {len(missing)} of those "
+            f"values never occur ({shown})"
+        )
     return ImageDataset(torch.from_numpy(images), torch.from_numpy(labels), num_classes, f"mnist ({names})")
 
 

@@ -44,12 +44,13 @@ Example:
 from __future__ import annotations
 
 import csv
+import dataclasses
+import hashlib
 import io
 import json
 import math
 import os
 import random
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -77,6 +78,12 @@ from propos_losses.train.augment import build_augmentation, normalize
 from propos_losses.train.config import ConfigError, TrainConfig, config_to_dict
 from propos_losses.train.data import ImageDataset, load_dataset
 from propos_losses.train.models import build_backbone, mlp_head
+from propos_losses.train.rundir import (
+    CONFIG_NAME,
+    OutputDirError,
+    atomic_write_bytes,
+    remove_stale_temporaries,
+)
 
 __all__ = [
     "CheckpointError",
@@ -87,6 +94,8 @@ __all__ = [
     "learning_rate_factor",
     "atomic_write_bytes",
     "load_checkpoint",
+    "config_fingerprint",
+    "data_fingerprint",
     "CHECKPOINT_NAME",
     "CONFIG_NAME",
     "METRICS_NAME",
@@ -94,11 +103,15 @@ __all__ = [
 ]
 
 CHECKPOINT_NAME = "checkpoint.pt"
-CONFIG_NAME = "config.json"
 METRICS_NAME = "metrics.jsonl"
 ASSIGNMENTS_NAME = "assignments.csv"
-#: Version of the checkpoint layout; bumped when the saved keys change.
-CHECKPOINT_FORMAT = 1
+#: Version of the checkpoint layout; bumped when the saved keys change. Format 2 wraps the
+#: state with its SHA-256 and adds the data and settings fingerprints and the log's byte length.
+CHECKPOINT_FORMAT = 2
+#: Older formats that still load (without the integrity check and fingerprints).
+_LEGACY_FORMATS = (1,)
+#: Settings that may differ between a run and its resumption (not part of the config fingerprint).
+_RUN_ONLY_KEYS = ("device", "output_dir")
 #: Samples per forward pass when extracting features of the whole data set.
 _FEATURE_CHUNK = 1024
 #: Keys of a log record that measure wall time (they differ between identical runs).
@@ -107,10 +120,6 @@ TIMING_KEYS = ("time_s", "elapsed_s", "estep_kmeans_s")
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read or does not belong to this trainer."""
-
-
-class OutputDirError(ValueError):
-    """An output directory that would overwrite an earlier run."""
 
 
 # --------------------------------------------------------------------------- networks
@@ -286,63 +295,113 @@ def learning_rate_factor(step: int, total_steps: int, warmup_steps: int) -> floa
 # --------------------------------------------------------------------------- files
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: temp file in the same folder, fsync, ``os.replace``.
-
-    A reader (or a crash) sees either the old file or the complete new one.
+def config_fingerprint(config: TrainConfig) -> str:
+    """SHA-256 of the settings that define a run (all but ``device`` and ``output_dir``).
 
     Example:
-        >>> import tempfile, pathlib
-        >>> with tempfile.TemporaryDirectory() as tmp:
-        ...     atomic_write_bytes(pathlib.Path(tmp) / "a.txt", b"hello")
-        ...     (pathlib.Path(tmp) / "a.txt").read_bytes()
-        b'hello'
+        >>> from propos_losses.train.config import TrainConfig
+        >>> config_fingerprint(TrainConfig()) == config_fingerprint(TrainConfig(device="cpu", output_dir="x"))
+        True
     """
-    path = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    values = {k: v for k, v in config_to_dict(config).items() if k not in _RUN_ONLY_KEYS}
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def data_fingerprint(dataset: ImageDataset) -> str:
+    """SHA-256 of a data set's images and labels as loaded (shapes, pixel bytes, label values).
+
+    Example:
+        >>> from propos_losses.train.data import ImageDataset
+        >>> a = ImageDataset(torch.zeros(2, 1, 4, 4, dtype=torch.uint8), None, None, "a")
+        >>> b = ImageDataset(torch.ones(2, 1, 4, 4, dtype=torch.uint8), None, None, "b")
+        >>> data_fingerprint(a) == data_fingerprint(b)
+        False
+    """
+    digest = hashlib.sha256()
+    images = dataset.images.detach().cpu().contiguous()
+    digest.update(repr((tuple(images.shape), dataset.num_classes)).encode("utf-8"))
+    digest.update(images.numpy().data)
+    if dataset.labels is not None:
+        digest.update(dataset.labels.detach().cpu().contiguous().numpy().data)
+    return digest.hexdigest()
+
+
+def _checkpoint_bytes(state: Dict[str, Any]) -> bytes:
+    """The file content of a checkpoint: the serialised state and its SHA-256."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    payload = buffer.getvalue()
+    wrapper = {
+        "format": CHECKPOINT_FORMAT,
+        "sha256": hashlib.sha256(payload).hexdigest(),
+        "payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8),
+    }
+    buffer = io.BytesIO()
+    torch.save(wrapper, buffer)
+    return buffer.getvalue()
+
+
+def _load_torch(source: Any, where: str) -> Any:
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
-    try:  # make the rename itself durable; not every platform can open a directory
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
+        return torch.load(source, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt files
+        raise CheckpointError(f"cannot read checkpoint {where!r}: {type(exc).__name__}: {exc}") from None
 
 
 def load_checkpoint(path: str | os.PathLike) -> Dict[str, Any]:
-    """Read a trainer checkpoint (a file, or a run directory holding ``checkpoint.pt``).
+    """Read and verify a trainer checkpoint (a file, or a run directory holding ``checkpoint.pt``).
+
+    The state is checked against the SHA-256 stored with it, so a damaged or
+    edited file is refused rather than resumed; counters out of range and a
+    settings entry that is not a table are refused too. (Checkpoints of format
+    1, written before the digest existed, are read without it.)
 
     Raises:
-        CheckpointError: missing, unreadable, truncated or foreign file.
+        CheckpointError: missing, unreadable, truncated, corrupt or foreign file.
     """
     path = Path(path)
     if path.is_dir():
         path = path / CHECKPOINT_NAME
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {str(path)!r}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for corrupt files
-        raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {type(exc).__name__}: {exc}") from None
-    required = ("format", "config", "epoch", "step", "online", "target", "optimizer", "momentum", "pseudo_labels", "rng")
+    where = str(path)
+    outer = _load_torch(path, where)
+    if not isinstance(outer, dict) or "format" not in outer:
+        raise CheckpointError(f"{where!r} is not a propos-train checkpoint")
+    if outer["format"] == CHECKPOINT_FORMAT:
+        payload, digest = outer.get("payload"), outer.get("sha256")
+        if not (isinstance(payload, Tensor) and payload.dtype == torch.uint8 and payload.dim() == 1
+                and isinstance(digest, str)):
+            raise CheckpointError(f"{where!r} is not a propos-train checkpoint")
+        data = payload.numpy().tobytes()
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise CheckpointError(
+                f"{where!r} is corrupt: its content does not match the SHA-256 stored with it "
+                f"(damaged on disk or edited); use a backup copy or start a new run"
+            )
+        state = _load_torch(io.BytesIO(data), where)
+    elif outer["format"] in _LEGACY_FORMATS:
+        state = outer
+    else:
+        raise CheckpointError(f"{where!r} has checkpoint format {outer['format']!r}, expected {CHECKPOINT_FORMAT}")
+    required = ("format", "config", "epoch", "step", "online", "target", "optimizer", "momentum", "pseudo_labels",
+                "rng", "log_lines")
     if not isinstance(state, dict) or any(key not in state for key in required):
-        raise CheckpointError(f"{str(path)!r} is not a propos-train checkpoint")
-    if state["format"] != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{str(path)!r} has checkpoint format {state['format']}, expected {CHECKPOINT_FORMAT}")
-    state["path"] = str(path)
+        raise CheckpointError(f"{where!r} is not a propos-train checkpoint")
+    if not isinstance(state["config"], dict):
+        raise CheckpointError(
+            f"{where!r} is damaged: its settings are a {type(state['config']).__name__}, not a table of settings"
+        )
+    for key in ("epoch", "step", "log_lines"):
+        value = state[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise CheckpointError(f"{where!r} is damaged: {key} is {value!r}, not a count >= 0")
+    epochs = state["config"].get("epochs")
+    if isinstance(epochs, int) and state["epoch"] > epochs:
+        raise CheckpointError(f"{where!r} is damaged: it is at epoch {state['epoch']} of a {epochs}-epoch run")
+    if not isinstance(state["pseudo_labels"], Tensor) or state["pseudo_labels"].dim() != 1:
+        raise CheckpointError(f"{where!r} is damaged: its pseudo-labels are not a vector")
+    state["path"] = where
     return state
 
 
@@ -459,6 +518,8 @@ class Trainer:
             raise ConfigError("the data set has no labels: set --num-clusters")
         self.num_clusters = int(num_clusters)
         self.eval_clusters = int(self.dataset.num_classes or self.num_clusters)
+        self._check_data_fits()
+        self.data_sha256 = data_fingerprint(self.dataset)
 
         # Model initialisation is identical on every rank (DDP also broadcasts it).
         torch.manual_seed(_seed_for(config.seed, 0))
@@ -471,13 +532,15 @@ class Trainer:
         kind = config.augmentation or {"digits": "digits", "mnist": "mnist"}.get(
             config.dataset, "color" if channels == 3 else "mnist"
         )
-        self.augment = build_augmentation(kind, height, channels, **_augmentation_overrides(config)).to(self.device)
-
-        backbone, feature_dim = build_backbone(config.backbone, channels, height)
-        self.online = Encoder(backbone, feature_dim, config.hidden_dim, config.out_dim).to(self.device)
-        self.predictor = mlp_head(config.out_dim, config.hidden_dim, config.out_dim).to(self.device)
-        self.target = MomentumUpdater.make_target(self.online)
-        self.step_module = _OnlineStep(self.online, self.predictor, config, self.num_clusters).to(self.device)
+        try:  # the library checks its arguments (translate <= 1, a temperature whose inverse is finite, ...)
+            self.augment = build_augmentation(kind, height, channels, **_augmentation_overrides(config)).to(self.device)
+            backbone, feature_dim = build_backbone(config.backbone, channels, height)
+            self.online = Encoder(backbone, feature_dim, config.hidden_dim, config.out_dim).to(self.device)
+            self.predictor = mlp_head(config.out_dim, config.hidden_dim, config.out_dim).to(self.device)
+            self.target = MomentumUpdater.make_target(self.online)
+            self.step_module = _OnlineStep(self.online, self.predictor, config, self.num_clusters).to(self.device)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         self.model: nn.Module = self.step_module
         if is_distributed():
             from torch.nn.parallel import DistributedDataParallel
@@ -501,12 +564,15 @@ class Trainer:
             self.optimizer = torch.optim.SGD(
                 groups, lr=config.lr, momentum=config.sgd_momentum, weight_decay=config.weight_decay
             )
-        self.momentum = MomentumUpdater(
-            base_momentum=config.base_momentum,
-            final_momentum=config.final_momentum,
-            total_steps=max(self.total_steps, 1),
-            buffers=config.target_buffers,  # type: ignore[arg-type]
-        )
+        try:
+            self.momentum = MomentumUpdater(
+                base_momentum=config.base_momentum,
+                final_momentum=config.final_momentum,
+                total_steps=max(self.total_steps, 1),
+                buffers=config.target_buffers,  # type: ignore[arg-type]
+            )
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
         self.epoch = 0
         self.step = 0
@@ -518,6 +584,11 @@ class Trainer:
         # Centres of the last E-step's k-means (the start of the next one under estep_init="warm").
         self.estep_centers: Optional[Tensor] = None
         self.log_lines = 0
+        #: Bytes of the metrics log written so far (rank 0), saved with the checkpoint.
+        self.log_bytes = 0
+        #: Epoch of the last checkpoint written or resumed from (``None``: none yet).
+        self.saved_epoch: Optional[int] = None
+        self._resumed = False
         # Per-rank stream for the PSA noise (the global torch RNG); the model init above is shared.
         torch.manual_seed(_seed_for(config.seed, 1, self.rank))
         np.random.seed(_seed_for(config.seed, 2, self.rank) % 2**32)
@@ -526,6 +597,40 @@ class Trainer:
             self._restore(resume)
 
     # ------------------------------------------------------------------ helpers
+
+    def _check_data_fits(self) -> None:
+        """Refuse data the loop cannot train or cluster, before anything is written."""
+        dataset, n = self.dataset, len(self.dataset)
+        _, _, height, width = dataset.images.shape
+        if height != width:
+            raise ConfigError(
+                f"the images of {dataset.name} are {width}x{height}; the trainer needs square images "
+                f"(crop or pad them to one side first)"
+            )
+        if dataset.num_classes is not None and dataset.num_classes < 2:
+            raise ConfigError(
+                f"{dataset.name} has a single class; clustering it needs at least 2 classes"
+            )
+        if self.config.num_clusters is not None and self.num_clusters > n:
+            raise ConfigError(
+                f"num_clusters ({self.num_clusters}) is larger than the data set ({n} samples); k-means needs at "
+                f"least one sample per cluster"
+            )
+        if self.eval_clusters > n:
+            raise ConfigError(
+                f"{dataset.name} has {self.eval_clusters} classes but only {n} samples; k-means needs at least one "
+                f"sample per cluster (use more samples)"
+            )
+        # Per-pixel min and max over the set (small (C, H, W) reductions, no copy of the images).
+        if n > 1 and bool((dataset.images.amax(0) == dataset.images.amin(0)).all()):
+            raise ConfigError(
+                f"all {n} images of {dataset.name} are identical (e.g. all black); there is nothing to cluster"
+            )
+
+    def use_output_dir(self, output_dir: str | os.PathLike) -> None:
+        """Write to ``output_dir`` (the directory finally claimed for the run) instead of the one given."""
+        self.output_dir = Path(output_dir)
+        self.config = dataclasses.replace(self.config, output_dir=str(output_dir))
 
     def info(self, message: str) -> None:
         """Print a progress line on rank 0."""
@@ -536,8 +641,10 @@ class Trainer:
         """Append one JSON line to the metrics log (rank 0 writes; every rank counts)."""
         self.log_lines += 1
         if self.is_main:
-            with open(self.output_dir / METRICS_NAME, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(record, sort_keys=True) + "\n")
+            line = (json.dumps(record, sort_keys=True) + "\n").encode("utf-8")
+            with open(self.output_dir / METRICS_NAME, "ab") as fh:
+                fh.write(line)
+            self.log_bytes += len(line)
 
     def _prepare(self, images: Tensor) -> Tensor:
         return normalize(images, self.mean, self.std)
@@ -678,25 +785,54 @@ class Trainer:
             "estep_centers": None if self.estep_centers is None else self.estep_centers.cpu(),
             "rng": _rng_state(),
             "log_lines": self.log_lines,
+            "log_bytes": self.log_bytes,
+            "data_sha256": self.data_sha256,
+            "config_sha256": config_fingerprint(self.config),
         }
 
     def save_checkpoint(self) -> None:
-        """Write ``checkpoint.pt`` atomically (rank 0)."""
+        """Write ``checkpoint.pt`` atomically (rank 0), after making the metrics log it counts durable."""
         if not self.is_main:
             return
-        buffer = io.BytesIO()
-        torch.save(self._state(), buffer)
-        atomic_write_bytes(self.output_dir / CHECKPOINT_NAME, buffer.getvalue())
+        log = self.output_dir / METRICS_NAME
+        if log.exists():
+            # The checkpoint promises log_bytes bytes of log: they must survive an OS crash too.
+            with open(log, "ab") as fh:
+                os.fsync(fh.fileno())
+        atomic_write_bytes(self.output_dir / CHECKPOINT_NAME, _checkpoint_bytes(self._state()))
+        self.saved_epoch = self.epoch
 
     def _restore(self, state: Dict[str, Any]) -> None:
+        """Check that ``state`` belongs to this configuration and data, then load it (writes nothing)."""
+        where = state.get("path", "the checkpoint")
         if state.get("world_size", 1) != self.world_size:
             raise CheckpointError(
                 f"checkpoint was written by {state.get('world_size')} process(es); resume with the same number "
                 f"(got {self.world_size})"
             )
+        if "data_sha256" in state and state["data_sha256"] != self.data_sha256:
+            raise CheckpointError(
+                f"the data set differs from the one the run in {where!r} was trained on ({self.dataset.name}, "
+                f"{len(self.dataset)} samples, fingerprint {self.data_sha256[:12]} instead of "
+                f"{str(state['data_sha256'])[:12]}); resume it with the same data files"
+            )
+        if "config_sha256" in state and state["config_sha256"] != config_fingerprint(self.config):
+            raise CheckpointError(f"{where!r} is damaged: its settings do not match their fingerprint")
         n = len(self.dataset)
-        if state["pseudo_labels"].shape != (n,):
-            raise CheckpointError(f"checkpoint holds pseudo-labels for {state['pseudo_labels'].shape[0]} samples, the data set has {n}")
+        labels = state["pseudo_labels"]
+        if labels.shape != (n,):
+            raise CheckpointError(f"checkpoint holds pseudo-labels for {labels.shape[0]} samples, the data set has {n}")
+        if labels.dtype != torch.int64 or (n and not 0 <= int(labels.min()) <= int(labels.max()) < self.num_clusters):
+            raise CheckpointError(f"{where!r} is damaged: its pseudo-labels are not cluster indices < {self.num_clusters}")
+        epoch, step = int(state["epoch"]), int(state["step"])
+        if not 0 <= epoch <= self.config.epochs or step != epoch * self.steps_per_epoch:
+            raise CheckpointError(
+                f"{where!r} is damaged: epoch {epoch} and step {step} do not fit a {self.config.epochs}-epoch run of "
+                f"{self.steps_per_epoch} steps per epoch"
+            )
+        log_bytes = state.get("log_bytes")
+        if self.is_main:
+            log_bytes = self._checked_log_length(int(state["log_lines"]), log_bytes)
         try:
             self.online.load_state_dict(state["online"])
             self.predictor.load_state_dict(state["predictor"])
@@ -704,31 +840,58 @@ class Trainer:
             self.step_module.psl.load_state_dict(state["psl"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.momentum.load_state_dict(state["momentum"])
-        except (RuntimeError, KeyError, ValueError) as exc:
+            # Checkpoints from 0.1.0 have no psl_start entry: they used the fixed warm-up.
+            psl_start = state.get("psl_start", {"agreement": None, "estep_count": epoch, "started": False})
+            self.label_agreement = psl_start["agreement"]
+            self.estep_count = int(psl_start["estep_count"])
+            self.psl_started = bool(psl_start["started"])
+            centers = state.get("estep_centers")
+            self.estep_centers = None if centers is None else centers.to(self.device)
+            _set_rng_state(state["rng"])
+        except (RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError) as exc:
             raise CheckpointError(f"checkpoint does not match this configuration: {exc}") from None
-        self.epoch = int(state["epoch"])
-        self.step = int(state["step"])
-        self.pseudo_labels = state["pseudo_labels"].to(self.device)
-        # Checkpoints from 0.1.0 have no psl_start entry: they used the fixed warm-up.
-        psl_start = state.get("psl_start", {"agreement": None, "estep_count": self.epoch, "started": False})
-        self.label_agreement = psl_start["agreement"]
-        self.estep_count = int(psl_start["estep_count"])
-        self.psl_started = bool(psl_start["started"])
-        centers = state.get("estep_centers")
-        self.estep_centers = None if centers is None else centers.to(self.device)
+        self.epoch, self.step = epoch, step
+        self.pseudo_labels = labels.to(self.device)
         self.log_lines = int(state["log_lines"])
-        _set_rng_state(state["rng"])
-        if self.is_main:
-            self._truncate_log(self.log_lines)
+        self.log_bytes = int(log_bytes or 0)
+        self.saved_epoch = epoch
+        self._resumed = True
 
-    def _truncate_log(self, keep: int) -> None:
-        """Drop log lines written after the checkpoint (an interrupted epoch), atomically."""
+    def _checked_log_length(self, keep_lines: int, keep_bytes: Optional[int]) -> int:
+        """Bytes of the metrics log that the checkpoint covers; anything after them is an interrupted epoch's.
+
+        A torn last line (killed mid-write) lies after them and is dropped on resume.
+        """
         path = self.output_dir / METRICS_NAME
-        lines = path.read_text(encoding="utf-8").splitlines(keepends=True) if path.exists() else []
-        if len(lines) < keep:
-            raise CheckpointError(f"{str(path)!r} has {len(lines)} lines but the checkpoint expects {keep}")
-        if len(lines) > keep:
-            atomic_write_bytes(path, "".join(lines[:keep]).encode("utf-8"))
+        data = path.read_bytes() if path.exists() else b""
+        if keep_bytes is None:  # format 1: count complete lines
+            keep_bytes = 0
+            for _ in range(keep_lines):
+                end = data.find(b"\n", keep_bytes)
+                if end < 0:
+                    keep_bytes = -1
+                    break
+                keep_bytes = end + 1
+        complete = data.count(b"\n")
+        if (keep_bytes < 0 or len(data) < keep_bytes or data.count(b"\n", 0, keep_bytes) != keep_lines
+                or (keep_bytes and data[keep_bytes - 1:keep_bytes] != b"\n")):
+            raise CheckpointError(
+                f"{str(path)!r} holds {complete} complete records but the checkpoint expects {keep_lines} "
+                f"({keep_bytes} bytes); the log was lost or edited"
+            )
+        return keep_bytes
+
+    def _prepare_resumed_outputs(self) -> None:
+        """Drop log bytes written after the checkpoint (an interrupted epoch, a torn line) and stale temporaries."""
+        remove_stale_temporaries(self.output_dir)
+        if not self._resumed:
+            return
+        path = self.output_dir / METRICS_NAME
+        if path.exists() and path.stat().st_size > self.log_bytes:
+            with open(path, "r+b") as fh:
+                fh.truncate(self.log_bytes)
+                fh.flush()
+                os.fsync(fh.fileno())
 
     # ------------------------------------------------------------------ loop
 
@@ -815,6 +978,7 @@ class Trainer:
         config = self.config
         if self.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
+            self._prepare_resumed_outputs()
         last = config.epochs if stop_after is None else min(stop_after, config.epochs)
         start_time = time.perf_counter()
         while self.epoch < last:
