@@ -354,17 +354,10 @@ def _tensor_queue_sums(queue_features: Tensor, queue_labels: Tensor, num_cluster
 
 
 def _buffer_queue_sums(queue: PrototypeQueue, num_clusters: int) -> QueueSource:
-    """Queue sums read straight from the queue's buffers: no copy of the filled slots, no host sync.
-
-    Empty slots (label -1) are routed to an extra row ``K`` that is dropped, so
-    their contents never matter. The module only pushes normalised features.
-    """
+    """Queue sums read straight from the queue's buffers (:meth:`PrototypeQueue.cluster_sums`, unchecked)."""
 
     def sums(dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
-        index = torch.where(queue.labels >= 0, queue.labels, num_clusters)
-        features = queue.features.to(dtype)
-        summed, counts = _cluster_sums(features, index, num_clusters + 1)
-        return summed[:num_clusters], counts[:num_clusters]
+        return queue._cluster_sums(num_clusters, dtype)
 
     return sums
 

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from propos_losses._validation import check_finite, check_int, check_tensor
 from propos_losses.distributed import all_gather_cat, check_on_every_rank
+from propos_losses.prototypes import _cluster_sums as cluster_sums_unchecked
 
 __all__ = ["PrototypeQueue"]
 
@@ -133,6 +134,56 @@ class PrototypeQueue(nn.Module):
         oldest = torch.remainder(self.ptr - fill, self.size)
         steps = torch.arange(int(fill), dtype=torch.int64, device=self.ptr.device)
         return torch.remainder(oldest + steps, self.size)
+
+    def cluster_sums(self, num_clusters: int, *, dtype: Optional[torch.dtype] = None) -> Tuple[Tensor, Tensor]:
+        """Per-cluster sums and counts of the filled slots, without gradient and without a copy of them.
+
+        What :class:`~propos_losses.psl.PrototypeScatteringLoss` adds to the
+        batch's prototype sums (it pushes normalised features, so the sums
+        are sums of unit vectors). Empty slots are routed to a spare row that
+        is dropped, so their contents never matter; with
+        ``validate_args=False`` nothing is read back to the host.
+
+        Args:
+            num_clusters: ``K >= 1``; every stored label must be below it.
+            dtype: floating dtype of the sums (default: the queue's dtype).
+
+        Returns:
+            ``(sums, counts)``: ``(K, feature_dim)`` and ``(K,)`` tensors of
+            ``dtype`` on the queue's device.
+
+        Raises:
+            TypeError: ``num_clusters`` not an int, ``dtype`` not floating.
+            ValueError: ``num_clusters < 1``, or (``validate_args``) a stored
+                label ``>= num_clusters`` (labels from another K: call
+                :meth:`relabel` or :meth:`reset`).
+
+        Example:
+            >>> queue = PrototypeQueue(size=4, feature_dim=2)
+            >>> queue.push(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]), torch.tensor([0, 2, 0]))
+            >>> sums, counts = queue.cluster_sums(3)
+            >>> sums.tolist(), counts.tolist()
+            ([[2.0, 1.0], [0.0, 0.0], [0.0, 1.0]], [2.0, 0.0, 1.0])
+        """
+        num_clusters = check_int("num_clusters", num_clusters, minimum=1)
+        if dtype is None:
+            dtype = self.features.dtype
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
+        if self.validate_args and self.labels.numel():
+            high = int(self.labels.max())
+            if high >= num_clusters:
+                raise ValueError(
+                    f"the queue holds label {high}, not below num_clusters={num_clusters}; "
+                    "relabel() or reset() the queue after changing the number of clusters"
+                )
+        return self._cluster_sums(num_clusters, dtype)
+
+    def _cluster_sums(self, num_clusters: int, dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
+        """Unchecked core of :meth:`cluster_sums` (static shapes, no host sync)."""
+        index = torch.where(self.labels >= 0, self.labels, num_clusters)
+        summed, counts = cluster_sums_unchecked(self.features.detach().to(dtype), index, num_clusters + 1)
+        return summed[:num_clusters], counts[:num_clusters]
 
     def contents(self) -> Tuple[Tensor, Tensor, Tensor]:
         """The filled slots, oldest first.

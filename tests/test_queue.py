@@ -418,3 +418,33 @@ def test_load_rejects_values_that_contradict_the_queue(defect: str) -> None:
     with pytest.raises(RuntimeError, match="left unchanged"):
         queue.load_state_dict(state)
     _assert_unchanged(queue, before)
+
+
+def test_cluster_sums_are_the_per_cluster_sums_of_the_filled_slots_only() -> None:
+    queue = PrototypeQueue(size=5, feature_dim=3, dtype=torch.float64)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(3):  # wraps around: 9 pushes into 5 slots
+        queue.push(torch.randn(3, 3, generator=generator, dtype=torch.float64), torch.randint(0, 4, (3,), generator=generator))
+    features, labels, _ = queue.contents()
+    sums, counts = queue.cluster_sums(4)
+    expected = torch.stack([features[labels == k].sum(dim=0) for k in range(4)])
+    torch.testing.assert_close(sums, expected, rtol=0, atol=1e-15)
+    assert counts.tolist() == [float((labels == k).sum()) for k in range(4)]
+    # A partly filled queue: the zeros of the empty slots never count.
+    partial = PrototypeQueue(size=8, feature_dim=2)
+    partial.push(torch.ones(2, 2), torch.tensor([1, 1]))
+    sums, counts = partial.cluster_sums(3, dtype=torch.float64)
+    assert sums.dtype == torch.float64 and sums.tolist() == [[0.0, 0.0], [2.0, 2.0], [0.0, 0.0]]
+    assert counts.tolist() == [0.0, 2.0, 0.0]
+
+
+def test_cluster_sums_rejects_labels_from_a_larger_k_and_bad_arguments() -> None:
+    queue = PrototypeQueue(size=4, feature_dim=2)
+    queue.push(torch.ones(2, 2), torch.tensor([0, 5]))
+    with pytest.raises(ValueError, match=r"label 5, not below num_clusters=3"):
+        queue.cluster_sums(3)
+    with pytest.raises(ValueError, match=r"num_clusters must be >= 1"):
+        queue.cluster_sums(0)
+    with pytest.raises(TypeError, match=r"dtype must be a floating-point"):
+        queue.cluster_sums(6, dtype=torch.int64)
+    assert queue.cluster_sums(6)[1].tolist() == [1.0, 0.0, 0.0, 0.0, 0.0, 1.0]
