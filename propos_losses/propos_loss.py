@@ -230,7 +230,9 @@ class ProPosLoss(nn.Module):
             self.pseudo_labels = self.pseudo_labels.to(online_1.device)  # once, not every step
         labels = self.pseudo_labels.index_select(0, indices.to(online_1.device).long())
         first, second = (target_1, target_2) if self.psl_pairing == "same" else (target_2, target_1)
-        scattering = 0.5 * (self.psl(online_1, first, labels, indices) + self.psl(online_2, second, labels, indices))
+        # Both calls see the same samples: only the second may enqueue them (once per step).
+        first_term = self.psl(online_1, first, labels, indices, enqueue=False)
+        scattering = 0.5 * (first_term + self.psl(online_2, second, labels, indices))
         self.last_terms = {"psa": alignment.detach(), "psl": scattering.detach()}
         return alignment + self.lambda_psl * scattering
 

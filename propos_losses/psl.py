@@ -494,7 +494,9 @@ class PrototypeScatteringLoss(nn.Module):
     features and hard labels (in ``state_dict``). Its filled slots are added to
     both prototype sums without gradient. In training mode the batch's
     normalised target features, labels and ``indices`` are enqueued *after*
-    the loss is computed; in eval mode the queue is used but never changed.
+    the loss is computed; in eval mode the queue is used but never changed;
+    ``forward(..., enqueue=True/False)`` decides explicitly, and
+    :meth:`symmetric` enqueues each sample once for two view orders.
     After an E-step call :meth:`relabel_queue` (needs ``indices``) or
     :meth:`reset_queue`. Soft ``(B, K)`` assignments are rejected with a queue
     (the queue stores hard labels; no silent argmax).
@@ -556,7 +558,15 @@ class PrototypeScatteringLoss(nn.Module):
     def extra_repr(self) -> str:
         return f"num_clusters={self.num_clusters}, temperature={self.temperature}, queue_size={self.queue_size}"
 
-    def forward(self, online: Tensor, target: Tensor, assignments: Tensor, indices: Optional[Tensor] = None) -> Tensor:
+    def forward(
+        self,
+        online: Tensor,
+        target: Tensor,
+        assignments: Tensor,
+        indices: Optional[Tensor] = None,
+        *,
+        enqueue: Optional[bool] = None,
+    ) -> Tensor:
         """Compute ``L_psl`` for one batch (and enqueue it in training mode).
 
         Args:
@@ -570,10 +580,17 @@ class PrototypeScatteringLoss(nn.Module):
             indices: optional ``(B,)`` dataset indices ``>= 0`` of the samples,
                 any integer dtype (like :meth:`PrototypeQueue.push`), stored in
                 the queue as int64 so that it can be relabelled.
+            enqueue: push this batch's normalised target features, labels and
+                ``indices`` into the queue after the loss. ``None`` (default):
+                in training mode only; ``True``/``False`` decide explicitly
+                (e.g. ``False`` for the first of two calls on the same
+                samples, as :meth:`symmetric` does). Ignored without a queue.
 
         Returns:
             0-d loss tensor (float32, float64 for float64 input).
         """
+        if enqueue is not None and not isinstance(enqueue, bool):
+            raise TypeError(f"enqueue must be None or a bool, got {enqueue!r}")
         if isinstance(online, Tensor):
             assignments = _as_assignments(assignments, online.device)  # type: ignore[assignment]
         validate = self._validate_args
@@ -585,9 +602,48 @@ class PrototypeScatteringLoss(nn.Module):
             online, target, assignments, self.num_clusters, self.temperature, queue_sums, validate
         )
         self.last_terms = PSLTerms(*(term.detach() for term in terms))
-        if self.training and self.queue is not None:
+        if self.queue is not None and (self.training if enqueue is None else enqueue):
             self.queue.push(z_target, assignments.long(), indices)
         return terms.loss
+
+    def symmetric(
+        self,
+        online_1: Tensor,
+        online_2: Tensor,
+        target_1: Tensor,
+        target_2: Tensor,
+        assignments: Tensor,
+        indices: Optional[Tensor] = None,
+    ) -> Tensor:
+        """Symmetrised loss ``forward(online_1, target_2) + forward(online_2, target_1)``, like :meth:`PSA.symmetric`.
+
+        Each view's online prototypes are scattered against the other view's
+        target prototypes (the authors' pairing). With a queue, only the
+        second call enqueues (``enqueue=False`` on the first), so every sample
+        enters the queue once per step: ``target_1`` with its ``assignments``
+        and ``indices``, in training mode.
+
+        Args:
+            online_1: ``(B, d)`` online projections of view 1.
+            online_2: ``(B, d)`` online projections of view 2.
+            target_1: ``(B, d)`` target projections of view 1.
+            target_2: ``(B, d)`` target projections of view 2.
+            assignments: the batch's ``(B,)`` labels or ``(B, K)`` weights, shared by both views.
+            indices: optional ``(B,)`` dataset indices (for the queue).
+
+        Returns:
+            Scalar loss, the sum over both view orders (halve it for the
+            authors' average, as :class:`~propos_losses.ProPosLoss` does).
+
+        Example:
+            >>> psl = PrototypeScatteringLoss(num_clusters=3)
+            >>> o1, o2, t1, t2 = torch.randn(4, 6, 8).unbind(0)  # four (6, 8) batches
+            >>> labels = torch.tensor([0, 0, 1, 1, 2, 2])
+            >>> bool(torch.isclose(psl.symmetric(o1, o2, t1, t2, labels), psl(o1, t2, labels) + psl(o2, t1, labels)))
+            True
+        """
+        first = self(online_1, target_2, assignments, indices, enqueue=False)
+        return first + self(online_2, target_1, assignments, indices)
 
     def _check_forward(
         self,

@@ -1062,3 +1062,16 @@ def test_spherical_kmeans_without_a_process_group_is_the_same_for_none_and_false
     got = SphericalKMeans(3, n_init=2, seed=5, distributed=distributed).fit(X)
     assert torch.equal(got.labels_, reference.labels_)
     assert torch.equal(got.cluster_centers_, reference.cluster_centers_)
+
+
+def test_propos_loss_with_a_psl_queue_enqueues_each_sample_once_per_step() -> None:
+    psl = PSL(num_clusters=K, queue_size=64, feature_dim=D)
+    criterion = ProPosLoss(PSA(nn.Linear(D, D), sigma=0.0), psl, 0.5, psl_start=0)
+    criterion.set_pseudo_labels(pseudo_labels())
+    q1, q2, z1, z2 = make_views()
+    batch = q1.shape[0]
+    indices = torch.arange(batch)
+    criterion(q1, q2, z1, z2, indices).backward()
+    # Two PSL calls per step (one per view order) used to push the batch twice.
+    assert len(psl.queue) == batch  # type: ignore[arg-type]
+    assert psl.queue.contents()[2].tolist() == indices.tolist()  # type: ignore[union-attr]

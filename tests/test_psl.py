@@ -798,3 +798,34 @@ def test_assignments_on_another_device_get_a_clear_error() -> None:
             PSL(3)(online, target, assignments)
         with pytest.raises(ValueError, match="assignments are on meta"):
             prototype_scattering_loss(online, target, assignments, 3, validate_args=False)
+
+
+def test_enqueue_decides_explicitly_whether_a_call_pushes_to_the_queue() -> None:
+    generator = torch.Generator().manual_seed(0)
+    online, target = torch.randn(2, 6, 4, generator=generator).unbind(0)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    psl = PSL(3, queue_size=32, feature_dim=4)
+    psl(online, target, labels, enqueue=False)  # training mode, but told not to
+    assert len(queue_of(psl)) == 0
+    psl.eval()
+    psl(online, target, labels, enqueue=True)  # eval mode, but told to
+    assert len(queue_of(psl)) == 6
+    psl(online, target, labels)  # default: eval mode does not enqueue
+    assert len(queue_of(psl)) == 6
+    with pytest.raises(TypeError, match=r"enqueue must be None or a bool, got 1"):
+        psl(online, target, labels, enqueue=1)  # type: ignore[arg-type]
+    assert len(queue_of(psl)) == 6
+
+
+def test_symmetric_pairs_the_views_crosswise_and_enqueues_each_sample_once() -> None:
+    generator = torch.Generator().manual_seed(1)
+    o1, o2, t1, t2 = torch.randn(4, 6, 4, generator=generator, dtype=torch.float64).unbind(0)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    indices = torch.arange(10, 16)
+    psl = PSL(3, queue_size=32, feature_dim=4)
+    reference = PSL(3, queue_size=32, feature_dim=4)
+    expected = reference(o1, t2, labels, indices, enqueue=False) + reference(o2, t1, labels, indices)
+    torch.testing.assert_close(psl.symmetric(o1, o2, t1, t2, labels, indices), expected, rtol=0, atol=0)
+    features, queued_labels, queued_indices = queue_of(psl).contents()
+    assert queued_indices.tolist() == indices.tolist() and queued_labels.tolist() == labels.tolist()
+    torch.testing.assert_close(features, torch.nn.functional.normalize(t1, dim=1).float())
