@@ -27,7 +27,7 @@ from propos_losses.momentum import MomentumUpdater
 from propos_losses.prototypes import cluster_sums, compute_prototypes
 from propos_losses.psa import PSA, PositiveSamplingAlignment, positive_sampling_alignment
 from propos_losses.propos_loss import ProPosLoss
-from propos_losses.psl import PSL, PrototypeScatteringLoss, PSLTerms, prototype_scattering_loss
+from propos_losses.psl import PSL, PrototypeScatteringLoss, PSLTerms, prototype_scattering_loss, prototype_scattering_terms
 from propos_losses.queue import PrototypeQueue
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "PSL",
     "PSLTerms",
     "prototype_scattering_loss",
+    "prototype_scattering_terms",
     "PositiveSamplingAlignment",
     "PSA",
     "positive_sampling_alignment",

@@ -50,6 +50,7 @@ batch has zero total weight. Soft weights are rescaled by their global maximum
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Callable, ContextManager, Literal, NamedTuple, Optional, Tuple, Union, overload
 
 import torch
@@ -82,7 +83,7 @@ from propos_losses.prototypes import (
 )
 from propos_losses.queue import PrototypeQueue
 
-__all__ = ["PSLTerms", "prototype_scattering_loss", "PrototypeScatteringLoss", "PSL"]
+__all__ = ["PSLTerms", "prototype_scattering_loss", "prototype_scattering_terms", "PrototypeScatteringLoss", "PSL"]
 
 
 class PSLTerms(NamedTuple):
@@ -95,7 +96,7 @@ class PSLTerms(NamedTuple):
     Example:
         >>> import torch
         >>> online = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-        >>> terms = prototype_scattering_loss(online, online, torch.tensor([0, 2]), 3, return_terms=True)
+        >>> terms = prototype_scattering_terms(online, online, torch.tensor([0, 2]), 3)
         >>> round(terms.alignment.item(), 4), round(terms.uniformity.item(), 4), int(terms.num_active)
         (-2.0, 0.0, 2)
     """
@@ -362,6 +363,86 @@ def _buffer_queue_sums(queue: PrototypeQueue, num_clusters: int) -> QueueSource:
     return sums
 
 
+def prototype_scattering_terms(
+    online: Tensor,
+    target: Tensor,
+    assignments: Tensor,
+    num_clusters: int,
+    *,
+    temperature: float = defaults.TEMPERATURE,
+    queue_features: Optional[Tensor] = None,
+    queue_labels: Optional[Tensor] = None,
+    validate_args: bool = True,
+) -> PSLTerms:
+    """Prototype scattering loss ``L_psl`` (Eq. 4) and its Eq. 5 terms, functional form.
+
+    :func:`prototype_scattering_loss` returns the ``loss`` field alone.
+
+    Args:
+        online: ``(B, d)`` online projector outputs ``f(x)`` (normalised here),
+            any floating dtype; the only input that receives gradient.
+        target: ``(B, d)`` target projector outputs ``f'(x)``; detached.
+        assignments: ``(B,)`` integer cluster labels in ``[0, K)``, or ``(B, K)``
+            non-negative float weights ``p(k|x)`` (rows may be zero, not all;
+            only their ratios matter); treated as constants (detached). A
+            NumPy array is accepted as the equivalent tensor.
+        num_clusters: ``K >= 2``.
+        temperature: ``tau``, at least ``torch.finfo(torch.float32).tiny``.
+        queue_features: optional ``(Q, d)`` features of a memory queue (target
+            features, normalised here), added to both prototype sums without
+            gradient, after the all-reduce: under ``torch.distributed`` they
+            must be identical on every rank (as :class:`PrototypeQueue` keeps
+            them). Give ``queue_labels`` with it.
+        queue_labels: optional ``(Q,)`` integer labels in ``[0, K)`` of the queue.
+        validate_args: ``True`` (default): also check values (finite
+            features, labels in range, non-negative weights) and, under
+            ``torch.distributed``, make every rank raise when one rank got bad
+            input. ``False``: structural checks only (types, shapes, dtypes,
+            devices), no host sync, ``torch.compile(fullgraph=True)``-able;
+            invalid values then give an undefined result instead of an error.
+
+    Returns:
+        :class:`PSLTerms`: the 0-d loss (float32, float64 for float64 input),
+        ``alignment`` and ``uniformity`` (attached to the graph) and ``num_active``.
+
+    Raises:
+        ValueError, TypeError: for bad shapes, dtypes or values (named in the message).
+
+    Example:
+        >>> import torch
+        >>> online, target = torch.randn(8, 16), torch.randn(8, 16)
+        >>> labels = torch.tensor([0, 0, 1, 1, 2, 2, 2, 0])
+        >>> terms = prototype_scattering_terms(online, target, labels, 4)
+        >>> int(terms.num_active), bool(torch.isfinite(terms.loss))
+        (3, True)
+    """
+    num_clusters = check_int("num_clusters", num_clusters, minimum=2)
+    temperature = _check_temperature(temperature)
+    if isinstance(online, Tensor):
+        assignments = _as_assignments(assignments, online.device)  # type: ignore[assignment]
+    # Under torch.distributed a rank may hold no samples or all-zero weights: only the global total counts.
+    distributed = is_distributed()
+
+    if not isinstance(validate_args, bool):
+        raise TypeError(f"validate_args must be a bool, got {validate_args!r}")
+
+    def check() -> None:
+        _check_features(online, target, allow_empty=distributed, values=validate_args)
+        _check_assignments_device(assignments, online)
+        _check_assignments(
+            assignments, online.shape[0], num_clusters, allow_all_zero=distributed, values=validate_args
+        )
+        _check_queue(queue_features, queue_labels, online.shape[1], num_clusters, values=validate_args)
+
+    _validate_on_every_rank(check, online, assignments, collective=validate_args)
+    queue_sums = None
+    if queue_features is not None and queue_labels is not None:
+        queue_sums = _tensor_queue_sums(queue_features, queue_labels, num_clusters)
+    terms, _ = _psl(online, target, assignments, num_clusters, temperature, queue_sums, validate_args)
+    return terms
+
+
+
 @overload
 def prototype_scattering_loss(
     online: Tensor,
@@ -406,69 +487,53 @@ def prototype_scattering_loss(
 ) -> Union[Tensor, PSLTerms]:
     """Prototype scattering loss ``L_psl`` (Eq. 4), functional form.
 
+    Exactly ``prototype_scattering_terms(...).loss``: see
+    :func:`prototype_scattering_terms` for the arguments, errors and the
+    distributed contract.
+
     Args:
-        online: ``(B, d)`` online projector outputs ``f(x)`` (normalised here),
-            any floating dtype; the only input that receives gradient.
-        target: ``(B, d)`` target projector outputs ``f'(x)``; detached.
-        assignments: ``(B,)`` integer cluster labels in ``[0, K)``, or ``(B, K)``
-            non-negative float weights ``p(k|x)`` (rows may be zero, not all;
-            only their ratios matter); treated as constants (detached). A
-            NumPy array is accepted as the equivalent tensor.
+        online: ``(B, d)`` online projector outputs (receives the gradient).
+        target: ``(B, d)`` target projector outputs (detached).
+        assignments: ``(B,)`` labels in ``[0, K)`` or ``(B, K)`` non-negative weights.
         num_clusters: ``K >= 2``.
-        temperature: ``tau``, at least ``torch.finfo(torch.float32).tiny``.
-        queue_features: optional ``(Q, d)`` features of a memory queue (target
-            features, normalised here), added to both prototype sums without
-            gradient, after the all-reduce: under ``torch.distributed`` they
-            must be identical on every rank (as :class:`PrototypeQueue` keeps
-            them). Give ``queue_labels`` with it.
-        queue_labels: optional ``(Q,)`` integer labels in ``[0, K)`` of the queue.
-        return_terms: return a :class:`PSLTerms` (loss, alignment, uniformity,
-            number of non-empty clusters; all attached to the graph) instead
-            of the loss alone.
-        validate_args: ``True`` (default): also check values (finite
-            features, labels in range, non-negative weights) and, under
-            ``torch.distributed``, make every rank raise when one rank got bad
-            input. ``False``: structural checks only (types, shapes, dtypes,
-            devices), no host sync, ``torch.compile(fullgraph=True)``-able;
-            invalid values then give an undefined result instead of an error.
+        temperature: ``tau``.
+        queue_features: optional ``(Q, d)`` queue features.
+        queue_labels: optional ``(Q,)`` queue labels.
+        return_terms: deprecated (a :class:`FutureWarning`; removed in 0.3):
+            use :func:`prototype_scattering_terms`, whose return type does not
+            depend on an argument.
+        validate_args: check values as well as structure (default ``True``).
 
     Returns:
-        The 0-d loss (float32, float64 for float64 input), or :class:`PSLTerms`.
-
-    Raises:
-        ValueError, TypeError: for bad shapes, dtypes or values (named in the message).
+        The 0-d loss (float32, float64 for float64 input); :class:`PSLTerms`
+        with the deprecated ``return_terms=True``.
 
     Example:
         >>> import torch
         >>> online, target = torch.randn(8, 16), torch.randn(8, 16)
-        >>> labels = torch.tensor([0, 0, 1, 1, 2, 2, 2, 0])
-        >>> terms = prototype_scattering_loss(online, target, labels, 4, return_terms=True)
-        >>> int(terms.num_active), bool(torch.isfinite(terms.loss))
-        (3, True)
+        >>> loss = prototype_scattering_loss(online, target, torch.tensor([0, 0, 1, 1, 2, 2, 2, 0]), 4)
+        >>> loss.shape
+        torch.Size([])
     """
-    num_clusters = check_int("num_clusters", num_clusters, minimum=2)
-    temperature = _check_temperature(temperature)
-    if isinstance(online, Tensor):
-        assignments = _as_assignments(assignments, online.device)  # type: ignore[assignment]
-    # Under torch.distributed a rank may hold no samples or all-zero weights: only the global total counts.
-    distributed = is_distributed()
-
-    if not isinstance(validate_args, bool):
-        raise TypeError(f"validate_args must be a bool, got {validate_args!r}")
-
-    def check() -> None:
-        _check_features(online, target, allow_empty=distributed, values=validate_args)
-        _check_assignments_device(assignments, online)
-        _check_assignments(
-            assignments, online.shape[0], num_clusters, allow_all_zero=distributed, values=validate_args
+    if return_terms is not False:
+        if not isinstance(return_terms, bool):
+            raise TypeError(f"return_terms must be a bool, got {return_terms!r}")
+        warnings.warn(
+            "prototype_scattering_loss(..., return_terms=True) is deprecated and will be removed in 0.3; "
+            "use prototype_scattering_terms(...), which returns the PSLTerms",
+            FutureWarning,
+            stacklevel=2,
         )
-        _check_queue(queue_features, queue_labels, online.shape[1], num_clusters, values=validate_args)
-
-    _validate_on_every_rank(check, online, assignments, collective=validate_args)
-    queue_sums = None
-    if queue_features is not None and queue_labels is not None:
-        queue_sums = _tensor_queue_sums(queue_features, queue_labels, num_clusters)
-    terms, _ = _psl(online, target, assignments, num_clusters, temperature, queue_sums, validate_args)
+    terms = prototype_scattering_terms(
+        online,
+        target,
+        assignments,
+        num_clusters,
+        temperature=temperature,
+        queue_features=queue_features,
+        queue_labels=queue_labels,
+        validate_args=validate_args,
+    )
     return terms if return_terms else terms.loss
 
 

@@ -21,7 +21,7 @@ import torch.multiprocessing as mp
 from torch import Tensor, nn
 
 from propos_losses.distributed import all_gather_cat_autograd, all_reduce_max_, all_reduce_sum
-from propos_losses.psl import PSL, prototype_scattering_loss
+from propos_losses.psl import PSL, prototype_scattering_loss, prototype_scattering_terms
 from helpers import grad_of, queue_of, terms_of
 
 WORLD_SIZE = 2
@@ -143,8 +143,8 @@ def _hand_averaged_soft_psl(
     part = rank_slices()[rank]
     inputs, targets, _, _ = global_batch(0, dtype)
     layer = make_layer(dtype)
-    terms = prototype_scattering_loss(
-        layer(inputs[part]), targets[part], weights[part], NUM_CLUSTERS, return_terms=True
+    terms = prototype_scattering_terms(
+        layer(inputs[part]), targets[part], weights[part], NUM_CLUSTERS
     )
     terms.loss.backward()
     grads = [grad_of(p).clone() for p in layer.parameters()]
@@ -412,7 +412,7 @@ def test_soft_weight_psl_with_averaged_gradients_equals_single_process(
     make_weights, dtype, tolerance = SOFT_SCENARIOS[scenario]
     inputs, targets, _, _ = global_batch(0, dtype)
     layer = make_layer(dtype)
-    terms = prototype_scattering_loss(layer(inputs), targets, make_weights(), NUM_CLUSTERS, return_terms=True)
+    terms = prototype_scattering_terms(layer(inputs), targets, make_weights(), NUM_CLUSTERS)
     terms.loss.backward()
     assert torch.isfinite(terms.loss)
     for result in rank_results:

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from oracles import psa_oracle, psl_oracle
 from propos_losses import defaults
-from propos_losses.psl import PSL, PrototypeScatteringLoss, PSLTerms, prototype_scattering_loss
+from propos_losses.psl import PSL, PrototypeScatteringLoss, PSLTerms, prototype_scattering_loss, prototype_scattering_terms
 from propos_losses.queue import PrototypeQueue
 from helpers import grad_of, queue_of, terms_of
 
@@ -61,8 +61,8 @@ def test_hard_label_loss_and_terms_match_float64_oracle(
     online, target, random_labels = make_batch(0, batch_size, 5, num_clusters)
     assignments = random_labels if labels is None else torch.tensor(labels)
     expected = psl_oracle(online, target, assignments, num_clusters, TAU)
-    terms = prototype_scattering_loss(
-        online, target, assignments, num_clusters, return_terms=True, validate_args=validate_args
+    terms = prototype_scattering_terms(
+        online, target, assignments, num_clusters, validate_args=validate_args
     )
     assert_terms_match_oracle(terms, expected)
     module = PSL(num_clusters, validate_args=validate_args)
@@ -81,8 +81,8 @@ def test_soft_weight_loss_matches_float64_oracle_with_zero_rows_and_empty_cluste
     weights[:, 3] = 0.0  # an empty cluster
     weights[2] = 0.0  # a sample assigned to no cluster
     expected = psl_oracle(online, target, weights, 5, 0.3)
-    terms = prototype_scattering_loss(
-        online, target, weights, 5, temperature=0.3, return_terms=True, validate_args=validate_args
+    terms = prototype_scattering_terms(
+        online, target, weights, 5, temperature=0.3, validate_args=validate_args
     )
     assert_terms_match_oracle(terms, expected)
     loss = PSL(5, temperature=0.3, validate_args=validate_args)(online, target, weights)
@@ -107,14 +107,13 @@ def test_queue_loss_matches_float64_oracle_and_current_batch_is_enqueued_after_t
     loss = module(online, target, labels)
     assert loss.item() == pytest.approx(expected["loss"], rel=1e-6)  # the queue stores float32
     assert_terms_match_oracle(
-        prototype_scattering_loss(
+        prototype_scattering_terms(
             online,
             target,
             labels,
             num_clusters,
             queue_features=queue_features,
             queue_labels=queue_labels,
-            return_terms=True,
         ),
         expected,
     )
@@ -240,9 +239,9 @@ def test_soft_weights_of_extreme_magnitude_give_the_loss_of_unit_scale_weights(
     weights[2] = 0.0
     extreme = (weights / weights.max() * scale).to(weight_dtype)
     unit = extreme.double() / extreme.double().max()  # the same ratios, rounding to weight_dtype included
-    reference = prototype_scattering_loss(online, target, unit.to(feature_dtype), 3, return_terms=True)
+    reference = prototype_scattering_terms(online, target, unit.to(feature_dtype), 3)
     online.requires_grad_(True)
-    terms = prototype_scattering_loss(online, target, extreme, 3, return_terms=True)
+    terms = prototype_scattering_terms(online, target, extreme, 3)
     tolerance = 1e-12 if feature_dtype == torch.float64 else 1e-5
     for got, expected in zip(terms, reference):
         torch.testing.assert_close(got.detach(), expected, rtol=tolerance, atol=tolerance)
@@ -257,8 +256,8 @@ def test_adding_unused_cluster_ids_leaves_loss_and_terms_unchanged(
 ) -> None:
     seed, batch_size, num_clusters, dim = shape
     online, target, labels = make_batch(seed, batch_size, dim, num_clusters)
-    small = prototype_scattering_loss(online, target, labels, num_clusters, return_terms=True)
-    large = prototype_scattering_loss(online, target, labels, num_clusters + extra, return_terms=True)
+    small = prototype_scattering_terms(online, target, labels, num_clusters)
+    large = prototype_scattering_terms(online, target, labels, num_clusters + extra)
     torch.testing.assert_close(large.loss, small.loss)
     torch.testing.assert_close(large.alignment, small.alignment)
     torch.testing.assert_close(large.uniformity, small.uniformity)
@@ -412,7 +411,7 @@ def test_uniformity_is_zero_with_zero_gradient_when_fewer_than_two_clusters_are_
     if soft:
         assignments = torch.zeros(5, 3, dtype=torch.float64)
         assignments[:, 2] = torch.rand(5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    terms = prototype_scattering_loss(online, target, assignments, 3, return_terms=True)
+    terms = prototype_scattering_terms(online, target, assignments, 3)
     assert int(terms.num_active) == 1
     assert terms.uniformity.item() == 0.0
     for term in (terms.loss, terms.alignment, terms.uniformity):
@@ -457,7 +456,7 @@ def test_zero_feature_vectors_give_finite_loss_and_gradient(dtype: torch.dtype) 
 def test_many_empty_clusters_with_k_much_larger_than_batch_is_finite() -> None:
     online, target, labels = make_batch(16, 3, 8, 2000, dtype=torch.float32)
     online.requires_grad_(True)
-    terms = prototype_scattering_loss(online, target, labels, 2000, return_terms=True)
+    terms = prototype_scattering_terms(online, target, labels, 2000)
     terms.loss.backward()
     assert int(terms.num_active) == len(set(labels.tolist()))
     assert torch.isfinite(grad_of(online)).all()
@@ -520,7 +519,7 @@ def test_module_logs_detached_terms_equal_to_functional_terms() -> None:
     online.requires_grad_(True)
     module = PrototypeScatteringLoss(4, temperature=0.2)
     loss = module(online, target, labels)
-    terms = prototype_scattering_loss(online, target, labels, 4, temperature=0.2, return_terms=True)
+    terms = prototype_scattering_terms(online, target, labels, 4, temperature=0.2)
     assert module.last_terms is not None
     for logged, fresh in zip(module.last_terms, terms):
         assert not logged.requires_grad
@@ -829,3 +828,16 @@ def test_symmetric_pairs_the_views_crosswise_and_enqueues_each_sample_once() -> 
     features, queued_labels, queued_indices = queue_of(psl).contents()
     assert queued_indices.tolist() == indices.tolist() and queued_labels.tolist() == labels.tolist()
     torch.testing.assert_close(features, torch.nn.functional.normalize(t1, dim=1).float())
+
+
+def test_return_terms_is_deprecated_in_favour_of_prototype_scattering_terms() -> None:
+    generator = torch.Generator().manual_seed(2)
+    online, target = torch.randn(2, 6, 4, generator=generator).unbind(0)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    terms = prototype_scattering_terms(online, target, labels, 3)
+    with pytest.warns(FutureWarning, match=r"use prototype_scattering_terms"):
+        old = prototype_scattering_loss(online, target, labels, 3, return_terms=True)
+    assert isinstance(old, PSLTerms) and all(torch.equal(a, b) for a, b in zip(old, terms))
+    assert torch.equal(prototype_scattering_loss(online, target, labels, 3), terms.loss)
+    with pytest.raises(TypeError, match=r"return_terms must be a bool, got 'yes'"):
+        prototype_scattering_loss(online, target, labels, 3, return_terms="yes")  # type: ignore[call-overload]

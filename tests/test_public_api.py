@@ -45,9 +45,11 @@ def test_constructor_keyword_names_are_the_contract(obj: str, keywords: list[str
 
 
 def test_forward_signatures_are_the_contract() -> None:
-    assert list(inspect.signature(propos_losses.PSL.forward).parameters)[1:] == [
-        "online", "target", "assignments", "indices",
-    ]
+    psl_parameters = inspect.signature(propos_losses.PSL.forward).parameters
+    positional = [n for n, p in psl_parameters.items() if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+    assert positional[1:] == ["online", "target", "assignments", "indices"]
+    # Later additions are keyword-only, so the positional contract cannot shift.
+    assert [n for n, p in psl_parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY] == ["enqueue"]
     assert list(inspect.signature(propos_losses.PSA.forward).parameters)[1:] == [
         "online_projection", "target_projection",
     ]
