@@ -11,6 +11,7 @@ import math
 import numbers
 from typing import Optional
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -21,6 +22,7 @@ __all__ = [
     "check_finite",
     "check_integer_dtype",
     "check_labels",
+    "numpy_labels_as_tensor",
 ]
 
 
@@ -84,8 +86,12 @@ def check_integer_dtype(name: str, value: Tensor) -> None:
         raise TypeError(f"{name} must have an integer dtype, got {value.dtype}")
 
 
-def check_labels(name: str, labels: Tensor, num_classes: int) -> None:
-    """Check a 1-D integer label tensor with values in ``[0, num_classes)``."""
+def check_labels(name: str, labels: Tensor, num_classes: int, *, bound: str = "") -> None:
+    """Check a 1-D integer label tensor with values in ``[0, num_classes)`` (one host sync).
+
+    ``bound`` names the limit in the message, e.g. ``"num_clusters="`` gives
+    ``"[0, num_clusters=10)"``.
+    """
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         raise TypeError(f"{name} must hold integer labels, got dtype {labels.dtype}")
     if labels.numel():
@@ -93,4 +99,18 @@ def check_labels(name: str, labels: Tensor, num_classes: int) -> None:
         high = int(labels.max())
         if low < 0 or high >= num_classes:
             bad = low if low < 0 else high
-            raise ValueError(f"{name} must be in [0, {num_classes}), got label {bad}")
+            raise ValueError(f"{name} must be in [0, {bound}{num_classes}), got label {bad}")
+
+
+def numpy_labels_as_tensor(name: str, labels: np.ndarray, device: Optional[torch.device] = None) -> Tensor:
+    """NumPy integer labels (any width, signed or not) as an int64 tensor on ``device``.
+
+    ``uint64`` values above the int64 range are a ``ValueError`` (they cannot be
+    labels in ``[0, K)``); non-integer arrays a ``TypeError``.
+    """
+    if labels.dtype.kind not in "iu":
+        raise TypeError(f"{name} must hold integer cluster labels, got NumPy dtype {labels.dtype}")
+    if labels.dtype == np.uint64 and labels.size and labels.max() > np.iinfo(np.int64).max:
+        raise ValueError(f"{name} must be in [0, K), got label {labels.max()}")
+    tensor = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64))
+    return tensor if device is None else tensor.to(device)

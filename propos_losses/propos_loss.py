@@ -23,7 +23,14 @@ import torch
 from torch import Tensor, nn
 
 from propos_losses import defaults
-from propos_losses._validation import check_float, check_int, check_integer_dtype, check_tensor
+from propos_losses._validation import (
+    check_float,
+    check_int,
+    check_integer_dtype,
+    check_labels,
+    check_tensor,
+    numpy_labels_as_tensor,
+)
 from propos_losses.metrics import nmi
 from propos_losses.psa import PositiveSamplingAlignment
 from propos_losses.psl import PrototypeScatteringLoss
@@ -33,9 +40,7 @@ __all__ = ["ProPosLoss"]
 
 def _as_label_tensor(labels: object) -> Tensor:
     if isinstance(labels, np.ndarray):
-        if labels.dtype.kind not in "iu":
-            raise TypeError(f"labels must hold integer cluster labels, got NumPy dtype {labels.dtype}")
-        labels = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64))
+        labels = numpy_labels_as_tensor("labels", labels)
     check_tensor("labels", labels, ndim=1)
     check_integer_dtype("labels", labels)  # type: ignore[arg-type]
     return labels  # type: ignore[return-value]
@@ -165,10 +170,7 @@ class ProPosLoss(nn.Module):
         labels = _as_label_tensor(labels)
         if labels.numel() < 1:
             raise ValueError("labels must hold one label per sample of the data set, got an empty tensor")
-        low, high = int(labels.min()), int(labels.max())
-        if low < 0 or high >= self.psl.num_clusters:
-            bad = low if low < 0 else high
-            raise ValueError(f"labels must be in [0, num_clusters={self.psl.num_clusters}), got label {bad}")
+        check_labels("labels", labels, self.psl.num_clusters, bound="num_clusters=")
         if self.pseudo_labels is not None and self.pseudo_labels.shape != labels.shape:
             raise ValueError(
                 f"labels must have one label per sample of the data set ({self.pseudo_labels.shape[0]}, as the "

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from propos_losses._validation import check_finite, check_int, check_labels, check_tensor
+from propos_losses._validation import check_finite, check_int, check_labels, check_tensor, numpy_labels_as_tensor
 
 __all__ = ["cluster_sums", "normalize_features", "normalize_prototypes", "compute_prototypes"]
 
@@ -116,10 +116,8 @@ def _as_assignments(assignments: object, device: torch.device) -> object:
     if not isinstance(assignments, np.ndarray):
         return assignments
     kind = assignments.dtype.kind
-    if kind == "u" and assignments.dtype.itemsize == 8 and assignments.size and assignments.max() > np.iinfo(np.int64).max:
-        raise ValueError(f"assignments must be in [0, K), got label {assignments.max()}")
     if kind in "iu":
-        return torch.from_numpy(np.ascontiguousarray(assignments, dtype=np.int64)).to(device)
+        return numpy_labels_as_tensor("assignments", assignments, device)
     if kind == "f":
         return torch.from_numpy(np.ascontiguousarray(assignments)).to(device)
     raise TypeError(
