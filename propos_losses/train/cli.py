@@ -7,10 +7,13 @@ NMI / AMI / ARI / ACC last. Every field of
 ``--lambda-psl``); ``--config FILE`` reads a JSON or TOML table of the same
 names; explicit flags win over the file, which wins over the preset.
 
-User errors (a bad flag value, missing or corrupt data, an unreadable
-checkpoint, an output directory that holds another run) print one line on
-stderr and exit with status 2, without a traceback and without touching
-anything already written.
+User errors (a bad flag value, missing, corrupt or unusable data, a damaged or
+foreign checkpoint, an output directory that holds another run) print one line
+on stderr and exit with status 2, without a traceback, before anything is
+written and without touching anything already written. A run directory is
+claimed atomically (:mod:`propos_losses.train.rundir`), so two runs never share
+one. SIGINT and SIGTERM keep the last checkpoint, print the command that
+continues the run and exit with status 130 / 143.
 
 Example:
     >>> main(["--preset", "nope"])  # prints "propos-train: error: unknown preset 'nope'; ..." on stderr
