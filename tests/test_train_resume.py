@@ -123,3 +123,34 @@ def test_checkpoint_is_written_without_leftover_temporary_files(tmp_path):
     assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoint.pt", "config.json", "metrics.jsonl"]
     state = load_checkpoint(run_dir / "checkpoint.pt")
     assert state["epoch"] == 1 and state["step"] == 3 and state["pseudo_labels"].shape == (200,)
+
+
+def test_a_stop_requested_between_steps_checkpoints_mid_epoch_and_resumes_bit_for_bit(tmp_path, monkeypatch, capsys):
+    import signal
+
+    from propos_losses.train.trainer import Trainer
+
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert main(TINY + ["--output-dir", str(straight)]) == 0
+    original_step = Trainer._step
+
+    def step_then_signal(self, *args, **kwargs):  # SIGTERM arrives during the first step of epoch 2
+        lr = original_step(self, *args, **kwargs)
+        if self.step == 4:
+            assert self.request_stop(signal.SIGTERM)
+        return lr
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Trainer, "_step", step_then_signal)
+        assert main(TINY + ["--output-dir", str(resumed)]) == 143
+    assert "1 of 2 epochs and 1 steps of epoch 2 are saved" in capsys.readouterr().err
+    interrupted = load_checkpoint(resumed)
+    assert (interrupted["epoch"], interrupted["step"], interrupted["mid_epoch"]["index"]) == (1, 4, 1)
+    assert main(["--resume", str(resumed), "--quiet", "--no-plots"]) == 0
+
+    a, b = load_checkpoint(straight), load_checkpoint(resumed)
+    for key in ("online", "predictor", "target", "psl", "optimizer", "momentum", "pseudo_labels", "rng", "epoch",
+                "step", "log_lines", "scheduler"):
+        _assert_same_tensors(a[key], b[key], key)
+    assert _log(straight) == _log(resumed)
+    assert (straight / "assignments.csv").read_text() == (resumed / "assignments.csv").read_text()

@@ -435,7 +435,9 @@ def _interrupt_message(signum: int, progress: _Progress) -> str:
     if saved >= progress.epochs:
         return (f"propos-train: interrupted by {name} after all {saved} epochs were saved; finish the evaluation "
                 f"with: {command}")
-    return f"propos-train: interrupted by {name}; {saved} of {progress.epochs} epochs are saved; continue with: {command}"
+    steps = getattr(progress.trainer, "saved_steps", 0)
+    where = f"{saved} of {progress.epochs} epochs" + (f" and {steps} steps of epoch {saved + 1}" if steps else "")
+    return f"propos-train: interrupted by {name}; {where} are saved; continue with: {command}"
 
 
 class _Interrupted(KeyboardInterrupt):
@@ -446,16 +448,26 @@ class _Interrupted(KeyboardInterrupt):
         self.signum = signum
 
 
-def _raise_interrupted(signum: int, frame: Any) -> None:
-    raise _Interrupted(signum)
+def _signal_handler(progress: _Progress) -> Any:
+    """Between training steps: stop after the step and checkpoint there; elsewhere: stop at once."""
+
+    def handle(signum: int, frame: Any) -> None:
+        trainer = progress.trainer
+        if trainer is not None and trainer.request_stop(signum):
+            return
+        raise _Interrupted(signum)
+
+    return handle
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``propos-train``; returns the exit status.
 
     SIGINT and SIGTERM (what cluster schedulers send before pre-empting a job)
-    abandon the epoch in progress, keep the last checkpoint, print the command
-    that continues the run and return ``128 + signal number`` (130, 143).
+    let the training step in progress finish and checkpoint the run there (an
+    E-step or evaluation in progress, or a ``torchrun`` run, is abandoned and the
+    last epoch's checkpoint kept), print the command that continues the run and
+    return ``128 + signal number`` (130, 143).
 
     Args:
         argv: arguments without the program name (``sys.argv[1:]`` when ``None``).
@@ -476,7 +488,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     previous = {}
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGINT, signal.SIGTERM):
-            previous[signum] = signal.signal(signum, _raise_interrupted)
+            previous[signum] = signal.signal(signum, _signal_handler(progress))
     try:
         return _run(args, progress)
     except KeyboardInterrupt as exc:

@@ -87,6 +87,7 @@ from propos_losses.train.rundir import (
 
 __all__ = [
     "CheckpointError",
+    "TrainingInterrupted",
     "OutputDirError",
     "Encoder",
     "LARS",
@@ -120,6 +121,18 @@ TIMING_KEYS = ("time_s", "elapsed_s", "estep_kmeans_s")
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read or does not belong to this trainer."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Raised by :meth:`Trainer.fit` after a stop requested by a signal has been checkpointed.
+
+    Attributes:
+        signum: the signal (``signal.SIGINT``, ``signal.SIGTERM``).
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
 
 
 # --------------------------------------------------------------------------- networks
@@ -588,7 +601,14 @@ class Trainer:
         self.log_bytes = 0
         #: Epoch of the last checkpoint written or resumed from (``None``: none yet).
         self.saved_epoch: Optional[int] = None
+        #: Steps of the next epoch in the last checkpoint (0 unless it was written mid-epoch on a signal).
+        self.saved_steps = 0
         self._resumed = False
+        # A stop requested (by a signal) while training steps run: honoured after the step in progress.
+        self._stop_signal: Optional[int] = None
+        self._in_steps = False
+        # Where a checkpoint written mid-epoch left the epoch (index, loss totals, random streams).
+        self._mid_epoch: Optional[Dict[str, Any]] = None
         # Per-rank stream for the PSA noise (the global torch RNG); the model init above is shared.
         torch.manual_seed(_seed_for(config.seed, 1, self.rank))
         np.random.seed(_seed_for(config.seed, 2, self.rank) % 2**32)
@@ -626,6 +646,19 @@ class Trainer:
             raise ConfigError(
                 f"all {n} images of {dataset.name} are identical (e.g. all black); there is nothing to cluster"
             )
+
+    def request_stop(self, signum: int) -> bool:
+        """Ask the run to stop after the training step in progress and checkpoint where it is.
+
+        Meant for a signal handler. Returns ``False`` when the run is not
+        between training steps (E-step, evaluation, setup) or runs on several
+        processes, which cannot agree on the step without a collective; the
+        caller then stops the run at once (the last epoch's checkpoint stands).
+        """
+        if not self._in_steps or self.world_size > 1:
+            return False
+        self._stop_signal = signum
+        return True
 
     def use_output_dir(self, output_dir: str | os.PathLike) -> None:
         """Write to ``output_dir`` (the directory finally claimed for the run) instead of the one given."""
@@ -765,8 +798,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoint
 
-    def _state(self) -> Dict[str, Any]:
+    def _state(self, mid_epoch: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
         return {
+            "mid_epoch": mid_epoch,
             "format": CHECKPOINT_FORMAT,
             "config": config_to_dict(self.config),
             "epoch": self.epoch,
@@ -790,8 +824,14 @@ class Trainer:
             "config_sha256": config_fingerprint(self.config),
         }
 
-    def save_checkpoint(self) -> None:
-        """Write ``checkpoint.pt`` atomically (rank 0), after making the metrics log it counts durable."""
+    def save_checkpoint(self, mid_epoch: Optional[Dict[str, Any]] = None) -> None:
+        """Write ``checkpoint.pt`` atomically (rank 0), after making the metrics log it counts durable.
+
+        Args:
+            mid_epoch: where the epoch in progress stands (``index`` steps done,
+                loss ``totals``, the random streams' states), for a stop
+                between steps; ``None`` at the end of an epoch.
+        """
         if not self.is_main:
             return
         log = self.output_dir / METRICS_NAME
@@ -799,8 +839,9 @@ class Trainer:
             # The checkpoint promises log_bytes bytes of log: they must survive an OS crash too.
             with open(log, "ab") as fh:
                 os.fsync(fh.fileno())
-        atomic_write_bytes(self.output_dir / CHECKPOINT_NAME, _checkpoint_bytes(self._state()))
+        atomic_write_bytes(self.output_dir / CHECKPOINT_NAME, _checkpoint_bytes(self._state(mid_epoch)))
         self.saved_epoch = self.epoch
+        self.saved_steps = 0 if mid_epoch is None else int(mid_epoch["index"])
 
     def _restore(self, state: Dict[str, Any]) -> None:
         """Check that ``state`` belongs to this configuration and data, then load it (writes nothing)."""
@@ -825,7 +866,11 @@ class Trainer:
         if labels.dtype != torch.int64 or (n and not 0 <= int(labels.min()) <= int(labels.max()) < self.num_clusters):
             raise CheckpointError(f"{where!r} is damaged: its pseudo-labels are not cluster indices < {self.num_clusters}")
         epoch, step = int(state["epoch"]), int(state["step"])
-        if not 0 <= epoch <= self.config.epochs or step != epoch * self.steps_per_epoch:
+        mid_epoch = state.get("mid_epoch")
+        index = mid_epoch.get("index") if isinstance(mid_epoch, dict) else 0
+        if (not 0 <= epoch <= self.config.epochs or (mid_epoch is not None and not isinstance(mid_epoch, dict))
+                or not isinstance(index, int) or step != epoch * self.steps_per_epoch + index
+                or (mid_epoch is not None and not (0 < index <= self.steps_per_epoch and epoch < self.config.epochs))):
             raise CheckpointError(
                 f"{where!r} is damaged: epoch {epoch} and step {step} do not fit a {self.config.epochs}-epoch run of "
                 f"{self.steps_per_epoch} steps per epoch"
@@ -848,6 +893,14 @@ class Trainer:
             centers = state.get("estep_centers")
             self.estep_centers = None if centers is None else centers.to(self.device)
             _set_rng_state(state["rng"])
+            if mid_epoch is not None:
+                self._mid_epoch = {
+                    "index": index,
+                    "totals": mid_epoch["totals"].to(self.device, torch.float64).reshape(3),
+                    "generator": mid_epoch["generator"],
+                    "psa_generator": mid_epoch["psa_generator"],
+                    "lr": float(mid_epoch["lr"]),
+                }
         except (RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError) as exc:
             raise CheckpointError(f"checkpoint does not match this configuration: {exc}") from None
         self.epoch, self.step = epoch, step
@@ -855,6 +908,7 @@ class Trainer:
         self.log_lines = int(state["log_lines"])
         self.log_bytes = int(log_bytes or 0)
         self.saved_epoch = epoch
+        self.saved_steps = index
         self._resumed = True
 
     def _checked_log_length(self, keep_lines: int, keep_bytes: Optional[int]) -> int:
@@ -926,26 +980,58 @@ class Trainer:
         self.model.train()
         self.target.train()
         totals = torch.zeros(3, dtype=torch.float64, device=self.device)
-        lr = 0.0
-        for index, batch in enumerate(self._epoch_indices(self.epoch)):
-            # Value checks (host syncs) on the first step of every epoch, the sync-free fast path after.
-            self.step_module.psl.validate_args = self.step_module.psa.validate_args = index == 0
-            lr = self._set_learning_rate()
-            with torch.no_grad():
-                images = self.images.index_select(0, batch).float() / 255.0
-                view1 = self._prepare(self.augment(images, generator=generator))
-                view2 = self._prepare(self.augment(images, generator=generator))
-                _, target_both = self.target(torch.cat((view1, view2)))
-                target1, target2 = target_both.chunk(2)
-            loss, psa_loss, psl_loss = self.model(
-                view1, view2, target1, target2, self.pseudo_labels.index_select(0, batch), batch, lambda_psl
-            )
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            self.momentum.update(self.online, self.target)
-            totals += torch.stack((loss.detach(), psa_loss, psl_loss)).double()
-            self.step += 1
+        lr, start, done = 0.0, 0, 0
+        mid_epoch, self._mid_epoch = self._mid_epoch, None
+        if mid_epoch is not None:  # resumed from a checkpoint written between two steps of this epoch
+            generator.set_state(mid_epoch["generator"])
+            self.step_module.psa.generator.set_state(mid_epoch["psa_generator"])
+            totals += mid_epoch["totals"]
+            lr, start, done = mid_epoch["lr"], mid_epoch["index"], mid_epoch["index"]
+        self._in_steps = True
+        try:
+            for index, batch in enumerate(self._epoch_indices(self.epoch)[start:], start):
+                lr = self._step(index, batch, generator, lambda_psl, totals)
+                done = index + 1
+                if self._stop_signal is not None:
+                    break
+        finally:
+            self._in_steps = False
+        if self._stop_signal is not None:
+            # A signal during the steps: checkpoint between two steps and stop; resume continues from here.
+            signum, self._stop_signal = self._stop_signal, None
+            self.save_checkpoint(mid_epoch={
+                "index": done,
+                "totals": totals.cpu(),
+                "generator": generator.get_state(),
+                "psa_generator": self.step_module.psa.generator.get_state(),
+                "lr": lr,
+            })
+            raise TrainingInterrupted(signum)
+        return self._epoch_stats(totals, lr, lambda_psl, sigma)
+
+    def _step(self, index: int, batch: Tensor, generator: torch.Generator, lambda_psl: float, totals: Tensor) -> float:
+        """One M-step on ``batch`` (this rank's indices); adds the loss terms to ``totals``; returns the lr."""
+        # Value checks (host syncs) on the first step of every epoch, the sync-free fast path after.
+        self.step_module.psl.validate_args = self.step_module.psa.validate_args = index == 0
+        lr = self._set_learning_rate()
+        with torch.no_grad():
+            images = self.images.index_select(0, batch).float() / 255.0
+            view1 = self._prepare(self.augment(images, generator=generator))
+            view2 = self._prepare(self.augment(images, generator=generator))
+            _, target_both = self.target(torch.cat((view1, view2)))
+            target1, target2 = target_both.chunk(2)
+        loss, psa_loss, psl_loss = self.model(
+            view1, view2, target1, target2, self.pseudo_labels.index_select(0, batch), batch, lambda_psl
+        )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.momentum.update(self.online, self.target)
+        totals += torch.stack((loss.detach(), psa_loss, psl_loss)).double()
+        self.step += 1
+        return lr
+
+    def _epoch_stats(self, totals: Tensor, lr: float, lambda_psl: float, sigma: float) -> Dict[str, Any]:
         all_reduce_sum_(totals)
         totals /= max(self.steps_per_epoch, 1) * self.world_size
         if not bool(torch.isfinite(totals).all()):
@@ -982,8 +1068,10 @@ class Trainer:
         last = config.epochs if stop_after is None else min(stop_after, config.epochs)
         start_time = time.perf_counter()
         while self.epoch < last:
-            estep_due = self.epoch % config.estep_every == 0
-            eval_due = config.eval_every > 0 and self.epoch % config.eval_every == 0
+            # An epoch resumed mid-way had its E-step (and evaluation) before the checkpoint.
+            resumed_mid_epoch = self._mid_epoch is not None
+            estep_due = self.epoch % config.estep_every == 0 and not resumed_mid_epoch
+            eval_due = config.eval_every > 0 and self.epoch % config.eval_every == 0 and not resumed_mid_epoch
             if estep_due or eval_due:
                 self._sync_target_buffers()
                 begin = time.perf_counter()
