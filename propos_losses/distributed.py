@@ -82,14 +82,14 @@ def get_rank(group: Optional[ProcessGroup] = None) -> int:
 
 class _AllReduceSum(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, tensor: Tensor, group: Optional[ProcessGroup]) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, tensor: Tensor, group: Optional[ProcessGroup]) -> Tensor:
         ctx.group = group
         out = tensor.detach().clone().contiguous()
         dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group)
         return out
 
     @staticmethod
-    def backward(ctx: Any, grad_output: Tensor) -> Tuple[Tensor, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad_output: Tensor) -> Tuple[Tensor, None]:
         grad = grad_output.detach().clone().contiguous()
         dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
         return grad, None
@@ -108,7 +108,8 @@ def all_reduce_sum(tensor: Tensor, group: Optional[ProcessGroup] = None) -> Tens
     """
     if not is_distributed(group):
         return tensor
-    return _AllReduceSum.apply(tensor, group)
+    result: Tensor = _AllReduceSum.apply(tensor, group)  # type: ignore[no-untyped-call]
+    return result
 
 
 def all_reduce_sum_(tensor: Tensor, group: Optional[ProcessGroup] = None) -> Tensor:
@@ -162,7 +163,7 @@ def all_gather_cat(tensor: Tensor, group: Optional[ProcessGroup] = None) -> Tens
 
 class _AllGatherCat(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, tensor: Tensor, group: Optional[ProcessGroup]) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, tensor: Tensor, group: Optional[ProcessGroup]) -> Tensor:
         sizes = _gather_sizes(tensor.shape[0], tensor.device, group)
         rank = get_rank(group)
         ctx.group = group
@@ -171,7 +172,7 @@ class _AllGatherCat(torch.autograd.Function):
         return torch.cat(_all_gather_padded(tensor.detach(), sizes, group), dim=0)
 
     @staticmethod
-    def backward(ctx: Any, grad_output: Tensor) -> Tuple[Tensor, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad_output: Tensor) -> Tuple[Tensor, None]:
         grad = grad_output.detach().clone().contiguous()
         dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
         return grad[ctx.start : ctx.stop], None
@@ -188,7 +189,8 @@ def all_gather_cat_autograd(tensor: Tensor, group: Optional[ProcessGroup] = None
     """
     if not is_distributed(group):
         return tensor
-    return _AllGatherCat.apply(tensor, group)
+    result: Tensor = _AllGatherCat.apply(tensor, group)  # type: ignore[no-untyped-call]
+    return result
 
 
 def all_reduce_max_(tensor: Tensor, group: Optional[ProcessGroup] = None) -> Tensor:

@@ -110,7 +110,7 @@ class EStep:
             f"warm_start={self.warm_start}, calls={len(self.history_)})"
         )
 
-    def __call__(self, module: nn.Module, data: Union[Tensor, Dataset, DataLoader]) -> Tensor:
+    def __call__(self, module: nn.Module, data: Union[Tensor, "Dataset[Any]", "DataLoader[Any]"]) -> Tensor:
         """Pseudo-labels ``(N,)`` of ``data`` from ``module``'s features.
 
         Args:

@@ -38,7 +38,7 @@ def _check_map_style(name: str, dataset: object) -> None:
         raise TypeError(f"{name} must be a map-style dataset (with __getitem__ and __len__), got {type(dataset).__name__}")
 
 
-class WithIndex(Dataset):
+class WithIndex(Dataset[Any]):
     """A map-style dataset whose items also carry their index.
 
     Item ``i`` of the wrapped dataset becomes ``(*item, i)`` when the item is
@@ -69,7 +69,7 @@ class WithIndex(Dataset):
         (torch.int64, torch.Size([4]))
     """
 
-    def __init__(self, dataset: Dataset) -> None:
+    def __init__(self, dataset: Dataset[Any]) -> None:
         _check_map_style("dataset", dataset)
         self.dataset = dataset
 
@@ -103,17 +103,17 @@ def _input_of(batch: Any) -> Tensor:
 def _module_device(module: nn.Module) -> torch.device:
     for tensor in module.parameters():
         return tensor.device
-    for tensor in module.buffers():
-        return tensor.device
+    for buffer in module.buffers():
+        return buffer.device
     return torch.device("cpu")
 
 
-def _batches(data: Union[Tensor, Dataset, DataLoader], batch_size: int) -> Tuple[Iterator[Any], int, Optional[Tensor]]:
+def _batches(data: Union[Tensor, Dataset[Any], DataLoader[Any]], batch_size: int) -> Tuple[Iterator[Any], int, Optional[Tensor]]:
     """Batches of ``data``, its number of samples, and (for a DistributedSampler) this rank's sample indices."""
     if isinstance(data, Tensor):
         if data.dim() < 1 or data.shape[0] < 1:
             raise ValueError(f"data must be a tensor (N, ...) with N >= 1, got shape {tuple(data.shape)}")
-        return iter(data.split(batch_size)), int(data.shape[0]), None
+        return iter(torch.split(data, batch_size)), int(data.shape[0]), None
     if isinstance(data, DataLoader):
         _check_map_style("data.dataset", data.dataset)
         sampler = data.sampler
@@ -128,10 +128,10 @@ def _batches(data: Union[Tensor, Dataset, DataLoader], batch_size: int) -> Tuple
             isinstance(batch_sampler, BatchSampler) and isinstance(batch_sampler.sampler, SequentialSampler)
         )
         if not in_order:
-            sampler = batch_sampler.sampler if isinstance(batch_sampler, BatchSampler) else batch_sampler
+            used = batch_sampler.sampler if isinstance(batch_sampler, BatchSampler) else batch_sampler
             raise ValueError(
                 f"data must be a DataLoader that visits the data set in order (shuffle=False) or uses a "
-                f"DistributedSampler, got one with {type(sampler).__name__}; features come back in data-set order"
+                f"DistributedSampler, got one with {type(used).__name__}; features come back in data-set order"
             )
         return iter(data), n, None
     _check_map_style("data", data)
@@ -144,7 +144,7 @@ def _batches(data: Union[Tensor, Dataset, DataLoader], batch_size: int) -> Tuple
 @torch.no_grad()
 def extract_features(
     module: nn.Module,
-    data: Union[Tensor, Dataset, DataLoader],
+    data: Union[Tensor, Dataset[Any], DataLoader[Any]],
     *,
     batch_size: int = 256,
     device: Optional[Union[str, torch.device]] = None,

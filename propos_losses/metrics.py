@@ -298,7 +298,7 @@ def _hypergeom_logpmf(n: np.ndarray, a: np.ndarray, b: np.ndarray, n_samples: in
     ``N log N`` and loses ~``N log N * eps`` absolute accuracy.
     """
     big_n = float(n_samples)
-    return (
+    result: np.ndarray = (
         gammaln(a + 1.0)
         + gammaln(b + 1.0)
         + gammaln(big_n - a + 1.0)
@@ -309,6 +309,7 @@ def _hypergeom_logpmf(n: np.ndarray, a: np.ndarray, b: np.ndarray, n_samples: in
         - gammaln(b - n + 1.0)
         - gammaln(big_n - a - b + n + 1.0)
     )
+    return result
 
 
 def _log_ratio(n: np.ndarray, a: np.ndarray, b: np.ndarray, n_samples: int) -> np.ndarray:
@@ -320,7 +321,8 @@ def _log_ratio(n: np.ndarray, a: np.ndarray, b: np.ndarray, n_samples: int) -> n
     """
     numerator = (a - n) * (b - n)
     denominator = (n + 1.0) * (float(n_samples) - a - b + n + 1.0)
-    return np.log(numerator / denominator)
+    result: np.ndarray = np.log(numerator / denominator)
+    return result
 
 
 def _emi_windows(
@@ -425,7 +427,8 @@ def _emi_block(
     with np.errstate(divide="ignore", invalid="ignore"):
         weight = (nf / n_samples) * np.log((nf * float(n_samples)) / (af * bf))
     weight[nf == 0] = 0.0
-    return (q * weight).sum(axis=1) / q.sum(axis=1)
+    result: np.ndarray = (q * weight).sum(axis=1) / q.sum(axis=1)
+    return result
 
 
 def expected_mutual_information(

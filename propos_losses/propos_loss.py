@@ -209,7 +209,9 @@ class ProPosLoss(nn.Module):
             ValueError: PSL is on but no pseudo-labels were set or no indices
                 given, indices out of range, besides the errors of PSA and PSL.
         """
-        alignment = 0.5 * (self.psa(online_1, target_2) + self.psa(online_2, target_1))
+        forward_order: Tensor = self.psa(online_1, target_2)
+        backward_order: Tensor = self.psa(online_2, target_1)
+        alignment = 0.5 * (forward_order + backward_order)
         if not self.psl_active or self.lambda_psl == 0.0:
             self.last_terms = {"psa": alignment.detach(), "psl": torch.zeros_like(alignment.detach())}
             return alignment
@@ -233,8 +235,9 @@ class ProPosLoss(nn.Module):
         labels = self.pseudo_labels.index_select(0, indices.to(online_1.device).long())
         first, second = (target_1, target_2) if self.psl_pairing == "same" else (target_2, target_1)
         # Both calls see the same samples: only the second may enqueue them (once per step).
-        first_term = self.psl(online_1, first, labels, indices, enqueue=False)
-        scattering = 0.5 * (first_term + self.psl(online_2, second, labels, indices))
+        first_term: Tensor = self.psl(online_1, first, labels, indices, enqueue=False)
+        second_term: Tensor = self.psl(online_2, second, labels, indices)
+        scattering = 0.5 * (first_term + second_term)
         self.last_terms = {"psa": alignment.detach(), "psl": scattering.detach()}
         return alignment + self.lambda_psl * scattering
 

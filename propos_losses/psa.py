@@ -18,6 +18,7 @@ calling it a second time with the two views swapped (see
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import weakref
 from typing import Any, Callable, Dict, Optional, Tuple
@@ -207,13 +208,13 @@ class _PredictionTracker:
     """
 
     def __init__(self, psa: "PositiveSamplingAlignment") -> None:
-        self.psa = weakref.ref(psa)
+        self.psa: Callable[[], Optional["PositiveSamplingAlignment"]] = weakref.ref(psa)
 
-    def __getstate__(self) -> dict:
+    def __getstate__(self) -> Dict[str, Any]:
         return {}  # a weak reference cannot be pickled; the owning PSA re-registers a live tracker
 
-    def __setstate__(self, state: dict) -> None:
-        self.psa = lambda: None
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.psa = _dead_reference
 
     def __call__(self, module: nn.Module, inputs: Tuple[Any, ...], output: Any) -> None:
         if torch.compiler.is_compiling():
@@ -223,7 +224,15 @@ class _PredictionTracker:
             # Every live output, not only the latest: a loop computes p0 and p1 before the loss.
             predictions = psa._predictions
             key = id(output)
-            predictions[key] = weakref.ref(output, lambda _, key=key: predictions.pop(key, None))
+            predictions[key] = weakref.ref(output, functools.partial(_forget, predictions, key))
+
+
+def _dead_reference() -> None:
+    return None
+
+
+def _forget(predictions: Dict[int, "weakref.ref[Tensor]"], key: int, _: object) -> None:
+    predictions.pop(key, None)
 
 
 def _track_predictions(psa: "PositiveSamplingAlignment") -> None:
@@ -300,16 +309,16 @@ class PositiveSamplingAlignment(nn.Module):
         self.predictor = predictor
         self._sigma = _check_sigma(sigma)
         self._generator = _check_generator(generator)
-        self._predictions: Dict[int, weakref.ref] = {}
+        self._predictions: Dict[int, "weakref.ref[Tensor]"] = {}
         _track_predictions(self)
 
-    def __getstate__(self) -> dict:
+    def __getstate__(self) -> Dict[str, Any]:
         state = self.__dict__.copy()
         state["_predictions"] = {}  # weak references cannot be copied or pickled
         return state
 
-    def __setstate__(self, state: dict) -> None:
-        super().__setstate__(state)
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        super().__setstate__(state)  # type: ignore[no-untyped-call]
         _track_predictions(self)
 
     @property
@@ -391,7 +400,9 @@ class PositiveSamplingAlignment(nn.Module):
             >>> bool(psa.symmetric(q1, q2, z1, z2) == psa(q1, z2) + psa(q2, z1))
             True
         """
-        return self(online_projection_1, target_projection_2) + self(online_projection_2, target_projection_1)
+        first: Tensor = self(online_projection_1, target_projection_2)
+        second: Tensor = self(online_projection_2, target_projection_1)
+        return first + second
 
 
 #: Short alias used throughout the paper and the docs.

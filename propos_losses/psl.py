@@ -214,7 +214,7 @@ def _validate_on_every_rank(
         return
     well_formed = isinstance(online, Tensor) and online.dim() == 2
     agree = {
-        "the feature size (online.shape[1])": online.shape[1] if well_formed else -1,  # type: ignore[union-attr]
+        "the feature size (online.shape[1])": online.shape[1] if isinstance(online, Tensor) and well_formed else -1,
         "the feature dtype (code)": dtype_code(online),
         "assignments.dim() (1 for hard labels, 2 for soft weights)": (
             assignments.dim() if isinstance(assignments, Tensor) else -1
@@ -707,8 +707,9 @@ class PrototypeScatteringLoss(nn.Module):
             >>> bool(torch.isclose(psl.symmetric(o1, o2, t1, t2, labels), psl(o1, t2, labels) + psl(o2, t1, labels)))
             True
         """
-        first = self(online_1, target_2, assignments, indices, enqueue=False)
-        return first + self(online_2, target_1, assignments, indices)
+        first: Tensor = self(online_1, target_2, assignments, indices, enqueue=False)
+        second: Tensor = self(online_2, target_1, assignments, indices)
+        return first + second
 
     def _check_forward(
         self,
