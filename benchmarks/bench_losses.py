@@ -42,6 +42,7 @@ printed as a table and written as JSON (with machine info and the date) to
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import json
 import os
@@ -60,6 +61,7 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from propos_losses import defaults  # noqa: E402
+from propos_losses import PSA, MomentumUpdater, ProPosLoss  # noqa: E402
 from propos_losses.psl import PrototypeScatteringLoss  # noqa: E402
 
 DIM = defaults.PROJECTION_DIM
@@ -364,39 +366,111 @@ def resnet18_cifar_with_projector() -> nn.Module:
     return nn.Sequential(*layers)
 
 
-def bench_resnet18_step(device: torch.device, batch_size: int, warmup: int, repeats: int) -> Dict[str, Any]:
+def _step_variants(
+    device: torch.device, batch_size: int, compile_backend: Optional[str]
+) -> Dict[str, Callable[[], None]]:
+    """Whole training steps of a ResNet-18 BYOL (PSA with sigma 0) and of ProPos (PSA + PSL), same networks.
+
+    Every variant: online network, predictor (inside PSA), target network
+    (no grad), Eq. 12 averaged over the view orders, backward, SGD step and
+    the momentum update. ``compile_backend`` compiles the networks and the
+    criterion (``fullgraph`` for the criterion: it must not graph-break).
+    """
+    torch.manual_seed(0)
     online_net = resnet18_cifar_with_projector().to(device)
-    target_net = resnet18_cifar_with_projector().to(device)
-    optimizer = torch.optim.SGD(online_net.parameters(), lr=defaults.BASE_LR, momentum=defaults.SGD_MOMENTUM)
+    target_net = copy.deepcopy(online_net)
+    predictor = nn.Sequential(
+        nn.Linear(DIM, defaults.HIDDEN_DIM), nn.BatchNorm1d(defaults.HIDDEN_DIM), nn.ReLU(),
+        nn.Linear(defaults.HIDDEN_DIM, DIM),
+    ).to(device)
+    parameters = list(online_net.parameters()) + list(predictor.parameters())
+    optimizer = torch.optim.SGD(parameters, lr=defaults.BASE_LR, momentum=defaults.SGD_MOMENTUM)
+    updater = MomentumUpdater(total_steps=10_000)
     views = [torch.randn(batch_size, 3, 32, 32, device=device) for _ in range(2)]
+    n_samples = 50_000
+    indices = torch.randint(0, n_samples, (batch_size,), device=device)
+    variants: Dict[str, Callable[[], None]] = {}
+    for name, method, validate in (
+        ("byol (validate_args=True)", "byol", True),
+        ("byol (validate_args=False)", "byol", False),
+        ("propos (validate_args=True)", "propos", True),
+        ("propos (validate_args=False)", "propos", False),
+    ):
+        psa = PSA(predictor, sigma=0.0 if method == "byol" else defaults.SIGMA, validate_args=validate)
+        psl = PrototypeScatteringLoss(10, validate_args=validate)
+        lambda_psl = 0.0 if method == "byol" else defaults.LAMBDA_PSL
+        criterion = ProPosLoss(psa, psl, lambda_psl=lambda_psl, psl_start=0).to(device)
+        criterion.set_pseudo_labels(torch.randint(0, 10, (n_samples,)))
+        online: Callable[[Tensor], Tensor] = online_net
+        target: Callable[[Tensor], Tensor] = target_net
+        loss_fn: Callable[..., Tensor] = criterion
+        if compile_backend is not None:
+            online = torch.compile(online_net, backend=compile_backend)
+            target = torch.compile(target_net, backend=compile_backend)
+            loss_fn = torch.compile(criterion, backend=compile_backend, fullgraph=not validate)
 
-    def training_step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        online = [online_net(view) for view in views]
-        with torch.no_grad():
-            target = [target_net(view) for view in views]
-        # BYOL-style cosine loss with swapped views (the predictor is left out: it is small).
-        loss = sum(2 - 2 * F.cosine_similarity(o, t.detach(), dim=1).mean() for o, t in zip(online, target[::-1]))
-        loss.backward()  # type: ignore[union-attr]
-        optimizer.step()
+        def step(online: Callable[[Tensor], Tensor] = online, target: Callable[[Tensor], Tensor] = target,
+                 loss_fn: Callable[..., Tensor] = loss_fn) -> None:
+            optimizer.zero_grad(set_to_none=True)
+            q1, q2 = online(views[0]), online(views[1])
+            with torch.no_grad():
+                z1, z2 = target(views[0]), target(views[1])
+            loss_fn(q1, q2, z1, z2, indices).backward()
+            optimizer.step()
+            updater.update(online_net, target_net)
 
-    psl = PrototypeScatteringLoss(10).to(device)
-    features = [torch.randn(batch_size, DIM, device=device, requires_grad=True) for _ in range(2)]
-    targets = [torch.randn(batch_size, DIM, device=device) for _ in range(2)]
-    labels = torch.randint(0, 10, (batch_size,), device=device)
+        variants[name if compile_backend is None else f"{name}, compiled"] = step
+    return variants
 
-    def psl_step() -> None:
-        loss = sum(psl(f, t, labels) for f, t in zip(features, targets))
-        loss.backward()  # type: ignore[union-attr]
 
-    step_ms, _, _ = time_step(training_step, device, warmup, repeats)
-    psl_ms, _, _ = time_step(psl_step, device, max(warmup, 2), max(repeats, 5))
-    return {
-        "batch_size": batch_size,
-        "resnet18_step_ms": step_ms,
-        "psl_two_views_ms": psl_ms,
-        "psl_overhead_fraction": psl_ms / step_ms,
-    }
+def bench_resnet18_step(
+    device: torch.device, batch_size: int, warmup: int, repeats: int, compile_backend: Optional[str]
+) -> Dict[str, Any]:
+    """Step time of BYOL and ProPos (eager, and compiled with ``compile_backend``), interleaved round by round."""
+    variants = _step_variants(device, batch_size, None)
+    compile_errors: Dict[str, str] = {}
+    if compile_backend is not None:
+        try:
+            variants.update(_step_variants(device, batch_size, compile_backend))
+        except Exception as exc:  # report, do not hide: e.g. no C++ compiler for inductor
+            compile_errors["build"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+    times: Dict[str, List[float]] = {name: [] for name in variants}
+    for name, step in list(variants.items()):  # warm-up (and compilation) outside the timed rounds
+        try:
+            for _ in range(max(warmup, 2)):
+                step()
+        except Exception as exc:
+            compile_errors[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+            del variants[name], times[name]
+    for _ in range(max(repeats, 5)):  # rounds: every variant once per round, so drift hits all alike
+        for name, step in variants.items():
+            synchronize(device)
+            start = time.perf_counter()
+            step()
+            synchronize(device)
+            times[name].append(1e3 * (time.perf_counter() - start))
+    rows = {name: {"median_ms": statistics.median(t), "min_ms": min(t)} for name, t in times.items()}
+    for name, row in rows.items():
+        base = name.replace("propos", "byol")
+        if base != name and base in rows:
+            row["overhead_vs_byol"] = row["median_ms"] / rows[base]["median_ms"] - 1.0
+    return {"batch_size": batch_size, "compile_backend": compile_backend, "steps": rows, "errors": compile_errors}
+
+
+def format_resnet18_step(result: Dict[str, Any]) -> str:
+    lines = [
+        f"ResNet-18 (CIFAR stem, 4096-256 projector and predictor) training step, B={result['batch_size']}, "
+        "two views, SGD + momentum update (median of interleaved rounds):",
+        f"{'variant':<42} {'median ms':>10} {'min ms':>8} {'vs BYOL':>8}",
+    ]
+    for name, row in result["steps"].items():
+        overhead = row.get("overhead_vs_byol")
+        extra = f"{100 * overhead:+7.1f}%" if overhead is not None else ""
+        lines.append(f"{name:<42} {row['median_ms']:>10.2f} {row['min_ms']:>8.2f} {extra:>8}")
+    lines.append("(vs BYOL: ProPos step time over the BYOL step with the same validate_args and compilation)")
+    for name, error in result["errors"].items():
+        lines.append(f"{name}: {error}")
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- driver
@@ -446,12 +520,21 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument(
         "--min-time", type=float, default=0.25, help="keep timing a configuration until this many seconds (0.25)"
     )
-    parser.add_argument("--resnet18-step", action="store_true", help="also report PSL overhead vs a ResNet-18 step")
+    parser.add_argument(
+        "--resnet18-step",
+        action="store_true",
+        help="also time whole ResNet-18 training steps: BYOL vs ProPos (PSA + PSL), eager and compiled",
+    )
     parser.add_argument(
         "--resnet18-batch",
         type=int,
         default=None,
         help=f"batch of that step (default {defaults.BATCH_SIZE}; on CPU the step is skipped unless this is given)",
+    )
+    parser.add_argument(
+        "--step-compile-backend",
+        default="inductor",
+        help="torch.compile backend of the compiled --resnet18-step variants; 'none' measures eager only",
     )
     parser.add_argument("--hot-path", action="store_true", help="syncs, graph breaks, eager vs compiled")
     parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend of --hot-path")
@@ -508,12 +591,9 @@ def main(argv: Optional[List[str]] = None) -> None:
         resnet = {"skipped": reason}
     elif args.resnet18_step:
         batch = defaults.BATCH_SIZE if args.resnet18_batch is None else args.resnet18_batch
-        resnet = bench_resnet18_step(device, batch, args.warmup, args.repeats)
-        print(
-            f"\nResNet-18 (CIFAR stem) BYOL-style step at B={resnet['batch_size']}: {resnet['resnet18_step_ms']:.1f} ms; "
-            f"PSL on both views (K=10, no queue): {resnet['psl_two_views_ms']:.2f} ms "
-            f"= {100 * resnet['psl_overhead_fraction']:.2f}% of the step"
-        )
+        backend = None if args.step_compile_backend == "none" else args.step_compile_backend
+        resnet = bench_resnet18_step(device, batch, args.warmup, args.repeats, backend)
+        print("\n" + format_resnet18_step(resnet))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     result = {
         "machine": info,
