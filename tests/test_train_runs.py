@@ -425,8 +425,8 @@ def test_sigterm_and_sigint_keep_the_checkpoint_and_print_the_real_resume_comman
     assert process.returncode == 128 + signal.SIGTERM == 143, err
     assert err.strip().splitlines()[-1].endswith(f"continue with: propos-train --resume {run_dir}"), err
     assert "SIGTERM" in err and "Traceback" not in err
-    epoch = load_checkpoint(run_dir)["epoch"]
-    assert 1 <= epoch < 40
+    first = load_checkpoint(run_dir)
+    assert 1 <= first["epoch"] < 40
 
     before = (run_dir / "checkpoint.pt").stat().st_mtime_ns
     process = _start(["--resume", str(run_dir), "--quiet", "--no-plots"], tmp_path)
@@ -437,8 +437,8 @@ def test_sigterm_and_sigint_keep_the_checkpoint_and_print_the_real_resume_comman
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130, err
     assert f"continue with: propos-train --resume {run_dir}" in err and "Traceback" not in err
-    state = load_checkpoint(run_dir)  # a complete, verified checkpoint
-    assert epoch < state["epoch"] < 40
+    state = load_checkpoint(run_dir)  # a complete, verified checkpoint, further on
+    assert first["step"] < state["step"] and state["epoch"] < 40
     lines = (run_dir / "metrics.jsonl").read_bytes().splitlines(keepends=True)
     assert len(lines) >= state["log_lines"] and all(json.loads(line) for line in lines[: state["log_lines"]])
 

@@ -313,6 +313,7 @@ def _run(args: argparse.Namespace, progress: _Progress) -> int:
                         f"cannot change {key} when resuming (checkpoint has {getattr(saved, key)!r}, got {value!r}); "
                         f"only {list(_RESUMABLE_CHANGES)} may change"
                     )
+            progress.run_dir = run_dir
             if "output_dir" in overrides and Path(overrides["output_dir"]).resolve() != run_dir.resolve():
                 raise ConfigError(f"a resumed run continues in its own directory {str(run_dir)!r}; drop --output-dir")
             try:
@@ -344,7 +345,6 @@ def _run(args: argparse.Namespace, progress: _Progress) -> int:
                     except OutputDirError as exc:
                         error = exc
                 _agree(error)
-                progress.run_dir = run_dir
             if resume_state is not None and _is_complete(run_dir, resume_state):
                 if get_rank() == 0:
                     _plot_if_missing(run_dir, options, log)
@@ -420,23 +420,22 @@ def _plot_if_missing(run_dir: Path, options: Dict[str, Any], log: Any) -> None:
 
 
 def _interrupt_message(signum: int, progress: _Progress) -> str:
-    from propos_losses.train.trainer import CHECKPOINT_NAME
+    from propos_losses.train.trainer import CheckpointError, load_checkpoint
 
     name = signal.Signals(signum).name
     run_dir = progress.run_dir
     if run_dir is None:
         return f"propos-train: interrupted by {name} before the run directory was created; nothing was written"
     command = "propos-train --resume " + shlex.quote(str(run_dir))
-    saved = getattr(progress.trainer, "saved_epoch", None)
-    if saved is None and not (run_dir / CHECKPOINT_NAME).is_file():
+    try:  # what is on disk, whatever the moment of the signal
+        state = load_checkpoint(run_dir)
+    except CheckpointError:
         return f"propos-train: interrupted by {name} before the first checkpoint; start the run again with: {command}"
-    if saved is None:
-        return f"propos-train: interrupted by {name}; continue the run with: {command}"
-    if saved >= progress.epochs:
-        return (f"propos-train: interrupted by {name} after all {saved} epochs were saved; finish the evaluation "
-                f"with: {command}")
-    steps = getattr(progress.trainer, "saved_steps", 0)
-    where = f"{saved} of {progress.epochs} epochs" + (f" and {steps} steps of epoch {saved + 1}" if steps else "")
+    saved, epochs = state["epoch"], state["config"].get("epochs", progress.epochs)
+    if saved >= epochs:
+        return f"propos-train: interrupted by {name} after all {saved} epochs were saved; finish the run with: {command}"
+    steps = state["mid_epoch"]["index"] if isinstance(state.get("mid_epoch"), dict) else 0
+    where = f"{saved} of {epochs} epochs" + (f" and {steps} steps of epoch {saved + 1}" if steps else "")
     return f"propos-train: interrupted by {name}; {where} are saved; continue with: {command}"
 
 

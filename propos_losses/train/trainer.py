@@ -599,10 +599,6 @@ class Trainer:
         self.log_lines = 0
         #: Bytes of the metrics log written so far (rank 0), saved with the checkpoint.
         self.log_bytes = 0
-        #: Epoch of the last checkpoint written or resumed from (``None``: none yet).
-        self.saved_epoch: Optional[int] = None
-        #: Steps of the next epoch in the last checkpoint (0 unless it was written mid-epoch on a signal).
-        self.saved_steps = 0
         self._resumed = False
         # A stop requested (by a signal) while training steps run: honoured after the step in progress.
         self._stop_signal: Optional[int] = None
@@ -840,8 +836,6 @@ class Trainer:
             with open(log, "ab") as fh:
                 os.fsync(fh.fileno())
         atomic_write_bytes(self.output_dir / CHECKPOINT_NAME, _checkpoint_bytes(self._state(mid_epoch)))
-        self.saved_epoch = self.epoch
-        self.saved_steps = 0 if mid_epoch is None else int(mid_epoch["index"])
 
     def _restore(self, state: Dict[str, Any]) -> None:
         """Check that ``state`` belongs to this configuration and data, then load it (writes nothing)."""
@@ -907,8 +901,6 @@ class Trainer:
         self.pseudo_labels = labels.to(self.device)
         self.log_lines = int(state["log_lines"])
         self.log_bytes = int(log_bytes or 0)
-        self.saved_epoch = epoch
-        self.saved_steps = index
         self._resumed = True
 
     def _checked_log_length(self, keep_lines: int, keep_bytes: Optional[int]) -> int:
