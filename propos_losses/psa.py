@@ -19,9 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import itertools
 import weakref
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -42,7 +41,7 @@ def _expected_width(predictor: object) -> Optional[Tuple[int, str]]:
     if not isinstance(predictor, nn.Module):
         return None
     for name, module in predictor.named_modules():
-        if next(iter(module.children()), None) is not None:
+        if len(list(module.children())) > 0:
             continue  # a container: look at its first leaf
         if isinstance(module, nn.Linear) and not isinstance(module, nn.LazyLinear):
             return module.in_features, f"{type(module).__name__} {name or 'predictor'} (in_features)"
@@ -65,12 +64,30 @@ def _same_device(a: torch.device, b: torch.device) -> bool:
     return a.index is None or b.index is None or a.index == b.index
 
 
+def _submodules(module: nn.Module) -> List[nn.Module]:
+    """``module`` and its submodules in ``module.modules()`` order (pre-order), read from ``_modules``.
+
+    Not ``module.modules()`` itself: torch.compile traces this in every supported
+    release, ``named_modules`` only in recent ones.
+    """
+    order: List[nn.Module] = []
+    stack = [module]
+    while stack:
+        current = stack.pop()
+        order.append(current)
+        stack.extend(reversed([child for child in current._modules.values() if child is not None]))
+    return order
+
+
 def _module_dtype(module: Callable[[Tensor], Tensor]) -> Optional[torch.dtype]:
-    """Dtype of the first floating parameter or buffer of ``module`` (None for a plain callable)."""
+    """Dtype of the first floating parameter, else buffer, of ``module`` (None for a plain callable)."""
     if isinstance(module, nn.Module):
-        for tensor in itertools.chain(module.parameters(), module.buffers()):
-            if tensor.is_floating_point():
-                return tensor.dtype
+        modules = _submodules(module)
+        for kind in ("_parameters", "_buffers"):
+            for current in modules:
+                for tensor in getattr(current, kind).values():
+                    if tensor is not None and tensor.is_floating_point():
+                        return tensor.dtype
     return None
 
 
@@ -141,7 +158,9 @@ def positive_sampling_alignment(
         raise ValueError("online_projection must hold at least one sample, got an empty batch")
     if not callable(predictor):
         raise TypeError(f"predictor must be callable (an nn.Module), got {type(predictor).__name__}")
-    expected = _expected_width(predictor)
+    # Skipped inside torch.compile (module traversal is not traceable in every release): a width
+    # mismatch then fails inside the predictor, as any shape error of compiled code does.
+    expected = None if torch.compiler.is_compiling() else _expected_width(predictor)
     if expected is not None and expected[0] != online_projection.shape[1]:
         raise ValueError(
             f"online_projection has width {online_projection.shape[1]} but the predictor's first layer, "

@@ -111,9 +111,26 @@ class PSLTerms(NamedTuple):
     num_active: Tensor
 
 
+def _autocast_supported(device_type: str) -> bool:
+    """Whether ``torch.is_autocast_enabled(device_type)`` can be asked (it raises for e.g. ``"meta"``)."""
+    try:
+        torch.is_autocast_enabled(device_type)
+    except RuntimeError:
+        return False
+    return True
+
+
+# Answered once per device type, outside any torch.compile trace: the query itself is not
+# traceable in every torch release (a graph break in 2.4), a lookup in this dict is.
+_AUTOCAST_SUPPORTED = {t: _autocast_supported(t) for t in ("cpu", "cuda", "xpu", "mps", "hpu", "meta")}
+
+
 def _no_autocast(device: torch.device) -> ContextManager[object]:
-    """Context that disables autocast on ``device`` (a no-op where autocast does not exist)."""
-    if torch.amp.is_autocast_available(device.type):
+    """Context that disables autocast on ``device`` where it is on (a no-op elsewhere)."""
+    supported = _AUTOCAST_SUPPORTED.get(device.type)
+    if supported is None:
+        supported = _AUTOCAST_SUPPORTED.setdefault(device.type, _autocast_supported(device.type))
+    if supported and torch.is_autocast_enabled(device.type):
         return torch.autocast(device_type=device.type, enabled=False)
     return contextlib.nullcontext()
 
