@@ -106,17 +106,26 @@ def all_reduce_sum(tensor: Tensor, group: Optional[ProcessGroup] = None) -> Tens
         The element-wise sum of ``tensor`` over all ranks, a new tensor that
         carries gradient: its backward sums the incoming gradients over ranks.
     """
+    return _apply_across_ranks(_AllReduceSum, tensor, group)
+
+
+def _apply_across_ranks(function: Any, tensor: Tensor, group: Optional[ProcessGroup]) -> Tensor:
+    """``function.apply(tensor, group)`` (a collective autograd function) or, without a process group, ``tensor``."""
     if not is_distributed(group):
         return tensor
-    result: Tensor = _AllReduceSum.apply(tensor, group)  # type: ignore[no-untyped-call]
+    result: Tensor = function.apply(tensor, group)
     return result
+
+
+def _all_reduce_(tensor: Tensor, op: Any, group: Optional[ProcessGroup]) -> Tensor:
+    if is_distributed(group):
+        dist.all_reduce(tensor, op=op, group=group)
+    return tensor
 
 
 def all_reduce_sum_(tensor: Tensor, group: Optional[ProcessGroup] = None) -> Tensor:
     """In-place, gradient-free sum over ranks (for counts and statistics)."""
-    if is_distributed(group):
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=group)
-    return tensor
+    return _all_reduce_(tensor, dist.ReduceOp.SUM, group)
 
 
 def broadcast_(tensor: Tensor, src: int = 0, group: Optional[ProcessGroup] = None) -> Tensor:
@@ -187,17 +196,12 @@ def all_gather_cat_autograd(tensor: Tensor, group: Optional[ProcessGroup] = None
     (no ``1 / world_size`` scaling, unlike a gather whose backward keeps only
     the local slice).
     """
-    if not is_distributed(group):
-        return tensor
-    result: Tensor = _AllGatherCat.apply(tensor, group)  # type: ignore[no-untyped-call]
-    return result
+    return _apply_across_ranks(_AllGatherCat, tensor, group)
 
 
 def all_reduce_max_(tensor: Tensor, group: Optional[ProcessGroup] = None) -> Tensor:
     """In-place, gradient-free element-wise maximum over ranks; a no-op without a process group."""
-    if is_distributed(group):
-        dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=group)
-    return tensor
+    return _all_reduce_(tensor, dist.ReduceOp.MAX, group)
 
 
 _T = TypeVar("_T")

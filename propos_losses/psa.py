@@ -85,7 +85,8 @@ def _module_dtype(module: Callable[[Tensor], Tensor]) -> Optional[torch.dtype]:
         modules = _submodules(module)
         for kind in ("_parameters", "_buffers"):
             for current in modules:
-                for tensor in getattr(current, kind).values():
+                tensors: Dict[str, Optional[Tensor]] = getattr(current, kind)
+                for tensor in tensors.values():
                     if tensor is not None and tensor.is_floating_point():
                         return tensor.dtype
     return None
