@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -14,6 +15,8 @@ from propos_losses.train.augment import (
     AUGMENTATION_KINDS,
     AUGMENTATION_PRESETS,
     Augmentation,
+    _blur_matrix,
+    _dilate3x3,
     _hsv_to_rgb,
     _rgb_to_hsv,
     build_augmentation,
@@ -283,6 +286,60 @@ def test_elastic_distortion_is_smooth_local_and_bounded() -> None:
     assert float(field.abs().max()) <= alpha and float(field.abs().max()) > 0.05
     assert float((field[:, 1:] - field[:, :-1]).abs().max()) < 0.5 * float(field.abs().max())
     assert not torch.allclose(out, batch)
+
+
+@pytest.mark.parametrize(("size", "sigma"), [(28, 3.0), (8, 0.5), (7, 3.0), (5, 3.0), (1, 1.0)])
+def test_elastic_blur_is_a_gaussian_convolution_with_reflect_or_replicate_padding(size: int, sigma: float) -> None:
+    # Float64 oracle written from the definition: taps at offsets -r..r, reflect padding about the
+    # edge pixels while the radius is below the size, the edge pixel repeated otherwise.
+    radius = max(1, math.ceil(2.0 * sigma))
+    weights = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    weights /= weights.sum()
+    x = np.random.default_rng(0).uniform(-1.0, 1.0, size)
+
+    def padded(index: int) -> float:
+        if radius >= size:
+            return float(x[min(max(index, 0), size - 1)])
+        if index < 0:
+            index = -index
+        if index > size - 1:
+            index = 2 * (size - 1) - index
+        return float(x[index])
+
+    expected = [sum(w * padded(i + k - radius) for k, w in enumerate(weights)) for i in range(size)]
+
+    blurred = _blur_matrix(size, sigma, torch.device("cpu")) @ torch.from_numpy(x).float()
+
+    np.testing.assert_allclose(blurred.numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_elastic_blur_of_each_axis_equals_the_padded_convolution_it_replaced() -> None:
+    # The blur was two F.conv2d calls on reflect-padded noise; the matrix form must give the same field.
+    size, sigma = 28, 3.0
+    noise = torch.rand(4, 1, size, size, generator=generator()) * 2.0 - 1.0
+    radius = max(1, math.ceil(2.0 * sigma))
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    conv, pad = torch.nn.functional.conv2d, torch.nn.functional.pad
+    smooth = conv(pad(noise, (radius, radius, 0, 0), mode="reflect"), kernel.view(1, 1, 1, -1))
+    smooth = conv(pad(smooth, (0, 0, radius, radius), mode="reflect"), kernel.view(1, 1, -1, 1))
+
+    blur = _blur_matrix(size, sigma, torch.device("cpu"))
+
+    torch.testing.assert_close(blur @ noise[:, 0] @ blur.T, smooth[:, 0], rtol=0.0, atol=1e-6)
+
+
+@given(
+    height=st.integers(1, 9),
+    width=st.integers(1, 9),
+    seed=st.integers(0, 2**31 - 1),
+)
+@settings(max_examples=30, deadline=None)
+def test_stroke_dilation_equals_3x3_max_pooling_exactly(height: int, width: int, seed: int) -> None:
+    batch = torch.randn(3, 2, height, width, generator=torch.Generator().manual_seed(seed))
+
+    assert torch.equal(_dilate3x3(batch), torch.nn.functional.max_pool2d(batch, 3, stride=1, padding=1))
 
 
 def test_stroke_thickness_dilates_or_thins_each_sample() -> None:

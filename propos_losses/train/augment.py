@@ -167,6 +167,38 @@ def _hsv_to_rgb(images: Tensor) -> Tensor:
     return table.gather(-3, index).squeeze(-3)
 
 
+def _blur_matrix(size: int, sigma: float, device: torch.device) -> Tensor:
+    """``(size, size)`` matrix of a 1-D Gaussian blur with reflect padding (replicate when the kernel is wider).
+
+    ``blur @ x`` equals ``F.conv1d`` of ``x`` padded by ``radius = max(1, ceil(2 sigma))``
+    along its first axis, with the normalised kernel ``exp(-offset^2 / (2 sigma^2))``.
+    """
+    radius = max(1, int(math.ceil(2.0 * sigma)))
+    offsets = torch.arange(-radius, radius + 1, device=device)
+    kernel = torch.exp(-0.5 * (offsets.to(torch.float32) / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    # Input row that each tap of each output row reads, after padding.
+    source = torch.arange(size, device=device).unsqueeze(1) + offsets
+    if radius < size:  # reflect about the edge pixels (one reflection suffices)
+        source = torch.where(source < 0, -source, source)
+        source = torch.where(source > size - 1, 2 * (size - 1) - source, source)
+    else:
+        source = source.clamp(0, size - 1)
+    blur = torch.zeros(size, size, device=device)
+    return blur.scatter_add_(1, source, kernel.expand(size, -1).contiguous())
+
+
+def _dilate3x3(images: Tensor) -> Tensor:
+    """3x3 grey-level dilation, equal to ``F.max_pool2d(images, 3, stride=1, padding=1)``.
+
+    As the maximum of shifted copies, separable (rows, then columns): a few
+    element-wise maxima instead of max-pooling with indices (~10x faster on a CPU).
+    """
+    padded = F.pad(images, (1, 1, 1, 1), value=-math.inf)
+    rows = torch.maximum(torch.maximum(padded[..., :, :-2], padded[..., :, 1:-1]), padded[..., :, 2:])
+    return torch.maximum(torch.maximum(rows[..., :-2, :], rows[..., 1:-1, :]), rows[..., 2:, :])
+
+
 class Augmentation(nn.Module):
     """Random augmentation of an image batch, each sample with its own parameters.
 
@@ -351,15 +383,11 @@ class Augmentation(nn.Module):
         standard deviation ``elastic_sigma`` pixels and scaled by ``elastic_alpha`` pixels.
         """
         size = self.image_size
-        noise = self._uniform(-1.0, 1.0, (batch * 2, 1, size, size), generator, device)
-        radius = max(1, int(math.ceil(2.0 * self.elastic_sigma)))
-        offsets = torch.arange(-radius, radius + 1, device=device, dtype=torch.float32)
-        kernel = torch.exp(-0.5 * (offsets / self.elastic_sigma) ** 2)
-        kernel = kernel / kernel.sum()
-        # Separable blur; reflect padding needs radius < size.
-        mode = "reflect" if radius < size else "replicate"
-        smooth = F.conv2d(F.pad(noise, (radius, radius, 0, 0), mode=mode), kernel.view(1, 1, 1, -1))
-        smooth = F.conv2d(F.pad(smooth, (0, 0, radius, radius), mode=mode), kernel.view(1, 1, -1, 1))
+        noise = self._uniform(-1.0, 1.0, (batch * 2, size, size), generator, device)
+        # The separable blur as two matrix products, blur @ noise @ blur^T: the same sums as a
+        # padded 1-D convolution along each axis, ~20x faster on a CPU than F.conv2d with one channel.
+        blur = _blur_matrix(size, self.elastic_sigma, device)
+        smooth = torch.matmul(torch.matmul(blur, noise), blur.T)
         # alpha pixels are 2 * alpha / size in normalised coordinates.
         return smooth.view(batch, 2, size, size).permute(0, 2, 3, 1) * (2.0 * self.elastic_alpha / size)
 
@@ -463,7 +491,7 @@ class Augmentation(nn.Module):
             # squared intensities (fades the anti-aliased stroke edges; a 3x3 erosion
             # would erase the 1-2 pixel strokes of 28x28 digits).
             draw = torch.rand(batch, generator=generator, device=device)
-            dilated = F.max_pool2d(work, 3, stride=1, padding=1)
+            dilated = _dilate3x3(work)
             eroded = work.clamp(0.0, 1.0).square()
             work = torch.where((draw < self.stroke_p / 2).view(batch, 1, 1, 1), dilated, work)
             work = torch.where(((draw >= self.stroke_p / 2) & (draw < self.stroke_p)).view(batch, 1, 1, 1), eroded, work)
