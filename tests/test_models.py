@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from propos_losses.train.models import BACKBONE_NAMES, CifarResNet, SmallCNN, build_backbone, mlp_head
+from propos_losses.train.models import BACKBONE_NAMES, CifarResNet, FlatCNN, SmallCNN, build_backbone, mlp_head
 
 
 def conv_params(in_channels: int, out_channels: int, kernel: int) -> int:
@@ -51,6 +51,7 @@ def test_backbone_maps_images_to_feature_dim_vectors(name: str, channels: int, s
 
 
 def test_feature_dims_are_256_for_the_small_cnn_and_512_for_resnets() -> None:
+    assert build_backbone("tiny_cnn", 1, 8)[1] == 128
     assert build_backbone("small_cnn", 1, 28)[1] == 256
     assert build_backbone("resnet18", 3, 32)[1] == 512
     assert build_backbone("resnet34", 3, 32)[1] == 512
@@ -92,6 +93,67 @@ def test_small_cnn_is_much_smaller_than_resnet18() -> None:
     small, _ = build_backbone("small_cnn", 1, 28)
     resnet, _ = build_backbone("resnet18", 1, 28)
     assert count(small) < count(resnet) / 10
+
+
+def test_tiny_cnn_is_the_small_cnn_at_half_width_where_the_map_is_4x4() -> None:
+    tiny, _ = build_backbone("tiny_cnn", 1, 8)
+    small, _ = build_backbone("small_cnn", 1, 8)
+    widths = [block[0].out_channels for block in tiny.features]
+    assert widths == [32, 64, 64, 128]
+    assert tiny.features(torch.rand(2, 1, 8, 8)).shape == (2, 128, 4, 4)
+    # The last two blocks hold most of the work: the parameters of 3x3 convolutions count it.
+    expected = conv_params(1, 32, 3) + conv_params(32, 64, 3) + conv_params(64, 64, 3) + conv_params(64, 128, 3)
+    expected += sum(bn_params(width) for width in widths)
+    assert count(tiny) == expected and count(tiny) < count(small) / 2.5
+
+
+def flat_cnn_pair() -> tuple[FlatCNN, FlatCNN]:
+    torch.manual_seed(0)
+    channels_last = FlatCNN(1, 28)
+    contiguous = FlatCNN(1, 28, memory_format=torch.contiguous_format)
+    contiguous.load_state_dict(channels_last.state_dict())
+    return channels_last, contiguous
+
+
+def test_flat_cnn_keeps_its_feature_maps_channels_last_by_default() -> None:
+    channels_last, contiguous = flat_cnn_pair()
+    weight = channels_last.features[1][0].weight  # (64, 32, 3, 3): the two layouts differ
+    assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+    assert contiguous.features[1][0].weight.is_contiguous()
+    maps = channels_last.features(torch.rand(2, 1, 28, 28).contiguous(memory_format=torch.channels_last))
+    assert maps.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_flat_cnn_memory_format_changes_speed_not_results() -> None:
+    channels_last, contiguous = flat_cnn_pair()
+    images = torch.rand(8, 1, 28, 28)
+
+    outputs = [model(images) for model in (channels_last, contiguous)]
+    for output in outputs:
+        output.square().sum().backward()
+
+    # Same flattened (C, H, W) order into the Linear: equal features and gradients up to rounding.
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-4, atol=1e-5)
+    for first, second in zip(channels_last.parameters(), contiguous.parameters()):
+        assert first.grad is not None and second.grad is not None
+        torch.testing.assert_close(first.grad, second.grad, rtol=1e-3, atol=1e-4)
+    channels_last.eval(), contiguous.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(channels_last(images), contiguous(images), rtol=1e-4, atol=1e-5)
+
+
+def test_flat_cnn_state_dict_round_trips_bit_exactly_across_memory_formats() -> None:
+    channels_last, contiguous = flat_cnn_pair()
+    restored = FlatCNN(1, 28)
+    restored.load_state_dict(contiguous.state_dict())
+    for name, tensor in channels_last.state_dict().items():
+        assert torch.equal(restored.state_dict()[name], tensor), name
+    assert restored.features[1][0].weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_flat_cnn_rejects_an_unknown_memory_format() -> None:
+    with pytest.raises(ValueError, match="memory_format must be torch.channels_last or torch.contiguous_format"):
+        FlatCNN(1, 28, memory_format=torch.preserve_format)
 
 
 @pytest.mark.parametrize("name", BACKBONE_NAMES)
@@ -164,7 +226,7 @@ def test_mlp_head_in_train_mode_rejects_a_batch_of_one() -> None:
 @pytest.mark.parametrize(
     ("call", "error", "message"),
     [
-        (lambda: build_backbone("vgg", 3, 32), ValueError, "name must be one of small_cnn, flat_cnn, resnet18, resnet34, got 'vgg'"),
+        (lambda: build_backbone("vgg", 3, 32), ValueError, "name must be one of tiny_cnn, small_cnn, flat_cnn, resnet18, resnet34, got 'vgg'"),
         (lambda: build_backbone("resnet18", 0, 32), ValueError, "in_channels must be >= 1, got 0"),
         (lambda: build_backbone("small_cnn", 1, 2.5), TypeError, "image_size must be an int"),
         (lambda: mlp_head(16, 0, 8), ValueError, "hidden_dim must be >= 1, got 0"),

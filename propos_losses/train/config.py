@@ -56,7 +56,7 @@ PSL_STARTS: Tuple[str, ...] = ("warmup", "auto")
 TARGET_BUFFERS: Tuple[str, ...] = ("none", "copy", "ema")
 AUGMENTATIONS: Tuple[str, ...] = ("digits", "mnist", "color")
 DATASETS: Tuple[str, ...] = ("digits", "mnist", "cifar10", "cifar20", "folder")
-BACKBONES: Tuple[str, ...] = ("small_cnn", "flat_cnn", "resnet18", "resnet34")
+BACKBONES: Tuple[str, ...] = ("tiny_cnn", "small_cnn", "flat_cnn", "resnet18", "resnet34")
 
 
 class ConfigError(ValueError):
