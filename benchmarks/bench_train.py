@@ -22,6 +22,14 @@ Experiments (each writes ``benchmarks/results/bench_train_<name>.json`` and prin
   the previous E-step's centres (``warm``): E-step k-means seconds, pseudo-label
   NMI against the true labels and against a cold run on the same features,
   final NMI; digits, or MNIST with ``--data-dir``.
+* ``throughput``: seconds per epoch and in total, side by side: the variants
+  (``--compare NAME=JSON`` settings over the preset, e.g. the old backbone) are
+  trained in one process, *interleaved epoch by epoch*, so that the load of
+  other jobs on a shared machine falls on all of them alike. Per variant and
+  seed: wall and process-CPU seconds of the training epochs, of the E-steps
+  and evaluations and of the whole run, the final NMI/ACC, and the contention
+  (load average, CPU seconds other processes used meanwhile). ``--set
+  epochs=N`` or ``max_samples=N`` caps a run (MNIST timing).
 * ``summary``: no training; groups every run in ``results/bench_train_*.json``
   by its resolved configuration and writes ``bench_train_summary.json``
   (experiments split over several processes, e.g. one per seed, end up in one table).
@@ -35,6 +43,8 @@ Usage::
     python benchmarks/bench_train.py buffers --seeds 0 1 2 --threads 1
     python benchmarks/bench_train.py buffers --data-dir ../shared/data/mnist --set max_samples=10000 --epochs 10 --tag mnist
     python benchmarks/bench_train.py psl-start --seeds 0 1 2 --threads 1
+    python benchmarks/bench_train.py throughput --seeds 0 --threads 1 --compare 'small_cnn={"backbone": "small_cnn"}'
+    python benchmarks/bench_train.py throughput --data-dir ../shared/data/mnist --threads 1 --set max_samples=14000 epochs=2 --tag mnist
 
 Figures depend on the machine only through time; the metrics are deterministic
 for a seed on CPU (``torch.set_num_threads`` does not change them beyond
@@ -245,6 +255,74 @@ def summary() -> int:
     return 0
 
 
+def busy_cpu_seconds() -> float:
+    """CPU seconds all processes of the machine have been busy since boot (``/proc/stat``; NaN elsewhere)."""
+    try:
+        with open("/proc/stat") as handle:
+            fields = handle.readline().split()[1:]
+    except OSError:
+        return float("nan")
+    # user nice system idle iowait irq softirq steal: everything but idle and iowait is busy.
+    busy = sum(int(v) for i, v in enumerate(fields[:8]) if i not in (3, 4))
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def throughput(preset: str, variants: Dict[str, Dict[str, Any]], seeds: Sequence[int], dataset: Any) -> List[Dict[str, Any]]:
+    """Train every variant of every seed, interleaved epoch by epoch; time each epoch of each run."""
+    runs: List[Dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in seeds:
+            for name, overrides in variants.items():
+                config = resolve_config(preset, overrides={"device": "cpu", **overrides, "seed": seed})
+                run_dir = Path(tmp) / f"{name}_seed{seed}"
+                run_dir.mkdir()
+                trainer = Trainer(config, run_dir, dataset=dataset, log=lambda message: None)
+                runs.append({"variant": name, "seed": seed, "overrides": overrides, "config": config_to_dict(config),
+                             "trainer": trainer, "dir": run_dir, "wall_s": 0.0, "cpu_s": 0.0, "other_cpu_s": 0.0,
+                             "load": []})
+        epochs = max(run["config"]["epochs"] for run in runs)
+        for epoch in range(1, epochs + 1):
+            for run in runs:
+                if epoch > run["config"]["epochs"]:
+                    continue
+                wall, cpu, busy = time.perf_counter(), time.process_time(), busy_cpu_seconds()
+                result = run["trainer"].fit(stop_after=epoch)
+                cpu = time.process_time() - cpu
+                run["wall_s"] += time.perf_counter() - wall
+                run["cpu_s"] += cpu
+                run["other_cpu_s"] += max(0.0, busy_cpu_seconds() - busy - cpu)
+                run["load"].append(os.getloadavg()[0])
+                if result["final"] is not None:
+                    run["final"] = result["final"]
+            print(f"  epoch {epoch}/{epochs}: " + "  ".join(
+                f"{run['variant']}/{run['seed']} {run['wall_s']:.0f} s" for run in runs), flush=True)
+        rows = []
+        for run in runs:
+            records = [json.loads(line) for line in open(run["dir"] / "metrics.jsonl")]
+            train = [r["time_s"] for r in records if r["event"] == "epoch"]
+            evaluation = [r["time_s"] for r in records if r["event"] in ("estep", "eval", "final")]
+            final = run.get("final", {})
+            rows.append({
+                **{k: run[k] for k in ("variant", "seed", "overrides", "config", "wall_s", "cpu_s", "other_cpu_s")},
+                "epochs": len(train),
+                "train_s_per_epoch": statistics.fmean(train),
+                "train_s_per_epoch_min": min(train),
+                "estep_eval_s_total": sum(evaluation),
+                "load_mean": statistics.fmean(run["load"]),
+                "final": {k: final[k] for k in ("backbone_nmi", "backbone_acc", "projector_nmi", "projector_acc")
+                          if k in final},
+            })
+    print(f"{'variant':<16}{'seed':>5}{'epochs':>7}{'train s/ep':>11}{'min s/ep':>9}{'E/eval s':>9}{'wall s':>8}"
+          f"{'cpu s':>8}{'other s':>8}{'load':>6}{'bb NMI':>8}{'bb ACC':>8}")
+    for row in rows:
+        f = row["final"]
+        print(f"{row['variant']:<16}{row['seed']:>5}{row['epochs']:>7}{row['train_s_per_epoch']:>11.2f}"
+              f"{row['train_s_per_epoch_min']:>9.2f}{row['estep_eval_s_total']:>9.1f}{row['wall_s']:>8.0f}"
+              f"{row['cpu_s']:>8.0f}{row['other_cpu_s']:>8.0f}{row['load_mean']:>6.2f}"
+              f"{f.get('backbone_nmi', float('nan')):>8.4f}{f.get('backbone_acc', float('nan')):>8.4f}")
+    return rows
+
+
 def _environment() -> Dict[str, Any]:
     return {
         "torch": torch.__version__,
@@ -258,7 +336,8 @@ def _environment() -> Dict[str, Any]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("experiment", choices=("digits", "sweep", "mnist", "mnist-raw", "buffers", "psl-start", "estep-init", "summary"))
+    parser.add_argument("experiment", choices=("digits", "sweep", "mnist", "mnist-raw", "buffers", "psl-start", "estep-init", "throughput",
+                                                   "summary"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--data-dir", default=None, help="MNIST IDX directory (mnist experiment)")
     parser.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
@@ -268,6 +347,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                         help="extra settings for every run (JSON values), e.g. lambda_psl=0.1")
     parser.add_argument("--variants", nargs="+", default=None, help="sweep: run only these variants")
+    parser.add_argument("--compare", nargs="+", default=[], metavar="NAME=JSON",
+                        help='throughput: variants besides the preset, e.g. small_cnn=\'{"backbone": "small_cnn"}\'')
     parser.add_argument("--keep-runs", default=None, help="keep each run's output directory under this folder")
     args = parser.parse_args(argv)
     if args.experiment == "summary":
@@ -281,7 +362,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         extra[key] = json.loads(value)
     result: Dict[str, Any] = {"experiment": args.experiment, "seeds": args.seeds, "environment": _environment()}
 
-    if args.experiment == "digits":
+    if args.experiment == "throughput":
+        preset = "mnist" if args.data_dir else "digits"
+        if args.data_dir:
+            extra["data_dir"] = args.data_dir
+        dataset = load_dataset(preset, args.data_dir, max_samples=extra.get("max_samples"))
+        variants = {"preset": dict(extra)}
+        for item in args.compare:
+            name, _, value = item.partition("=")
+            variants[name] = {**extra, **json.loads(value)}
+        result["throughput"] = throughput(preset, variants, args.seeds, dataset)
+        result["rows"] = []
+    elif args.experiment == "digits":
         dataset = load_dataset("digits")
         result["raw_kmeans"] = _raw_kmeans_summary(dataset, args.seeds)
         variants = {method: {**extra, "method": method} for method in args.methods}
