@@ -95,15 +95,24 @@ def _rescale_weights(weights: Tensor, scale: Tensor, dtype: torch.dtype) -> Tens
 
 def _cluster_sums(features: Tensor, assignments: Tensor, num_clusters: int) -> Tuple[Tensor, Tensor]:
     """Unchecked core of :func:`cluster_sums` (callers validate first)."""
+    return _sums_only(features, assignments, num_clusters), _counts(features, assignments, num_clusters)
+
+
+def _sums_only(features: Tensor, assignments: Tensor, num_clusters: int) -> Tensor:
+    """The ``(K, d)`` sums of :func:`_cluster_sums` without the counts."""
     if assignments.dim() == 1:
-        index = assignments.long()
-        sums = features.new_zeros((num_clusters, features.shape[1])).index_add(0, index, features)
+        return features.new_zeros((num_clusters, features.shape[1])).index_add(0, assignments.long(), features)
+    return assignments.to(features.dtype).t() @ features
+
+
+def _counts(features: Tensor, assignments: Tensor, num_clusters: int) -> Tensor:
+    """The ``(K,)`` total weights of :func:`_cluster_sums`, in ``features``' dtype and device."""
+    if assignments.dim() == 1:
         # index_add rather than bincount: a fixed (K,) output shape (bincount's depends on the data,
         # which breaks torch.compile graphs); integer counts are exact in float up to 2**24.
-        counts = features.new_zeros(num_clusters).index_add(0, index, features.new_ones(index.shape[0]))
-        return sums, counts
-    weights = assignments.to(features.dtype)
-    return weights.t() @ features, weights.sum(dim=0)
+        index = assignments.long()
+        return features.new_zeros(num_clusters).index_add(0, index, features.new_ones(index.shape[0]))
+    return assignments.to(features.dtype).sum(dim=0)
 
 
 def _as_assignments(assignments: object, device: torch.device) -> object:

@@ -77,6 +77,7 @@ from propos_losses.prototypes import (
     _as_assignments,
     _check_assignments,
     _cluster_sums,
+    _sums_only,
     _rescale_weights,
     _weight_scale,
     normalize_features,
@@ -313,7 +314,7 @@ def _psl(
             scale = all_reduce_max_(_weight_scale(assignments))
             assignments = _rescale_weights(assignments, scale, dtype)
         online_sums, counts = _cluster_sums(z_online, assignments, num_clusters)
-        target_sums, _ = _cluster_sums(z_target, assignments, num_clusters)
+        target_sums = _sums_only(z_target, assignments, num_clusters)
         # Differentiable all-reduce for the online side (its backward sums gradients over ranks);
         # one gradient-free all-reduce for target sums and counts together.
         online_sums = all_reduce_sum(online_sums)
