@@ -368,6 +368,7 @@ def _run(args: argparse.Namespace, progress: _Progress) -> int:
                             exclusive_name=explicit,
                         )
                         claimed = str(claimed_dir)
+                        progress.run_dir = claimed_dir
                     except OutputDirError as exc:
                         error = exc
                 _agree(error)
@@ -401,7 +402,8 @@ def _run(args: argparse.Namespace, progress: _Progress) -> int:
             if distributed:
                 torch.distributed.destroy_process_group()
     except (ConfigError, DatasetError, CheckpointError, OutputDirError, _UserError) as exc:
-        print(f"propos-train: error: {exc}", file=sys.stderr)
+        message = " ".join(str(exc).split())  # one line, whatever the exception's text holds
+        print(f"propos-train: error: {message}", file=sys.stderr)
         return EXIT_USER_ERROR
     finally:
         if lock is not None:

@@ -314,11 +314,13 @@ def claim_run_dir(
             if exclusive_name:
                 raise OutputDirError(taken) from None
             continue
-        except OSError as exc:
+        except BaseException as exc:  # disk full, a signal: leave no empty directory behind
             lock.release()
             if created:
                 _rmdir_quietly(candidate)
-            raise OutputDirError(f"cannot write {str(candidate / CONFIG_NAME)!r}: {exc.strerror or exc}") from None
+            if isinstance(exc, OSError):
+                raise OutputDirError(f"cannot write {str(candidate / CONFIG_NAME)!r}: {exc.strerror or exc}") from None
+            raise
         return candidate, lock
     raise OutputDirError(f"no free run directory name {str(path)!r}-2 .. -{_MAX_SUFFIX}")
 

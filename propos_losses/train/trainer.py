@@ -21,7 +21,12 @@ Everything that makes a run is saved atomically at the end of every epoch in
 ``checkpoint.pt`` (networks, optimizer, schedule step, momentum step, queue,
 pseudo-labels, RNG states, the length of the metrics log), so that
 ``--resume`` continues bit-for-bit on CPU. Random streams are derived from
-``(seed, epoch, rank)`` so that a resumed run draws the same numbers.
+``(seed, epoch, rank)`` so that a resumed run draws the same numbers. The
+checkpoint carries the SHA-256 of its content and fingerprints of the data and
+the settings (:func:`load_checkpoint` and resumption refuse anything else); the
+metrics log is synced before it, and cut back to the length it records on
+resume. A stop requested between two training steps (:meth:`Trainer.request_stop`,
+SIGINT/SIGTERM in ``propos-train``) checkpoints the epoch in progress.
 
 Under ``torchrun`` the global batch ``batch_size`` is split evenly over the
 processes, the online network is wrapped in
