@@ -27,7 +27,8 @@ Experiments (each writes ``benchmarks/results/bench_train_<name>.json`` and prin
   trained in one process, *interleaved epoch by epoch*, so that the load of
   other jobs on a shared machine falls on all of them alike. Per variant and
   seed: wall and process-CPU seconds of the training epochs, of the E-steps
-  and evaluations and of the whole run, the final NMI/ACC, and the contention
+  and evaluations (CPU seconds are what to compare on a busy machine) and of
+  the whole run, the final NMI/ACC, and the contention
   (load average, CPU seconds other processes used meanwhile). ``--set
   epochs=N`` or ``max_samples=N`` caps a run (MNIST timing).
 * ``summary``: no training; groups every run in ``results/bench_train_*.json``
@@ -267,6 +268,20 @@ def busy_cpu_seconds() -> float:
     return busy / os.sysconf("SC_CLK_TCK")
 
 
+def _time_cpu(trainer: Any, method: str, into: List[float]) -> None:
+    """Wrap ``trainer.<method>`` so that each call appends its process-CPU seconds to ``into``."""
+    inner = getattr(trainer, method)
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        begin = time.process_time()
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            into.append(time.process_time() - begin)
+
+    setattr(trainer, method, timed)
+
+
 def throughput(preset: str, variants: Dict[str, Dict[str, Any]], seeds: Sequence[int], dataset: Any) -> List[Dict[str, Any]]:
     """Train every variant of every seed, interleaved epoch by epoch; time each epoch of each run."""
     runs: List[Dict[str, Any]] = []
@@ -277,9 +292,13 @@ def throughput(preset: str, variants: Dict[str, Dict[str, Any]], seeds: Sequence
                 run_dir = Path(tmp) / f"{name}_seed{seed}"
                 run_dir.mkdir()
                 trainer = Trainer(config, run_dir, dataset=dataset, log=lambda message: None)
-                runs.append({"variant": name, "seed": seed, "overrides": overrides, "config": config_to_dict(config),
-                             "trainer": trainer, "dir": run_dir, "wall_s": 0.0, "cpu_s": 0.0, "other_cpu_s": 0.0,
-                             "load": []})
+                run = {"variant": name, "seed": seed, "overrides": overrides, "config": config_to_dict(config),
+                       "trainer": trainer, "dir": run_dir, "wall_s": 0.0, "cpu_s": 0.0, "other_cpu_s": 0.0,
+                       "load": [], "train_cpu_s": [], "estep_eval_cpu_s": []}
+                # Process-CPU seconds of each phase (robust to other jobs, unlike the log's wall seconds).
+                _time_cpu(trainer, "_train_epoch", run["train_cpu_s"])
+                _time_cpu(trainer, "_estep_and_evaluate", run["estep_eval_cpu_s"])
+                runs.append(run)
         epochs = max(run["config"]["epochs"] for run in runs)
         for epoch in range(1, epochs + 1):
             for run in runs:
@@ -308,16 +327,22 @@ def throughput(preset: str, variants: Dict[str, Dict[str, Any]], seeds: Sequence
                 "train_s_per_epoch": statistics.fmean(train),
                 "train_s_per_epoch_min": min(train),
                 "estep_eval_s_total": sum(evaluation),
+                "train_cpu_s_per_epoch": statistics.fmean(run["train_cpu_s"]),
+                "train_cpu_s": run["train_cpu_s"],
+                # Calls before the last are the E-steps (and evaluations) of the epochs; the last is the final one.
+                "estep_cpu_s_per_epoch": statistics.fmean(run["estep_eval_cpu_s"][:-1] or [float("nan")]),
+                "final_eval_cpu_s": run["estep_eval_cpu_s"][-1] if run["estep_eval_cpu_s"] else float("nan"),
                 "load_mean": statistics.fmean(run["load"]),
                 "final": {k: final[k] for k in ("backbone_nmi", "backbone_acc", "projector_nmi", "projector_acc")
                           if k in final},
             })
-    print(f"{'variant':<16}{'seed':>5}{'epochs':>7}{'train s/ep':>11}{'min s/ep':>9}{'E/eval s':>9}{'wall s':>8}"
-          f"{'cpu s':>8}{'other s':>8}{'load':>6}{'bb NMI':>8}{'bb ACC':>8}")
+    print(f"{'variant':<16}{'seed':>5}{'epochs':>7}{'train s/ep':>11}{'min s/ep':>9}{'cpu s/ep':>9}"
+          f"{'E cpu/ep':>9}{'E/eval s':>9}{'wall s':>8}{'cpu s':>8}{'other s':>8}{'load':>6}{'bb NMI':>8}{'bb ACC':>8}")
     for row in rows:
         f = row["final"]
         print(f"{row['variant']:<16}{row['seed']:>5}{row['epochs']:>7}{row['train_s_per_epoch']:>11.2f}"
-              f"{row['train_s_per_epoch_min']:>9.2f}{row['estep_eval_s_total']:>9.1f}{row['wall_s']:>8.0f}"
+              f"{row['train_s_per_epoch_min']:>9.2f}{row['train_cpu_s_per_epoch']:>9.2f}"
+              f"{row['estep_cpu_s_per_epoch']:>9.2f}{row['estep_eval_s_total']:>9.1f}{row['wall_s']:>8.0f}"
               f"{row['cpu_s']:>8.0f}{row['other_cpu_s']:>8.0f}{row['load_mean']:>6.2f}"
               f"{f.get('backbone_nmi', float('nan')):>8.4f}{f.get('backbone_acc', float('nan')):>8.4f}")
     return rows
