@@ -154,3 +154,16 @@ def test_a_stop_requested_between_steps_checkpoints_mid_epoch_and_resumes_bit_fo
         _assert_same_tensors(a[key], b[key], key)
     assert _log(straight) == _log(resumed)
     assert (straight / "assignments.csv").read_text() == (resumed / "assignments.csv").read_text()
+
+
+def test_a_checkpoint_of_format_1_without_digest_or_fingerprints_still_resumes(tmp_path):
+    old = tmp_path / "old"
+    assert main(TINY + ["--output-dir", str(old), "--stop-after", "1"]) == 0
+    state = load_checkpoint(old)
+    for key in ("path", "mid_epoch", "log_bytes", "data_sha256", "config_sha256"):
+        del state[key]
+    state["format"] = 1
+    torch.save(state, old / "checkpoint.pt")  # the 0.1 layout: the bare state
+    assert main(["--resume", str(old), "--quiet", "--no-plots"]) == 0
+    assert [r["event"] for r in _log(old)] == ["estep", "epoch", "estep", "epoch", "final"]
+    assert load_checkpoint(old)["format"] == 2
