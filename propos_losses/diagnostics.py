@@ -31,6 +31,7 @@ from torch import Tensor
 
 from propos_losses._validation import check_finite, check_float, check_int, check_tensor
 from propos_losses.metrics import LabelsLike, _as_labels
+from propos_losses.kmeans import _rescale_extreme_rows
 
 __all__ = [
     "cluster_size_stats",
@@ -116,10 +117,13 @@ def _compute_dtype(tensor: Tensor) -> torch.dtype:
 def _normalize_rows(features: Tensor) -> Tensor:
     """L2-normalise rows in the compute dtype; all-zero rows stay zero."""
     features = features.detach().to(_compute_dtype(features))
-    norms = torch.linalg.vector_norm(features, dim=1, keepdim=True)
+    norms = torch.linalg.vector_norm(features, dim=1)
+    # Rows whose squared norm under- or overflows (e.g. 1e-30 or 1e30 in float32) are divided by
+    # their largest entry first, as k-means does, so that they normalise to unit length too.
+    features, norms = _rescale_extreme_rows(features, norms)
     # Dividing by max(norm, tiny) leaves zero rows at zero instead of NaN,
     # without a magic epsilon that would distort small non-zero rows.
-    return features / norms.clamp_min(torch.finfo(features.dtype).tiny)
+    return features / norms.clamp_min(torch.finfo(features.dtype).tiny).unsqueeze(1)
 
 
 def _check_features(name: str, features: object) -> Tensor:

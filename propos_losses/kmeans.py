@@ -24,6 +24,14 @@ How it is computed (and why it is fast):
   iterations is a small fraction of the data.
 * A restart stops on its own (see *Stopping rule*); converged restarts are
   dropped from the batch so the remaining ones run faster.
+* The winner's iterations on every row re-examine only the rows whose label
+  can change: each row keeps a lower bound of its similarity to its own
+  centre and upper bounds of its similarity to the others (Elkan's bounds,
+  or Hamerly's single bound when ``N x K`` of them do not fit in
+  :data:`DEFAULT_CHUNK_BYTES`), moved by how far the centres moved
+  (``|x . c' - x . c| <= ||c' - c||`` for a unit ``x``). A skipped row
+  provably keeps its label, so the iterations are Lloyd's (up to the
+  rounding of near-ties) at a fraction of the cost once few rows move.
 * Initialisation is the greedy k-means++ of scikit-learn, batched over the
   restarts: ``2 + floor(ln K)`` candidates per step, sampled with probability
   proportional to ``D_i = 1 - max_j cos(x_i, c_j)``, keeping the candidate
@@ -38,41 +46,65 @@ update). A restart stops after iteration ``t >= 1`` when
     I_{t-1} - I_t <= tol * I_{t-1},
 
 i.e. when one more Lloyd step improved the objective by a relative amount of
-at most ``tol``, or after ``max_iter`` iterations. ``tol = 0`` runs until the
-objective stops decreasing (a fixed point). ``tol`` decides when a restart
-leaves the batch; the winning restart is then iterated alone (at ``1 / R`` of
-the batched cost per iteration) until its inertia stops decreasing (by more
-than a few ulps of the data dtype) or ``max_iter`` iterations in all, so the
-result is a converged partition. Unlike scikit-learn's centre
-shift relative to the data variance, this criterion does not depend on the
-dimension or scale of the data.
+at most ``tol``, or after ``max_iter`` iterations; a restart whose labels did
+not change in an iteration also stops (a fixed point). ``tol = 0`` runs until
+the objective stops decreasing. Unlike scikit-learn's centre shift relative
+to the data variance, this criterion does not depend on the dimension or
+scale of the data.
+
+What the result is: ``cluster_centers_`` are the normalised means of the
+labels of the last iteration, and ``labels_`` are computed afterwards from
+these centres, exactly as :meth:`SphericalKMeans.predict` computes them
+(``labels_ == predict(X)`` always; ``inertia_`` is their inertia). When the
+last iteration changed no label (always with ``tol = 0``, unless
+``max_iter`` cut the run) and no empty cluster had to be re-seeded, the two
+agree up to rows tied within rounding: the centres are the normalised means
+of ``labels_``, a fixed point of Lloyd's algorithm. Otherwise a few
+rows (those that the last, small improvement moved) may sit in a cluster
+whose centre was computed without them. Without subsampling, the winning
+restart is iterated alone after leaving the batch (at ``1 / R`` of the
+batched cost) until its inertia stops decreasing by more than a few ulps of
+the data dtype, so such rows are rare; with subsampled restarts the winner's
+full-data iterations stop on ``tol`` (measured: iterating on to the fixed
+point would cost about 3x more full-data iterations for a 0.02-0.1% lower
+inertia on MNIST).
 
 The best restart is the one with the lowest inertia of its final centres;
 restarts within a few ulps of it (the same optimum, summed in another order)
 count as tied and the first of them wins, so sharding cannot change the choice.
 
-Subsampled restarts (``sample_size``): when set and smaller than the number
-of rows, the initialisation and the batched Lloyd iterations of all restarts
-run on a uniform random subsample of about ``sample_size`` rows (drawn with
-the seeded generator; under ``torch.distributed`` every rank keeps
-``ceil(sample_size * N_rank / N)`` of its rows), the restart with the lowest
-inertia *on the subsample* wins, and only that one is then iterated on every
-row with the same ``tol`` and ``max_iter`` (``n_iter_`` and
-``inertia_history_`` count these full-data iterations). This cuts the cost of
-the restarts by ``N / sample_size`` at the price of choosing the winner on a
-sample: with enough rows per cluster (hundreds or more) the final inertia is
-typically within 0.1% of the unsampled run (see ``benchmarks/bench_kmeans.py``);
-with few rows per cluster it can be noticeably worse. The subsample depends on
-the sharding, so distributed and single-process runs differ when it is used.
+Subsampled restarts (``sample_size``, by default ``"auto"``): when the
+restarts get fewer rows than ``X`` has, the initialisation and the batched
+Lloyd iterations of all restarts run on a uniform random subsample of about
+``sample_size`` rows (drawn with the seeded generator; under
+``torch.distributed`` every rank keeps ``ceil(sample_size * N_rank / N)`` of
+its rows), the restart with the lowest inertia *on the subsample* wins, and
+only that one is then iterated on every row with the same ``tol`` and
+``max_iter`` (``n_iter_`` and ``inertia_history_`` count these full-data
+iterations). ``"auto"`` uses ``2,560,000 / K`` rows, kept within 16 to 512
+rows per cluster (``K = 10``: 5,120 rows, ``K = 100``: 25,600,
+``K = 1,000``: 16,000), so data sets up to that size run every restart on
+all rows as before; it subsamples only restarts it initialises itself (not
+given centres). ``None`` runs every restart on all rows. This cuts the cost
+of the restarts by ``N / sample_size`` at the price of choosing the winner on
+a sample: with hundreds of rows per cluster the final inertia is typically
+within 0.1% of the unsampled run (see ``benchmarks/bench_kmeans.py`` and the
+k-means page of the documentation); with few rows per cluster it can be noticeably
+worse. The subsample depends on the sharding, so distributed and
+single-process runs differ when it is used.
 
 Empty clusters: after an assignment step, each empty cluster is re-seeded with
 a distinct point among those worst served by their current centre (largest
 ``1 - cos``), taken only from clusters that keep at least one member; the
 point moves to the new cluster in the sums and counts. The final labels come
-from a last assignment step with the final centres, so they agree with
-:meth:`SphericalKMeans.predict`; if that step empties a cluster (possible only
-with duplicated rows or ``K`` close to ``N``) the same re-seeding makes every
-cluster non-empty whenever ``N >= K``.
+from a last assignment step with the final centres; if that step empties a
+cluster (possible only with duplicated rows or ``K`` close to ``N``), the
+cluster's centre is moved onto such a worst-served row and the rows are
+assigned again, so no cluster is empty whenever ``X`` has at least ``K``
+distinct directions. With fewer distinct directions than ``K`` some clusters
+must stay empty (their centres duplicate others): as scikit-learn does, a
+:class:`ConvergenceWarning` "Number of distinct clusters (m) found smaller
+than n_clusters (K)" is issued, and ``labels_`` still equal ``predict(X)``.
 
 Distributed (``torch.distributed`` initialised, more than one rank): every rank
 passes its own shard (sizes may differ). Sums, counts and inertias are
@@ -93,7 +125,10 @@ float32; integer, boolean and complex input raise :class:`TypeError`. All
 computation runs on the device of ``X`` in its (float32/float64) dtype.
 Rows are divided by their norm unless every norm is already within
 ``4 sqrt(d)`` ulps of 1 (as normalising leaves them); then ``X`` is used as
-it is, without a copy. Results mirror the input: torch tensors on ``X``'s device for tensor input,
+it is, without a copy. A row whose squared norm would overflow or underflow
+(entries near the dtype's maximum, or below about ``1e-19`` in float32) is
+divided by its largest entry first, so only a row that is really zero is an
+error. Results mirror the input: torch tensors on ``X``'s device for tensor input,
 NumPy arrays for NumPy input (labels are int64 in both cases).
 """
 
@@ -121,7 +156,9 @@ from propos_losses.distributed import (
     local_only,
 )
 
-__all__ = ["SphericalKMeans", "spherical_kmeans", "KMeansResult", "NotFittedError", "DEFAULT_CHUNK_BYTES"]
+__all__ = [
+    "SphericalKMeans", "spherical_kmeans", "KMeansResult", "NotFittedError", "ConvergenceWarning", "DEFAULT_CHUNK_BYTES"
+]
 
 
 class NotFittedError(ValueError, AttributeError):
@@ -144,8 +181,32 @@ def _not_fitted(message: str) -> NotFittedError:
     combined = type("NotFittedError", (NotFittedError, module.NotFittedError), {"__module__": __name__})
     return combined(message)
 
+class ConvergenceWarning(UserWarning):
+    """k-means found fewer non-empty clusters than ``n_clusters`` (scikit-learn's warning of the same name).
+
+    When scikit-learn is loaded, the warning issued is also an instance of
+    ``sklearn.exceptions.ConvergenceWarning``, so its filters apply.
+    """
+
+
+_COMBINED_WARNINGS: Dict[int, type] = {}
+
+
+def _convergence_warning_class() -> type:
+    """:class:`ConvergenceWarning`, combined with scikit-learn's when scikit-learn is already imported."""
+    module = sys.modules.get("sklearn.exceptions")
+    if module is None:
+        return ConvergenceWarning
+    if id(module) not in _COMBINED_WARNINGS:  # one class, so that warning filters and "once" work
+        _COMBINED_WARNINGS[id(module)] = type(
+            "ConvergenceWarning", (ConvergenceWarning, module.ConvergenceWarning), {"__module__": __name__}
+        )
+    return _COMBINED_WARNINGS[id(module)]
+
+
 ArrayLike = Union[Tensor, np.ndarray]
 InitLike = Union[str, Tensor, np.ndarray]
+SampleSize = Union[int, str, None]
 
 #: Memory budget (bytes) of one chunk of similarities when ``chunk_size`` is
 #: ``None``: rows per chunk = budget / (R * K * itemsize).
@@ -158,6 +219,21 @@ _ONE_HOT_MAX_WIDTH: int = 128
 #: The cluster sums are updated from the rows that switched cluster unless
 #: more than this fraction of (row, restart) labels switched in the last pass.
 _INCREMENTAL_MAX_FRACTION: float = 0.25
+
+#: Default of ``sample_size``: the restarts run on :func:`_auto_sample_size` rows.
+AUTO_SAMPLE_SIZE: str = "auto"
+
+#: ``sample_size="auto"``: the restarts run on about ``_AUTO_ROW_CLUSTERS / K`` rows
+#: (their cost grows with rows x K), but at least :data:`_AUTO_MIN_ROWS_PER_CLUSTER`
+#: and at most :data:`_AUTO_MAX_ROWS_PER_CLUSTER` rows per cluster (their quality
+#: grows with rows per cluster); measured in ``benchmarks/bench_kmeans.py``.
+_AUTO_ROW_CLUSTERS: int = 2_560_000
+_AUTO_MIN_ROWS_PER_CLUSTER: int = 16
+_AUTO_MAX_ROWS_PER_CLUSTER: int = 512
+#: With subsampled restarts the winner's full-data iterations stop at ``tol`` times this: they
+#: are cheap (bounded), and on MNIST K = 100 they recover most of the 0.1% of inertia that
+#: choosing the winner on a sample costs.
+_FULL_DATA_TOL_FACTOR: float = 0.1
 
 #: Restarts whose inertias agree to within this many ulps of the data dtype are
 #: tied; the first one wins.
@@ -265,22 +341,45 @@ def _as_tensor(name: str, X: object) -> Tuple[Tensor, bool]:
     return tensor, is_numpy
 
 
+def _rescale_extreme_rows(X: Tensor, norms: Tensor) -> Tuple[Tensor, Tensor]:
+    """Rows whose squared norm over- or underflows, divided by their largest ``|entry|``, and the new norms.
+
+    ``vector_norm`` sums squares: a finite row with entries near the dtype's
+    maximum gets an infinite norm, one with entries below about
+    ``sqrt(tiny)`` (1e-19 in float32) a norm that is inaccurate or 0. Divided by
+    its largest entry, such a row keeps its direction and gets a norm in
+    ``[1, sqrt(d)]``. All-zero rows stay zero (norm 0). ``X`` must be finite
+    where ``norms`` is not; other rows are returned as they are.
+
+    Args:
+        X: ``(N, d)`` floating rows; ``norms``: ``(N,)`` their L2 norms.
+
+    Returns:
+        ``(X', norms')``: ``X`` itself when no row needed it, else a copy.
+    """
+    finfo = torch.finfo(X.dtype)
+    suspect = ~torch.isfinite(norms) | (norms < math.sqrt(finfo.tiny) / finfo.eps)
+    if not bool(suspect.any()):
+        return X, norms
+    rows = X[suspect]
+    scale = rows.abs().amax(dim=1, keepdim=True)
+    X = X.clone()
+    X[suspect] = rows / torch.where(scale > 0, scale, torch.ones_like(scale))
+    norms = norms.clone()
+    norms[suspect] = torch.linalg.vector_norm(X[suspect], dim=1)
+    return X, norms
+
+
 def _normalise_rows(name: str, X: Tensor) -> Tensor:
     """L2-normalise the rows; raise on NaN/Inf or all-zero rows."""
     # NaN/Inf make the row norm non-finite, so only such rows need the element-wise check
     # (a full isfinite pass over X costs as much as a k-means iteration).
     norms = torch.linalg.vector_norm(X, dim=1)
     suspect = ~torch.isfinite(norms)
-    if bool(suspect.any()):
-        rows = X[suspect]
-        if not bool(torch.isfinite(rows).all()):
-            raise ValueError(f"{name} must be finite, got NaN or Inf values")
-        # Finite rows whose norm overflows: scale by the largest entry first (direction unchanged).
-        scale = rows.abs().amax(dim=1, keepdim=True)
-        X = X.clone()
-        X[suspect] = rows / scale
-        norms = norms.clone()
-        norms[suspect] = torch.linalg.vector_norm(X[suspect], dim=1)
+    if bool(suspect.any()) and not bool(torch.isfinite(X[suspect]).all()):
+        raise ValueError(f"{name} must be finite, got NaN or Inf values")
+    # Rows so large or so small that their squared norm overflows or underflows: scaled first.
+    X, norms = _rescale_extreme_rows(X, norms)
     zero = norms == 0
     if bool(zero.any()):
         first = int(torch.nonzero(zero)[0, 0])
@@ -387,7 +486,7 @@ def _lloyd_pass(
     sums64 = sums.to(torch.float64)
     all_reduce_sum_(sums64)
     all_reduce_sum_(counts)
-    all_reduce_sum_(inertia)
+    all_reduce_sum_(inertia).clamp_min_(0)  # rounding: cos can exceed 1 by an ulp
     all_reduce_sum_(switched)
     return sums64.view(Ra, K, d), counts.view(Ra, K), inertia, int(switched)
 
@@ -402,7 +501,7 @@ def _inertias(X: Tensor, centers: Tensor, chunk_size: Optional[int]) -> Tensor:
         rows = X[start : start + step]
         best = torch.mm(rows, flat_centers.t()).view(rows.shape[0], R, K).amax(dim=2)
         inertia += rows.shape[0] - best.sum(dim=0, dtype=torch.float64)
-    return all_reduce_sum_(inertia)
+    return all_reduce_sum_(inertia).clamp_min_(0)  # rounding: cos can exceed 1 by an ulp
 
 
 def _assign(X: Tensor, centers: Tensor, chunk_size: Optional[int]) -> Tuple[Tensor, Tensor]:
@@ -415,7 +514,8 @@ def _assign(X: Tensor, centers: Tensor, chunk_size: Optional[int]) -> Tuple[Tens
     for start in range(0, N, step):
         best, lab = torch.mm(X[start : start + step], centers.t()).max(dim=1)
         labels[start : start + step] = lab
-        dist[start : start + step] = 1 - best
+        # A row on its centre can give cos = 1 + ulp: distances never go below 0.
+        dist[start : start + step] = torch.rsub(best, 1).clamp_min_(0)
     return labels, dist
 
 
@@ -674,18 +774,156 @@ def _lloyd(
     return centers, n_iter, history
 
 
-def _final_labels(X: Tensor, centers: Tensor, chunk_size: Optional[int]) -> Tuple[Tensor, Tensor, Tensor]:
-    """Labels of the rows for ``(K, d)`` centres, with no empty cluster when ``N >= K``.
+# --------------------------------------------------------------------------- bounded Lloyd (one restart)
 
-    An empty cluster gets a re-seeded row as its centre, and that row's label;
-    since the row now sits on its centre (cos = 1) its label is optimal.
-    Other rows may then prefer the new centre, so the assignment is repeated
-    while it can still lower the inertia (each round lowers it strictly, so
-    this ends); a last round that cannot improve keeps ties as they are.
+
+def _lloyd_bounded(
+    X: Tensor,
+    centers: Tensor,
+    max_iter: int,
+    tol: float,
+    chunk_size: Optional[int],
+    verbose: bool,
+) -> Tuple[Tensor, int, List[float]]:
+    """Lloyd iterations of ONE restart that re-examine only the rows whose label can change.
+
+    The same iterations as :func:`_lloyd` with one restart (up to the
+    rounding of near-ties), faster once few rows move. Every row keeps a lower
+    bound ``lo`` of its similarity to its own centre and upper bounds of its
+    similarity to the other centres: one per centre (Elkan's bounds, in
+    cosine) when ``N x K`` of them fit in :data:`DEFAULT_CHUNK_BYTES`, else
+    one for all of them (Hamerly's). A unit row ``x`` and a centre that moved
+    by ``delta`` satisfy ``|x . c' - x . c| <= ||c' - c|| = delta``, so after
+    an update ``lo -= delta[own]`` and each upper bound grows by its centre's
+    ``delta`` (Hamerly: by the largest ``delta`` of the other centres). A row
+    whose ``lo`` still exceeds every upper bound keeps its label without a
+    matrix multiply; the others are re-assigned exactly and their bounds
+    reset. The cluster sums change only by the rows that moved, and the
+    inertia of an assignment is ``N - sum_k c_k . S_k`` from the float64
+    sums ``S``, so a pass touches only the re-examined rows.
+
+    Stops as :func:`_lloyd` does, and also when no label changed (a fixed
+    point: the next centres would be the same).
+
+    Args:
+        X: ``(N, d)`` unit rows (this rank's).
+        centers: ``(K, d)`` initial unit centres.
 
     Returns:
-        ``labels`` ``(N,)``, the possibly updated ``centers`` ``(K, d)`` and
-        the distances ``1 - cos`` ``(N,)`` of the rows to their centre.
+        Final centres ``(K, d)``, iterations run and the inertia history.
+    """
+    N, d = X.shape
+    K = centers.shape[0]
+    device, dtype = X.device, X.dtype
+    eps = torch.finfo(dtype).eps
+    # Rounding of a similarity computed by a matrix multiply (|x . c| <= 1, d products summed) and of
+    # the row norms (within 4 sqrt(d) ulps of 1): a row is skipped only with this much to spare.
+    slack = 2.0 * (d + 8) * eps
+    elkan = N * K * X.element_size() <= DEFAULT_CHUNK_BYTES
+    centers = centers.clone()
+    labels = torch.zeros(N, dtype=torch.long, device=device)
+    lo = torch.full((N,), -3.0, dtype=dtype, device=device)  # lo < every upper bound: all rows examined first
+    # Upper bounds of the similarity to each other centre (Elkan) or to all of them (Hamerly).
+    upper = torch.full((N, K) if elkan else (N,), 3.0, dtype=dtype, device=device)
+    sums = torch.zeros(K, d, dtype=torch.float64, device=device)
+    counts = torch.zeros(K, dtype=torch.long, device=device)
+    history: List[float] = []
+    previous = math.inf
+    n_total = int(all_reduce_sum_(torch.tensor([N], device=device)).item())
+    for it in range(max_iter):
+        hi = upper.amax(dim=1) if elkan else upper
+        stale = torch.nonzero(lo - hi <= slack).flatten()
+        n_stale = stale.numel()
+        first = it == 0
+        sums_change = torch.zeros(K, d, dtype=dtype, device=device)
+        count_change = torch.zeros(K, dtype=torch.long, device=device)
+        switched = torch.zeros((), dtype=torch.long, device=device)
+        # Gathering many rows costs more than multiplying them all where they are.
+        dense = 2 * n_stale > N
+        n_rows = N if dense else n_stale
+        step = _chunk_rows(max(n_rows, 1), K, X.element_size(), chunk_size)
+        for start in range(0, n_rows, step):
+            if dense:
+                rows = X[start : start + step]
+                index = torch.arange(start, start + rows.shape[0], device=device)
+            else:
+                index = stale[start : start + step]
+                rows = X[index]
+            sims = torch.mm(rows, centers.t())
+            best, new = sims.max(dim=1)
+            sims.scatter_(1, new.unsqueeze(1), -3.0)  # the other centres only
+            lo[index] = best
+            upper[index] = sims if elkan else sims.amax(dim=1)
+            if first:
+                _sum_rows_by_label(rows, new.unsqueeze(1), K, sums_change)
+                count_change += torch.bincount(new, minlength=K)
+                labels[index] = new
+                continue
+            old = labels[index]
+            moved = torch.nonzero(new != old).flatten()
+            if moved.numel():
+                moved_rows = rows[moved]
+                sums_change.index_add_(0, new[moved], moved_rows).index_add_(0, old[moved], moved_rows, alpha=-1)
+                count_change += torch.bincount(new[moved], minlength=K) - torch.bincount(old[moved], minlength=K)
+                switched += moved.numel()
+                labels[index[moved]] = new[moved]
+        change64 = sums_change.to(torch.float64)
+        all_reduce_sum_(change64)
+        all_reduce_sum_(count_change)
+        all_reduce_sum_(switched)
+        sums += change64
+        counts += count_change
+        current = centers.to(torch.float64)
+        # sum_i cos(x_i, c_{a_i}) = sum_k c_k . S_k for the labels just computed with these centres;
+        # rounding can make it exceed N by an ulp when every row sits on its centre.
+        inertia = max(0.0, float(n_total - (current * sums).sum()))
+        n_switched = int(switched)
+        if bool((counts == 0).any()):
+            # Rare (duplicated rows, K close to N): the re-seeding needs every row's distance.
+            sums_view, counts_view, labels_view = sums.unsqueeze(0), counts.unsqueeze(0), labels.unsqueeze(1)
+            _reseed_empty_(X, centers.unsqueeze(0), sums_view, counts_view, labels_view, chunk_size)
+            lo.fill_(-3.0)
+            upper.fill_(3.0)
+            n_switched = max(n_switched, 1)
+        new_centers = _normalise_centers(sums, current)
+        delta = torch.linalg.vector_norm(new_centers - current, dim=1).to(dtype) * (1 + 4 * eps)
+        centers = new_centers.to(dtype)
+        history.append(inertia)
+        if verbose and get_rank() == 0:
+            print(
+                f"spherical k-means: full-data iteration {it + 1}: inertia {inertia:.6g}, "
+                f"{n_rows} rows re-examined on this rank, {n_switched} moved",
+                flush=True,
+            )
+        if not first and (previous - inertia <= tol * previous or n_switched == 0):
+            break
+        previous = inertia
+        lo -= delta[labels]
+        if elkan:
+            upper += delta
+        elif K > 1:
+            # Every other centre moved by at most the largest delta, or by the second largest for the
+            # rows whose own centre moved most.
+            top, where = torch.topk(delta, 2)
+            upper += torch.where(labels == where[0], top[1], top[0])
+    return centers, len(history), history
+
+
+def _final_labels(X: Tensor, centers: Tensor, chunk_size: Optional[int]) -> Tuple[Tensor, Tensor, Tensor, int]:
+    """Labels of the rows for the final ``(K, d)`` centres: exactly what :meth:`SphericalKMeans.predict` returns.
+
+    An empty cluster gets as its centre a row worst served by its own centre
+    (from a cluster that keeps a member) and every row is assigned again; this
+    repeats while it lowers the inertia (a picked row that is not on its
+    centre moves to its new centre, cos = 1, so each round lowers it strictly).
+    When every candidate row already sits on its centre (fewer distinct
+    directions than ``K``: duplicated rows), no re-seeding can help: the empty
+    clusters stay empty with the centres they had and the caller warns.
+
+    Returns:
+        ``labels`` ``(N,)``, the possibly updated ``centers`` ``(K, d)``, the
+        distances ``1 - cos`` ``(N,)`` of the rows to their centre (clamped at
+        0) and the number of non-empty clusters (over all ranks).
     """
     K = centers.shape[0]
     centers = centers.clone()
@@ -693,17 +931,22 @@ def _final_labels(X: Tensor, centers: Tensor, chunk_size: Optional[int]) -> Tupl
         labels, dist = _assign(X, centers, chunk_size)
         counts = all_reduce_sum_(torch.bincount(labels, minlength=K))
         empty = torch.nonzero(counts == 0).flatten()
-        if empty.numel() == 0:
+        if empty.numel() == 0 or attempt == K:
             break
         pick = _pick_reseed_points(X, dist, labels, counts, empty.numel())
+        if pick.max_dist <= 0:
+            break
         centers[empty] = pick.rows
-        if pick.max_dist > 0 and attempt < K:
-            continue
-        moved = pick.local_index
-        labels[moved] = empty[pick.local_slot]
-        dist[moved] = 1 - (X[moved] * centers[labels[moved]]).sum(dim=1)
-        break
-    return labels, centers, dist
+    return labels, centers, dist, int((counts > 0).sum())
+
+
+def _auto_sample_size(n_clusters: int) -> int:
+    """Rows of the restarts for ``sample_size="auto"``: ``2,560,000 / K``, kept within 16 to 512 rows per cluster.
+
+    ``K = 10``: 5,120 rows; ``K = 100``: 25,600; ``K = 1,000``: 16,000.
+    """
+    per_k = _AUTO_ROW_CLUSTERS // n_clusters
+    return max(_AUTO_MIN_ROWS_PER_CLUSTER * n_clusters, min(_AUTO_MAX_ROWS_PER_CLUSTER * n_clusters, per_k))
 
 
 def _subsample(X: Tensor, sample_size: int, n_total: int, generator: torch.Generator) -> Tensor:
@@ -731,7 +974,10 @@ def _check_params(
     chunk_size: object, verbose: object, sample_size: object = None,
 ) -> None:
     check_int("n_clusters", n_clusters, minimum=1)
-    if sample_size is not None:
+    if isinstance(sample_size, str):
+        if sample_size != "auto":
+            raise ValueError(f"sample_size must be 'auto', None or an int >= n_clusters, got {sample_size!r}")
+    elif sample_size is not None:
         check_int("sample_size", sample_size, minimum=1)
         if int(sample_size) < int(n_clusters):  # type: ignore[call-overload]
             raise ValueError(f"sample_size must be >= n_clusters={n_clusters}, got {sample_size}")
@@ -810,7 +1056,7 @@ def _fit(
     init: InitLike,
     chunk_size: Optional[int],
     verbose: bool,
-    sample_size: Optional[int] = None,
+    sample_size: SampleSize = None,
     distributed: Optional[bool] = None,
 ) -> Tuple[_Fit, bool]:
     _check_distributed(distributed)
@@ -838,8 +1084,12 @@ def _fit(
     # uniform subsample; only the winner is then iterated on every row.
     restart_rows = unit
     sampled = False
-    if sample_size is not None and n_total > sample_size:
-        restart_rows = _subsample(unit, sample_size, n_total, generator)
+    # "auto" subsamples only restarts it initialises itself (given centres need no choosing on a sample).
+    rows_for_restarts = (
+        (_auto_sample_size(n_clusters) if isinstance(init, str) else None) if sample_size == "auto" else sample_size
+    )
+    if rows_for_restarts is not None and n_total > rows_for_restarts:
+        restart_rows = _subsample(unit, rows_for_restarts, n_total, generator)
         sampled = True
     if given is not None:
         centers = given
@@ -865,17 +1115,23 @@ def _fit(
         # The subsample's winner is iterated on all rows with the user's tol; its subsample
         # iterations are not counted (n_iter_ and the history are full-data ones).
         best_iter, best_history = 0, []
-        budget, stop_tol = max_iter, tol
+        budget, stop_tol = max_iter, tol * _FULL_DATA_TOL_FACTOR
     else:
         # Refine the winner alone (1/R of a batched pass per iteration) until its inertia stops
         # decreasing beyond rounding (a few ulps, so that summation order cannot add an iteration).
         budget, stop_tol = max_iter - best_iter, refine_tol
     if sampled or (budget > 0 and tol > refine_tol):
-        refined, more_iter, more_history = _lloyd(unit, winner.unsqueeze(0), budget, stop_tol, chunk_size, verbose)
-        winner = refined[0]
-        best_history += more_history[0, : int(more_iter[0])].tolist()
-        best_iter += int(more_iter[0])
-    labels, best_centers, dist = _final_labels(unit, winner, chunk_size)
+        winner, more_iter, more_history = _lloyd_bounded(unit, winner, budget, stop_tol, chunk_size, verbose)
+        best_history += more_history
+        best_iter += more_iter
+    labels, best_centers, dist, n_distinct = _final_labels(unit, winner, chunk_size)
+    if n_distinct < n_clusters:
+        warnings.warn(
+            f"Number of distinct clusters ({n_distinct}) found smaller than n_clusters ({n_clusters}). "
+            f"Possibly due to duplicate points in X.",
+            _convergence_warning_class(),
+            stacklevel=3,
+        )
     inertia = float(all_reduce_sum_(dist.sum(dtype=torch.float64).reshape(1)).item())
     if verbose and get_rank() == 0:
         print(f"spherical k-means: best restart {best}, inertia {inertia:.6g}, {best_iter} iterations")
@@ -894,7 +1150,7 @@ def spherical_kmeans(
     init: InitLike = "k-means++",
     chunk_size: Optional[int] = None,
     verbose: bool = False,
-    sample_size: Optional[int] = None,
+    sample_size: SampleSize = AUTO_SAMPLE_SIZE,
     distributed: Optional[bool] = None,
 ) -> KMeansResult:
     """Spherical k-means of the rows of ``X`` (functional form of :class:`SphericalKMeans`).
@@ -915,11 +1171,14 @@ def spherical_kmeans(
         chunk_size: rows per matrix multiply; ``None`` picks it from
             :data:`DEFAULT_CHUNK_BYTES`.
         verbose: print progress (rank 0 only).
-        sample_size: if set and smaller than the number of rows, the restarts
-            (initialisation and Lloyd iterations) run on a uniform random
-            subsample of about this many rows, and only the best of them is
-            then iterated on all rows (see *Subsampled restarts* in the module
-            docstring); ``None`` runs every restart on all rows.
+        sample_size: rows of the restarts. ``"auto"`` (default):
+            ``2,560,000 / K`` rows, at least 16 and at most 512 per cluster
+            (e.g. 5,120 rows for ``K = 10``); an int: about this many rows
+            (``>= n_clusters``); ``None``: every restart on all rows. When
+            smaller than the number of rows, the restarts (initialisation and
+            Lloyd iterations) run on a uniform random subsample and only the
+            best of them is then iterated on all rows (see *Subsampled
+            restarts* in the module docstring).
         distributed: ``None``: data-parallel whenever a process group with
             more than one rank exists; ``False``: this process alone, no
             collective; ``True``: require a process group.
@@ -971,9 +1230,10 @@ class SphericalKMeans:
         init: ``"k-means++"``, ``"random"`` or initial centres.
         chunk_size: rows per matrix multiply (memory ``O(R * chunk_size * K)``).
         verbose: print progress.
-        sample_size: run the restarts on a random subsample of about this
-            many rows and iterate only the winner on all rows (``None``: all
-            rows for every restart).
+        sample_size: rows of the restarts: ``"auto"`` (default:
+            ``2,560,000 / K`` rows, 16 to 512 per cluster), an int, or
+            ``None`` (all rows for every restart). On a subsample, only the
+            winning restart is iterated on all rows.
         distributed: ``None`` (default): data-parallel over the ranks whenever
             a ``torch.distributed`` process group with more than one rank is
             initialised (every rank must call :meth:`fit` with its shard);
@@ -983,7 +1243,8 @@ class SphericalKMeans:
 
     Attributes:
         cluster_centers_: ``(K, d)`` unit-norm centres.
-        labels_: ``(N,)`` int64 labels of the rows passed to :meth:`fit`.
+        labels_: ``(N,)`` int64 labels of the rows passed to :meth:`fit`:
+            their most similar final centre, equal to ``predict(X)``.
         inertia_: ``sum_i (1 - cos(x_i, c_{a_i}))`` (all ranks).
         n_iter_: Lloyd iterations of the best restart (refinement included).
         inertia_history_: inertia of each iteration of the best restart
@@ -1022,7 +1283,7 @@ class SphericalKMeans:
         init: InitLike = "k-means++",
         chunk_size: Optional[int] = None,
         verbose: bool = False,
-        sample_size: Optional[int] = None,
+        sample_size: SampleSize = AUTO_SAMPLE_SIZE,
         distributed: Optional[bool] = None,
     ) -> None:
         _check_params(n_clusters, n_init, max_iter, tol, seed, init, chunk_size, verbose, sample_size)
@@ -1087,7 +1348,9 @@ class SphericalKMeans:
             X, int(self.n_clusters), int(self.n_init), int(self.max_iter), float(self.tol),
             None if self.seed is None else int(self.seed), self.init,
             None if self.chunk_size is None else int(self.chunk_size), self.verbose,
-            None if self.sample_size is None else int(self.sample_size), self.distributed,
+            self.sample_size if self.sample_size is None or isinstance(self.sample_size, str)
+            else int(self.sample_size),
+            self.distributed,
         )
         self._centers = fit.centers
         self.cluster_centers_ = _to_output(fit.centers, is_numpy)

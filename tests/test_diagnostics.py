@@ -223,3 +223,23 @@ def test_representation_diagnostics_rejects_mismatched_labels() -> None:
         representation_diagnostics(torch.randn(5, 2), labels=[0, 1])
     with pytest.raises(ValueError, match="max_samples"):
         representation_diagnostics(torch.randn(5, 2), max_samples=1)
+
+
+@pytest.mark.parametrize("scale, dtype", [(1e-30, torch.float32), (1e-23, torch.float32), (1e30, torch.float32),
+                                          (1e-300, torch.float64), (1e300, torch.float64)])
+def test_rows_whose_squared_norm_under_or_overflows_are_normalised_like_any_row(
+    scale: float, dtype: torch.dtype
+) -> None:
+    # ||x||^2 underflows to 0 (or overflows) although x has a direction: scaled by max |x_i| first.
+    generator = torch.Generator().manual_seed(5)
+    z1 = torch.randn(40, 6, generator=generator, dtype=torch.float64)
+    z2 = z1 + 0.5 * torch.randn(40, 6, generator=generator, dtype=torch.float64)
+    small1, small2 = (z1 * scale).to(dtype), (z2 * scale).to(dtype)
+    value = alignment(small1, small2)
+    assert 0.0 <= value <= 4.0  # the documented range of alignment with alpha = 2
+    assert value == pytest.approx(alignment(z1, z2), abs=1e-5)
+    assert -4.0 <= uniformity(small1) <= 0.0
+    assert uniformity(small1) == pytest.approx(uniformity(z1), abs=1e-5)
+    stats = representation_diagnostics(small1, small2)
+    assert stats["alignment"] == pytest.approx(value)
+    assert stats["feature_std_mean"] == pytest.approx(representation_diagnostics(z1, z2)["feature_std_mean"], abs=1e-5)

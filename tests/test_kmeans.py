@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Tuple
 
 import numpy as np
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-from propos_losses.kmeans import SphericalKMeans, spherical_kmeans
+from propos_losses.kmeans import ConvergenceWarning, SphericalKMeans, spherical_kmeans
 
 FAST = settings(max_examples=15, deadline=None)
 
@@ -212,15 +213,36 @@ def test_a_loose_tol_still_returns_a_fixed_point_of_lloyd(n: int, k: int, seed: 
 
 
 @pytest.mark.parametrize(
-    "n_distinct, n_copies, k", [(3, 4, 8), (5, 2, 10), (1, 6, 6), (12, 1, 12), (4, 3, 11)]
+    "n_distinct, n_copies, k", [(3, 4, 8), (5, 2, 10), (1, 6, 6), (12, 1, 12), (4, 3, 11), (4, 3, 4)]
 )
-def test_no_cluster_is_empty_with_duplicated_rows_and_k_close_to_n(n_distinct: int, n_copies: int, k: int) -> None:
+def test_duplicated_rows_leave_clusters_empty_only_with_fewer_distinct_rows_than_k_and_warn(
+    n_distinct: int, n_copies: int, k: int
+) -> None:
+    # scikit-learn's convention: labels_ are the assignment to the final centres (== predict(X)),
+    # and fewer distinct clusters than K is a ConvergenceWarning, not silently "fixed" labels.
     X = random_rows(n_distinct, 3, seed=n_distinct).repeat(n_copies, 1)
     for init in ("k-means++", "random"):
-        km = SphericalKMeans(k, n_init=3, seed=0, init=init).fit(X)
-        assert torch.all(torch.bincount(km.labels_, minlength=k) > 0)
+        if n_distinct < k:
+            with pytest.warns(ConvergenceWarning, match=rf"distinct clusters \({n_distinct}\) found smaller than n_clusters \({k}\)"):
+                km = SphericalKMeans(k, n_init=3, seed=0, init=init).fit(X)
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", ConvergenceWarning)
+                km = SphericalKMeans(k, n_init=3, seed=0, init=init).fit(X)
+        counts = torch.bincount(km.labels_, minlength=k)
+        assert int((counts > 0).sum()) == min(n_distinct, k)
+        assert torch.equal(km.predict(X), km.labels_)
         assert_labels_consistent_with_centres(X, km.cluster_centers_, km.labels_)
         assert km.inertia_ == pytest.approx(cosine_inertia(X, km.cluster_centers_, km.labels_), abs=1e-12)
+        assert km.inertia_ >= 0
+
+
+def test_scikit_learn_filters_catch_the_convergence_warning() -> None:
+    from sklearn.exceptions import ConvergenceWarning as SklearnConvergenceWarning
+
+    X = random_rows(2, 3, seed=4).repeat(3, 1)
+    with pytest.warns(SklearnConvergenceWarning):
+        SphericalKMeans(4, n_init=2, seed=0).fit(X)
 
 
 def test_identical_initial_centres_are_reseeded_into_distinct_non_empty_clusters() -> None:
@@ -237,15 +259,20 @@ def test_identical_initial_centres_are_reseeded_into_distinct_non_empty_clusters
 
 @FAST
 @given(n_distinct=st.integers(1, 6), extra=st.integers(0, 6), seed=st.integers(0, 2**16), data=st.data())
-def test_no_cluster_is_ever_empty_when_n_is_at_least_k(
+def test_no_cluster_is_empty_when_there_are_at_least_k_distinct_rows(
     n_distinct: int, extra: int, seed: int, data: st.DataObject
 ) -> None:
     gen = torch.Generator().manual_seed(seed)
     distinct = torch.randn(n_distinct, 3, generator=gen, dtype=torch.float64)
-    X = distinct[torch.randint(0, n_distinct, (n_distinct + extra,), generator=gen)]
+    X = distinct[torch.cat([torch.arange(n_distinct), torch.randint(0, n_distinct, (extra,), generator=gen)])]
     k = data.draw(st.integers(1, X.shape[0]))
-    km = SphericalKMeans(k, n_init=2, seed=seed).fit(X)
-    assert torch.all(torch.bincount(km.labels_, minlength=k) > 0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        km = SphericalKMeans(k, n_init=2, seed=seed).fit(X)
+    non_empty = int((torch.bincount(km.labels_, minlength=k) > 0).sum())
+    assert non_empty == min(k, n_distinct)
+    assert any(issubclass(w.category, ConvergenceWarning) for w in caught) == (n_distinct < k)
+    assert torch.equal(km.predict(X), km.labels_)
     assert_labels_consistent_with_centres(X, km.cluster_centers_, km.labels_)
 
 

@@ -1,0 +1,141 @@
+"""k-means numerics: extreme row scales, non-negative inertia, labels that match predict, the
+bounded full-data iterations and the ``sample_size="auto"`` default (propos_losses.kmeans)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import propos_losses.kmeans as kmeans_module
+from propos_losses.kmeans import SphericalKMeans, spherical_kmeans
+
+
+def rows(n: int, dim: int, seed: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    return torch.randn(n, dim, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def blobs(n_per_cluster: int, n_clusters: int, dim: int, noise: float, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    centres = torch.randn(n_clusters, dim, generator=gen)
+    labels = torch.arange(n_clusters).repeat_interleave(n_per_cluster)
+    return centres[labels] + noise * torch.randn(labels.numel(), dim, generator=gen)
+
+
+def normalised_means(X: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+    unit = X.to(torch.float64) / X.to(torch.float64).norm(dim=1, keepdim=True)
+    sums = torch.zeros(k, X.shape[1], dtype=torch.float64).index_add_(0, labels, unit)
+    return sums / sums.norm(dim=1, keepdim=True)
+
+
+# --------------------------------------------------------------------------- (a) extreme scales
+
+
+@pytest.mark.parametrize("scale, dtype", [(1e-23, torch.float32), (1e-30, torch.float32), (1e-160, torch.float64),
+                                          (1e30, torch.float32)])
+def test_rows_whose_squared_norm_under_or_overflows_are_clustered_like_unscaled_rows(
+    scale: float, dtype: torch.dtype
+) -> None:
+    X = rows(60, 5, seed=1, dtype=torch.float64)
+    reference = SphericalKMeans(3, n_init=2, seed=0).fit(X.to(dtype))
+    tiny = SphericalKMeans(3, n_init=2, seed=0).fit((X * scale).to(dtype))  # no "all-zero rows" error
+    assert torch.equal(tiny.labels_, reference.labels_)
+    assert tiny.inertia_ == pytest.approx(reference.inertia_, rel=1e-5)
+    assert torch.equal(tiny.predict((X * scale).to(dtype)), tiny.labels_)
+
+
+def test_a_row_that_is_really_zero_is_still_an_error() -> None:
+    X = rows(10, 3, seed=2, dtype=torch.float32) * 1e-30
+    X[4] = 0
+    with pytest.raises(ValueError, match="all-zero rows \\(e.g. row 4\\)"):
+        SphericalKMeans(2, seed=0).fit(X)
+
+
+# --------------------------------------------------------------------------- (b) inertia >= 0
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_inertia_is_never_negative_when_every_row_is_its_own_cluster(seed: int) -> None:
+    # K == N: every row sits on its centre, and float32 rounding can make cos exceed 1 by an ulp.
+    X = rows(12, 5, seed=seed, dtype=torch.float32)
+    km = SphericalKMeans(12, seed=0).fit(X)
+    assert 0.0 <= km.inertia_ < 1e-5
+    assert all(value >= 0 for value in km.inertia_history_)
+    assert km.score(X) <= 0.0
+
+
+# --------------------------------------------------------------------------- (c, d) labels and centres
+
+
+@pytest.mark.parametrize("sample_size", [None, 150, "auto"])
+def test_labels_are_the_assignment_to_the_final_centres(sample_size: object) -> None:
+    X = blobs(200, 6, 8, noise=1.5, seed=3)
+    km = SphericalKMeans(6, n_init=3, seed=0, sample_size=sample_size).fit(X)
+    assert torch.equal(km.predict(X), km.labels_)
+    assert km.inertia_ == pytest.approx(-km.score(X), rel=1e-12)
+
+
+def test_tol_zero_ends_at_a_fixed_point_also_with_subsampled_restarts() -> None:
+    # No label changes any more: the centres are the normalised means of labels_, labels_ their assignment.
+    X = blobs(300, 5, 6, noise=2.0, seed=4).to(torch.float64)
+    km = SphericalKMeans(5, n_init=3, seed=0, sample_size=200, tol=0.0).fit(X)
+    assert km.n_iter_ < 300
+    assert torch.allclose(km.cluster_centers_, normalised_means(X, km.labels_, 5), atol=1e-9)
+    assert torch.equal(km.predict(X), km.labels_)
+
+
+# --------------------------------------------------------------------------- bounded iterations
+
+
+@pytest.mark.parametrize("elkan", [True, False])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_bounded_iterations_take_the_same_steps_as_plain_lloyd(
+    elkan: bool, seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Skipping the rows whose bounds prove their label cannot change must not change any step.
+    if not elkan:  # per-centre bounds do not fit: one bound for all other centres (Hamerly)
+        monkeypatch.setattr(kmeans_module, "DEFAULT_CHUNK_BYTES", 64)
+    X = blobs(40, 7, 5, noise=1.2, seed=seed).to(torch.float64)
+    unit = X / X.norm(dim=1, keepdim=True)
+    start = unit[torch.randperm(unit.shape[0], generator=torch.Generator().manual_seed(seed))[:7]]
+    plain, n_plain, history = kmeans_module._lloyd(unit, start.unsqueeze(0), 60, 0.0, 64, False)
+    bounded, n_bounded, bounded_history = kmeans_module._lloyd_bounded(unit, start, 60, 0.0, 64, False)
+    n = int(n_plain[0])
+    assert n_bounded in (n, n - 1)  # it also stops as soon as no label changed
+    assert torch.allclose(bounded, plain[0], atol=1e-12)
+    assert bounded_history == pytest.approx(history[0, :n_bounded].tolist(), rel=1e-12)
+
+
+# --------------------------------------------------------------------------- sample_size="auto"
+
+
+def test_auto_is_the_default_and_equals_the_unsampled_run_on_small_data() -> None:
+    assert SphericalKMeans(3).sample_size == "auto"
+    X = blobs(50, 3, 4, noise=1.0, seed=5)
+    auto = spherical_kmeans(X, 3, n_init=3, seed=1)
+    full = spherical_kmeans(X, 3, n_init=3, seed=1, sample_size=None)
+    assert torch.equal(auto.centers, full.centers) and torch.equal(auto.labels, full.labels)
+
+
+def test_auto_subsamples_large_data_with_its_documented_size() -> None:
+    size = kmeans_module._auto_sample_size(2)
+    assert size == 1024  # 512 rows per cluster at most
+    assert kmeans_module._auto_sample_size(10) == 5_120 and kmeans_module._auto_sample_size(100) == 25_600
+    assert kmeans_module._auto_sample_size(1000) == 16_000 and kmeans_module._auto_sample_size(10_000) == 160_000
+    X = blobs(700, 2, 4, noise=1.0, seed=6)
+    auto = spherical_kmeans(X, 2, n_init=3, seed=2)
+    explicit = spherical_kmeans(X, 2, n_init=3, seed=2, sample_size=size)
+    assert torch.equal(auto.centers, explicit.centers) and torch.equal(auto.labels, explicit.labels)
+
+
+def test_auto_does_not_subsample_given_centres() -> None:
+    X = blobs(700, 2, 4, noise=1.0, seed=7)
+    init = X[:2]
+    auto = spherical_kmeans(X, 2, init=init, n_init=1)
+    full = spherical_kmeans(X, 2, init=init, n_init=1, sample_size=None)
+    assert torch.equal(auto.centers, full.centers)
+
+
+@pytest.mark.parametrize("value", ["Auto", "all", ""])
+def test_an_unknown_sample_size_string_is_rejected(value: str) -> None:
+    with pytest.raises(ValueError, match=f"sample_size must be 'auto', None or an int >= n_clusters, got '{value}'"):
+        SphericalKMeans(3, sample_size=value)
