@@ -389,11 +389,7 @@ def _run(args: argparse.Namespace, progress: _Progress) -> int:
             result = trainer.fit(stop_after=options.get("stop_after"))
             if get_rank() == 0 and result["final"] is not None:
                 if not options.get("no_plots"):
-                    from propos_losses.train.plots import plot_run
-
-                    written = plot_run(run_dir)
-                    if written:
-                        log("plots: " + ", ".join(str(p) for p in written))
+                    _draw_plots(run_dir, log)
                 log(f"outputs in {run_dir}")
                 for line in _final_lines(result["final"]):
                     print(line, flush=True)
@@ -414,9 +410,19 @@ def _plot_if_missing(run_dir: Path, options: Dict[str, Any], log: Any) -> None:
     """Draw the plots of a finished run that was stopped before drawing them."""
     if options.get("no_plots") or all((run_dir / name).is_file() for name in _PLOT_NAMES):
         return
+    _draw_plots(run_dir, log)
+
+
+def _draw_plots(run_dir: Path, log: Any) -> None:
+    """Plots are a convenience: a failure to draw them is reported, and the finished run still succeeds."""
     from propos_losses.train.plots import plot_run
 
-    written = plot_run(run_dir)
+    try:
+        written = plot_run(run_dir)
+    except (ValueError, OSError, RuntimeError, KeyError) as exc:
+        print(f"propos-train: warning: plots not drawn: {type(exc).__name__}: {' '.join(str(exc).split())}",
+              file=sys.stderr)
+        return
     if written:
         log("plots: " + ", ".join(str(p) for p in written))
 
