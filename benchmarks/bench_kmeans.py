@@ -1,47 +1,57 @@
-"""Benchmark: our batched spherical k-means vs scikit-learn and faiss on MNIST.
+"""Benchmark: our batched spherical k-means vs scikit-learn and faiss, all methods in one run.
 
-Data: the 70,000 MNIST images (train + test) from ``--data-dir``, as raw
-784-d pixels and as their 256-d PCA projection, rows L2-normalised. For each
-``K`` (10 and 100) it runs, with ``n_init = 10``, ``max_iter = 300``,
-``tol = 1e-4``:
+Data sets (rows L2-normalised):
 
-* ``ours``: :class:`propos_losses.kmeans.SphericalKMeans` (float32, on ``--device``);
-* ``ours-sampled``: the same with ``sample_size = --rows-per-cluster * K``
-  (default 500 rows per cluster; restarts on a random subsample, the winner
-  iterated on all rows);
+* ``mnist-784`` and ``mnist-pca256``: the 70,000 MNIST images (train + test)
+  from ``--data-dir``, as raw 784-d pixels and as their 256-d PCA projection,
+  ``K`` = 10 and 100;
+* ``mnist-test-784``: the 10,000 test images, raw pixels, ``K = 10``;
+* ``synthetic-200000x128``: 200,000 rows of a mixture of 1,000 Gaussian
+  directions in 128-d (an E-step-shaped problem), ``K = 1000``.
+
+Every method uses ``n_init = 10``, ``max_iter = 300``, ``tol = 1e-4``:
+
+* ``ours``: what a user gets with the defaults,
+  ``SphericalKMeans(K, n_init=10, seed=0)`` (float32, on ``--device``; the
+  default ``sample_size="auto"`` runs the restarts on a subsample);
+* ``ours-tuned``: the same with ``sample_size = --rows-per-cluster * K``
+  (128 rows per cluster on MNIST, 8 on the synthetic set: cheaper restarts);
 * ``sklearn``: ``sklearn.cluster.KMeans(n_init=10)`` on the normalised rows
-  (Euclidean k-means; its partition is scored with its mean directions);
+  (Euclidean k-means; its partition is scored with its mean directions); not
+  run on the synthetic set (hours on 2 cores);
 * ``faiss``: ``faiss.Kmeans(d, K, niter=300, nredo=10, spherical=True)`` when
   faiss is installed (its defaults train on at most 256 rows per centroid).
 
 Every method is scored the same way: the cosine inertia
 ``sum_i (1 - cos(x_i, c_{a_i}))`` of its labels with its centres
-L2-normalised, and the NMI of its labels against the digit classes
+L2-normalised, and the NMI of its labels against the classes
 (``sklearn.metrics.normalized_mutual_info_score``). Wall-clock and process CPU
 seconds are both recorded, with ``other_cpu_s``: the CPU seconds other
 processes used during the run (from ``/proc/stat``; a busy machine inflates
-both timings, unevenly between methods, so compare runs where it is near 0).
-Each entry also records the iterations the method ran (faiss: summed over its
-restarts, on its ``256 * K``-row training subsample); ours also record
-``predict_s``, the seconds of one assignment of every row to the fitted
-centres (``SphericalKMeans.predict``: the least any method that labels every
-row must spend once), and ``ours-sampled`` the inertia of the subsample's
-winner on all rows before its full-data iterations (``first_full_inertia``).
+both timings, unevenly between methods, so compare runs where it is near 0,
+and rows of the same run side by side). Each entry also records the
+iterations the method ran (faiss: summed over its restarts, on its
+``256 * K``-row training subsample); ours also record ``predict_s``, the
+seconds of one assignment of every row to the fitted centres
+(``SphericalKMeans.predict``: the cost of the final labels step that makes
+``labels_ == predict(X)``), and ``sample_size``.
 
 Results are printed as a table and merged into
 ``benchmarks/results/bench_kmeans.json`` (entries measured now replace those
 with the same data set, ``K`` and method; the others are kept), with machine
 information and the date.
 
-``--synthetic-large`` instead runs only ``ours`` on two synthetic problems
-meant for a GPU: 1,281,167 x 256 with K = 1,000 (ImageNet-1k scale) and
-60,000 x 512 with K = 10.
+``--synthetic-large`` instead runs two synthetic problems meant for a GPU:
+1,281,167 x 256 with K = 1,000 (ImageNet-1k scale) and 60,000 x 512 with
+K = 10, ``ours`` (defaults) against faiss on the GPU when faiss has GPU
+support (else ours only); on a CPU-only machine it runs on the CPU.
 
 Examples::
 
     python benchmarks/bench_kmeans.py                      # everything (sklearn at K=100 takes minutes)
     python benchmarks/bench_kmeans.py --quick              # K = 10 only
     python benchmarks/bench_kmeans.py --skip sklearn faiss # only ours, keeping the stored baselines
+    python benchmarks/bench_kmeans.py --datasets synthetic-200000x128
     python benchmarks/bench_kmeans.py --synthetic-large --device cuda
 """
 
@@ -49,6 +59,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import math
 import os
@@ -63,18 +74,23 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _compare import METHODS, format_comparison, table_order  # noqa: E402
+from _compare import format_comparison  # noqa: E402
 from _mnist import DEFAULT_DATA_DIR, load_mnist  # noqa: E402
 
 from propos_losses.defaults import KMEANS_MAX_ITER, KMEANS_N_INIT, KMEANS_TOL  # noqa: E402
-from propos_losses.kmeans import SphericalKMeans  # noqa: E402
+from propos_losses.kmeans import SphericalKMeans, _auto_sample_size  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "bench_kmeans.json")
 PCA_DIM = 256
-#: Default rows per cluster of the ``ours-sampled`` runs (``sample_size = ROWS_PER_CLUSTER * K``):
-#: at 500, MNIST K = 10 and K = 100 stay within 0.1% of scikit-learn's inertia (fewer rows did not at
-#: K = 10: 256 per cluster gave 0.17% more).
-ROWS_PER_CLUSTER = 500
+#: Methods in table order.
+METHODS = ("ours", "ours-tuned", "sklearn", "faiss")
+#: Rows per cluster of the ``ours-tuned`` runs (``sample_size = rows * K``) on MNIST and on the synthetic set.
+ROWS_PER_CLUSTER = 128
+SYNTHETIC_ROWS_PER_CLUSTER = 8
+#: (N, d, K) of the CPU synthetic data set: an E-step-shaped problem.
+SYNTHETIC_CPU = (200_000, 128, 1000)
+SYNTHETIC_NAME = "synthetic-200000x128"
+DATASETS = ("mnist-784", f"mnist-pca{PCA_DIM}", "mnist-test-784", SYNTHETIC_NAME)
 #: (N, d, K) of the ``--synthetic-large`` runs: ImageNet-1k scale, and a CIFAR-like feature set.
 SYNTHETIC_RUNS = ((1_281_167, 256, 1000), (60_000, 512, 10))
 
@@ -160,25 +176,24 @@ def timed(fn: Callable[[], Any], device: str) -> Tuple[Any, float, float, float]
     return out, time.perf_counter() - wall, cpu, max(0.0, busy_cpu_seconds() - busy - cpu)
 
 
-def run_ours(X: np.ndarray, k: int, device: str, args: argparse.Namespace, sampled: bool = False) -> Dict[str, Any]:
+def run_ours(
+    X: np.ndarray, k: int, device: str, args: argparse.Namespace, rows_per_cluster: Optional[int] = None
+) -> Dict[str, Any]:
+    """``SphericalKMeans(k, n_init=10, seed)`` with its defaults, or ``sample_size = rows_per_cluster * k``."""
     data = torch.from_numpy(X).to(device)
-    km = SphericalKMeans(
-        k, n_init=KMEANS_N_INIT, max_iter=KMEANS_MAX_ITER, tol=KMEANS_TOL, seed=args.seed,
-        sample_size=args.rows_per_cluster * k if sampled else None,
-    )
+    options: Dict[str, Any] = {} if rows_per_cluster is None else {"sample_size": rows_per_cluster * k}
+    km = SphericalKMeans(k, n_init=KMEANS_N_INIT, max_iter=KMEANS_MAX_ITER, tol=KMEANS_TOL, seed=args.seed, **options)
     _, wall, cpu, other = timed(lambda: km.fit(data), device)
     predict_s = min(timed(lambda: km.predict(data), device)[1] for _ in range(3))
-    out = {"wall_s": wall, "cpu_s": cpu, "other_cpu_s": other, "centers": km.cluster_centers_.cpu().numpy(),
-           "labels": km.labels_.cpu().numpy(), "n_iter": km.n_iter_, "reported_inertia": km.inertia_,
-           "predict_s": predict_s}
-    if sampled:
-        out["sample_size"] = args.rows_per_cluster * k
-        out["first_full_inertia"] = km.inertia_history_[0]
-    return out
+    sample_size = km.sample_size if km.sample_size != "auto" else _auto_sample_size(k)
+    return {"wall_s": wall, "cpu_s": cpu, "other_cpu_s": other, "centers": km.cluster_centers_.cpu().numpy(),
+            "labels": km.labels_.cpu().numpy(), "n_iter": km.n_iter_, "reported_inertia": km.inertia_,
+            "predict_s": predict_s, "sample_size": int(sample_size) if sample_size < X.shape[0] else None}
 
 
-def run_ours_sampled(X: np.ndarray, k: int, device: str, args: argparse.Namespace) -> Dict[str, Any]:
-    return run_ours(X, k, device, args, sampled=True)
+def run_ours_tuned(X: np.ndarray, k: int, device: str, args: argparse.Namespace) -> Dict[str, Any]:
+    synthetic_set = X.shape[0] == SYNTHETIC_CPU[0] and k == SYNTHETIC_CPU[2]
+    return run_ours(X, k, device, args, args.synthetic_rows_per_cluster if synthetic_set else args.rows_per_cluster)
 
 
 def run_sklearn(X: np.ndarray, k: int, device: str, args: argparse.Namespace) -> Dict[str, Any]:
@@ -193,13 +208,15 @@ def run_sklearn(X: np.ndarray, k: int, device: str, args: argparse.Namespace) ->
 def run_faiss(X: np.ndarray, k: int, device: str, args: argparse.Namespace) -> Dict[str, Any]:
     import faiss
 
-    km = faiss.Kmeans(X.shape[1], k, niter=KMEANS_MAX_ITER, nredo=KMEANS_N_INIT, spherical=True, seed=args.seed)
+    gpu = device.startswith("cuda") and faiss_gpus() > 0
+    km = faiss.Kmeans(X.shape[1], k, niter=KMEANS_MAX_ITER, nredo=KMEANS_N_INIT, spherical=True, seed=args.seed,
+                      gpu=gpu)
 
     def fit() -> np.ndarray:
         km.train(X)
         return km.index.search(X, 1)[1][:, 0]
 
-    labels, wall, cpu, other = timed(fit, "cpu")
+    labels, wall, cpu, other = timed(fit, device if gpu else "cpu")
     # faiss stops a restart once its objective stops improving (early_stop_threshold 0), so count
     # the iterations it ran (all restarts together) instead of assuming niter.
     return {"wall_s": wall, "cpu_s": cpu, "other_cpu_s": other, "centers": km.centroids,
@@ -209,8 +226,18 @@ def run_faiss(X: np.ndarray, k: int, device: str, args: argparse.Namespace) -> D
 
 #: Method name -> runner ``(X, K, device, args) -> dict``.
 RUNNERS: Dict[str, Callable[[np.ndarray, int, str, argparse.Namespace], Dict[str, Any]]] = {
-    "ours": run_ours, "ours-sampled": run_ours_sampled, "sklearn": run_sklearn, "faiss": run_faiss,
+    "ours": run_ours, "ours-tuned": run_ours_tuned, "sklearn": run_sklearn, "faiss": run_faiss,
 }
+
+
+def faiss_gpus() -> int:
+    """GPUs faiss can use (0 without faiss, with the CPU-only build or without a GPU)."""
+    try:
+        import faiss
+
+        return int(faiss.get_num_gpus()) if hasattr(faiss, "get_num_gpus") else 0
+    except ImportError:
+        return 0
 
 
 def available(method: str) -> bool:
@@ -237,32 +264,76 @@ def merge(entries: List[Dict[str, Any]], new: Dict[str, Any], keys: Tuple[str, .
     entries.append(new)
 
 
+def table_order(entry: Dict[str, Any]) -> Tuple[int, int, int]:
+    """Data sets in :data:`DATASETS` order (others last), then ``K``, then :data:`METHODS` order."""
+    data, method = entry["data"], entry["method"]
+    return (DATASETS.index(data) if data in DATASETS else len(DATASETS), entry["k"],
+            METHODS.index(method) if method in METHODS else len(METHODS))
+
+
+def current(entries: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Entries of the methods of this script (older ``ours-sampled`` rows are left out of the tables)."""
+    return sorted((e for e in entries if e["method"] in METHODS), key=table_order)
+
+
 def print_table(entries: List[Dict[str, Any]]) -> None:
+    entries = current(entries)
     header = (
-        f"{'data':<13} {'K':>4} {'method':<12} {'wall s':>9} {'cpu s':>9} {'cos inertia':>13} "
-        f"{'vs best other':>13} {'wall x':>8} {'cpu x':>8} {'NMI':>6} {'iters':>6} {'other s':>7}"
+        f"{'data':<20} {'K':>4} {'method':<10} {'wall s':>8} {'cpu s':>8} {'cos inertia':>12} "
+        f"{'vs best other':>13} {'wall x':>7} {'cpu x':>7} {'NMI':>6} {'iters':>5} {'other s':>7}"
     )
     print(header)
     print("-" * len(header))
-    for entry in sorted(entries, key=table_order):
-        ratio, wall_speed, cpu_speed = format_comparison(entry, entries, ratio_digits=5, speed_digits=1)
+    for entry in entries:
+        ratio, wall_speed, cpu_speed = format_comparison(entry, entries, ratio_digits=5, speed_digits=2)
         print(
-            f"{entry['data']:<13} {entry['k']:>4} {entry['method']:<12} {entry['wall_s']:>9.2f} {entry['cpu_s']:>9.2f} "
-            f"{entry['cosine_inertia']:>13.2f} {ratio:>13} {wall_speed:>8} {cpu_speed:>8} {entry['nmi']:>6.4f} "
-            f"{entry['n_iter']:>6} {entry.get('other_cpu_s', math.nan):>7.2f}"
+            f"{entry['data']:<20} {entry['k']:>4} {entry['method']:<10} {entry['wall_s']:>8.2f} {entry['cpu_s']:>8.2f} "
+            f"{entry['cosine_inertia']:>12.1f} {ratio:>13} {wall_speed:>7} {cpu_speed:>7} {entry['nmi']:>6.4f} "
+            f"{entry['n_iter']:>5} {entry.get('other_cpu_s', math.nan):>7.2f}"
         )
 
 
-def bench_mnist(args: argparse.Namespace, results: Dict[str, Any], info: Dict[str, Any]) -> None:
+def markdown_table(entries: List[Dict[str, Any]]) -> str:
+    """The table of :func:`print_table` in Markdown, with the subsample sizes and the dates."""
+    entries = current(entries)
+    header = ("| data | K | method | wall s | CPU s | cosine inertia | inertia ratio | wall x | CPU x | NMI | "
+              "iterations | predict s | other CPU s | measured (UTC) |")
+    lines = [header, "|" + "---|" * 14]
+    for r in entries:
+        ratio, wall_speed, cpu_speed = format_comparison(r, entries, ratio_digits=4, speed_digits=2)
+        method = r["method"] + (f" ({r['sample_size']:,} rows)" if r.get("sample_size") else "")
+        predict = f"{r['predict_s']:.3f}" if "predict_s" in r else ""
+        lines.append(
+            f"| {r['data']} | {r['k']} | {method} | {r['wall_s']:.2f} | {r['cpu_s']:.2f} | {r['cosine_inertia']:.1f} | "
+            f"{ratio} | {wall_speed} | {cpu_speed} | {r['nmi']:.4f} | {r['n_iter']} | {predict} | "
+            f"{r.get('other_cpu_s', math.nan):.2f} | {r.get('date', '')[:16]} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def bench_cpu(args: argparse.Namespace, results: Dict[str, Any], info: Dict[str, Any]) -> None:
+    """Every method on every data set of ``args.datasets``, one after the other, in this process."""
     from sklearn.metrics import normalized_mutual_info_score
 
-    sets, truth = mnist_sets(args.data_dir)
-    ks = [10] if args.quick else args.k
     methods = [m for m in METHODS if m not in args.skip and available(m)]
+    mnist: Optional[Tuple[Dict[str, np.ndarray], np.ndarray]] = None
     for name in args.datasets:
-        X = sets[name]
+        if name == SYNTHETIC_NAME:
+            n, d, k_synthetic = SYNTHETIC_CPU
+            data, labels = synthetic(n, d, k_synthetic, "cpu", args.seed)
+            X, truth, ks = normalise(data.numpy()), labels.numpy(), [k_synthetic]
+        else:
+            if mnist is None:
+                mnist = mnist_sets(args.data_dir)
+            sets, all_truth = mnist
+            if name == "mnist-test-784":  # the last 10,000 rows are the test set
+                X, truth, ks = sets["mnist-784"][60_000:], all_truth[60_000:], [10]
+            else:
+                X, truth, ks = sets[name], all_truth, ([10] if args.quick else args.k)
         for k in ks:
             for method in methods:
+                if method == "sklearn" and name == SYNTHETIC_NAME:
+                    continue  # hours on 2 cores
                 device = args.device if method.startswith("ours") else "cpu"
                 out = RUNNERS[method](X, k, device, args)
                 entry = {
@@ -273,14 +344,18 @@ def bench_mnist(args: argparse.Namespace, results: Dict[str, Any], info: Dict[st
                     "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                     "machine": info, "other_cpu_s": out["other_cpu_s"],
                 }
-                for key in ("predict_s", "sample_size", "first_full_inertia", "train_rows"):
-                    if key in out:
+                for key in ("predict_s", "sample_size", "train_rows"):
+                    if out.get(key) is not None:
                         entry[key] = out[key]
                 save(results, args.output, "mnist", entry, ("data", "k", "method"))
-                print(f"{name} K={k} {method}: {entry['wall_s']:.2f} s, cosine inertia {entry['cosine_inertia']:.2f}, "
+                print(f"{name} K={k} {method}: {entry['wall_s']:.2f} s (CPU {entry['cpu_s']:.2f} s, other processes "
+                      f"{entry['other_cpu_s']:.2f} s), cosine inertia {entry['cosine_inertia']:.2f}, "
                       f"NMI {entry['nmi']:.4f}", flush=True)
     print()
     print_table(results["mnist"])
+    if args.markdown:
+        print()
+        print(markdown_table(results["mnist"]))
 
 
 def synthetic(n: int, d: int, k: int, device: str, seed: int) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -294,24 +369,45 @@ def synthetic(n: int, d: int, k: int, device: str, seed: int) -> Tuple[torch.Ten
 
 
 def bench_synthetic(args: argparse.Namespace, results: Dict[str, Any], info: Dict[str, Any]) -> None:
+    """The GPU-sized problems: ours with its defaults, and faiss (on the GPU when it can) when installed."""
     from sklearn.metrics import normalized_mutual_info_score
 
-    for n, d, k in SYNTHETIC_RUNS:
-        X, truth = synthetic(n, d, k, args.device, args.seed)
-        km = SphericalKMeans(k, n_init=KMEANS_N_INIT, max_iter=KMEANS_MAX_ITER, tol=KMEANS_TOL, seed=args.seed)
-        _, wall, cpu, other = timed(lambda: km.fit(X), args.device)
-        entry = {
-            "data": f"synthetic-{n}x{d}", "n": n, "d": d, "k": k, "method": "ours", "device": args.device,
-            "wall_s": wall, "cpu_s": cpu, "other_cpu_s": other, "cosine_inertia": km.inertia_, "n_iter": km.n_iter_,
-            "nmi": float(normalized_mutual_info_score(truth.cpu().numpy(), km.labels_.cpu().numpy())),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "machine": info,
-        }
-        if args.device.startswith("cuda"):
-            entry["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
-        save(results, args.output, "synthetic_large", entry, ("data", "k", "method", "device"))
-        print(f"{entry['data']} K={k}: {wall:.2f} s, cosine inertia {km.inertia_:.2f}, {km.n_iter_} iterations, "
-              f"NMI {entry['nmi']:.4f}", flush=True)
-        del X, truth, km
+    methods = [m for m in ("ours", "faiss") if m not in args.skip and available(m)]
+    if "faiss" in methods and args.device.startswith("cuda") and faiss_gpus() == 0:
+        # faiss's CPU build on ImageNet-sized data takes a long time and compares nothing with a GPU.
+        print("faiss has no GPU support here (pip install faiss-gpu-cu12): ours only", flush=True)
+        methods.remove("faiss")
+    for n, d, k in args.synthetic_sizes:
+        data, labels = synthetic(n, d, k, args.device, args.seed)
+        X = torch.nn.functional.normalize(data, dim=1)
+        del data
+        X_host, truth = X.cpu().numpy(), labels.cpu().numpy()
+        for method in methods:
+            if args.device.startswith("cuda"):
+                torch.cuda.reset_peak_memory_stats()
+            if method == "ours":
+                km = SphericalKMeans(k, n_init=KMEANS_N_INIT, max_iter=KMEANS_MAX_ITER, tol=KMEANS_TOL, seed=args.seed)
+                _, wall, cpu, other = timed(functools.partial(km.fit, X), args.device)
+                centers, assigned, n_iter = km.cluster_centers_.cpu().numpy(), km.labels_.cpu().numpy(), km.n_iter_
+                device = args.device
+            else:
+                out = run_faiss(X_host, k, args.device, args)
+                wall, cpu, other = out["wall_s"], out["cpu_s"], out["other_cpu_s"]
+                centers, assigned, n_iter = out["centers"], out["labels"], out["n_iter"]
+                device = args.device if args.device.startswith("cuda") and faiss_gpus() > 0 else "cpu"
+            entry = {
+                "data": f"synthetic-{n}x{d}", "n": n, "d": d, "k": k, "method": method, "device": device,
+                "wall_s": wall, "cpu_s": cpu, "other_cpu_s": other, "n_iter": n_iter,
+                "cosine_inertia": cosine_inertia(X_host, centers, assigned),
+                "nmi": float(normalized_mutual_info_score(truth, assigned)),
+                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "machine": info,
+            }
+            if method == "ours" and args.device.startswith("cuda"):
+                entry["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            save(results, args.output, "synthetic_large", entry, ("data", "k", "method", "device"))
+            print(f"{entry['data']} K={k} {method} on {device}: {wall:.2f} s, cosine inertia "
+                  f"{entry['cosine_inertia']:.2f}, {n_iter} iterations, NMI {entry['nmi']:.4f}", flush=True)
+        del X, X_host, truth, labels
         if args.device.startswith("cuda"):
             torch.cuda.empty_cache()
 
@@ -328,19 +424,33 @@ def save(results: Dict[str, Any], path: str, section: str, entry: Dict[str, Any]
     results[section] = stored[section]  # so that the table shows the other runs' entries too
 
 
+def parse_size(text: str) -> Tuple[int, int, int]:
+    """``"NxDxK"`` -> ``(N, D, K)``."""
+    try:
+        n, d, k = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NxDxK, e.g. 60000x512x10, got {text!r}") from None
+    return n, d, k
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="folder with the gzipped MNIST IDX files")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--k", type=int, nargs="+", default=[10, 100])
-    parser.add_argument("--datasets", nargs="+", default=["mnist-784", f"mnist-pca{PCA_DIM}"],
-                        choices=["mnist-784", f"mnist-pca{PCA_DIM}"])
+    parser.add_argument("--k", type=int, nargs="+", default=[10, 100], help="K of mnist-784 and mnist-pca256")
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
     parser.add_argument("--skip", nargs="*", default=[], choices=METHODS, help="methods not to run")
     parser.add_argument("--quick", action="store_true", help="K = 10 only")
-    parser.add_argument("--synthetic-large", action="store_true", help="the large synthetic runs (ours only)")
+    parser.add_argument("--synthetic-large", action="store_true",
+                        help="the large synthetic runs (ours and faiss, on --device)")
+    parser.add_argument("--synthetic-sizes", type=parse_size, nargs="+", default=list(SYNTHETIC_RUNS),
+                        metavar="NxDxK", help="problems of --synthetic-large (e.g. 20000x64x100 for a smoke test)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rows-per-cluster", type=int, default=ROWS_PER_CLUSTER,
-                        help="the ours-sampled runs use sample_size = this * K")
+                        help="the ours-tuned runs on MNIST use sample_size = this * K")
+    parser.add_argument("--synthetic-rows-per-cluster", type=int, default=SYNTHETIC_ROWS_PER_CLUSTER,
+                        help=f"the ours-tuned run on {SYNTHETIC_NAME} uses sample_size = this * K")
+    parser.add_argument("--markdown", action="store_true", help="also print the table in Markdown")
     parser.add_argument("--output", default=RESULTS, help="JSON file to merge the results into")
     args = parser.parse_args(argv)
 
@@ -351,7 +461,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     if args.synthetic_large:
         bench_synthetic(args, results, info)
     else:
-        bench_mnist(args, results, info)
+        bench_cpu(args, results, info)
 
 
 if __name__ == "__main__":
