@@ -383,7 +383,9 @@ def _run(args: argparse.Namespace, progress: _Progress) -> int:
                 log(_header(config, trainer))
                 log(json.dumps(config_to_dict(config), sort_keys=True))
             if resume_state is not None:
-                log(f"resuming {resume_state['path']} at epoch {resume_state['epoch']}")
+                mid_epoch = resume_state.get("mid_epoch")
+                within = f", step {mid_epoch['index']} of epoch {resume_state['epoch'] + 1}" if mid_epoch else ""
+                log(f"resuming {resume_state['path']} at epoch {resume_state['epoch']}{within}")
             elif restart:
                 log(f"restarting the run in {run_dir} from the beginning (it was stopped before its first checkpoint)")
             result = trainer.fit(stop_after=options.get("stop_after"))
