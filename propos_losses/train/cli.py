@@ -256,7 +256,8 @@ def _header(config: TrainConfig, trainer: Any) -> str:
     return (
         f"run {config.output_dir}: preset {config.preset}, {dataset.name} ({len(dataset)} samples "
         f"{channels}x{height}x{width}, {classes}), method {config.method}, {config.epochs} epochs, "
-        f"K={trainer.num_clusters}, device {trainer.device}"
+        f"K={trainer.num_clusters}, device {trainer.device}, {torch.get_num_threads()} torch threads"
+        f"{f', {trainer.world_size} processes' if trainer.world_size > 1 else ''}"
     )
 
 
@@ -356,7 +357,9 @@ def _run(args: argparse.Namespace, progress: _Progress) -> int:
                 check_output_dir(run_dir, default_name=not explicit)  # early refusal; the claim below is atomic
                 config = dataclasses.replace(config, output_dir=str(run_dir))
             # Data and settings are checked (Trainer.__init__) before the directory is touched.
-            trainer = Trainer(config, run_dir, resume=resume_state, log=log)
+            trainer = Trainer(
+                config, run_dir, resume=resume_state, log=log, progress_bar=False if options.get("quiet") else None
+            )
             progress.trainer = trainer
             if not resuming:
                 error = None

@@ -13,6 +13,8 @@ at most every ``refresh_s`` seconds (the bar's refresh), never per step.
 
 from __future__ import annotations
 
+import io
+import os
 import sys
 import time
 from typing import Any, Callable, Optional, TextIO
@@ -73,8 +75,9 @@ class Progress:
         self.bar_enabled = enabled and (is_terminal if bar is None else bar)
         self.refresh_s = refresh_s
         self._bar: Any = None
-        self._run_start = time.perf_counter()
-        self._run_steps = 0  # steps timed in this process (a resumed run starts from 0)
+        self._epoch_end: Optional[float] = None
+        self._between_epochs = 0.0  # E-step, evaluation and checkpoint between the last two epochs
+        self._remaining_epochs = 0
         self._steps_left_before = 0
         self._epoch_start = 0.0
         self._epoch_steps = 0
@@ -83,13 +86,18 @@ class Progress:
     def start_epoch(self, epoch: int, first_step: int = 0) -> None:
         """Open the bar of epoch ``epoch`` (0-based), ``first_step`` steps already done (a resumed epoch)."""
         self._epoch_start = time.perf_counter()
+        if self._epoch_end is not None:
+            self._between_epochs = self._epoch_start - self._epoch_end
         self._epoch_steps = 0
         self._last_refresh = 0.0
-        remaining_epochs = self.total_epochs - epoch - 1
-        self._steps_left_before = remaining_epochs * self.steps_per_epoch + (self.steps_per_epoch - first_step)
+        self._remaining_epochs = self.total_epochs - epoch - 1
+        self._steps_left_before = self._remaining_epochs * self.steps_per_epoch + (self.steps_per_epoch - first_step)
         if not self.bar_enabled:
             return
-        from tqdm.auto import tqdm  # the train extra's dependency, imported only for a terminal
+        from tqdm import tqdm  # the train extra's dependency, imported only for a terminal
+
+        columns, lines = self._terminal_size()
+        sized = columns > 0 and lines > 0
 
         self._bar = tqdm(
             total=self.steps_per_epoch,
@@ -97,16 +105,27 @@ class Progress:
             desc=f"epoch {epoch + 1}/{self.total_epochs}",
             unit="step",
             file=self.stream,
-            dynamic_ncols=True,
+            # Follow the terminal's size; one that reports none (a fresh pseudo-terminal: tqdm would
+            # then draw nothing, its bar being "below" a 0-line screen) gets 100 x 24.
+            dynamic_ncols=sized,
+            ncols=None if sized else 100,
+            nrows=None if sized else 24,
             leave=False,
             mininterval=self.refresh_s,
             miniters=1,
             bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]",
         )
 
+    def _terminal_size(self) -> tuple[int, int]:
+        """(columns, lines) of the stream's terminal; (0, 0) when it reports none."""
+        try:
+            size = os.get_terminal_size(self.stream.fileno())
+        except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+            return 0, 0
+        return size.columns, size.lines
+
     def step(self, running_loss: Callable[[], float]) -> None:
         """One step done; ``running_loss()`` (a host sync) is called only when the bar refreshes."""
-        self._run_steps += 1
         self._epoch_steps += 1
         if self._bar is None:
             return
@@ -115,8 +134,10 @@ class Progress:
             self._last_refresh = now
             elapsed = max(now - self._epoch_start, 1e-9)
             rate = self._epoch_steps * self.samples_per_step / elapsed
-            per_step = (now - self._run_start) / max(self._run_steps, 1)
-            run_left = per_step * (self._steps_left_before - self._epoch_steps)
+            # This epoch's pace for the steps left, plus the last gap between epochs (E-step,
+            # evaluation, checkpoint) for each epoch still to come.
+            run_left = (elapsed / self._epoch_steps) * (self._steps_left_before - self._epoch_steps)
+            run_left += self._between_epochs * self._remaining_epochs
             self._bar.set_postfix_str(
                 f"loss {running_loss():.4f}, {rate:,.0f} samples/s, run ETA {format_duration(run_left)}",
                 refresh=False,
@@ -125,6 +146,7 @@ class Progress:
 
     def end_epoch(self) -> None:
         """Close the bar (the trainer then prints its per-epoch line)."""
+        self._epoch_end = time.perf_counter()
         if self._bar is not None:
             self._bar.close()
             self._bar = None

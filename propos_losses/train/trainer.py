@@ -83,6 +83,7 @@ from propos_losses.train.augment import build_augmentation, normalize
 from propos_losses.train.config import ConfigError, TrainConfig, config_to_dict
 from propos_losses.train.data import ImageDataset, load_dataset
 from propos_losses.train.models import build_backbone, mlp_head
+from propos_losses.train.progress import Progress
 from propos_losses.train.rundir import (
     CONFIG_NAME,
     OutputDirError,
@@ -492,6 +493,9 @@ class Trainer:
         dataset: the data, loaded from ``config`` when ``None``.
         resume: a checkpoint from :func:`load_checkpoint` to continue from.
         log: receives progress lines (rank 0 only); ``print`` by default.
+        progress_bar: draw the in-epoch progress bar (rank 0, on stderr):
+            ``None`` (default) when stderr is a terminal, ``False`` never
+            (``--quiet``), ``True`` always.
 
     Raises:
         ConfigError: settings that do not fit the data (batch larger than the
@@ -509,6 +513,7 @@ class Trainer:
         dataset: Optional[ImageDataset] = None,
         resume: Optional[Dict[str, Any]] = None,
         log: Optional[Callable[[str], None]] = None,
+        progress_bar: Optional[bool] = None,
     ) -> None:
         self.config = config
         self.output_dir = Path(output_dir)
@@ -568,6 +573,13 @@ class Trainer:
             )
 
         self.steps_per_epoch = n // config.batch_size
+        self.progress = Progress(
+            total_epochs=config.epochs,
+            steps_per_epoch=self.steps_per_epoch,
+            samples_per_step=config.batch_size,
+            enabled=self.is_main,
+            bar=None if progress_bar is None else (progress_bar and self.is_main),
+        )
         self.total_steps = self.steps_per_epoch * config.epochs
         self.warmup_steps = self.steps_per_epoch * config.warmup_epochs
         groups = [
@@ -985,14 +997,18 @@ class Trainer:
             totals += mid_epoch["totals"]
             lr, start, done = mid_epoch["lr"], mid_epoch["index"], mid_epoch["index"]
         self._in_steps = True
+        self.progress.start_epoch(self.epoch, start)
         try:
             for index, batch in enumerate(self._epoch_indices(self.epoch)[start:], start):
                 lr = self._step(index, batch, generator, lambda_psl, totals)
                 done = index + 1
+                # The running loss is read back (a host sync) only when the bar refreshes.
+                self.progress.step(lambda steps=done: float(totals[0]) / steps)
                 if self._stop_signal is not None:
                     break
         finally:
             self._in_steps = False
+            self.progress.end_epoch()
         if self._stop_signal is not None:
             # A signal during the steps: checkpoint between two steps and stop; resume continues from here.
             signum, self._stop_signal = self._stop_signal, None
@@ -1071,11 +1087,17 @@ class Trainer:
             eval_due = config.eval_every > 0 and self.epoch % config.eval_every == 0 and not resumed_mid_epoch
             if estep_due or eval_due:
                 self._sync_target_buffers()
+                if len(self.dataset) >= _ANNOUNCE_ESTEP_FROM:
+                    self.info(
+                        f"{'E-step' if estep_due else 'eval'} before epoch {self.epoch + 1}: features and "
+                        f"k-means on {len(self.dataset):,} samples ..."
+                    )
                 begin = time.perf_counter()
                 record, _, _ = self._estep_and_evaluate(update_labels=estep_due)
+                seconds = time.perf_counter() - begin
                 self._record({"event": "estep" if estep_due else "eval", "epoch": self.epoch, **record,
-                              "time_s": time.perf_counter() - begin})
-                self.info(_format("E-step" if estep_due else "eval", self.epoch, record))
+                              "time_s": seconds})
+                self.info(f"{_format('E-step' if estep_due else 'eval', self.epoch, record)}  ({seconds:.1f}s)")
             begin = time.perf_counter()
             stats = self._train_epoch()
             self.epoch += 1
@@ -1093,6 +1115,8 @@ class Trainer:
             return {"epoch": self.epoch, "final": None, "output_dir": str(self.output_dir)}
 
         self._sync_target_buffers()
+        if len(self.dataset) >= _ANNOUNCE_ESTEP_FROM:
+            self.info(f"final evaluation: features and k-means on {len(self.dataset):,} samples ...")
         begin = time.perf_counter()
         record, backbone_labels, projector_labels = self._estep_and_evaluate(update_labels=False, final=True)
         record.update(self._cluster_stats("projector", projector_labels, self.eval_clusters))
@@ -1122,6 +1146,11 @@ def _augmentation_overrides(config: TrainConfig) -> Dict[str, Any]:
     if config.translate is not None:
         overrides["translate"] = config.translate
     return overrides
+
+
+#: From this many samples on, a line announces each E-step and evaluation before it starts
+#: (they take seconds to minutes there, and print nothing while they run).
+_ANNOUNCE_ESTEP_FROM = 10_000
 
 
 def _format(event: str, epoch: int, record: Dict[str, Any]) -> str:
