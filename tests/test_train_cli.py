@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from propos_losses import defaults as D
 from propos_losses.train.cli import EXIT_USER_ERROR, main
 from propos_losses.train.config import PRESETS, ConfigError, resolve_config
-from propos_losses.train.trainer import atomic_write_bytes, learning_rate_factor
+from propos_losses.train.optim import learning_rate_factor
+from propos_losses.train.rundir import atomic_write_bytes
 
 # Tiny but complete: 200 digits, 3 steps per epoch, small heads, one k-means restart.
 TINY = [

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from propos_losses.train import cli
-from propos_losses.train import trainer as trainer_module
+from propos_losses.train import checkpoint as checkpoint_module
 from propos_losses.train.cli import EXIT_USER_ERROR, main
 from propos_losses.train.rundir import atomic_write_bytes
 from propos_losses.train.trainer import TIMING_KEYS, Trainer, load_checkpoint
@@ -311,7 +311,7 @@ def _rewrite_checkpoint(run_dir: Path, change: Any) -> None:
     state = load_checkpoint(run_dir)
     del state["path"]
     change(state)
-    atomic_write_bytes(run_dir / "checkpoint.pt", trainer_module._checkpoint_bytes(state))
+    atomic_write_bytes(run_dir / "checkpoint.pt", checkpoint_module.checkpoint_bytes(state))
 
 
 @pytest.fixture(scope="module")

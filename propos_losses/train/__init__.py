@@ -9,9 +9,10 @@ of :mod:`propos_losses`; nothing in the library imports this package.
 Run ``propos-train --help`` or ``python -m propos_losses.train --help``.
 """
 
+from propos_losses.train.checkpoint import CheckpointError, load_checkpoint
 from propos_losses.train.cli import main
 from propos_losses.train.config import PRESETS, ConfigError, TrainConfig, resolve_config
-from propos_losses.train.trainer import CheckpointError, Trainer, load_checkpoint
+from propos_losses.train.trainer import Trainer
 
 __all__ = [
     "main",

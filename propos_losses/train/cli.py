@@ -65,7 +65,7 @@ _HELP = {
     "method": "propos | byol (BYOL = lambda_psl 0 and sigma 0 on the same code path)",
     "batch_size": "global batch size (split over torchrun processes); lr = base_lr * batch_size / 256",
     "device": "auto | cpu | cuda (auto: CUDA when available)",
-    "backbone": "small_cnn | flat_cnn | resnet18 | resnet34",
+    "backbone": "tiny_cnn | small_cnn | flat_cnn | resnet18 | resnet34",
     "psl_warmup_epochs": "epochs with PSL and PSA noise off (default: warmup_epochs)",
     "psl_start": "warmup | auto (auto: PSL from the first E-step whose labels agree with the previous ones, NMI >= psl_agreement)",
     "estep_init": "cold | warm (warm: the E-step's k-means starts from the previous E-step's centres)",
@@ -220,7 +220,7 @@ def _config_json(config: TrainConfig) -> bytes:
 
 def _unstarted_run_config(run_dir: Path) -> TrainConfig:
     """The settings of a run killed before its first checkpoint (its ``config.json``)."""
-    from propos_losses.train.trainer import CHECKPOINT_NAME, CheckpointError
+    from propos_losses.train.checkpoint import CHECKPOINT_NAME, CheckpointError
 
     path = run_dir / CONFIG_NAME
     if not path.is_file():
@@ -236,7 +236,7 @@ def _unstarted_run_config(run_dir: Path) -> TrainConfig:
 
 def _check_config_json(run_dir: Path, config: TrainConfig, checkpoint: str) -> None:
     """A checkpoint resumes only the run whose ``config.json`` sits next to it."""
-    from propos_losses.train.trainer import CheckpointError, config_fingerprint
+    from propos_losses.train.checkpoint import CheckpointError, config_fingerprint
 
     path = run_dir / CONFIG_NAME
     if not path.is_file():
@@ -353,7 +353,7 @@ def _run(args: argparse.Namespace, progress: _Progress) -> int:
                 return 0
             if not resuming:
                 explicit = config.output_dir is not None
-                run_dir = Path(config.output_dir) if explicit else Path("runs") / _timestamp()
+                run_dir = Path(config.output_dir) if config.output_dir is not None else Path("runs") / _timestamp()
                 check_output_dir(run_dir, default_name=not explicit)  # early refusal; the claim below is atomic
                 config = dataclasses.replace(config, output_dir=str(run_dir))
             # Data and settings are checked (Trainer.__init__) before the directory is touched.
@@ -433,7 +433,7 @@ def _draw_plots(run_dir: Path, log: Any) -> None:
 
 
 def _interrupt_message(signum: int, progress: _Progress) -> str:
-    from propos_losses.train.trainer import CheckpointError, load_checkpoint
+    from propos_losses.train.checkpoint import CheckpointError, load_checkpoint
 
     name = signal.Signals(signum).name
     run_dir = progress.run_dir

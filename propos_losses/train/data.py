@@ -38,7 +38,7 @@ import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, List, Optional, Union
 
 import numpy as np
 import torch
@@ -275,7 +275,8 @@ def _load_mnist(data_dir: Path) -> ImageDataset:
             f"{data_dir}: no MNIST-format IDX files found (expected e.g. train-images-idx3-ubyte[.gz] "
             f"and train-labels-idx1-ubyte[.gz])"
         )
-    all_images, all_labels = [], []
+    all_images: List[np.ndarray] = []
+    all_labels: List[np.ndarray] = []
     for images_path, labels_path in pairs:
         images = read_idx(images_path)
         labels = read_idx(labels_path)
@@ -460,9 +461,9 @@ def _load_folder(data_dir: Path) -> ImageDataset:
         images = _list_images(class_dir)
         paths.extend(images)
         labels.extend([label] * len(images))
-    images = torch.from_numpy(_read_images(paths))
+    pixels = torch.from_numpy(_read_images(paths))
     classes = ", ".join(path.name for path in class_dirs)
-    return ImageDataset(images, torch.tensor(labels, dtype=torch.int64), len(class_dirs), f"folder ({data_dir}: {classes})")
+    return ImageDataset(pixels, torch.tensor(labels, dtype=torch.int64), len(class_dirs), f"folder ({data_dir}: {classes})")
 
 
 # ----------------------------------------------------------------------- digits

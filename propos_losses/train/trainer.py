@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import hashlib
+import functools
 import io
 import json
 import math
@@ -65,7 +65,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from propos_losses import defaults as D
 from propos_losses.distributed import (
     all_gather_cat,
     all_reduce_sum_,
@@ -80,53 +79,47 @@ from propos_losses.momentum import MomentumUpdater
 from propos_losses.psa import PositiveSamplingAlignment
 from propos_losses.psl import PrototypeScatteringLoss
 from propos_losses.train.augment import build_augmentation, normalize
+from propos_losses.train.checkpoint import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_NAME,
+    CheckpointError,
+    checkpoint_bytes,
+    config_fingerprint,
+    data_fingerprint,
+    load_checkpoint,  # noqa: F401  (re-exported, see __all__)
+    rng_state,
+    set_rng_state,
+)
 from propos_losses.train.config import ConfigError, TrainConfig, config_to_dict
 from propos_losses.train.data import ImageDataset, load_dataset
 from propos_losses.train.models import build_backbone, mlp_head
+from propos_losses.train.optim import LARS, learning_rate_factor
 from propos_losses.train.progress import Progress
 from propos_losses.train.rundir import (
-    CONFIG_NAME,
-    OutputDirError,
+    CONFIG_NAME,  # noqa: F401  (re-exported)
+    OutputDirError,  # noqa: F401  (re-exported)
     atomic_write_bytes,
     remove_stale_temporaries,
 )
 
 __all__ = [
-    "CheckpointError",
     "TrainingInterrupted",
-    "OutputDirError",
     "Encoder",
-    "LARS",
     "Trainer",
-    "learning_rate_factor",
-    "atomic_write_bytes",
-    "load_checkpoint",
-    "config_fingerprint",
-    "data_fingerprint",
-    "CHECKPOINT_NAME",
-    "CONFIG_NAME",
     "METRICS_NAME",
     "ASSIGNMENTS_NAME",
+    "TIMING_KEYS",
 ]
+# Also importable from here, as before the split (their homes are checkpoint.py, optim.py and
+# rundir.py): CheckpointError, load_checkpoint, config_fingerprint, data_fingerprint,
+# CHECKPOINT_NAME, LARS, learning_rate_factor, atomic_write_bytes, OutputDirError, CONFIG_NAME.
 
-CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.jsonl"
 ASSIGNMENTS_NAME = "assignments.csv"
-#: Version of the checkpoint layout; bumped when the saved keys change. Format 2 wraps the
-#: state with its SHA-256 and adds the data and settings fingerprints and the log's byte length.
-CHECKPOINT_FORMAT = 2
-#: Older formats that still load (without the integrity check and fingerprints).
-_LEGACY_FORMATS = (1,)
-#: Settings that may differ between a run and its resumption (not part of the config fingerprint).
-_RUN_ONLY_KEYS = ("device", "output_dir")
 #: Samples per forward pass when extracting features of the whole data set.
 _FEATURE_CHUNK = 1024
 #: Keys of a log record that measure wall time (they differ between identical runs).
 TIMING_KEYS = ("time_s", "elapsed_s", "estep_kmeans_s")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read or does not belong to this trainer."""
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -205,252 +198,12 @@ class _OnlineStep(nn.Module):
         # Both view orders averaged, as the authors (and ProPosLoss) do.
         psa_loss = 0.5 * self.psa.symmetric(online1, online2, target1, target2)
         if lambda_psl > 0.0:
-            psl_loss = 0.5 * _psl_pair(self.psl, online1, online2, target1, target2, pseudo_labels, indices)
+            # Each view's online prototypes against the other's target ones; a queue gets each sample once.
+            psl_loss = 0.5 * self.psl.symmetric(online1, online2, target1, target2, pseudo_labels, indices)
         else:
             psl_loss = psa_loss.new_zeros(())
         loss = psa_loss + lambda_psl * psl_loss
         return loss, psa_loss.detach(), psl_loss.detach()
-
-
-def _psl_pair(
-    psl: PrototypeScatteringLoss,
-    online1: Tensor,
-    online2: Tensor,
-    target1: Tensor,
-    target2: Tensor,
-    pseudo_labels: Tensor,
-    indices: Tensor,
-) -> Tensor:
-    """Symmetric PSL: online prototypes of each view against target prototypes of the other.
-
-    With a queue, only the second call enqueues (PSL enqueues in training mode
-    only), so that every sample enters the queue once per step.
-    """
-    if psl.queue is None:
-        return psl(online1, target2, pseudo_labels) + psl(online2, target1, pseudo_labels)
-    psl.eval()
-    try:
-        first = psl(online1, target2, pseudo_labels, indices)
-    finally:
-        psl.train()
-    return first + psl(online2, target1, pseudo_labels, indices)
-
-
-class LARS(torch.optim.Optimizer):
-    """SGD with momentum and layer-wise adaptive rate scaling (You et al., 2017).
-
-    Parameters with one dimension (biases, BatchNorm) get plain SGD without
-    weight decay, as in BYOL.
-
-    Args:
-        params: parameters or parameter groups.
-        lr: learning rate.
-        momentum: heavy-ball momentum.
-        weight_decay: L2 penalty of matrices and kernels.
-        trust_coefficient: ``eta`` of the trust ratio.
-
-    Example:
-        >>> w = nn.Parameter(torch.ones(2, 2))
-        >>> opt = LARS([w], lr=0.1)
-        >>> w.sum().backward(); opt.step()
-        >>> bool((w < 1).all())
-        True
-    """
-
-    def __init__(
-        self,
-        params: Any,
-        lr: float,
-        momentum: float = D.SGD_MOMENTUM,
-        weight_decay: float = D.WEIGHT_DECAY,
-        trust_coefficient: float = 0.001,
-    ) -> None:
-        if lr < 0.0:
-            raise ValueError(f"lr must be >= 0, got {lr}")
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, trust_coefficient=trust_coefficient))
-
-    @torch.no_grad()
-    def step(self, closure: Optional[Callable[[], float]] = None) -> Optional[float]:  # type: ignore[override]
-        loss = closure() if closure is not None else None
-        for group in self.param_groups:
-            for param in group["params"]:
-                if param.grad is None:
-                    continue
-                grad = param.grad
-                if param.ndim > 1:
-                    grad = grad.add(param, alpha=group["weight_decay"])
-                    param_norm, grad_norm = torch.linalg.vector_norm(param), torch.linalg.vector_norm(grad)
-                    ratio = torch.where(
-                        (param_norm > 0) & (grad_norm > 0),
-                        group["trust_coefficient"] * param_norm / grad_norm,
-                        torch.ones_like(param_norm),
-                    )
-                    grad = grad.mul(ratio)
-                state = self.state[param]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.clone(grad).detach()
-                else:
-                    state["momentum_buffer"].mul_(group["momentum"]).add_(grad)
-                param.add_(state["momentum_buffer"], alpha=-group["lr"])
-        return loss
-
-
-def learning_rate_factor(step: int, total_steps: int, warmup_steps: int) -> float:
-    """Multiplier of the peak learning rate at ``step`` (0-based).
-
-    Linear warm-up ``(step + 1) / warmup_steps`` over the first ``warmup_steps``
-    steps, then cosine decay to 0 at ``total_steps``.
-
-    Example:
-        >>> [round(learning_rate_factor(s, 10, 2), 3) for s in (0, 1, 2, 6, 9)]
-        [0.5, 1.0, 1.0, 0.5, 0.038]
-    """
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    decay_steps = max(total_steps - warmup_steps, 1)
-    return 0.5 * (1.0 + math.cos(math.pi * (step - warmup_steps) / decay_steps))
-
-
-# --------------------------------------------------------------------------- files
-
-
-def config_fingerprint(config: TrainConfig) -> str:
-    """SHA-256 of the settings that define a run (all but ``device`` and ``output_dir``).
-
-    Example:
-        >>> from propos_losses.train.config import TrainConfig
-        >>> config_fingerprint(TrainConfig()) == config_fingerprint(TrainConfig(device="cpu", output_dir="x"))
-        True
-    """
-    values = {k: v for k, v in config_to_dict(config).items() if k not in _RUN_ONLY_KEYS}
-    return hashlib.sha256(json.dumps(values, sort_keys=True).encode("utf-8")).hexdigest()
-
-
-def data_fingerprint(dataset: ImageDataset) -> str:
-    """SHA-256 of a data set's images and labels as loaded (shapes, pixel bytes, label values).
-
-    Example:
-        >>> from propos_losses.train.data import ImageDataset
-        >>> a = ImageDataset(torch.zeros(2, 1, 4, 4, dtype=torch.uint8), None, None, "a")
-        >>> b = ImageDataset(torch.ones(2, 1, 4, 4, dtype=torch.uint8), None, None, "b")
-        >>> data_fingerprint(a) == data_fingerprint(b)
-        False
-    """
-    digest = hashlib.sha256()
-    images = dataset.images.detach().cpu().contiguous()
-    digest.update(repr((tuple(images.shape), dataset.num_classes)).encode("utf-8"))
-    digest.update(images.numpy().data)
-    if dataset.labels is not None:
-        digest.update(dataset.labels.detach().cpu().contiguous().numpy().data)
-    return digest.hexdigest()
-
-
-def _checkpoint_bytes(state: Dict[str, Any]) -> bytes:
-    """The file content of a checkpoint: the serialised state and its SHA-256."""
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    payload = buffer.getvalue()
-    wrapper = {
-        "format": CHECKPOINT_FORMAT,
-        "sha256": hashlib.sha256(payload).hexdigest(),
-        "payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8),
-    }
-    buffer = io.BytesIO()
-    torch.save(wrapper, buffer)
-    return buffer.getvalue()
-
-
-def _load_torch(source: Any, where: str) -> Any:
-    try:
-        return torch.load(source, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for corrupt files
-        raise CheckpointError(f"cannot read checkpoint {where!r}: {type(exc).__name__}: {exc}") from None
-
-
-def load_checkpoint(path: str | os.PathLike) -> Dict[str, Any]:
-    """Read and verify a trainer checkpoint (a file, or a run directory holding ``checkpoint.pt``).
-
-    The state is checked against the SHA-256 stored with it, so a damaged or
-    edited file is refused rather than resumed; counters out of range and a
-    settings entry that is not a table are refused too. (Checkpoints of format
-    1, written before the digest existed, are read without it.)
-
-    Raises:
-        CheckpointError: missing, unreadable, truncated, corrupt or foreign file.
-    """
-    path = Path(path)
-    if path.is_dir():
-        path = path / CHECKPOINT_NAME
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {str(path)!r}")
-    where = str(path)
-    outer = _load_torch(path, where)
-    if not isinstance(outer, dict) or "format" not in outer:
-        raise CheckpointError(f"{where!r} is not a propos-train checkpoint")
-    if outer["format"] == CHECKPOINT_FORMAT:
-        payload, digest = outer.get("payload"), outer.get("sha256")
-        if not (isinstance(payload, Tensor) and payload.dtype == torch.uint8 and payload.dim() == 1
-                and isinstance(digest, str)):
-            raise CheckpointError(f"{where!r} is not a propos-train checkpoint")
-        data = payload.numpy().tobytes()
-        if hashlib.sha256(data).hexdigest() != digest:
-            raise CheckpointError(
-                f"{where!r} is corrupt: its content does not match the SHA-256 stored with it "
-                f"(damaged on disk or edited); use a backup copy or start a new run"
-            )
-        state = _load_torch(io.BytesIO(data), where)
-    elif outer["format"] in _LEGACY_FORMATS:
-        state = outer
-    else:
-        raise CheckpointError(f"{where!r} has checkpoint format {outer['format']!r}, expected {CHECKPOINT_FORMAT}")
-    required = ("format", "config", "epoch", "step", "online", "target", "optimizer", "momentum", "pseudo_labels",
-                "rng", "log_lines")
-    if not isinstance(state, dict) or any(key not in state for key in required):
-        raise CheckpointError(f"{where!r} is not a propos-train checkpoint")
-    if not isinstance(state["config"], dict):
-        raise CheckpointError(
-            f"{where!r} is damaged: its settings are a {type(state['config']).__name__}, not a table of settings"
-        )
-    for key in ("epoch", "step", "log_lines"):
-        value = state[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise CheckpointError(f"{where!r} is damaged: {key} is {value!r}, not a count >= 0")
-    epochs = state["config"].get("epochs")
-    if isinstance(epochs, int) and state["epoch"] > epochs:
-        raise CheckpointError(f"{where!r} is damaged: it is at epoch {state['epoch']} of a {epochs}-epoch run")
-    if not isinstance(state["pseudo_labels"], Tensor) or state["pseudo_labels"].dim() != 1:
-        raise CheckpointError(f"{where!r} is damaged: its pseudo-labels are not a vector")
-    state["path"] = where
-    return state
-
-
-def _rng_state() -> Dict[str, Any]:
-    numpy_state = np.random.get_state()
-    state: Dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": {
-            "key": torch.from_numpy(numpy_state[1].astype(np.int64)),
-            "pos": int(numpy_state[2]),
-            "has_gauss": int(numpy_state[3]),
-            "cached_gaussian": float(numpy_state[4]),
-        },
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: Dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    numpy_state = state["numpy"]
-    np.random.set_state(
-        ("MT19937", numpy_state["key"].numpy().astype(np.uint32), numpy_state["pos"], numpy_state["has_gauss"], numpy_state["cached_gaussian"])
-    )
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 # --------------------------------------------------------------------------- trainer
@@ -830,7 +583,7 @@ class Trainer:
             "psl_start": {"agreement": self.label_agreement, "estep_count": self.estep_count,
                           "started": self.psl_started},
             "estep_centers": None if self.estep_centers is None else self.estep_centers.cpu(),
-            "rng": _rng_state(),
+            "rng": rng_state(),
             "log_lines": self.log_lines,
             "log_bytes": self.log_bytes,
             "data_sha256": self.data_sha256,
@@ -852,7 +605,7 @@ class Trainer:
             # The checkpoint promises log_bytes bytes of log: they must survive an OS crash too.
             with open(log, "ab") as fh:
                 os.fsync(fh.fileno())
-        atomic_write_bytes(self.output_dir / CHECKPOINT_NAME, _checkpoint_bytes(self._state(mid_epoch)))
+        atomic_write_bytes(self.output_dir / CHECKPOINT_NAME, checkpoint_bytes(self._state(mid_epoch)))
 
     def _restore(self, state: Dict[str, Any]) -> None:
         """Check that ``state`` belongs to this configuration and data, then load it (writes nothing)."""
@@ -903,7 +656,7 @@ class Trainer:
             self.psl_started = bool(psl_start["started"])
             centers = state.get("estep_centers")
             self.estep_centers = None if centers is None else centers.to(self.device)
-            _set_rng_state(state["rng"])
+            set_rng_state(state["rng"])
             if mid_epoch is not None:
                 self._mid_epoch = {
                     "index": index,
@@ -1003,7 +756,7 @@ class Trainer:
                 lr = self._step(index, batch, generator, lambda_psl, totals)
                 done = index + 1
                 # The running loss is read back (a host sync) only when the bar refreshes.
-                self.progress.step(lambda steps=done: float(totals[0]) / steps)
+                self.progress.step(functools.partial(_running_mean, totals, done))
                 if self._stop_signal is not None:
                     break
         finally:
@@ -1146,6 +899,11 @@ def _augmentation_overrides(config: TrainConfig) -> Dict[str, Any]:
     if config.translate is not None:
         overrides["translate"] = config.translate
     return overrides
+
+
+def _running_mean(totals: Tensor, steps: int) -> float:
+    """The epoch's mean loss so far (reads ``totals[0]`` back to the host)."""
+    return float(totals[0]) / steps
 
 
 #: From this many samples on, a line announces each E-step and evaluation before it starts
