@@ -13,7 +13,8 @@ METHODS = ("ours", "ours-sampled", "sklearn", "faiss")
 def baselines(entry: Dict[str, Any], entries: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     """The baseline runs (scikit-learn, faiss) on the same data set and ``K`` as ``entry``."""
     return [
-        e for e in entries
+        e
+        for e in entries
         if (e["data"], e["k"]) == (entry["data"], entry["k"]) and not e["method"].startswith(OURS_PREFIX)
     ]
 

@@ -73,8 +73,15 @@ def loop_script(loop: str, pairing: str, workdir: Path) -> Path:
     return patched
 
 
-def run_loop(loop: str, dataset: str, seed: int, data_dir: Optional[str], max_samples: Optional[int],
-             epochs: Optional[int], script: Optional[Path] = None) -> Dict[str, Any]:
+def run_loop(
+    loop: str,
+    dataset: str,
+    seed: int,
+    data_dir: Optional[str],
+    max_samples: Optional[int],
+    epochs: Optional[int],
+    script: Optional[Path] = None,
+) -> Dict[str, Any]:
     script = script or LOOPS / f"{loop}_loop.py"
     command = [sys.executable, str(script), "--dataset", dataset, "--seed", str(seed)]
     if data_dir:
@@ -83,22 +90,35 @@ def run_loop(loop: str, dataset: str, seed: int, data_dir: Optional[str], max_sa
         command += ["--max-samples", str(max_samples)]
     if epochs:
         command += ["--epochs", str(epochs)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(LOOPS), str(HERE.parent), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(LOOPS), str(HERE.parent), os.environ.get("PYTHONPATH", "")]),
+    }
     start = time.perf_counter()
     done = subprocess.run(command, cwd=LOOPS, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
     lines = done.stdout.splitlines()
-    result = json.loads(next(line for line in lines if line.startswith("RESULT "))[len("RESULT "):])
-    return {"loop": loop, "dataset": dataset, "seed": seed, "result": result, "log": lines[:-1],
-            "wall_s": time.perf_counter() - start}
+    result = json.loads(next(line for line in lines if line.startswith("RESULT "))[len("RESULT ") :])
+    return {
+        "loop": loop,
+        "dataset": dataset,
+        "seed": seed,
+        "result": result,
+        "log": lines[:-1],
+        "wall_s": time.perf_counter() - start,
+    }
 
 
 def summarise(values: Sequence[float]) -> Dict[str, float]:
     values = list(values)
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "n": len(values)}
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "n": len(values),
+    }
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -111,8 +131,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--jobs", type=int, default=2, help="loops run at once (one thread each)")
     parser.add_argument("--tag", default="")
     parser.add_argument("--loops", nargs="+", default=["byol", "propos"], choices=["byol", "propos"])
-    parser.add_argument("--psl-pairing", default="same", choices=["same", "cross"],
-                        help="ProPosLoss(psl_pairing=...) of the propos loop (a patched copy for 'cross')")
+    parser.add_argument(
+        "--psl-pairing",
+        default="same",
+        choices=["same", "cross"],
+        help="ProPosLoss(psl_pairing=...) of the propos loop (a patched copy for 'cross')",
+    )
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="bench_dropin_"))
 
@@ -123,16 +147,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     runs: List[Dict[str, Any]] = []
     with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
         futures = {
-            pool.submit(run_loop, loop, dataset, seed, args.data_dir if dataset == "mnist" else None,
-                        args.max_samples if dataset == "mnist" else None, args.epochs, scripts[loop]): (loop, dataset, seed)
+            pool.submit(
+                run_loop,
+                loop,
+                dataset,
+                seed,
+                args.data_dir if dataset == "mnist" else None,
+                args.max_samples if dataset == "mnist" else None,
+                args.epochs,
+                scripts[loop],
+            ): (loop, dataset, seed)
             for loop, dataset, seed in jobs
         }
         for future in concurrent.futures.as_completed(futures):
             run = future.result()
             runs.append(run)
             r = run["result"]
-            print(f"  {run['dataset']:<7} {run['loop']:<7} seed {run['seed']}: " +
-                  "  ".join(f"{k} {r[k]:.4f}" for k in KEYS) + f"  ({run['wall_s']:.0f} s)", flush=True)
+            print(
+                f"  {run['dataset']:<7} {run['loop']:<7} seed {run['seed']}: "
+                + "  ".join(f"{k} {r[k]:.4f}" for k in KEYS)
+                + f"  ({run['wall_s']:.0f} s)",
+                flush=True,
+            )
 
     rows = []
     header = f"{'data set':<10}{'loop':<9}" + "".join(f"{k:>22}" for k in KEYS) + f"{'wall s':>9}"
@@ -142,18 +178,34 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             group = [r for r in runs if r["dataset"] == dataset and r["loop"] == loop]
             summary = {k: summarise([r["result"][k] for r in group]) for k in KEYS}
             wall = statistics.fmean(r["wall_s"] for r in group)
-            rows.append({"dataset": dataset, "loop": loop, "summary": summary, "wall_s_mean": wall,
-                         "seeds": sorted(r["seed"] for r in group)})
-            print(f"{dataset:<10}{loop:<9}" + "".join(
-                f"{summary[k]['mean']:.4f} +- {summary[k]['std']:.4f}".rjust(22) for k in KEYS) + f"{wall:>9.0f}")
+            rows.append(
+                {
+                    "dataset": dataset,
+                    "loop": loop,
+                    "summary": summary,
+                    "wall_s_mean": wall,
+                    "seeds": sorted(r["seed"] for r in group),
+                }
+            )
+            print(
+                f"{dataset:<10}{loop:<9}"
+                + "".join(f"{summary[k]['mean']:.4f} +- {summary[k]['std']:.4f}".rjust(22) for k in KEYS)
+                + f"{wall:>9.0f}"
+            )
     out = {
         "changed_lines": diff,
         "rows": rows,
         "runs": sorted(runs, key=lambda r: (r["dataset"], r["loop"], r["seed"])),
-        "environment": {"python": platform.python_version(), "cpu_count": os.cpu_count(), "jobs": args.jobs,
-                        "threads_per_job": 1, "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
-                        "max_samples": args.max_samples, "epochs_override": args.epochs,
-                        "psl_pairing": args.psl_pairing},
+        "environment": {
+            "python": platform.python_version(),
+            "cpu_count": os.cpu_count(),
+            "jobs": args.jobs,
+            "threads_per_job": 1,
+            "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+            "max_samples": args.max_samples,
+            "epochs_override": args.epochs,
+            "psl_pairing": args.psl_pairing,
+        },
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"bench_dropin{'_' + args.tag if args.tag else ''}.json"

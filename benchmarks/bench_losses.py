@@ -60,8 +60,12 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from propos_losses import defaults  # noqa: E402
-from propos_losses import PSA, MomentumUpdater, ProPosLoss  # noqa: E402
+from propos_losses import (  # noqa: E402
+    PSA,
+    MomentumUpdater,
+    ProPosLoss,
+    defaults,  # noqa: E402
+)
 from propos_losses.psl import PrototypeScatteringLoss  # noqa: E402
 
 DIM = defaults.PROJECTION_DIM
@@ -267,13 +271,19 @@ def bench_hot_path(
     cases: List[Tuple[str, Callable[[bool], nn.Module], Tuple[Any, ...]]] = []
     for k, queue in ((10, 0), (1000, 0), (10, 10240)):
         labels = torch.randint(0, k, (batch_size,), generator=generator).to(device)
-        cases.append((f"PSL K={k} queue={queue}",
-                      lambda v, k=k, queue=queue: PrototypeScatteringLoss(k, queue_size=queue, feature_dim=DIM,
-                                                                          validate_args=v),
-                      (online, target, labels)))
+        cases.append(
+            (
+                f"PSL K={k} queue={queue}",
+                lambda v, k=k, queue=queue: PrototypeScatteringLoss(
+                    k, queue_size=queue, feature_dim=DIM, validate_args=v
+                ),
+                (online, target, labels),
+            )
+        )
     predictor = nn.Sequential(nn.Linear(DIM, 4096), nn.BatchNorm1d(4096), nn.ReLU(), nn.Linear(4096, DIM)).to(device)
-    cases.append(("PSA (4096-wide predictor)", lambda v: PositiveSamplingAlignment(predictor, validate_args=v),
-                  (online, target)))
+    cases.append(
+        ("PSA (4096-wide predictor)", lambda v: PositiveSamplingAlignment(predictor, validate_args=v), (online, target))
+    )
     for name, build, inputs in cases:
         row: Dict[str, Any] = {"case": name, "backend": backend}
         for validate in (True, False):
@@ -313,8 +323,10 @@ def bench_hot_path(
 
 
 def format_hot_path(rows: List[Dict[str, Any]]) -> str:
-    header = (f"{'case':<28} | {'syncs checked':>13} {'syncs fast':>10} {'breaks':>6} | {'checked ms':>10} "
-              f"{'fast ms':>8} {'compiled ms':>11}")
+    header = (
+        f"{'case':<28} | {'syncs checked':>13} {'syncs fast':>10} {'breaks':>6} | {'checked ms':>10} "
+        f"{'fast ms':>8} {'compiled ms':>11}"
+    )
     lines = [header, "-" * len(header)]
     for r in rows:
         compiled = f"{r['compiled_ms']:.2f}" if r.get("compiled_ms") is not None else "error"
@@ -380,7 +392,9 @@ def _step_variants(
     online_net = resnet18_cifar_with_projector().to(device)
     target_net = copy.deepcopy(online_net)
     predictor = nn.Sequential(
-        nn.Linear(DIM, defaults.HIDDEN_DIM), nn.BatchNorm1d(defaults.HIDDEN_DIM), nn.ReLU(),
+        nn.Linear(DIM, defaults.HIDDEN_DIM),
+        nn.BatchNorm1d(defaults.HIDDEN_DIM),
+        nn.ReLU(),
         nn.Linear(defaults.HIDDEN_DIM, DIM),
     ).to(device)
     parameters = list(online_net.parameters()) + list(predictor.parameters())
@@ -409,8 +423,11 @@ def _step_variants(
             target = torch.compile(target_net, backend=compile_backend)
             loss_fn = torch.compile(criterion, backend=compile_backend, fullgraph=not validate)
 
-        def step(online: Callable[[Tensor], Tensor] = online, target: Callable[[Tensor], Tensor] = target,
-                 loss_fn: Callable[..., Tensor] = loss_fn) -> None:
+        def step(
+            online: Callable[[Tensor], Tensor] = online,
+            target: Callable[[Tensor], Tensor] = target,
+            loss_fn: Callable[..., Tensor] = loss_fn,
+        ) -> None:
             optimizer.zero_grad(set_to_none=True)
             q1, q2 = online(views[0]), online(views[1])
             with torch.no_grad():
@@ -513,7 +530,9 @@ def format_table(rows: List[Dict[str, Any]]) -> str:
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda (default: cuda if available)"
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="cpu or cuda (default: cuda if available)",
     )
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls per configuration (default 1)")
     parser.add_argument("--repeats", type=int, default=3, help="least timed calls per configuration (default 3)")
@@ -575,8 +594,10 @@ def main(argv: Optional[List[str]] = None) -> None:
                         num_clusters, batch_size, queue_size, device, args.warmup, args.repeats, args.min_time
                     )
         print(format_table(rows))
-        print("(speed-up: naive / fast; loss columns differ where clusters are empty: the naive -10 fill leaks "
-              "into the denominator)")
+        print(
+            "(speed-up: naive / fast; loss columns differ where clusters are empty: the naive -10 fill leaks "
+            "into the denominator)"
+        )
     hot: Optional[List[Dict[str, Any]]] = None
     if args.hot_path:
         hot = bench_hot_path(device, args.compile_backend, args.warmup, args.repeats, args.min_time)

@@ -91,8 +91,21 @@ def train_once(preset: str, overrides: Dict[str, Any], dataset: Any = None, name
         result = Trainer(config, run_dir, dataset=dataset, log=lambda message: None).fit()
         records = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
     curve = [
-        {k: r[k] for k in ("epoch", "backbone_nmi", "backbone_acc", "projector_nmi", "projector_acc",
-                           "pseudo_agreement", "pseudo_nmi", "pseudo_vs_cold_nmi", "estep_kmeans_s") if k in r}
+        {
+            k: r[k]
+            for k in (
+                "epoch",
+                "backbone_nmi",
+                "backbone_acc",
+                "projector_nmi",
+                "projector_acc",
+                "pseudo_agreement",
+                "pseudo_nmi",
+                "pseudo_vs_cold_nmi",
+                "estep_kmeans_s",
+            )
+            if k in r
+        }
         for r in records
         if r["event"] in ("estep", "eval", "final")
     ]
@@ -145,7 +158,9 @@ def _table(rows: List[Dict[str, Any]], keys: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def run_variants(preset: str, variants: Dict[str, Dict[str, Any]], seeds: Sequence[int], dataset: Any) -> List[Dict[str, Any]]:
+def run_variants(
+    preset: str, variants: Dict[str, Dict[str, Any]], seeds: Sequence[int], dataset: Any
+) -> List[Dict[str, Any]]:
     rows = []
     for name, overrides in variants.items():
         runs = []
@@ -154,16 +169,25 @@ def run_variants(preset: str, variants: Dict[str, Dict[str, Any]], seeds: Sequen
             run["seed"] = seed
             runs.append(run)
             f = run["final"]
-            print(f"  {name:<30} seed {seed}: backbone NMI {f['backbone_nmi']:.4f} ACC {f['backbone_acc']:.4f}  "
-                  f"projector NMI {f['projector_nmi']:.4f} ACC {f['projector_acc']:.4f}  "
-                  f"PSL from epoch {run['psl_first_epoch']}  ({run['wall_s']:.0f} s)",
-                  flush=True)
+            print(
+                f"  {name:<30} seed {seed}: backbone NMI {f['backbone_nmi']:.4f} ACC {f['backbone_acc']:.4f}  "
+                f"projector NMI {f['projector_nmi']:.4f} ACC {f['projector_acc']:.4f}  "
+                f"PSL from epoch {run['psl_first_epoch']}  ({run['wall_s']:.0f} s)",
+                flush=True,
+            )
         summary = {
             key: summarise([r["final"][key] for r in runs])
             for key in ("backbone_nmi", "backbone_acc", "backbone_ari", "projector_nmi", "projector_acc")
         }
-        rows.append({"variant": name, "overrides": overrides, "runs": runs, "summary": summary,
-                     "wall_s_mean": statistics.fmean(r["wall_s"] for r in runs)})
+        rows.append(
+            {
+                "variant": name,
+                "overrides": overrides,
+                "runs": runs,
+                "summary": summary,
+                "wall_s_mean": statistics.fmean(r["wall_s"] for r in runs),
+            }
+        )
     return rows
 
 
@@ -181,12 +205,17 @@ def estep_summary(rows: List[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
             truth.append(statistics.fmean(c["pseudo_nmi"] for c in later if "pseudo_nmi" in c))
             if any("pseudo_vs_cold_nmi" in c for c in later):
                 cold.append(statistics.fmean(c["pseudo_vs_cold_nmi"] for c in later if "pseudo_vs_cold_nmi" in c))
-        out[row["variant"]] = {"estep_kmeans_s": summarise(seconds), "pseudo_nmi": summarise(truth),
-                               "pseudo_vs_cold_nmi": summarise(cold) if cold else None}
+        out[row["variant"]] = {
+            "estep_kmeans_s": summarise(seconds),
+            "pseudo_nmi": summarise(truth),
+            "pseudo_vs_cold_nmi": summarise(cold) if cold else None,
+        }
         entry = out[row["variant"]]
-        print(f"{row['variant']:<20} E-step k-means {entry['estep_kmeans_s']['mean']:.4f} s  "
-              f"pseudo NMI vs truth {entry['pseudo_nmi']['mean']:.4f} +- {entry['pseudo_nmi']['std']:.4f}"
-              + (f"  vs a cold run {entry['pseudo_vs_cold_nmi']['mean']:.4f}" if cold else ""))
+        print(
+            f"{row['variant']:<20} E-step k-means {entry['estep_kmeans_s']['mean']:.4f} s  "
+            f"pseudo NMI vs truth {entry['pseudo_nmi']['mean']:.4f} +- {entry['pseudo_nmi']['std']:.4f}"
+            + (f"  vs a cold run {entry['pseudo_vs_cold_nmi']['mean']:.4f}" if cold else "")
+        )
     return out
 
 
@@ -226,29 +255,38 @@ def summary() -> int:
             raw[dataset] = {**data["raw_kmeans"], "_seeds": len(data["seeds"])}
         for row in data.get("rows", []):
             for run in row["runs"]:
-                key = json.dumps({k: v for k, v in run["config"].items() if k not in ("seed", "output_dir", "device")}, sort_keys=True)
+                key = json.dumps(
+                    {k: v for k, v in run["config"].items() if k not in ("seed", "output_dir", "device")},
+                    sort_keys=True,
+                )
                 group = groups.setdefault(key, {"config": run["config"], "runs": {}, "files": set()})
                 group["runs"][run["seed"]] = run
                 group["files"].add(path.name)
     rows = []
     for group in groups.values():
         runs = [group["runs"][s] for s in sorted(group["runs"])]
-        rows.append({
-            "dataset": group["config"]["dataset"],
-            "variant": _describe(group["config"]),
-            "seeds": sorted(group["runs"]),
-            "files": sorted(group["files"]),
-            "summary": {k: summarise([r["final"][k] for r in runs])
-                        for k in ("backbone_nmi", "backbone_acc", "backbone_ari", "projector_nmi", "projector_acc")},
-            "wall_s_mean": statistics.fmean(r["wall_s"] for r in runs),
-            "wall_s_max": max(r["wall_s"] for r in runs),
-        })
+        rows.append(
+            {
+                "dataset": group["config"]["dataset"],
+                "variant": _describe(group["config"]),
+                "seeds": sorted(group["runs"]),
+                "files": sorted(group["files"]),
+                "summary": {
+                    k: summarise([r["final"][k] for r in runs])
+                    for k in ("backbone_nmi", "backbone_acc", "backbone_ari", "projector_nmi", "projector_acc")
+                },
+                "wall_s_mean": statistics.fmean(r["wall_s"] for r in runs),
+                "wall_s_max": max(r["wall_s"] for r in runs),
+            }
+        )
     rows.sort(key=lambda r: (r["dataset"], r["variant"]))
     for dataset, values in raw.items():
         values.pop("_seeds", None)
         print(f"k-means on raw pixels ({dataset}): " + _format_raw(values))
-    table = _table([{**r, "variant": f"{r['dataset']}: " + r["variant"][:60] + f" n={len(r['seeds'])}"} for r in rows],
-                   ("backbone_nmi", "backbone_acc", "projector_nmi", "projector_acc"))
+    table = _table(
+        [{**r, "variant": f"{r['dataset']}: " + r["variant"][:60] + f" n={len(r['seeds'])}"} for r in rows],
+        ("backbone_nmi", "backbone_acc", "projector_nmi", "projector_acc"),
+    )
     print(table)
     (RESULTS / "bench_train_summary.json").write_text(
         json.dumps({"raw_kmeans": raw, "rows": rows, "environment": _environment()}, indent=1) + "\n"
@@ -282,7 +320,9 @@ def _time_cpu(trainer: Any, method: str, into: List[float]) -> None:
     setattr(trainer, method, timed)
 
 
-def throughput(preset: str, variants: Dict[str, Dict[str, Any]], seeds: Sequence[int], dataset: Any) -> List[Dict[str, Any]]:
+def throughput(
+    preset: str, variants: Dict[str, Dict[str, Any]], seeds: Sequence[int], dataset: Any
+) -> List[Dict[str, Any]]:
     """Train every variant of every seed, interleaved epoch by epoch; time each epoch of each run."""
     runs: List[Dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -292,9 +332,20 @@ def throughput(preset: str, variants: Dict[str, Dict[str, Any]], seeds: Sequence
                 run_dir = Path(tmp) / f"{name}_seed{seed}"
                 run_dir.mkdir()
                 trainer = Trainer(config, run_dir, dataset=dataset, log=lambda message: None)
-                run = {"variant": name, "seed": seed, "overrides": overrides, "config": config_to_dict(config),
-                       "trainer": trainer, "dir": run_dir, "wall_s": 0.0, "cpu_s": 0.0, "other_cpu_s": 0.0,
-                       "load": [], "train_cpu_s": [], "estep_eval_cpu_s": []}
+                run = {
+                    "variant": name,
+                    "seed": seed,
+                    "overrides": overrides,
+                    "config": config_to_dict(config),
+                    "trainer": trainer,
+                    "dir": run_dir,
+                    "wall_s": 0.0,
+                    "cpu_s": 0.0,
+                    "other_cpu_s": 0.0,
+                    "load": [],
+                    "train_cpu_s": [],
+                    "estep_eval_cpu_s": [],
+                }
                 # Process-CPU seconds of each phase (robust to other jobs, unlike the log's wall seconds).
                 _time_cpu(trainer, "_train_epoch", run["train_cpu_s"])
                 _time_cpu(trainer, "_estep_and_evaluate", run["estep_eval_cpu_s"])
@@ -313,38 +364,50 @@ def throughput(preset: str, variants: Dict[str, Dict[str, Any]], seeds: Sequence
                 run["load"].append(os.getloadavg()[0])
                 if result["final"] is not None:
                     run["final"] = result["final"]
-            print(f"  epoch {epoch}/{epochs}: " + "  ".join(
-                f"{run['variant']}/{run['seed']} {run['wall_s']:.0f} s" for run in runs), flush=True)
+            print(
+                f"  epoch {epoch}/{epochs}: "
+                + "  ".join(f"{run['variant']}/{run['seed']} {run['wall_s']:.0f} s" for run in runs),
+                flush=True,
+            )
         rows = []
         for run in runs:
             records = [json.loads(line) for line in open(run["dir"] / "metrics.jsonl")]
             train = [r["time_s"] for r in records if r["event"] == "epoch"]
             evaluation = [r["time_s"] for r in records if r["event"] in ("estep", "eval", "final")]
             final = run.get("final", {})
-            rows.append({
-                **{k: run[k] for k in ("variant", "seed", "overrides", "config", "wall_s", "cpu_s", "other_cpu_s")},
-                "epochs": len(train),
-                "train_s_per_epoch": statistics.fmean(train),
-                "train_s_per_epoch_min": min(train),
-                "estep_eval_s_total": sum(evaluation),
-                "train_cpu_s_per_epoch": statistics.fmean(run["train_cpu_s"]),
-                "train_cpu_s": run["train_cpu_s"],
-                # Calls before the last are the E-steps (and evaluations) of the epochs; the last is the final one.
-                "estep_cpu_s_per_epoch": statistics.fmean(run["estep_eval_cpu_s"][:-1] or [float("nan")]),
-                "final_eval_cpu_s": run["estep_eval_cpu_s"][-1] if run["estep_eval_cpu_s"] else float("nan"),
-                "load_mean": statistics.fmean(run["load"]),
-                "final": {k: final[k] for k in ("backbone_nmi", "backbone_acc", "projector_nmi", "projector_acc")
-                          if k in final},
-            })
-    print(f"{'variant':<16}{'seed':>5}{'epochs':>7}{'train s/ep':>11}{'min s/ep':>9}{'cpu s/ep':>9}"
-          f"{'E cpu/ep':>9}{'E/eval s':>9}{'wall s':>8}{'cpu s':>8}{'other s':>8}{'load':>6}{'bb NMI':>8}{'bb ACC':>8}")
+            rows.append(
+                {
+                    **{k: run[k] for k in ("variant", "seed", "overrides", "config", "wall_s", "cpu_s", "other_cpu_s")},
+                    "epochs": len(train),
+                    "train_s_per_epoch": statistics.fmean(train),
+                    "train_s_per_epoch_min": min(train),
+                    "estep_eval_s_total": sum(evaluation),
+                    "train_cpu_s_per_epoch": statistics.fmean(run["train_cpu_s"]),
+                    "train_cpu_s": run["train_cpu_s"],
+                    # Calls before the last are the E-steps (and evaluations) of the epochs; the last is the final one.
+                    "estep_cpu_s_per_epoch": statistics.fmean(run["estep_eval_cpu_s"][:-1] or [float("nan")]),
+                    "final_eval_cpu_s": run["estep_eval_cpu_s"][-1] if run["estep_eval_cpu_s"] else float("nan"),
+                    "load_mean": statistics.fmean(run["load"]),
+                    "final": {
+                        k: final[k]
+                        for k in ("backbone_nmi", "backbone_acc", "projector_nmi", "projector_acc")
+                        if k in final
+                    },
+                }
+            )
+    print(
+        f"{'variant':<16}{'seed':>5}{'epochs':>7}{'train s/ep':>11}{'min s/ep':>9}{'cpu s/ep':>9}"
+        f"{'E cpu/ep':>9}{'E/eval s':>9}{'wall s':>8}{'cpu s':>8}{'other s':>8}{'load':>6}{'bb NMI':>8}{'bb ACC':>8}"
+    )
     for row in rows:
         f = row["final"]
-        print(f"{row['variant']:<16}{row['seed']:>5}{row['epochs']:>7}{row['train_s_per_epoch']:>11.2f}"
-              f"{row['train_s_per_epoch_min']:>9.2f}{row['train_cpu_s_per_epoch']:>9.2f}"
-              f"{row['estep_cpu_s_per_epoch']:>9.2f}{row['estep_eval_s_total']:>9.1f}{row['wall_s']:>8.0f}"
-              f"{row['cpu_s']:>8.0f}{row['other_cpu_s']:>8.0f}{row['load_mean']:>6.2f}"
-              f"{f.get('backbone_nmi', float('nan')):>8.4f}{f.get('backbone_acc', float('nan')):>8.4f}")
+        print(
+            f"{row['variant']:<16}{row['seed']:>5}{row['epochs']:>7}{row['train_s_per_epoch']:>11.2f}"
+            f"{row['train_s_per_epoch_min']:>9.2f}{row['train_cpu_s_per_epoch']:>9.2f}"
+            f"{row['estep_cpu_s_per_epoch']:>9.2f}{row['estep_eval_s_total']:>9.1f}{row['wall_s']:>8.0f}"
+            f"{row['cpu_s']:>8.0f}{row['other_cpu_s']:>8.0f}{row['load_mean']:>6.2f}"
+            f"{f.get('backbone_nmi', float('nan')):>8.4f}{f.get('backbone_acc', float('nan')):>8.4f}"
+        )
     return rows
 
 
@@ -361,19 +424,41 @@ def _environment() -> Dict[str, Any]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("experiment", choices=("digits", "sweep", "mnist", "mnist-raw", "buffers", "psl-start", "estep-init", "throughput",
-                                                   "summary"))
+    parser.add_argument(
+        "experiment",
+        choices=(
+            "digits",
+            "sweep",
+            "mnist",
+            "mnist-raw",
+            "buffers",
+            "psl-start",
+            "estep-init",
+            "throughput",
+            "summary",
+        ),
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--data-dir", default=None, help="MNIST IDX directory (mnist experiment)")
     parser.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--methods", nargs="+", default=["propos", "byol"])
     parser.add_argument("--tag", default="", help="suffix of the result file name")
-    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="extra settings for every run (JSON values), e.g. lambda_psl=0.1")
+    parser.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra settings for every run (JSON values), e.g. lambda_psl=0.1",
+    )
     parser.add_argument("--variants", nargs="+", default=None, help="sweep: run only these variants")
-    parser.add_argument("--compare", nargs="+", default=[], metavar="NAME=JSON",
-                        help='throughput: variants besides the preset, e.g. small_cnn=\'{"backbone": "small_cnn"}\'')
+    parser.add_argument(
+        "--compare",
+        nargs="+",
+        default=[],
+        metavar="NAME=JSON",
+        help='throughput: variants besides the preset, e.g. small_cnn=\'{"backbone": "small_cnn"}\'',
+    )
     parser.add_argument("--keep-runs", default=None, help="keep each run's output directory under this folder")
     args = parser.parse_args(argv)
     if args.experiment == "summary":

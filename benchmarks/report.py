@@ -40,8 +40,18 @@ def _table(header: Sequence[str], rows: List[Sequence[str]]) -> str:
 
 
 def _machine(info: Dict[str, Any]) -> str:
-    keys = ("date_utc", "date", "cpu", "processor", "cpu_count", "torch_threads", "threads", "OMP_NUM_THREADS",
-            "device", "torch")
+    keys = (
+        "date_utc",
+        "date",
+        "cpu",
+        "processor",
+        "cpu_count",
+        "torch_threads",
+        "threads",
+        "OMP_NUM_THREADS",
+        "device",
+        "torch",
+    )
     return ", ".join(f"{k}={info[k]}" for k in keys if k in info)
 
 
@@ -55,11 +65,18 @@ def losses_section(data: Dict[str, Any]) -> str:
         ours, naive = pair.get("propos_losses"), pair.get("naive")
         if ours is None or naive is None:
             continue
-        body.append([
-            str(k), str(b), str(q),
-            f"{ours['min_ms']:.2f}", f"{naive['min_ms']:.2f}", f"{naive['min_ms'] / ours['min_ms']:.1f}x",
-            f"{ours['peak_memory_mib']:.1f}", f"{naive['peak_memory_mib']:.1f}",
-        ])
+        body.append(
+            [
+                str(k),
+                str(b),
+                str(q),
+                f"{ours['min_ms']:.2f}",
+                f"{naive['min_ms']:.2f}",
+                f"{naive['min_ms'] / ours['min_ms']:.1f}x",
+                f"{ours['peak_memory_mib']:.1f}",
+                f"{naive['peak_memory_mib']:.1f}",
+            ]
+        )
     text = "## PSL forward + backward (`benchmarks/bench_losses.py`)\n\n"
     text += f"Machine: {_machine(data['machine'])}. Peak memory: {data['memory_method']}. d = 256; "
     text += "naive = the authors' dense one-hot prototypes with a finite fill for empty clusters.\n\n"
@@ -77,32 +94,75 @@ def kmeans_section(data: Dict[str, Any]) -> str:
     rows = data.get("mnist", [])
     if rows:
         text += f"Machine: {_machine(rows[0].get('machine', {}))}. n_init = 10, max_iter = 300, tol = 1e-4.\n\n"
-        text += ("Each row records when it ran and *other CPU s*, the CPU seconds other processes used "
-                 "while it ran: on a busy machine both wall and CPU seconds grow, unevenly between methods, so "
-                 "compare rows where it is near 0. `ours-sampled` is "
-                 "`SphericalKMeans(sample_size=...)`: the restarts run on a random subsample and the winner is "
-                 "iterated on all rows. *Inertia ratio* compares each of our rows with the better (lower "
-                 "inertia) of scikit-learn and faiss, *wall x* and *CPU x* with the faster of them (10x = ten "
-                 "times faster). *Iterations*: ours count full-data Lloyd iterations of the winner, faiss's are "
-                 "summed over its 10 restarts on its training subsample of 256 rows per centroid (it stops a "
-                 "restart once its objective stops improving). *predict s*: one assignment of every row "
-                 "to our fitted centres.\n\n")
+        text += (
+            "Each row records when it ran and *other CPU s*, the CPU seconds other processes used "
+            "while it ran: on a busy machine both wall and CPU seconds grow, unevenly between methods, so "
+            "compare rows where it is near 0. `ours-sampled` is "
+            "`SphericalKMeans(sample_size=...)`: the restarts run on a random subsample and the winner is "
+            "iterated on all rows. *Inertia ratio* compares each of our rows with the better (lower "
+            "inertia) of scikit-learn and faiss, *wall x* and *CPU x* with the faster of them (10x = ten "
+            "times faster). *Iterations*: ours count full-data Lloyd iterations of the winner, faiss's are "
+            "summed over its 10 restarts on its training subsample of 256 rows per centroid (it stops a "
+            "restart once its objective stops improving). *predict s*: one assignment of every row "
+            "to our fitted centres.\n\n"
+        )
         body = []
         for r in sorted(rows, key=table_order):
             ratio, wall_speed, cpu_speed = format_comparison(r, rows, ratio_digits=4, speed_digits=2)
             method = r["method"] + (f" ({r['sample_size']:,} rows)" if "sample_size" in r else "")
             other = f"{r['other_cpu_s']:.2f}" if "other_cpu_s" in r else "not recorded"
             predict = f"{r['predict_s']:.3f}" if "predict_s" in r else ""
-            body.append([r["data"], str(r["k"]), method, f"{r['wall_s']:.2f}", f"{r['cpu_s']:.2f}",
-                         f"{r['cosine_inertia']:.1f}", ratio, wall_speed, cpu_speed, f"{r['nmi']:.4f}",
-                         str(r.get("n_iter", "")), predict, other, r.get("date", "")[:16]])
-        text += _table(["data", "K", "method", "wall s", "CPU s", "cosine inertia", "inertia ratio", "wall x",
-                        "CPU x", "NMI", "iterations", "predict s", "other CPU s", "measured (UTC)"], body)
+            body.append(
+                [
+                    r["data"],
+                    str(r["k"]),
+                    method,
+                    f"{r['wall_s']:.2f}",
+                    f"{r['cpu_s']:.2f}",
+                    f"{r['cosine_inertia']:.1f}",
+                    ratio,
+                    wall_speed,
+                    cpu_speed,
+                    f"{r['nmi']:.4f}",
+                    str(r.get("n_iter", "")),
+                    predict,
+                    other,
+                    r.get("date", "")[:16],
+                ]
+            )
+        text += _table(
+            [
+                "data",
+                "K",
+                "method",
+                "wall s",
+                "CPU s",
+                "cosine inertia",
+                "inertia ratio",
+                "wall x",
+                "CPU x",
+                "NMI",
+                "iterations",
+                "predict s",
+                "other CPU s",
+                "measured (UTC)",
+            ],
+            body,
+        )
     large = data.get("synthetic_large", [])
     if large:
         text += "\nLarge synthetic runs:\n\n"
-        body = [[r.get("data", ""), str(r.get("n", "")), str(r.get("d", "")), str(r.get("k", "")), r.get("device", ""),
-                 f"{r['wall_s']:.2f}"] for r in large]
+        body = [
+            [
+                r.get("data", ""),
+                str(r.get("n", "")),
+                str(r.get("d", "")),
+                str(r.get("k", "")),
+                r.get("device", ""),
+                f"{r['wall_s']:.2f}",
+            ]
+            for r in large
+        ]
         text += _table(["data", "N", "d", "K", "device", "wall s"], body)
     return text
 
@@ -113,19 +173,38 @@ def metrics_section(data: Dict[str, Any]) -> str:
     body = []
     for r in data["results"]:
         if "sklearn_s" in r:
-            body.append([f"{r['n_samples']:,}", str(r["n_clusters"]), r["metric"].upper(), f"{r['ours_s']:.3f}",
-                         f"{r['sklearn_s']:.3f}", f"{r['speedup']:.1f}x", f"{r['abs_diff']:.1e}"])
+            body.append(
+                [
+                    f"{r['n_samples']:,}",
+                    str(r["n_clusters"]),
+                    r["metric"].upper(),
+                    f"{r['ours_s']:.3f}",
+                    f"{r['sklearn_s']:.3f}",
+                    f"{r['speedup']:.1f}x",
+                    f"{r['abs_diff']:.1e}",
+                ]
+            )
         elif r["metric"] == "evaluate_clustering":
-            body.append([f"{r['n_samples']:,}", str(r["n_clusters"]), "all four (one table)", f"{r['ours_s']:.3f}",
-                         "", "", ""])
+            body.append(
+                [f"{r['n_samples']:,}", str(r["n_clusters"]), "all four (one table)", f"{r['ours_s']:.3f}", "", "", ""]
+            )
     text += _table(["N", "K", "metric", "ours s", "scikit-learn s", "speed-up", "abs. difference"], body)
     exact = [r for r in data["results"] if r["metric"] == "exact_emi_check"]
     if exact:
-        text += "\nAMI error against the AMI computed with an exact (mpmath, 25+ digits) expected mutual information:\n\n"
+        text += (
+            "\nAMI error against the AMI computed with an exact (mpmath, 25+ digits) expected mutual information:\n\n"
+        )
         text += _table(
             ["N", "K", "ours", "scikit-learn"],
-            [[f"{r['n_samples']:,}", str(r["n_clusters"]), f"{r['ami_ours_abs_err']:.1e}", f"{r['ami_sklearn_abs_err']:.1e}"]
-             for r in exact],
+            [
+                [
+                    f"{r['n_samples']:,}",
+                    str(r["n_clusters"]),
+                    f"{r['ami_ours_abs_err']:.1e}",
+                    f"{r['ami_sklearn_abs_err']:.1e}",
+                ]
+                for r in exact
+            ],
         )
     return text
 
@@ -144,12 +223,28 @@ def train_section(name: str, data: Dict[str, Any]) -> str:
     if raw:
         for kind in ("euclidean", "spherical"):
             if f"{kind}_nmi" in raw:
-                body.append([f"k-means on raw pixels ({kind})", _mean_std(raw, f"{kind}_nmi"),
-                             _mean_std(raw, f"{kind}_acc"), "", "", ""])
+                body.append(
+                    [
+                        f"k-means on raw pixels ({kind})",
+                        _mean_std(raw, f"{kind}_nmi"),
+                        _mean_std(raw, f"{kind}_acc"),
+                        "",
+                        "",
+                        "",
+                    ]
+                )
     for row in data["rows"]:
         s = row["summary"]
-        body.append([row["variant"], _mean_std(s, "backbone_nmi"), _mean_std(s, "backbone_acc"),
-                     _mean_std(s, "projector_nmi"), _mean_std(s, "projector_acc"), f"{row['wall_s_mean']:.0f}"])
+        body.append(
+            [
+                row["variant"],
+                _mean_std(s, "backbone_nmi"),
+                _mean_std(s, "backbone_acc"),
+                _mean_std(s, "projector_nmi"),
+                _mean_std(s, "projector_acc"),
+                f"{row['wall_s_mean']:.0f}",
+            ]
+        )
     header = ["variant", "backbone NMI", "backbone ACC", "projector NMI", "projector ACC", "wall s / run"]
     return text + _table(header, body)
 
@@ -157,9 +252,11 @@ def train_section(name: str, data: Dict[str, Any]) -> str:
 def train_summary_section(data: Dict[str, Any]) -> str:
     """The trainer's results as summarised over result files by ``bench_train.py`` (mean ± std over seeds)."""
     text = "## Reference trainer (`benchmarks/bench_train.py`)\n\n"
-    text += ("Final k-means (the run's kmeans_n_init, 3 in the digits and mnist presets) on target backbone and "
-             "projector features; mean ± standard deviation over the seeds listed. Wall time per run on the shared "
-             "2-core CPU (the two MNIST runs of a seed ran side by side, one thread each).\n")
+    text += (
+        "Final k-means (the run's kmeans_n_init, 3 in the digits and mnist presets) on target backbone and "
+        "projector features; mean ± standard deviation over the seeds listed. Wall time per run on the shared "
+        "2-core CPU (the two MNIST runs of a seed ran side by side, one thread each).\n"
+    )
     raw_all = data.get("raw_kmeans", {})
     for dataset in sorted({row.get("dataset", "digits") for row in data.get("rows", [])} | set(raw_all)):
         text += f"\n### {dataset}\n\n"
@@ -168,15 +265,32 @@ def train_summary_section(data: Dict[str, Any]) -> str:
         if raw:
             for kind in ("euclidean", "spherical"):
                 if f"{kind}_nmi" in raw:
-                    body.append([f"k-means on raw pixels ({kind})", str(raw[f"{kind}_nmi"]["n"]),
-                                 _mean_std(raw, f"{kind}_nmi"), _mean_std(raw, f"{kind}_acc"), "", "", ""])
+                    body.append(
+                        [
+                            f"k-means on raw pixels ({kind})",
+                            str(raw[f"{kind}_nmi"]["n"]),
+                            _mean_std(raw, f"{kind}_nmi"),
+                            _mean_std(raw, f"{kind}_acc"),
+                            "",
+                            "",
+                            "",
+                        ]
+                    )
         for row in data.get("rows", []):
             if row.get("dataset", "digits") != dataset:
                 continue
             s = row["summary"]
-            body.append([row["variant"], str(len(row.get("seeds", []))), _mean_std(s, "backbone_nmi"),
-                         _mean_std(s, "backbone_acc"), _mean_std(s, "projector_nmi"), _mean_std(s, "projector_acc"),
-                         f"{row['wall_s_mean']:.0f}"])
+            body.append(
+                [
+                    row["variant"],
+                    str(len(row.get("seeds", []))),
+                    _mean_std(s, "backbone_nmi"),
+                    _mean_std(s, "backbone_acc"),
+                    _mean_std(s, "projector_nmi"),
+                    _mean_std(s, "projector_acc"),
+                    f"{row['wall_s_mean']:.0f}",
+                ]
+            )
         header = ["variant", "seeds", "backbone NMI", "backbone ACC", "projector NMI", "projector ACC", "wall s / run"]
         text += _table(header, body)
     return text
@@ -237,9 +351,11 @@ def plots(kmeans: Optional[Dict[str, Any]], metrics: Optional[Dict[str, Any]]) -
 
 
 def main() -> int:
-    sections = ["# Benchmark report\n\nGenerated by `python benchmarks/report.py` from the JSON results of the "
-                "benchmark scripts in `benchmarks/`. Every figure was measured by those scripts on the machine "
-                "named in its section.\n"]
+    sections = [
+        "# Benchmark report\n\nGenerated by `python benchmarks/report.py` from the JSON results of the "
+        "benchmark scripts in `benchmarks/`. Every figure was measured by those scripts on the machine "
+        "named in its section.\n"
+    ]
     losses, kmeans, metrics = _load("bench_losses.json"), _load("bench_kmeans.json"), _load("bench_metrics.json")
     if losses:
         sections.append(losses_section(losses))

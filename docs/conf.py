@@ -62,6 +62,7 @@ source_suffix = {".rst": "restructuredtext"}
 # Written at build time from the argparse parser and the preset table, so the
 # page can never drift from the code (one source of truth).
 
+
 def _rst_table(header: list[str], rows: list[list[str]]) -> str:
     lines = [".. list-table::", "   :header-rows: 1", ""]
     for row in [header, *rows]:

@@ -9,9 +9,9 @@ around them, a batched spherical k-means and exact clustering metrics:
 """
 
 from propos_losses._version import __version__
+from propos_losses.diagnostics import alignment, cluster_size_stats, representation_diagnostics, uniformity
 from propos_losses.estep import EStep
 from propos_losses.features import WithIndex, extract_features
-from propos_losses.diagnostics import alignment, cluster_size_stats, representation_diagnostics, uniformity
 from propos_losses.kmeans import KMeansResult, SphericalKMeans, spherical_kmeans
 from propos_losses.metrics import (
     ContingencyTable,
@@ -24,10 +24,16 @@ from propos_losses.metrics import (
     nmi,
 )
 from propos_losses.momentum import MomentumUpdater
+from propos_losses.propos_loss import ProPosLoss
 from propos_losses.prototypes import cluster_sums, compute_prototypes
 from propos_losses.psa import PSA, PositiveSamplingAlignment, positive_sampling_alignment
-from propos_losses.propos_loss import ProPosLoss
-from propos_losses.psl import PSL, PrototypeScatteringLoss, PSLTerms, prototype_scattering_loss, prototype_scattering_terms
+from propos_losses.psl import (
+    PSL,
+    PrototypeScatteringLoss,
+    PSLTerms,
+    prototype_scattering_loss,
+    prototype_scattering_terms,
+)
 from propos_losses.queue import PrototypeQueue
 
 __all__ = [

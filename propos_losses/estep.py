@@ -175,12 +175,19 @@ class EStep:
         if not isinstance(state, dict) or set(state) != keys:
             got = sorted(state) if isinstance(state, dict) else type(state).__name__
             raise ValueError(f"state must be a dict from EStep.state_dict() with keys {sorted(keys)}, got {got}")
-        labels, centers, inertia, history = state["labels"], state["cluster_centers"], state["inertia"], state["history"]
+        labels, centers, inertia, history = (
+            state["labels"],
+            state["cluster_centers"],
+            state["inertia"],
+            state["history"],
+        )
         if (labels is None) != (centers is None) or (labels is None) != (inertia is None):
             raise ValueError("state must hold labels, cluster_centers and inertia together (or none of them)")
         if labels is not None:
             if not isinstance(labels, Tensor) or labels.dim() != 1 or labels.dtype != torch.int64:
-                raise ValueError(f"state's labels must be an (N,) int64 tensor, got {getattr(labels, 'shape', labels)!r}")
+                raise ValueError(
+                    f"state's labels must be an (N,) int64 tensor, got {getattr(labels, 'shape', labels)!r}"
+                )
             if not isinstance(centers, Tensor) or centers.dim() != 2 or centers.shape[0] != self.num_clusters:
                 raise ValueError(
                     f"state's cluster_centers must be ({self.num_clusters}, d), got {getattr(centers, 'shape', centers)!r}"

@@ -35,7 +35,9 @@ def _check_map_style(name: str, dataset: object) -> None:
             f"{type(dataset).__name__}, whose items have no stable index"
         )
     if not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")):
-        raise TypeError(f"{name} must be a map-style dataset (with __getitem__ and __len__), got {type(dataset).__name__}")
+        raise TypeError(
+            f"{name} must be a map-style dataset (with __getitem__ and __len__), got {type(dataset).__name__}"
+        )
 
 
 class WithIndex(Dataset[Any]):
@@ -108,7 +110,9 @@ def _module_device(module: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _batches(data: Union[Tensor, Dataset[Any], DataLoader[Any]], batch_size: int) -> Tuple[Iterator[Any], int, Optional[Tensor]]:
+def _batches(
+    data: Union[Tensor, Dataset[Any], DataLoader[Any]], batch_size: int
+) -> Tuple[Iterator[Any], int, Optional[Tensor]]:
     """Batches of ``data``, its number of samples, and (for a DistributedSampler) this rank's sample indices."""
     if isinstance(data, Tensor):
         if data.dim() < 1 or data.shape[0] < 1:
@@ -251,4 +255,3 @@ def _gather_in_index_order(features: Tensor, indices: Tensor, n: int) -> Tensor:
         missing = int((~seen).sum())
         raise ValueError(f"{missing} samples were not visited by any rank's DistributedSampler")
     return out
-

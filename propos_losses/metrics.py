@@ -231,9 +231,7 @@ def contingency_table(labels_true: LabelsLike, labels_pred: LabelsLike) -> Conti
     true = _as_labels("labels_true", labels_true)
     pred = _as_labels("labels_pred", labels_pred)
     if true.size != pred.size:
-        raise ValueError(
-            f"labels_true and labels_pred must have the same length, got {true.size} and {pred.size}"
-        )
+        raise ValueError(f"labels_true and labels_pred must have the same length, got {true.size} and {pred.size}")
     classes, row_code = _unique_inverse(true)
     clusters, col_code = _unique_inverse(pred)
     n_rows, n_cols = classes.size, clusters.size
@@ -640,8 +638,7 @@ def _accuracy_from_table(table: ContingencyTable, method: str) -> Tuple[float, D
         class_idx = np.asarray(table.to_sparse().tocsc().argmax(axis=0)).reshape(-1)
     matched = _matched_count(table, class_idx, cluster_idx)
     mapping = {
-        cluster: cls
-        for cluster, cls in zip(table.clusters[cluster_idx].tolist(), table.classes[class_idx].tolist())
+        cluster: cls for cluster, cls in zip(table.clusters[cluster_idx].tolist(), table.classes[class_idx].tolist())
     }
     return matched / table.n_samples, mapping
 

@@ -73,7 +73,9 @@ def _named(modules: List[nn.Module], kind: str) -> List[Tuple[str, Tensor]]:
     return named
 
 
-def _paired(kind: str, online: List[Tuple[str, Tensor]], target: List[Tuple[str, Tensor]]) -> Tuple[List[Tensor], List[Tensor]]:
+def _paired(
+    kind: str, online: List[Tuple[str, Tensor]], target: List[Tuple[str, Tensor]]
+) -> Tuple[List[Tensor], List[Tensor]]:
     """Check that two named tensor lists match in names, shapes, dtypes and devices."""
     online_names = [name for name, _ in online]
     target_names = [name for name, _ in target]

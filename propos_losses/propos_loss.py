@@ -251,7 +251,9 @@ class ProPosLoss(nn.Module):
         }
 
     def set_extra_state(self, state: Dict[str, Any]) -> None:
-        if not isinstance(state, dict) or not {"pseudo_labels", "agreement", "epoch", "psl_active", "sigma"} <= set(state):
+        if not isinstance(state, dict) or not {"pseudo_labels", "agreement", "epoch", "psl_active", "sigma"} <= set(
+            state
+        ):
             raise ValueError("ProPosLoss state must come from ProPosLoss.state_dict()")
         self.pseudo_labels = state["pseudo_labels"]
         self.agreement = state["agreement"]

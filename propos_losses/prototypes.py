@@ -157,7 +157,9 @@ def _check_assignments(
             check_labels("assignments", assignments, num_clusters)
     elif assignments.dim() == 2:
         if not assignments.is_floating_point():
-            raise TypeError(f"assignments given as (B, K) must be floating-point weights, got dtype {assignments.dtype}")
+            raise TypeError(
+                f"assignments given as (B, K) must be floating-point weights, got dtype {assignments.dtype}"
+            )
         if assignments.shape[1] != num_clusters:
             raise ValueError(
                 f"assignments must have num_clusters={num_clusters} columns, got shape {tuple(assignments.shape)}"

@@ -171,9 +171,7 @@ def positive_sampling_alignment(
     sigma = _check_sigma(sigma)
     generator = _check_generator(generator)
     if generator is not None and not _same_device(generator.device, online_projection.device):
-        raise ValueError(
-            f"generator is on {generator.device} but online_projection is on {online_projection.device}"
-        )
+        raise ValueError(f"generator is on {generator.device} but online_projection is on {online_projection.device}")
     if not isinstance(training, bool):
         raise TypeError(f"training must be a bool, got {training!r}")
     if not isinstance(validate_args, bool):

@@ -77,8 +77,8 @@ from propos_losses.prototypes import (
     _as_assignments,
     _check_assignments,
     _cluster_sums,
-    _sums_only,
     _rescale_weights,
+    _sums_only,
     _weight_scale,
     normalize_features,
 )
@@ -447,9 +447,7 @@ def prototype_scattering_terms(
     def check() -> None:
         _check_features(online, target, allow_empty=distributed, values=validate_args)
         _check_assignments_device(assignments, online)
-        _check_assignments(
-            assignments, online.shape[0], num_clusters, allow_all_zero=distributed, values=validate_args
-        )
+        _check_assignments(assignments, online.shape[0], num_clusters, allow_all_zero=distributed, values=validate_args)
         _check_queue(queue_features, queue_labels, online.shape[1], num_clusters, values=validate_args)
 
     _validate_on_every_rank(check, online, assignments, collective=validate_args)
@@ -458,7 +456,6 @@ def prototype_scattering_terms(
         queue_sums = _tensor_queue_sums(queue_features, queue_labels, num_clusters)
     terms, _ = _psl(online, target, assignments, num_clusters, temperature, queue_sums, validate_args)
     return terms
-
 
 
 @overload
@@ -681,9 +678,7 @@ class PrototypeScatteringLoss(nn.Module):
             lambda: self._check_forward(online, target, assignments, indices), online, assignments, collective=validate
         )
         queue_sums = None if self.queue is None else _buffer_queue_sums(self.queue, self.num_clusters)
-        terms, z_target = _psl(
-            online, target, assignments, self.num_clusters, self.temperature, queue_sums, validate
-        )
+        terms, z_target = _psl(online, target, assignments, self.num_clusters, self.temperature, queue_sums, validate)
         self.last_terms = PSLTerms(*(term.detach() for term in terms))
         if self.queue is not None and (self.training if enqueue is None else enqueue):
             self.queue.push(z_target, assignments.long(), indices)

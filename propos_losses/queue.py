@@ -253,6 +253,7 @@ class PrototypeQueue(nn.Module):
             >>> queue.contents()[1].tolist()
             [3, 4]
         """
+
         def check() -> Tuple[Tensor, Tensor, Optional[Tensor]]:
             return self._validate_push(features, labels, indices)
 
@@ -339,9 +340,7 @@ class PrototypeQueue(nn.Module):
                 "but some samples were pushed without indices"
             )
         if high >= new_labels.shape[0]:
-            raise ValueError(
-                f"new_labels has {new_labels.shape[0]} entries but the queue holds dataset index {high}"
-            )
+            raise ValueError(f"new_labels has {new_labels.shape[0]} entries but the queue holds dataset index {high}")
         labels = new_labels.to(device=indices.device).index_select(0, indices).to(torch.int64)
         if int(labels.min()) < 0:
             raise ValueError(f"new_labels must be >= 0 for queued samples, got {int(labels.min())}")
@@ -381,8 +380,10 @@ class PrototypeQueue(nn.Module):
             if not isinstance(value, Tensor):
                 return f"{name} must be a tensor, got {type(value).__name__}"
             if tuple(value.shape) != shape:
-                return (f"{name} has shape {tuple(value.shape)} but this queue (size={self.size}, "
-                        f"feature_dim={self.feature_dim}) needs {shape}")
+                return (
+                    f"{name} has shape {tuple(value.shape)} but this queue (size={self.size}, "
+                    f"feature_dim={self.feature_dim}) needs {shape}"
+                )
             if value.is_floating_point() != floating or value.is_complex() or value.dtype == torch.bool:
                 return f"{name} has dtype {value.dtype}, expected {'a floating' if floating else 'an integer'} dtype"
             saved[name] = value

@@ -52,9 +52,7 @@ def images(batch: int, channels: int, size: int, seed: int = 0) -> torch.Tensor:
     return torch.rand(batch, channels, size, size, generator=generator(seed + 1000))
 
 
-@pytest.mark.parametrize(
-    ("kind", "channels", "size"), list(itertools.product(AUGMENTATION_KINDS, CHANNELS, SIZES))
-)
+@pytest.mark.parametrize(("kind", "channels", "size"), list(itertools.product(AUGMENTATION_KINDS, CHANNELS, SIZES)))
 def test_output_keeps_shape_and_dtype_with_values_in_unit_interval(kind: str, channels: int, size: int) -> None:
     augment = build_augmentation(kind, size, channels)
     batch = images(6, channels, size)
@@ -263,9 +261,11 @@ def test_shear_slants_vertical_strokes_but_keeps_the_centre_row() -> None:
     out = Augmentation(size, 1, shear=30.0)(bar, generator())
 
     cols = torch.arange(size, dtype=torch.float32)
+
     def column_centre(rows: slice) -> torch.Tensor:
         part = out[:, 0, rows]
         return (part * cols).sum(dim=(-2, -1)) / part.sum(dim=(-2, -1))
+
     slope = column_centre(slice(18, 23)) - column_centre(slice(5, 10))
     # A horizontal shear moves the top and bottom of the stroke sideways in opposite directions.
     assert float(slope.abs().max()) > 2.0

@@ -22,6 +22,7 @@ from propos_losses import (
     SphericalKMeans,
     prototype_scattering_terms,
 )
+
 from test_hot_path import count_syncs
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -52,7 +53,9 @@ def test_psl_on_cuda_equals_cpu_in_float64(soft: bool, validate: bool) -> None:
     online, target, labels, weights = batch()
     assignments = weights if soft else labels
     terms_cpu = prototype_scattering_terms(online, target, assignments, K)
-    terms_gpu = prototype_scattering_terms(online.to(CUDA), target.to(CUDA), assignments.to(CUDA), K, validate_args=validate)
+    terms_gpu = prototype_scattering_terms(
+        online.to(CUDA), target.to(CUDA), assignments.to(CUDA), K, validate_args=validate
+    )
     for a, b in zip(terms_cpu, terms_gpu):
         torch.testing.assert_close(b.cpu(), a, rtol=1e-12, atol=1e-12)
     cpu = gradient(lambda x: PSL(K)(x, target, assignments), online)
@@ -113,7 +116,9 @@ def test_inductor_compiles_the_fast_path_on_cuda_without_graph_breaks(which: str
         module: nn.Module = PSL(K, validate_args=False)
         args: tuple[object, ...] = (target, labels)
     elif which == "psa":
-        module = PSA(nn.Sequential(nn.Linear(D, 64), nn.ReLU(), nn.Linear(64, D)).to(CUDA), sigma=0.0, validate_args=False)
+        module = PSA(
+            nn.Sequential(nn.Linear(D, 64), nn.ReLU(), nn.Linear(64, D)).to(CUDA), sigma=0.0, validate_args=False
+        )
         args = (target,)
     else:
         psa = PSA(nn.Linear(D, D).to(CUDA), sigma=0.0, validate_args=False)

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from propos_losses.distributed import all_gather_cat_autograd, all_reduce_max_, all_reduce_sum
 from propos_losses.psl import PSL, prototype_scattering_loss, prototype_scattering_terms
+
 from helpers import grad_of, queue_of, terms_of
 
 WORLD_SIZE = 2
@@ -137,15 +138,11 @@ def _ddp_psl(rank: int, dtype: torch.dtype, validate_args: bool = True) -> Dict[
     }
 
 
-def _hand_averaged_soft_psl(
-    rank: int, weights: Tensor, dtype: torch.dtype = torch.float64
-) -> Dict[str, Tensor]:
+def _hand_averaged_soft_psl(rank: int, weights: Tensor, dtype: torch.dtype = torch.float64) -> Dict[str, Tensor]:
     part = rank_slices()[rank]
     inputs, targets, _, _ = global_batch(0, dtype)
     layer = make_layer(dtype)
-    terms = prototype_scattering_terms(
-        layer(inputs[part]), targets[part], weights[part], NUM_CLUSTERS
-    )
+    terms = prototype_scattering_terms(layer(inputs[part]), targets[part], weights[part], NUM_CLUSTERS)
     terms.loss.backward()
     grads = [grad_of(p).clone() for p in layer.parameters()]
     for grad in grads:  # what DDP does: average over ranks
@@ -345,7 +342,9 @@ def test_all_reduce_sum_backward_sums_upstream_gradients_over_ranks(rank_results
         # Identical upstream g on both ranks: d/dx_r sum_r' <sum_s x_s, g> = world_size * g.
         torch.testing.assert_close(result["collectives"]["reduce_grad_same"], WORLD_SIZE * upstream, rtol=0, atol=0)
         # Upstream g * (r + 2) on rank r: every rank receives g * 2 + g * 3.
-        torch.testing.assert_close(result["collectives"]["reduce_grad_rank"], upstream * 2 + upstream * 3, rtol=0, atol=0)
+        torch.testing.assert_close(
+            result["collectives"]["reduce_grad_rank"], upstream * 2 + upstream * 3, rtol=0, atol=0
+        )
 
 
 def test_all_reduce_max_is_the_elementwise_maximum_over_ranks(rank_results: List[Dict[str, Any]]) -> None:
@@ -379,8 +378,11 @@ def _single_process_psl(dtype: torch.dtype) -> Tuple[Tensor, Tensor, Tensor, Ten
 
 @pytest.mark.parametrize(
     ("key", "dtype", "tolerance"),
-    [("ddp_float64", torch.float64, 1e-12), ("ddp_float32", torch.float32, 1e-6),
-     ("ddp_float64_fast", torch.float64, 1e-12)],  # validate_args=False: masked, not selected
+    [
+        ("ddp_float64", torch.float64, 1e-12),
+        ("ddp_float32", torch.float32, 1e-6),
+        ("ddp_float64_fast", torch.float64, 1e-12),
+    ],  # validate_args=False: masked, not selected
 )
 def test_ddp_psl_loss_and_gradients_equal_single_process_on_global_batch(
     rank_results: List[Dict[str, Any]], key: str, dtype: torch.dtype, tolerance: float

@@ -17,8 +17,18 @@ def test_docs_build_without_warnings(builder: str, tmp_path: Path) -> None:
     pytest.importorskip("myst_parser")
     result = subprocess.run(
         [
-            sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", builder,
-            "-d", str(tmp_path / "doctrees"), str(ROOT / "docs"), str(tmp_path / builder),
+            sys.executable,
+            "-m",
+            "sphinx",
+            "-W",
+            "--keep-going",
+            "-q",
+            "-b",
+            builder,
+            "-d",
+            str(tmp_path / "doctrees"),
+            str(ROOT / "docs"),
+            str(tmp_path / builder),
         ],
         capture_output=True,
         text=True,

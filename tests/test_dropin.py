@@ -277,7 +277,8 @@ def test_extract_features_rejects_a_dataloader_whose_batch_sampler_shuffles() ->
     x = torch.arange(10.0).view(10, 1)
     dataset = TensorDataset(x)
     loader = DataLoader(
-        dataset, batch_sampler=BatchSampler(RandomSampler(dataset, generator=torch.Generator().manual_seed(0)), 4, False)
+        dataset,
+        batch_sampler=BatchSampler(RandomSampler(dataset, generator=torch.Generator().manual_seed(0)), 4, False),
     )
     with pytest.raises(ValueError, match="shuffle=False"):
         extract_features(nn.Identity(), loader)  # today: returns the rows in the shuffled order, silently
@@ -296,8 +297,13 @@ def test_extract_features_of_a_dataset_does_not_consume_the_global_rng() -> None
 
 @pytest.mark.parametrize(
     ("batch_size", "error", "match"),
-    [(0, ValueError, "batch_size must be >= 1"), (-3, ValueError, "batch_size"), (2.0, TypeError, "batch_size"),
-     (True, TypeError, "batch_size"), ("4", TypeError, "batch_size")],
+    [
+        (0, ValueError, "batch_size must be >= 1"),
+        (-3, ValueError, "batch_size"),
+        (2.0, TypeError, "batch_size"),
+        (True, TypeError, "batch_size"),
+        ("4", TypeError, "batch_size"),
+    ],
 )
 def test_extract_features_validates_batch_size_and_changes_nothing(batch_size: Any, error: type, match: str) -> None:
     net = make_net()
@@ -899,7 +905,9 @@ def test_momentum_update_of_module_lists_is_one_step_equal_to_per_pair_updates()
     assert int(tuple_updater.step) == 1
 
 
-def _rejected_update(online: Any, target: Any, error: type, match: str, targets: List[nn.Module], onlines: List[nn.Module]) -> None:
+def _rejected_update(
+    online: Any, target: Any, error: type, match: str, targets: List[nn.Module], onlines: List[nn.Module]
+) -> None:
     updater = MomentumUpdater(0.5, total_steps=10, buffers="copy")
     before_targets = [snapshot(module) for module in targets]
     before_onlines = [snapshot(module) for module in onlines]
@@ -927,7 +935,9 @@ def test_momentum_update_rejects_empty_lists_and_changes_nothing() -> None:
 def test_momentum_update_rejects_non_module_elements_and_changes_nothing() -> None:
     (a, a_m), (b, b_m) = make_pair(0), make_pair(1)
     _rejected_update([a, "b"], [a_m, b_m], TypeError, r"online\[1\] must be an nn.Module", [a_m, b_m], [a, b])
-    _rejected_update([a, b], [a_m, b_m.state_dict()], TypeError, r"target\[1\] must be an nn.Module", [a_m, b_m], [a, b])
+    _rejected_update(
+        [a, b], [a_m, b_m.state_dict()], TypeError, r"target\[1\] must be an nn.Module", [a_m, b_m], [a, b]
+    )
     _rejected_update({"a": a}, a_m, TypeError, "online must be an nn.Module or a list/tuple", [a_m], [a])
 
 

@@ -13,11 +13,12 @@ from typing import Any, Dict, List
 import pytest
 import torch
 import torch.distributed as dist
-from helpers import WORLD_SIZE, spawn_and_wait
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from propos_losses import EStep, SphericalKMeans, WithIndex, extract_features
+
+from helpers import WORLD_SIZE, spawn_and_wait
 
 TIMEOUT_S = 120.0
 N_FEATURES = 11  # not divisible by WORLD_SIZE: the DistributedSampler pads with a duplicate
@@ -111,7 +112,9 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> List[Dict[str, Any]]:
     return [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(WORLD_SIZE)]
 
 
-def test_kmeans_with_distributed_false_on_rank_0_alone_does_not_wait_for_other_ranks(results: List[Dict[str, Any]]) -> None:
+def test_kmeans_with_distributed_false_on_rank_0_alone_does_not_wait_for_other_ranks(
+    results: List[Dict[str, Any]],
+) -> None:
     assert "kmeans" not in results[1]
     got = results[0]["kmeans"]
     single = local_kmeans()  # no process group here

@@ -175,8 +175,11 @@ def test_validate_args_can_be_switched_at_run_time_and_reaches_the_queue() -> No
         psl(online, target.masked_fill(target > 1, float("nan")), labels)
     with pytest.raises(TypeError, match="validate_args must be a bool"):
         psl.validate_args = 1  # type: ignore[assignment]
-    for build in (lambda: PSL(K, validate_args="no"), lambda: PSA(nn.Linear(D, D), validate_args=None),
-                  lambda: PrototypeQueue(4, D, validate_args=0)):
+    for build in (
+        lambda: PSL(K, validate_args="no"),
+        lambda: PSA(nn.Linear(D, D), validate_args=None),
+        lambda: PrototypeQueue(4, D, validate_args=0),
+    ):
         with pytest.raises(TypeError, match="validate_args must be a bool"):
             build()
 

@@ -8,9 +8,10 @@ from typing import Any, Dict
 import pytest
 import torch
 import torch.distributed as dist
-from helpers import WORLD_SIZE, spawn_and_wait
 
 from propos_losses.kmeans import SphericalKMeans
+
+from helpers import WORLD_SIZE, spawn_and_wait
 
 SHARD_SIZES = (70, 130)  # deliberately unequal
 TIMEOUT_S = 120.0

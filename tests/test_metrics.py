@@ -248,9 +248,7 @@ def test_nmi_ami_ari_are_symmetric(pair: Tuple[np.ndarray, np.ndarray]) -> None:
 
 @settings(max_examples=40, deadline=None)
 @given(labelings(), st.integers(0, 2**32 - 1))
-def test_relabelling_and_reordering_leave_metrics_unchanged(
-    pair: Tuple[np.ndarray, np.ndarray], seed: int
-) -> None:
+def test_relabelling_and_reordering_leave_metrics_unchanged(pair: Tuple[np.ndarray, np.ndarray], seed: int) -> None:
     true, pred = pair
     rng = np.random.default_rng(seed)
     # A random bijection on each label set, and a random order of the samples.

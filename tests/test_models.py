@@ -27,7 +27,9 @@ def resnet_param_count(layers: tuple[int, ...], in_channels: int) -> int:
     for stage, (depth, width) in enumerate(zip(layers, widths)):
         for block in range(depth):
             stride = 2 if stage > 0 and block == 0 else 1
-            total += conv_params(channels, width, 3) + bn_params(width) + conv_params(width, width, 3) + bn_params(width)
+            total += (
+                conv_params(channels, width, 3) + bn_params(width) + conv_params(width, width, 3) + bn_params(width)
+            )
             if stride != 1 or channels != width:
                 total += conv_params(channels, width, 1) + bn_params(width)
             channels = width
@@ -79,7 +81,9 @@ def test_resnet_uses_the_cifar_stem_without_max_pool() -> None:
     assert stem_conv.kernel_size == (3, 3) and stem_conv.stride == (1, 1)
     assert not any(isinstance(module, nn.MaxPool2d) for module in backbone.modules())
     # 32x32 -> 32 (stem, layer1) -> 16 -> 8 -> 4 before pooling.
-    feature_map = backbone.layer4(backbone.layer3(backbone.layer2(backbone.layer1(backbone.stem(torch.rand(2, 3, 32, 32))))))
+    feature_map = backbone.layer4(
+        backbone.layer3(backbone.layer2(backbone.layer1(backbone.stem(torch.rand(2, 3, 32, 32)))))
+    )
     assert feature_map.shape == (2, 512, 4, 4)
 
 
@@ -226,7 +230,11 @@ def test_mlp_head_in_train_mode_rejects_a_batch_of_one() -> None:
 @pytest.mark.parametrize(
     ("call", "error", "message"),
     [
-        (lambda: build_backbone("vgg", 3, 32), ValueError, "name must be one of tiny_cnn, small_cnn, flat_cnn, resnet18, resnet34, got 'vgg'"),
+        (
+            lambda: build_backbone("vgg", 3, 32),
+            ValueError,
+            "name must be one of tiny_cnn, small_cnn, flat_cnn, resnet18, resnet34, got 'vgg'",
+        ),
         (lambda: build_backbone("resnet18", 0, 32), ValueError, "in_channels must be >= 1, got 0"),
         (lambda: build_backbone("small_cnn", 1, 2.5), TypeError, "image_size must be an int"),
         (lambda: mlp_head(16, 0, 8), ValueError, "hidden_dim must be >= 1, got 0"),

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from propos_losses import defaults
 from propos_losses.momentum import BufferPolicy, MomentumUpdater
+
 from helpers import WORLD_SIZE, spawn_and_wait
 
 
@@ -51,7 +52,9 @@ def byol_momentum(step: int, total_steps: int, base: float, final: float) -> flo
 
 @pytest.mark.parametrize(("base", "final"), [(0.996, 1.0), (0.99, 0.999), (0.9, 0.5), (0.7, 0.7)])
 @pytest.mark.parametrize("total_steps", [2, 1000])
-def test_schedule_is_base_at_start_midpoint_halfway_and_final_at_the_end(base: float, final: float, total_steps: int) -> None:
+def test_schedule_is_base_at_start_midpoint_halfway_and_final_at_the_end(
+    base: float, final: float, total_steps: int
+) -> None:
     updater = MomentumUpdater(base, final, total_steps=total_steps)
     assert updater.momentum_at(0) == pytest.approx(base, abs=1e-15)
     assert updater.momentum_at(total_steps // 2) == pytest.approx((base + final) / 2, abs=1e-15)
@@ -82,7 +85,9 @@ def test_schedule_increases_monotonically_towards_a_larger_final_momentum() -> N
     total_steps=st.integers(min_value=1, max_value=10**7),
     step=st.integers(min_value=0, max_value=2 * 10**7),
 )
-def test_scheduled_momentum_stays_between_base_and_final(base: float, final: float, total_steps: int, step: int) -> None:
+def test_scheduled_momentum_stays_between_base_and_final(
+    base: float, final: float, total_steps: int, step: int
+) -> None:
     momentum = MomentumUpdater(base, final, total_steps=total_steps).momentum_at(step)
     slack = 4 * math.ulp(1.0)
     assert min(base, final) - slack <= momentum <= max(base, final) + slack
@@ -379,8 +384,6 @@ def test_ddp_wrapped_online_model_gives_identical_targets_on_every_rank(tmp_path
             torch.testing.assert_close(value, expected[name], msg=name)
     for name in expected:
         assert torch.equal(results[0]["target"][name], results[1]["target"][name]), name
-
-
 
 
 @pytest.mark.parametrize("step", [torch.tensor(2.7), torch.tensor(-5), torch.tensor([1, 2]), torch.tensor(True)])

@@ -37,8 +37,12 @@ def test_wheel_ships_py_typed_and_no_tests(dists: dict[str, Path]) -> None:
     metadata = next(n for n in names if n.endswith(".dist-info/METADATA"))
     text = zipfile.ZipFile(dists["wheel"]).read(metadata).decode()
     for field in (
-        "Requires-Dist: torch>=2.4", "Requires-Dist: numpy", "Requires-Dist: scipy", "Summary: ",
-        "License-Expression: MIT", "Project-URL: Paper, https://arxiv.org/abs/2111.11821",
+        "Requires-Dist: torch>=2.4",
+        "Requires-Dist: numpy",
+        "Requires-Dist: scipy",
+        "Summary: ",
+        "License-Expression: MIT",
+        "Project-URL: Paper, https://arxiv.org/abs/2111.11821",
     ):
         assert field in text
 

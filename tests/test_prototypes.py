@@ -16,7 +16,6 @@ from propos_losses.prototypes import cluster_sums, compute_prototypes, normalize
 from propos_losses.psl import prototype_scattering_loss
 
 
-
 def grad_of(tensor: Tensor) -> Tensor:
     """The gradient of a leaf after ``backward`` (asserted to exist)."""
     assert tensor.grad is not None
@@ -130,7 +129,8 @@ def test_normalize_features_is_invariant_to_any_power_of_two_scale_bit_for_bit(
 
 
 @pytest.mark.parametrize(
-    ("dtype", "scale"), [(torch.bfloat16, 1e-25), (torch.float32, 1e-30), (torch.float32, 1e30), (torch.float64, 1e-200)]
+    ("dtype", "scale"),
+    [(torch.bfloat16, 1e-25), (torch.float32, 1e-30), (torch.float32, 1e30), (torch.float64, 1e-200)],
 )
 def test_tiny_and_huge_non_zero_rows_normalise_to_unit_norm_with_the_direction_kept(
     dtype: torch.dtype, scale: float

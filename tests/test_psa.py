@@ -19,7 +19,9 @@ B, D = 5, 4
 SEED = 1234
 
 
-def linear_predictor(dim_in: int = D, dim_out: int = D, *, dtype: torch.dtype = torch.float32, seed: int = 0) -> nn.Linear:
+def linear_predictor(
+    dim_in: int = D, dim_out: int = D, *, dtype: torch.dtype = torch.float32, seed: int = 0
+) -> nn.Linear:
     torch.manual_seed(seed)
     return nn.Linear(dim_in, dim_out).to(dtype)
 
@@ -68,7 +70,9 @@ def test_loss_matches_a_float64_loop_oracle_of_eq_10_given_the_same_noise(
     loss = psa(q, z)
     # The same draw the loss makes: one standard normal (B, d) tensor in the compute dtype.
     eps = torch.randn(B, D, generator=torch.Generator().manual_seed(SEED), dtype=dtype)
-    expected = oracle_psa(as_lists(q), as_lists(z), as_lists(predictor.weight), as_lists(predictor.bias), as_lists(eps), sigma)
+    expected = oracle_psa(
+        as_lists(q), as_lists(z), as_lists(predictor.weight), as_lists(predictor.bias), as_lists(eps), sigma
+    )
     assert loss.dtype == dtype
     assert loss.item() == pytest.approx(expected, abs=tolerance, rel=tolerance)
 
@@ -149,7 +153,9 @@ def test_identical_prediction_and_target_give_zero_loss_and_opposite_give_four()
     seed=st.integers(min_value=0, max_value=2**16),
     permutation_seed=st.integers(min_value=0, max_value=2**16),
 )
-def test_loss_is_in_range_and_invariant_to_target_scale_and_batch_order(scale: float, seed: int, permutation_seed: int) -> None:
+def test_loss_is_in_range_and_invariant_to_target_scale_and_batch_order(
+    scale: float, seed: int, permutation_seed: int
+) -> None:
     predictor = linear_predictor(dtype=torch.float64)
     q, z = inputs(torch.float64, seed=seed)
     loss = positive_sampling_alignment(q, z, predictor, sigma=0.0)
@@ -378,8 +384,6 @@ def test_bad_functional_arguments_raise(kwargs: dict, error: type) -> None:
 def test_generator_on_another_device_raises() -> None:
     with pytest.raises(ValueError, match="generator"):
         positive_sampling_alignment(GOOD_Q, GOOD_Z, linear_predictor(), generator=torch.Generator(device="cuda"))
-
-
 
 
 def test_huge_sigma_is_rejected_instead_of_giving_nan() -> None:

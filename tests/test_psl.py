@@ -11,11 +11,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor
 
-from oracles import psa_oracle, psl_oracle
 from propos_losses import defaults
-from propos_losses.psl import PSL, PrototypeScatteringLoss, PSLTerms, prototype_scattering_loss, prototype_scattering_terms
+from propos_losses.psl import (
+    PSL,
+    PrototypeScatteringLoss,
+    PSLTerms,
+    prototype_scattering_loss,
+    prototype_scattering_terms,
+)
 from propos_losses.queue import PrototypeQueue
+
 from helpers import grad_of, queue_of, terms_of
+from oracles import psa_oracle, psl_oracle
 
 TAU = defaults.TEMPERATURE
 
@@ -61,9 +68,7 @@ def test_hard_label_loss_and_terms_match_float64_oracle(
     online, target, random_labels = make_batch(0, batch_size, 5, num_clusters)
     assignments = random_labels if labels is None else torch.tensor(labels)
     expected = psl_oracle(online, target, assignments, num_clusters, TAU)
-    terms = prototype_scattering_terms(
-        online, target, assignments, num_clusters, validate_args=validate_args
-    )
+    terms = prototype_scattering_terms(online, target, assignments, num_clusters, validate_args=validate_args)
     assert_terms_match_oracle(terms, expected)
     module = PSL(num_clusters, validate_args=validate_args)
     loss = module(online, target, assignments)
@@ -81,9 +86,7 @@ def test_soft_weight_loss_matches_float64_oracle_with_zero_rows_and_empty_cluste
     weights[:, 3] = 0.0  # an empty cluster
     weights[2] = 0.0  # a sample assigned to no cluster
     expected = psl_oracle(online, target, weights, 5, 0.3)
-    terms = prototype_scattering_terms(
-        online, target, weights, 5, temperature=0.3, validate_args=validate_args
-    )
+    terms = prototype_scattering_terms(online, target, weights, 5, temperature=0.3, validate_args=validate_args)
     assert_terms_match_oracle(terms, expected)
     loss = PSL(5, temperature=0.3, validate_args=validate_args)(online, target, weights)
     assert loss.item() == pytest.approx(expected["loss"], rel=1e-10)
@@ -319,8 +322,12 @@ def test_gradcheck_hard_labels_with_empty_cluster(validate_args: bool) -> None:
     online, target, _ = make_batch(10, 7, 4, 4)
     labels = torch.tensor([0, 1, 1, 3, 0, 3, 3])
     online.requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda x: prototype_scattering_loss(x, target, labels, 4, validate_args=validate_args), (online,))
-    assert torch.autograd.gradgradcheck(lambda x: prototype_scattering_loss(x, target, labels, 4, validate_args=validate_args), (online,))
+    assert torch.autograd.gradcheck(
+        lambda x: prototype_scattering_loss(x, target, labels, 4, validate_args=validate_args), (online,)
+    )
+    assert torch.autograd.gradgradcheck(
+        lambda x: prototype_scattering_loss(x, target, labels, 4, validate_args=validate_args), (online,)
+    )
 
 
 @pytest.mark.parametrize("validate_args", [True, False])
@@ -329,7 +336,9 @@ def test_gradcheck_soft_weights(validate_args: bool) -> None:
     weights = torch.rand(6, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     weights[:, 1] = 0.0  # an empty cluster
     online.requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda x: prototype_scattering_loss(x, target, weights, 3, validate_args=validate_args), (online,))
+    assert torch.autograd.gradcheck(
+        lambda x: prototype_scattering_loss(x, target, weights, 3, validate_args=validate_args), (online,)
+    )
 
 
 def test_soft_weights_are_treated_as_constants() -> None:
@@ -577,7 +586,11 @@ BAD_FORWARD_INPUTS = {
     "online_nan": (_nan_at("online"), ValueError, "online"),
     "target_inf": (_nan_at("target"), ValueError, "target"),
     "empty_batch": (_with(online=lambda: torch.randn(0, D), target=lambda: torch.randn(0, D)), ValueError, "online"),
-    "labels_batch_mismatch": (_with(assignments=lambda: torch.zeros(B + 1, dtype=torch.long)), ValueError, "assignments"),
+    "labels_batch_mismatch": (
+        _with(assignments=lambda: torch.zeros(B + 1, dtype=torch.long)),
+        ValueError,
+        "assignments",
+    ),
     "label_too_large": (_with(assignments=lambda: torch.tensor([0, 1, 2, 3, 0, 0])), ValueError, "assignments"),
     "label_negative": (_with(assignments=lambda: torch.tensor([0, -1, 2, 0, 0, 0])), ValueError, "assignments"),
     "float_labels_1d": (_with(assignments=lambda: torch.zeros(B)), TypeError, "assignments"),

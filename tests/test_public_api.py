@@ -9,9 +9,22 @@ import pytest
 import propos_losses
 
 REQUIRED = [
-    "PrototypeScatteringLoss", "PSL", "PositiveSamplingAlignment", "PSA", "MomentumUpdater",
-    "PrototypeQueue", "SphericalKMeans", "spherical_kmeans", "nmi", "ami", "ari",
-    "cluster_accuracy", "evaluate_clustering", "cluster_size_stats", "alignment", "uniformity",
+    "PrototypeScatteringLoss",
+    "PSL",
+    "PositiveSamplingAlignment",
+    "PSA",
+    "MomentumUpdater",
+    "PrototypeQueue",
+    "SphericalKMeans",
+    "spherical_kmeans",
+    "nmi",
+    "ami",
+    "ari",
+    "cluster_accuracy",
+    "evaluate_clustering",
+    "cluster_size_stats",
+    "alignment",
+    "uniformity",
 ]
 
 
@@ -51,11 +64,13 @@ def test_forward_signatures_are_the_contract() -> None:
     # Later additions are keyword-only, so the positional contract cannot shift.
     assert [n for n, p in psl_parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY] == ["enqueue"]
     assert list(inspect.signature(propos_losses.PSA.forward).parameters)[1:] == [
-        "online_projection", "target_projection",
+        "online_projection",
+        "target_projection",
     ]
     for metric in ("nmi", "ami", "ari", "cluster_accuracy", "evaluate_clustering"):
         assert list(inspect.signature(getattr(propos_losses, metric)).parameters)[:2] == [
-            "labels_true", "labels_pred",
+            "labels_true",
+            "labels_pred",
         ]
 
 

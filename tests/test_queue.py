@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from propos_losses.queue import PrototypeQueue
+
 from helpers import WORLD_SIZE, spawn_and_wait
 
 FEATURE_DIM = 3
@@ -20,7 +21,9 @@ FEATURE_DIM = 3
 Row = Tuple[Tuple[float, ...], int, int]
 
 
-def make_batch(batch_size: int, seed: int, *, with_indices: bool = True) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+def make_batch(
+    batch_size: int, seed: int, *, with_indices: bool = True
+) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
     generator = torch.Generator().manual_seed(seed)
     features = torch.randn(batch_size, FEATURE_DIM, generator=generator)
     labels = torch.randint(0, 10, (batch_size,), generator=generator)
@@ -31,7 +34,7 @@ def make_batch(batch_size: int, seed: int, *, with_indices: bool = True) -> Tupl
 def rows_of(features: torch.Tensor, labels: torch.Tensor, indices: Optional[torch.Tensor]) -> List[Row]:
     if indices is None:
         indices = torch.full_like(labels, -1)
-    return [(tuple(f.tolist()), int(l), int(i)) for f, l, i in zip(features, labels, indices)]
+    return [(tuple(f.tolist()), int(label), int(i)) for f, label, i in zip(features, labels, indices)]
 
 
 def queue_rows(queue: PrototypeQueue) -> List[Row]:
@@ -212,7 +215,9 @@ def test_relabel_takes_each_queued_sample_label_from_its_dataset_index() -> None
     batch_sizes=st.lists(st.integers(min_value=0, max_value=2 * QUEUE_SIZE), min_size=1, max_size=6),
     seed=st.integers(min_value=0, max_value=2**16),
 )
-def test_relabel_gives_each_queued_row_the_new_label_of_its_index_and_keeps_features(batch_sizes: List[int], seed: int) -> None:
+def test_relabel_gives_each_queued_row_the_new_label_of_its_index_and_keeps_features(
+    batch_sizes: List[int], seed: int
+) -> None:
     queue = PrototypeQueue(size=QUEUE_SIZE, feature_dim=FEATURE_DIM)
     for step, batch_size in enumerate(batch_sizes):
         queue.push(*make_batch(batch_size, seed=step))
@@ -274,9 +279,19 @@ BAD_PUSHES = [
     pytest.param((torch.randn(2, FEATURE_DIM + 1), GOOD_LABELS, GOOD_INDICES), ValueError, id="features-wrong-dim"),
     pytest.param((torch.randn(FEATURE_DIM), GOOD_LABELS[:1], GOOD_INDICES[:1]), ValueError, id="features-1d"),
     pytest.param((torch.randn(2, FEATURE_DIM, 1), GOOD_LABELS, GOOD_INDICES), ValueError, id="features-3d"),
-    pytest.param((torch.ones(2, FEATURE_DIM, dtype=torch.int64), GOOD_LABELS, GOOD_INDICES), TypeError, id="features-int"),
-    pytest.param((torch.tensor([[0.0, float("nan"), 1.0], [0.0, 0.0, 0.0]]), GOOD_LABELS, GOOD_INDICES), ValueError, id="features-nan"),
-    pytest.param((torch.tensor([[0.0, float("inf"), 1.0], [0.0, 0.0, 0.0]]), GOOD_LABELS, GOOD_INDICES), ValueError, id="features-inf"),
+    pytest.param(
+        (torch.ones(2, FEATURE_DIM, dtype=torch.int64), GOOD_LABELS, GOOD_INDICES), TypeError, id="features-int"
+    ),
+    pytest.param(
+        (torch.tensor([[0.0, float("nan"), 1.0], [0.0, 0.0, 0.0]]), GOOD_LABELS, GOOD_INDICES),
+        ValueError,
+        id="features-nan",
+    ),
+    pytest.param(
+        (torch.tensor([[0.0, float("inf"), 1.0], [0.0, 0.0, 0.0]]), GOOD_LABELS, GOOD_INDICES),
+        ValueError,
+        id="features-inf",
+    ),
     pytest.param((GOOD_FEATURES, GOOD_LABELS.float(), GOOD_INDICES), TypeError, id="labels-float"),
     pytest.param((GOOD_FEATURES, GOOD_LABELS.bool(), GOOD_INDICES), TypeError, id="labels-bool"),
     pytest.param((GOOD_FEATURES, torch.tensor([0, -1]), GOOD_INDICES), ValueError, id="labels-negative"),
@@ -330,7 +345,10 @@ def _distributed_queue_worker(rank: int, init_file: str, out_dir: str) -> None:
         except ValueError:
             bad_input_raised = True
         unchanged = all(torch.equal(queue.state_dict()[k], v) for k, v in before.items())
-        torch.save({"history": history, "raised": bad_input_raised, "unchanged": unchanged}, os.path.join(out_dir, f"rank{rank}.pt"))
+        torch.save(
+            {"history": history, "raised": bad_input_raised, "unchanged": unchanged},
+            os.path.join(out_dir, f"rank{rank}.pt"),
+        )
     finally:
         dist.destroy_process_group()
 
@@ -351,8 +369,6 @@ def test_distributed_push_gives_identical_queues_equal_to_one_process_on_the_glo
             assert rows_of(*result["history"][step]) == expected
     for result in results:
         assert result["raised"] and result["unchanged"]
-
-
 
 
 # ---------------------------------------------------------------- load_state_dict leaves nothing half-loaded
@@ -424,7 +440,9 @@ def test_cluster_sums_are_the_per_cluster_sums_of_the_filled_slots_only() -> Non
     queue = PrototypeQueue(size=5, feature_dim=3, dtype=torch.float64)
     generator = torch.Generator().manual_seed(0)
     for _ in range(3):  # wraps around: 9 pushes into 5 slots
-        queue.push(torch.randn(3, 3, generator=generator, dtype=torch.float64), torch.randint(0, 4, (3,), generator=generator))
+        queue.push(
+            torch.randn(3, 3, generator=generator, dtype=torch.float64), torch.randint(0, 4, (3,), generator=generator)
+        )
     features, labels, _ = queue.contents()
     sums, counts = queue.cluster_sums(4)
     expected = torch.stack([features[labels == k].sum(dim=0) for k in range(4)])

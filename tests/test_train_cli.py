@@ -20,8 +20,25 @@ from propos_losses.train.rundir import atomic_write_bytes
 
 # Tiny but complete: 200 digits, 3 steps per epoch, small heads, one k-means restart.
 TINY = [
-    "--max-samples", "200", "--epochs", "2", "--batch-size", "64", "--hidden-dim", "32", "--out-dim", "16",
-    "--kmeans-n-init", "1", "--warmup-epochs", "1", "--psl-warmup-epochs", "1", "--device", "cpu", "--no-plots",
+    "--max-samples",
+    "200",
+    "--epochs",
+    "2",
+    "--batch-size",
+    "64",
+    "--hidden-dim",
+    "32",
+    "--out-dim",
+    "16",
+    "--kmeans-n-init",
+    "1",
+    "--warmup-epochs",
+    "1",
+    "--psl-warmup-epochs",
+    "1",
+    "--device",
+    "cpu",
+    "--no-plots",
 ]
 
 
@@ -88,10 +105,17 @@ def test_config_file_overrides_preset_and_flags_override_file(tmp_path, capsys, 
 def test_paper_presets_read_their_values_from_the_defaults_module():
     config = resolve_config("cifar20", overrides={"data_dir": "unused"})
     assert (config.epochs, config.batch_size, config.temperature, config.lambda_psl, config.sigma) == (
-        D.EPOCHS, D.BATCH_SIZE, D.TEMPERATURE, D.LAMBDA_PSL, D.SIGMA
+        D.EPOCHS,
+        D.BATCH_SIZE,
+        D.TEMPERATURE,
+        D.LAMBDA_PSL,
+        D.SIGMA,
     )
     assert (config.base_momentum, config.hidden_dim, config.out_dim, config.warmup_epochs) == (
-        D.BASE_MOMENTUM, D.HIDDEN_DIM, D.PROJECTION_DIM, D.WARMUP_EPOCHS
+        D.BASE_MOMENTUM,
+        D.HIDDEN_DIM,
+        D.PROJECTION_DIM,
+        D.WARMUP_EPOCHS,
     )
     assert config.lr == D.BASE_LR * D.BATCH_SIZE / D.LR_REFERENCE_BATCH
     assert config.final_momentum == D.FINAL_MOMENTUM  # cifar20_r18_propos.yml: momentum_increase true
@@ -104,7 +128,10 @@ def test_cifar10_preset_follows_the_authors_config():
     assert config.base_momentum == config.final_momentum == 0.996
     assert config.lr == D.BASE_LR * 512 / D.LR_REFERENCE_BATCH
     assert (config.epochs, config.temperature, config.lambda_psl, config.sigma) == (
-        D.EPOCHS, D.TEMPERATURE, D.LAMBDA_PSL, D.SIGMA
+        D.EPOCHS,
+        D.TEMPERATURE,
+        D.LAMBDA_PSL,
+        D.SIGMA,
     )
 
 
@@ -180,9 +207,28 @@ def test_mnist_preset_smoke_run_on_synthetic_idx_files(tmp_path, capsys):
         fh.write(b"\x00\x00\x08\x01" + n.to_bytes(4, "big") + labels.tobytes())
     run_dir = tmp_path / "run"
     argv = [
-        "--preset", "mnist", "--data-dir", str(data), "--epochs", "2", "--psl-warmup-epochs", "1",
-        "--batch-size", "32", "--hidden-dim", "32", "--out-dim", "16", "--kmeans-n-init", "1",
-        "--device", "cpu", "--no-plots", "--quiet", "--output-dir", str(run_dir),
+        "--preset",
+        "mnist",
+        "--data-dir",
+        str(data),
+        "--epochs",
+        "2",
+        "--psl-warmup-epochs",
+        "1",
+        "--batch-size",
+        "32",
+        "--hidden-dim",
+        "32",
+        "--out-dim",
+        "16",
+        "--kmeans-n-init",
+        "1",
+        "--device",
+        "cpu",
+        "--no-plots",
+        "--quiet",
+        "--output-dir",
+        str(run_dir),
     ]
     assert main(argv) == 0
     saved = json.loads((run_dir / "config.json").read_text())

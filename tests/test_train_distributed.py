@@ -17,13 +17,43 @@ TIMEOUT_S = 240
 def test_torchrun_two_gloo_processes_train_and_agree_on_one_run(tmp_path):
     run_dir = tmp_path / "run"
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        "-m", "propos_losses.train",
-        "--max-samples", "200", "--epochs", "2", "--batch-size", "64", "--hidden-dim", "32", "--out-dim", "16",
-        "--kmeans-n-init", "1", "--warmup-epochs", "1", "--psl-warmup-epochs", "1", "--queue-size", "64",
-        "--device", "cpu", "--no-plots", "--output-dir", str(run_dir),
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "propos_losses.train",
+        "--max-samples",
+        "200",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "64",
+        "--hidden-dim",
+        "32",
+        "--out-dim",
+        "16",
+        "--kmeans-n-init",
+        "1",
+        "--warmup-epochs",
+        "1",
+        "--psl-warmup-epochs",
+        "1",
+        "--queue-size",
+        "64",
+        "--device",
+        "cpu",
+        "--no-plots",
+        "--output-dir",
+        str(run_dir),
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     final_lines = [line for line in result.stdout.splitlines() if line.startswith("final NMI")]

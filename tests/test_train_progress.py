@@ -91,8 +91,23 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 TINY_RUN = [
-    "--max-samples", "128", "--epochs", "2", "--batch-size", "32", "--hidden-dim", "16", "--out-dim", "8",
-    "--kmeans-n-init", "1", "--final-kmeans-n-init", "1", "--device", "cpu", "--no-plots",
+    "--max-samples",
+    "128",
+    "--epochs",
+    "2",
+    "--batch-size",
+    "32",
+    "--hidden-dim",
+    "16",
+    "--out-dim",
+    "8",
+    "--kmeans-n-init",
+    "1",
+    "--final-kmeans-n-init",
+    "1",
+    "--device",
+    "cpu",
+    "--no-plots",
 ]
 
 
@@ -107,7 +122,11 @@ def test_under_a_terminal_the_run_shows_the_bar(tmp_path: Path) -> None:
     master, slave = pty.openpty()
     process = subprocess.Popen(
         [sys.executable, "-m", "propos_losses.train", *TINY_RUN, "--output-dir", str(tmp_path / "run")],
-        stdin=slave, stdout=slave, stderr=slave, env=_environment(), close_fds=True,
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env=_environment(),
+        close_fds=True,
     )
     os.close(slave)
     chunks = []
@@ -133,7 +152,10 @@ def test_under_a_terminal_the_run_shows_the_bar(tmp_path: Path) -> None:
 def test_without_a_terminal_no_bar_characters_reach_the_output(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "propos_losses.train", *TINY_RUN, "--output-dir", str(tmp_path / "run")],
-        capture_output=True, text=True, env=_environment(), timeout=300,
+        capture_output=True,
+        text=True,
+        env=_environment(),
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     output = result.stdout + result.stderr

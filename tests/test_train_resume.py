@@ -13,9 +13,28 @@ from propos_losses.train.trainer import TIMING_KEYS, load_checkpoint
 
 # PSL on in epoch 2 and a queue, so that noise, prototypes and queue state all matter.
 TINY = [
-    "--max-samples", "200", "--epochs", "2", "--batch-size", "64", "--hidden-dim", "32", "--out-dim", "16",
-    "--kmeans-n-init", "1", "--warmup-epochs", "1", "--psl-warmup-epochs", "1", "--queue-size", "96",
-    "--device", "cpu", "--no-plots", "--quiet",
+    "--max-samples",
+    "200",
+    "--epochs",
+    "2",
+    "--batch-size",
+    "64",
+    "--hidden-dim",
+    "32",
+    "--out-dim",
+    "16",
+    "--kmeans-n-init",
+    "1",
+    "--warmup-epochs",
+    "1",
+    "--psl-warmup-epochs",
+    "1",
+    "--queue-size",
+    "96",
+    "--device",
+    "cpu",
+    "--no-plots",
+    "--quiet",
 ]
 
 
@@ -49,8 +68,20 @@ def test_one_epoch_plus_resume_equals_two_straight_epochs_bit_for_bit(tmp_path):
 
     a, b = load_checkpoint(straight), load_checkpoint(resumed)
     assert len(a["psl"]) > 0 and int(a["psl"]["queue.fill"]) > 0  # the queue really was used
-    for key in ("online", "predictor", "target", "psl", "optimizer", "momentum", "pseudo_labels", "rng", "epoch",
-                "step", "log_lines", "scheduler"):
+    for key in (
+        "online",
+        "predictor",
+        "target",
+        "psl",
+        "optimizer",
+        "momentum",
+        "pseudo_labels",
+        "rng",
+        "epoch",
+        "step",
+        "log_lines",
+        "scheduler",
+    ):
         _assert_same_tensors(a[key], b[key], key)
     assert _log(straight) == _log(resumed)
     assert (straight / "assignments.csv").read_text() == (resumed / "assignments.csv").read_text()
@@ -149,8 +180,20 @@ def test_a_stop_requested_between_steps_checkpoints_mid_epoch_and_resumes_bit_fo
     assert main(["--resume", str(resumed), "--quiet", "--no-plots"]) == 0
 
     a, b = load_checkpoint(straight), load_checkpoint(resumed)
-    for key in ("online", "predictor", "target", "psl", "optimizer", "momentum", "pseudo_labels", "rng", "epoch",
-                "step", "log_lines", "scheduler"):
+    for key in (
+        "online",
+        "predictor",
+        "target",
+        "psl",
+        "optimizer",
+        "momentum",
+        "pseudo_labels",
+        "rng",
+        "epoch",
+        "step",
+        "log_lines",
+        "scheduler",
+    ):
         _assert_same_tensors(a[key], b[key], key)
     assert _log(straight) == _log(resumed)
     assert (straight / "assignments.csv").read_text() == (resumed / "assignments.csv").read_text()

@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 import torch
 
-from propos_losses.train import cli
 from propos_losses.train import checkpoint as checkpoint_module
+from propos_losses.train import cli
 from propos_losses.train.cli import EXIT_USER_ERROR, main
 from propos_losses.train.rundir import atomic_write_bytes
 from propos_losses.train.trainer import TIMING_KEYS, Trainer, load_checkpoint
@@ -29,9 +29,27 @@ from propos_losses.train.trainer import TIMING_KEYS, Trainer, load_checkpoint
 REPO = Path(__file__).resolve().parents[1]
 # 128 digits, 2 steps per epoch, small heads: about a second per epoch on one core.
 TINY = [
-    "--max-samples", "128", "--epochs", "2", "--batch-size", "64", "--hidden-dim", "16", "--out-dim", "8",
-    "--kmeans-n-init", "1", "--final-kmeans-n-init", "1", "--warmup-epochs", "1", "--psl-warmup-epochs", "1",
-    "--device", "cpu", "--quiet",
+    "--max-samples",
+    "128",
+    "--epochs",
+    "2",
+    "--batch-size",
+    "64",
+    "--hidden-dim",
+    "16",
+    "--out-dim",
+    "8",
+    "--kmeans-n-init",
+    "1",
+    "--final-kmeans-n-init",
+    "1",
+    "--warmup-epochs",
+    "1",
+    "--psl-warmup-epochs",
+    "1",
+    "--device",
+    "cpu",
+    "--quiet",
 ]
 QUIET = ["--quiet", "--no-plots"]
 
@@ -49,8 +67,10 @@ def _write_idx(folder: Path, images: np.ndarray, labels: np.ndarray, *, header: 
     """A plain IDX pair ``train-{images,labels}-idx*-ubyte`` in ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     n, height, width = images.shape
-    image_header = header if header is not None else (
-        b"\x00\x00\x08\x03" + n.to_bytes(4, "big") + height.to_bytes(4, "big") + width.to_bytes(4, "big")
+    image_header = (
+        header
+        if header is not None
+        else (b"\x00\x00\x08\x03" + n.to_bytes(4, "big") + height.to_bytes(4, "big") + width.to_bytes(4, "big"))
     )
     (folder / "train-images-idx3-ubyte").write_bytes(image_header + images.astype(np.uint8).tobytes())
     (folder / "train-labels-idx1-ubyte").write_bytes(
@@ -64,8 +84,26 @@ def _strokes(n: int, seed: int, side: int = 12, width: int | None = None) -> np.
     return (rng.random((n, side, width or side)) < 0.3).astype(np.uint8) * 255
 
 
-MNIST = ["--preset", "mnist", "--backbone", "small_cnn", "--batch-size", "16", "--epochs", "2", "--hidden-dim", "16",
-         "--out-dim", "8", "--kmeans-n-init", "1", "--final-kmeans-n-init", "1", "--device", "cpu"]
+MNIST = [
+    "--preset",
+    "mnist",
+    "--backbone",
+    "small_cnn",
+    "--batch-size",
+    "16",
+    "--epochs",
+    "2",
+    "--hidden-dim",
+    "16",
+    "--out-dim",
+    "8",
+    "--kmeans-n-init",
+    "1",
+    "--final-kmeans-n-init",
+    "1",
+    "--device",
+    "cpu",
+]
 
 
 # ---------------------------------------------------------------- item 1: one run per directory
@@ -100,8 +138,9 @@ def _start_another_run_during_setup(monkeypatch, other_argv: List[str], results:
 def test_a_run_whose_explicit_directory_is_taken_meanwhile_stops_without_mixing(tmp_path, monkeypatch, capsys):
     run_dir = tmp_path / "run"
     others: List[int] = []
-    _start_another_run_during_setup(monkeypatch, TINY + ["--seed", "1", "--no-plots", "--output-dir", str(run_dir)],
-                                    others)
+    _start_another_run_during_setup(
+        monkeypatch, TINY + ["--seed", "1", "--no-plots", "--output-dir", str(run_dir)], others
+    )
     assert main(TINY + ["--seed", "0", "--no-plots", "--output-dir", str(run_dir)]) == EXIT_USER_ERROR
     assert others == [0]
     assert "was taken by another run" in capsys.readouterr().err
@@ -164,7 +203,11 @@ def test_resume_removes_temporaries_left_by_a_kill_during_a_checkpoint_write(tmp
     (run_dir / "notes.tmp").write_text("not ours")
     assert main(["--resume", str(run_dir)] + QUIET) == 0
     assert sorted(p.name for p in run_dir.iterdir()) == [
-        "assignments.csv", "checkpoint.pt", "config.json", "metrics.jsonl", "notes.tmp"
+        "assignments.csv",
+        "checkpoint.pt",
+        "config.json",
+        "metrics.jsonl",
+        "notes.tmp",
     ]
 
 
@@ -388,9 +431,29 @@ def test_checkpoints_hold_the_fingerprints_of_their_data_and_settings(stopped_ru
 
 def test_the_run_header_names_the_preset_chosen_by_the_data_set(tmp_path, capsys):
     data = _write_idx(tmp_path / "data", _strokes(64, 0), np.arange(64) % 4)
-    argv = ["--dataset", "mnist", "--data-dir", str(data), "--backbone", "small_cnn", "--batch-size", "16",
-            "--epochs", "1", "--hidden-dim", "16", "--out-dim", "8", "--kmeans-n-init", "1", "--device", "cpu",
-            "--no-plots", "--output-dir", str(tmp_path / "run")]
+    argv = [
+        "--dataset",
+        "mnist",
+        "--data-dir",
+        str(data),
+        "--backbone",
+        "small_cnn",
+        "--batch-size",
+        "16",
+        "--epochs",
+        "1",
+        "--hidden-dim",
+        "16",
+        "--out-dim",
+        "8",
+        "--kmeans-n-init",
+        "1",
+        "--device",
+        "cpu",
+        "--no-plots",
+        "--output-dir",
+        str(tmp_path / "run"),
+    ]
     assert main(argv) == 0
     header = capsys.readouterr().out.splitlines()[0]
     assert header.startswith(f"run {tmp_path / 'run'}: preset mnist, mnist (")
@@ -400,10 +463,19 @@ def test_the_run_header_names_the_preset_chosen_by_the_data_set(tmp_path, capsys
 
 
 def _start(argv: List[str], cwd: Path) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    return subprocess.Popen([sys.executable, "-m", "propos_losses.train", *argv], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "propos_losses.train", *argv],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _wait_for(path: Path, process: subprocess.Popen, timeout_s: float = 120.0) -> None:

@@ -65,7 +65,13 @@ _NUM_JITTER_OPS = 4
 AUGMENTATION_PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
     {
         "digits": MappingProxyType(
-            {"crop_scale": (0.7, 1.0), "crop_ratio": (3 / 4, 4 / 3), "degrees": 15.0, "translate": 0.1, "scale": (0.9, 1.1)}
+            {
+                "crop_scale": (0.7, 1.0),
+                "crop_ratio": (3 / 4, 4 / 3),
+                "degrees": 15.0,
+                "translate": 0.1,
+                "scale": (0.9, 1.1),
+            }
         ),
         "mnist": MappingProxyType(
             {
@@ -99,7 +105,9 @@ AUGMENTATION_PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
 AUGMENTATION_KINDS: tuple[str, ...] = tuple(AUGMENTATION_PRESETS)
 
 
-def _check_range(name: str, value: object, *, minimum: float, maximum: Optional[float] = None, strict: bool = False) -> tuple[float, float]:
+def _check_range(
+    name: str, value: object, *, minimum: float, maximum: Optional[float] = None, strict: bool = False
+) -> tuple[float, float]:
     """Check a ``(low, high)`` pair with ``minimum <= low <= high <= maximum``."""
     if not isinstance(value, (tuple, list)) or len(value) != 2:
         raise TypeError(f"{name} must be a (low, high) pair, got {value!r}")
@@ -322,7 +330,9 @@ class Augmentation(nn.Module):
     # ------------------------------------------------------------ random draws
 
     @staticmethod
-    def _uniform(low: float, high: float, shape: tuple[int, ...], generator: Optional[torch.Generator], device: torch.device) -> Tensor:
+    def _uniform(
+        low: float, high: float, shape: tuple[int, ...], generator: Optional[torch.Generator], device: torch.device
+    ) -> Tensor:
         return low + (high - low) * torch.rand(shape, generator=generator, device=device, dtype=torch.float32)
 
     def _crop_matrices(self, batch: int, generator: Optional[torch.Generator], device: torch.device) -> Tensor:
@@ -354,7 +364,9 @@ class Augmentation(nn.Module):
         matrices[:, 2, 2] = 1.0
         return matrices
 
-    def _inverse_affine_matrices(self, batch: int, generator: Optional[torch.Generator], device: torch.device) -> Tensor:
+    def _inverse_affine_matrices(
+        self, batch: int, generator: Optional[torch.Generator], device: torch.device
+    ) -> Tensor:
         """``(B, 3, 3)`` inverses of ``y = s R(angle) x + t`` in normalised coordinates."""
         angle = self._uniform(-math.radians(self.degrees), math.radians(self.degrees), (batch,), generator, device)
         zoom = self._uniform(*self.scale, (batch,), generator, device)
@@ -423,7 +435,10 @@ class Augmentation(nn.Module):
         batch, device = images.shape[0], images.device
         applied = torch.rand(batch, generator=generator, device=device) < self.jitter_p
         factors = torch.stack(
-            [self._uniform(max(0.0, 1.0 - strength), 1.0 + strength, (batch,), generator, device) for strength in strengths]
+            [
+                self._uniform(max(0.0, 1.0 - strength), 1.0 + strength, (batch,), generator, device)
+                for strength in strengths
+            ]
         )  # (3, B); identity factor 1 for samples the jitter skips
         factors = torch.where(applied, factors, torch.ones_like(factors)).to(images.dtype)
         hue_shift = self._uniform(-self.hue, self.hue, (batch,), generator, device)
@@ -447,9 +462,7 @@ class Augmentation(nn.Module):
             if self.hue:
                 selected = (operation == _HUE) & (hue_shift != 0)
                 hsv = _rgb_to_hsv(images)
-                hsv = torch.cat(
-                    (torch.remainder(hsv[:, :1] + hue_shift.view(batch, 1, 1, 1), 1.0), hsv[:, 1:]), dim=1
-                )
+                hsv = torch.cat((torch.remainder(hsv[:, :1] + hue_shift.view(batch, 1, 1, 1), 1.0), hsv[:, 1:]), dim=1)
                 images = torch.where(selected.view(batch, 1, 1, 1), _hsv_to_rgb(hsv), images)
         return images
 
@@ -494,7 +507,9 @@ class Augmentation(nn.Module):
             dilated = _dilate3x3(work)
             eroded = work.clamp(0.0, 1.0).square()
             work = torch.where((draw < self.stroke_p / 2).view(batch, 1, 1, 1), dilated, work)
-            work = torch.where(((draw >= self.stroke_p / 2) & (draw < self.stroke_p)).view(batch, 1, 1, 1), eroded, work)
+            work = torch.where(
+                ((draw >= self.stroke_p / 2) & (draw < self.stroke_p)).view(batch, 1, 1, 1), eroded, work
+            )
         if self.flip_p:
             flip = torch.rand(batch, generator=generator, device=device) < self.flip_p
             work = torch.where(flip.view(batch, 1, 1, 1), work.flip(-1), work)
@@ -547,7 +562,9 @@ def build_augmentation(kind: str, image_size: int, channels: int, **overrides: A
     options = _AUGMENTATION_OPTIONS
     unknown = sorted(set(overrides) - options)
     if unknown:
-        raise TypeError(f"unknown augmentation option(s) {', '.join(map(repr, unknown))}; expected some of {', '.join(sorted(options))}")
+        raise TypeError(
+            f"unknown augmentation option(s) {', '.join(map(repr, unknown))}; expected some of {', '.join(sorted(options))}"
+        )
     return Augmentation(image_size, channels, **{**AUGMENTATION_PRESETS[kind], **overrides})
 
 
@@ -571,7 +588,9 @@ def normalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Te
     check_tensor("images", images, ndim=4, floating=True)
     channels = images.shape[1]
     if len(mean) != channels or len(std) != channels:
-        raise ValueError(f"mean and std must have {channels} values (one per channel), got {list(mean)} and {list(std)}")
+        raise ValueError(
+            f"mean and std must have {channels} values (one per channel), got {list(mean)} and {list(std)}"
+        )
     for index, value in enumerate(std):
         check_float(f"std[{index}]", value, minimum=0.0, strict_minimum=True)
     mean_t = torch.tensor([float(value) for value in mean], dtype=images.dtype, device=images.device).view(1, -1, 1, 1)

@@ -124,8 +124,12 @@ def load_checkpoint(path: str | os.PathLike) -> Dict[str, Any]:
         raise CheckpointError(f"{where!r} is not a propos-train checkpoint")
     if outer["format"] == CHECKPOINT_FORMAT:
         payload, digest = outer.get("payload"), outer.get("sha256")
-        if not (isinstance(payload, Tensor) and payload.dtype == torch.uint8 and payload.dim() == 1
-                and isinstance(digest, str)):
+        if not (
+            isinstance(payload, Tensor)
+            and payload.dtype == torch.uint8
+            and payload.dim() == 1
+            and isinstance(digest, str)
+        ):
             raise CheckpointError(f"{where!r} is not a propos-train checkpoint")
         data = payload.numpy().tobytes()
         if hashlib.sha256(data).hexdigest() != digest:
@@ -138,8 +142,19 @@ def load_checkpoint(path: str | os.PathLike) -> Dict[str, Any]:
         state = outer
     else:
         raise CheckpointError(f"{where!r} has checkpoint format {outer['format']!r}, expected {CHECKPOINT_FORMAT}")
-    required = ("format", "config", "epoch", "step", "online", "target", "optimizer", "momentum", "pseudo_labels",
-                "rng", "log_lines")
+    required = (
+        "format",
+        "config",
+        "epoch",
+        "step",
+        "online",
+        "target",
+        "optimizer",
+        "momentum",
+        "pseudo_labels",
+        "rng",
+        "log_lines",
+    )
     if not isinstance(state, dict) or any(key not in state for key in required):
         raise CheckpointError(f"{where!r} is not a propos-train checkpoint")
     if not isinstance(state["config"], dict):
@@ -182,7 +197,13 @@ def set_rng_state(state: Dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     numpy_state = state["numpy"]
     np.random.set_state(
-        ("MT19937", numpy_state["key"].numpy().astype(np.uint32), numpy_state["pos"], numpy_state["has_gauss"], numpy_state["cached_gaussian"])
+        (
+            "MT19937",
+            numpy_state["key"].numpy().astype(np.uint32),
+            numpy_state["pos"],
+            numpy_state["has_gauss"],
+            numpy_state["cached_gaussian"],
+        )
     )
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))

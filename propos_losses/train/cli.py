@@ -42,11 +42,11 @@ from propos_losses.train.config import (
     PRESET_NAMES,
     ConfigError,
     TrainConfig,
+    config_from_dict,
     config_to_dict,
     load_config_file,
     resolve_config,
     validate_config,
-    config_from_dict,
 )
 from propos_losses.train.rundir import CONFIG_NAME
 
@@ -123,8 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
             kind = float
         else:
             kind = str
-        settings.add_argument(_flag(field.name), dest=field.name, type=kind, metavar=field.name.upper(),
-                              help=_HELP.get(field.name))
+        settings.add_argument(
+            _flag(field.name), dest=field.name, type=kind, metavar=field.name.upper(), help=_HELP.get(field.name)
+        )
     return parser
 
 
@@ -271,6 +272,7 @@ class _Progress:
 
 
 def _run(args: argparse.Namespace, progress: _Progress) -> int:
+    from propos_losses.train.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
     from propos_losses.train.data import DatasetError
     from propos_losses.train.rundir import (
         OutputDirError,
@@ -279,13 +281,7 @@ def _run(args: argparse.Namespace, progress: _Progress) -> int:
         claim_run_dir,
         lock_run_dir,
     )
-    from propos_losses.train.trainer import (
-        CHECKPOINT_NAME,
-        METRICS_NAME,
-        CheckpointError,
-        Trainer,
-        load_checkpoint,
-    )
+    from propos_losses.train.trainer import METRICS_NAME, Trainer
 
     options = vars(args)
     run_keys = ("config", "resume", "print_config", "stop_after", "no_plots", "quiet")
@@ -318,8 +314,9 @@ def _run(args: argparse.Namespace, progress: _Progress) -> int:
             if "output_dir" in overrides and Path(overrides["output_dir"]).resolve() != run_dir.resolve():
                 raise ConfigError(f"a resumed run continues in its own directory {str(run_dir)!r}; drop --output-dir")
             try:
-                config = validate_config(dataclasses.replace(saved, device=overrides.get("device", saved.device),
-                                                             output_dir=str(run_dir)))
+                config = validate_config(
+                    dataclasses.replace(saved, device=overrides.get("device", saved.device), output_dir=str(run_dir))
+                )
             except ConfigError as exc:
                 if resume_state is None:
                     raise
@@ -367,7 +364,8 @@ def _run(args: argparse.Namespace, progress: _Progress) -> int:
                 if get_rank() == 0:
                     try:
                         claimed_dir, lock = claim_run_dir(
-                            run_dir, lambda path: _config_json(dataclasses.replace(config, output_dir=str(path))),
+                            run_dir,
+                            lambda path: _config_json(dataclasses.replace(config, output_dir=str(path))),
                             exclusive_name=explicit,
                         )
                         claimed = str(claimed_dir)
@@ -425,8 +423,10 @@ def _draw_plots(run_dir: Path, log: Any) -> None:
     try:
         written = plot_run(run_dir)
     except (ValueError, OSError, RuntimeError, KeyError) as exc:
-        print(f"propos-train: warning: plots not drawn: {type(exc).__name__}: {' '.join(str(exc).split())}",
-              file=sys.stderr)
+        print(
+            f"propos-train: warning: plots not drawn: {type(exc).__name__}: {' '.join(str(exc).split())}",
+            file=sys.stderr,
+        )
         return
     if written:
         log("plots: " + ", ".join(str(p) for p in written))
@@ -446,7 +446,9 @@ def _interrupt_message(signum: int, progress: _Progress) -> str:
         return f"propos-train: interrupted by {name} before the first checkpoint; start the run again with: {command}"
     saved, epochs = state["epoch"], state["config"].get("epochs", progress.epochs)
     if saved >= epochs:
-        return f"propos-train: interrupted by {name} after all {saved} epochs were saved; finish the run with: {command}"
+        return (
+            f"propos-train: interrupted by {name} after all {saved} epochs were saved; finish the run with: {command}"
+        )
     steps = state["mid_epoch"]["index"] if isinstance(state.get("mid_epoch"), dict) else 0
     where = f"{saved} of {epochs} epochs" + (f" and {steps} steps of epoch {saved + 1}" if steps else "")
     return f"propos-train: interrupted by {name}; {where} are saved; continue with: {command}"

@@ -296,7 +296,9 @@ def load_config_file(path: str | os.PathLike) -> Dict[str, Any]:
 
             data = tomllib.loads(raw.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"config file {path!r} is not valid {'JSON' if path.endswith('.json') else 'TOML'}: {exc}") from None
+        raise ConfigError(
+            f"config file {path!r} is not valid {'JSON' if path.endswith('.json') else 'TOML'}: {exc}"
+        ) from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path!r} must hold a table of settings, got {type(data).__name__}")
     return data
@@ -341,8 +343,16 @@ def validate_config(config: TrainConfig) -> TrainConfig:
         raise ConfigError(f"psl_agreement must be in (0, 1], got {config.psl_agreement!r}")
     if config.augmentation is not None:
         choice("augmentation", AUGMENTATIONS)
-    for name in ("epochs", "batch_size", "hidden_dim", "out_dim", "estep_every", "kmeans_n_init", "kmeans_max_iter",
-                 "final_kmeans_n_init"):
+    for name in (
+        "epochs",
+        "batch_size",
+        "hidden_dim",
+        "out_dim",
+        "estep_every",
+        "kmeans_n_init",
+        "kmeans_max_iter",
+        "final_kmeans_n_init",
+    ):
         at_least(name, 1)
     for name in ("seed", "warmup_epochs", "queue_size", "eval_every"):
         at_least(name, 0)

@@ -79,9 +79,7 @@ _CIFAR100_DIR = "cifar-100-python"
 _CIFAR_SIDE = 32
 _CIFAR_CHANNELS = 3
 
-_IMAGE_SUFFIXES = frozenset(
-    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
-)
+_IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"})
 # Pillow modes that hold a single grey channel; anything else is read as RGB.
 _GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F", "P;L"})
 
@@ -287,9 +285,7 @@ def _load_mnist(data_dir: Path) -> ImageDataset:
         if labels.ndim != 1 or labels.dtype.kind not in "iu":
             raise DatasetError(f"{labels_path}: expected a 1-D integer label array, got {labels.ndim}-D {labels.dtype}")
         if len(images) != len(labels):
-            raise DatasetError(
-                f"{images_path} has {len(images)} images but {labels_path} has {len(labels)} labels"
-            )
+            raise DatasetError(f"{images_path} has {len(images)} images but {labels_path} has {len(labels)} labels")
         if labels.size and labels.min() < 0:
             raise DatasetError(f"{labels_path}: negative label {int(labels.min())}")
         if all_images and images.shape[1:] != all_images[0].shape[1:]:
@@ -378,9 +374,7 @@ def _cifar_batch(path: Path, label_key: str, num_classes: int) -> tuple[np.ndarr
     except (TypeError, ValueError) as error:
         raise DatasetError(f"{path}: b'{label_key}' is not a list of integers ({error})") from error
     if labels.shape != (data.shape[0],):
-        raise DatasetError(
-            f"{path}: {data.shape[0]} images in b'data' but {labels.size} labels in b'{label_key}'"
-        )
+        raise DatasetError(f"{path}: {data.shape[0]} images in b'data' but {labels.size} labels in b'{label_key}'")
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
         raise DatasetError(
             f"{path}: b'{label_key}' must be in [0, {num_classes}), got range [{labels.min()}, {labels.max()}]"
@@ -397,7 +391,9 @@ def _cifar_folder(data_dir: Path, subdir: str, marker: str) -> Path:
     return data_dir / subdir
 
 
-def _load_cifar(data_dir: Path, files: tuple[str, ...], subdir: str, label_key: str, num_classes: int, name: str) -> ImageDataset:
+def _load_cifar(
+    data_dir: Path, files: tuple[str, ...], subdir: str, label_key: str, num_classes: int, name: str
+) -> ImageDataset:
     folder = _cifar_folder(data_dir, subdir, files[-1])
     batches = [_cifar_batch(folder / file, label_key, num_classes) for file in files]
     images = np.concatenate([images for images, _ in batches])
@@ -463,7 +459,9 @@ def _load_folder(data_dir: Path) -> ImageDataset:
         labels.extend([label] * len(images))
     pixels = torch.from_numpy(_read_images(paths))
     classes = ", ".join(path.name for path in class_dirs)
-    return ImageDataset(pixels, torch.tensor(labels, dtype=torch.int64), len(class_dirs), f"folder ({data_dir}: {classes})")
+    return ImageDataset(
+        pixels, torch.tensor(labels, dtype=torch.int64), len(class_dirs), f"folder ({data_dir}: {classes})"
+    )
 
 
 # ----------------------------------------------------------------------- digits

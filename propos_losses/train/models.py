@@ -178,7 +178,9 @@ class FlatCNN(nn.Module):
     ) -> None:
         super().__init__()
         if memory_format not in (torch.channels_last, torch.contiguous_format):
-            raise ValueError(f"memory_format must be torch.channels_last or torch.contiguous_format, got {memory_format}")
+            raise ValueError(
+                f"memory_format must be torch.channels_last or torch.contiguous_format, got {memory_format}"
+            )
         self.memory_format = memory_format
         self.in_channels, size, widths = _check_cnn_args(in_channels, image_size, widths)
         self.image_size = size
@@ -197,7 +199,7 @@ class FlatCNN(nn.Module):
             nn.ReLU(inplace=True),
         )
         _init_weights(self)
-        self.features.to(memory_format=memory_format)
+        self.features.to(memory_format=memory_format)  # type: ignore[call-overload]  # missing from torch's stubs
 
     def forward(self, images: Tensor) -> Tensor:
         _check_images(self, images, self.in_channels)

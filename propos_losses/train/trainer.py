@@ -276,8 +276,10 @@ class Trainer:
         self._log = log if log is not None else print
         self.device = resolve_device(config.device)
 
-        self.dataset = dataset if dataset is not None else load_dataset(
-            config.dataset, config.data_dir, max_samples=config.max_samples
+        self.dataset = (
+            dataset
+            if dataset is not None
+            else load_dataset(config.dataset, config.data_dir, max_samples=config.max_samples)
         )
         n = len(self.dataset)
         if config.batch_size > n:
@@ -394,9 +396,7 @@ class Trainer:
                 f"(crop or pad them to one side first)"
             )
         if dataset.num_classes is not None and dataset.num_classes < 2:
-            raise ConfigError(
-                f"{dataset.name} has a single class; clustering it needs at least 2 classes"
-            )
+            raise ConfigError(f"{dataset.name} has a single class; clustering it needs at least 2 classes")
         if self.config.num_clusters is not None and self.num_clusters > n:
             raise ConfigError(
                 f"num_clusters ({self.num_clusters}) is larger than the data set ({n} samples); k-means needs at "
@@ -482,7 +482,12 @@ class Trainer:
         return torch.cat(backbone_parts), torch.cat(projector_parts)
 
     def _kmeans(
-        self, features: Tensor, num_clusters: int, stream: int, *, n_init: Optional[int] = None,
+        self,
+        features: Tensor,
+        num_clusters: int,
+        stream: int,
+        *,
+        n_init: Optional[int] = None,
         init: Optional[Tensor] = None,
     ) -> Tuple[Tensor, Tensor]:
         """Distributed spherical k-means of the shards: labels of the whole data set and the centres.
@@ -580,8 +585,11 @@ class Trainer:
             "scheduler": {"step": self.step, "total_steps": self.total_steps, "warmup_steps": self.warmup_steps},
             "momentum": self.momentum.state_dict(),
             "pseudo_labels": self.pseudo_labels.cpu(),
-            "psl_start": {"agreement": self.label_agreement, "estep_count": self.estep_count,
-                          "started": self.psl_started},
+            "psl_start": {
+                "agreement": self.label_agreement,
+                "estep_count": self.estep_count,
+                "started": self.psl_started,
+            },
             "estep_centers": None if self.estep_centers is None else self.estep_centers.cpu(),
             "rng": rng_state(),
             "log_lines": self.log_lines,
@@ -628,13 +636,19 @@ class Trainer:
         if labels.shape != (n,):
             raise CheckpointError(f"checkpoint holds pseudo-labels for {labels.shape[0]} samples, the data set has {n}")
         if labels.dtype != torch.int64 or (n and not 0 <= int(labels.min()) <= int(labels.max()) < self.num_clusters):
-            raise CheckpointError(f"{where!r} is damaged: its pseudo-labels are not cluster indices < {self.num_clusters}")
+            raise CheckpointError(
+                f"{where!r} is damaged: its pseudo-labels are not cluster indices < {self.num_clusters}"
+            )
         epoch, step = int(state["epoch"]), int(state["step"])
         mid_epoch = state.get("mid_epoch")
         index = mid_epoch.get("index") if isinstance(mid_epoch, dict) else 0
-        if (not 0 <= epoch <= self.config.epochs or (mid_epoch is not None and not isinstance(mid_epoch, dict))
-                or not isinstance(index, int) or step != epoch * self.steps_per_epoch + index
-                or (mid_epoch is not None and not (0 < index <= self.steps_per_epoch and epoch < self.config.epochs))):
+        if (
+            not 0 <= epoch <= self.config.epochs
+            or (mid_epoch is not None and not isinstance(mid_epoch, dict))
+            or not isinstance(index, int)
+            or step != epoch * self.steps_per_epoch + index
+            or (mid_epoch is not None and not (0 < index <= self.steps_per_epoch and epoch < self.config.epochs))
+        ):
             raise CheckpointError(
                 f"{where!r} is damaged: epoch {epoch} and step {step} do not fit a {self.config.epochs}-epoch run of "
                 f"{self.steps_per_epoch} steps per epoch"
@@ -689,8 +703,12 @@ class Trainer:
                     break
                 keep_bytes = end + 1
         complete = data.count(b"\n")
-        if (keep_bytes < 0 or len(data) < keep_bytes or data.count(b"\n", 0, keep_bytes) != keep_lines
-                or (keep_bytes and data[keep_bytes - 1:keep_bytes] != b"\n")):
+        if (
+            keep_bytes < 0
+            or len(data) < keep_bytes
+            or data.count(b"\n", 0, keep_bytes) != keep_lines
+            or (keep_bytes and data[keep_bytes - 1 : keep_bytes] != b"\n")
+        ):
             raise CheckpointError(
                 f"{str(path)!r} holds {complete} complete records but the checkpoint expects {keep_lines} "
                 f"({keep_bytes} bytes); the log was lost or edited"
@@ -765,13 +783,15 @@ class Trainer:
         if self._stop_signal is not None:
             # A signal during the steps: checkpoint between two steps and stop; resume continues from here.
             signum, self._stop_signal = self._stop_signal, None
-            self.save_checkpoint(mid_epoch={
-                "index": done,
-                "totals": totals.cpu(),
-                "generator": generator.get_state(),
-                "psa_generator": self.step_module.psa.generator.get_state(),
-                "lr": lr,
-            })
+            self.save_checkpoint(
+                mid_epoch={
+                    "index": done,
+                    "totals": totals.cpu(),
+                    "generator": generator.get_state(),
+                    "psa_generator": self.step_module.psa.generator.get_state(),
+                    "lr": lr,
+                }
+            )
             raise TrainingInterrupted(signum)
         return self._epoch_stats(totals, lr, lambda_psl, sigma)
 
@@ -848,14 +868,20 @@ class Trainer:
                 begin = time.perf_counter()
                 record, _, _ = self._estep_and_evaluate(update_labels=estep_due)
                 seconds = time.perf_counter() - begin
-                self._record({"event": "estep" if estep_due else "eval", "epoch": self.epoch, **record,
-                              "time_s": seconds})
+                self._record(
+                    {"event": "estep" if estep_due else "eval", "epoch": self.epoch, **record, "time_s": seconds}
+                )
                 self.info(f"{_format('E-step' if estep_due else 'eval', self.epoch, record)}  ({seconds:.1f}s)")
             begin = time.perf_counter()
             stats = self._train_epoch()
             self.epoch += 1
-            record = {"event": "epoch", "epoch": self.epoch, "step": self.step, **stats,
-                      "time_s": time.perf_counter() - begin}
+            record = {
+                "event": "epoch",
+                "epoch": self.epoch,
+                "step": self.step,
+                **stats,
+                "time_s": time.perf_counter() - begin,
+            }
             self._record(record)
             self.info(
                 f"epoch {self.epoch}/{config.epochs}  loss {stats['loss']:.4f}  psa {stats['psa']:.4f}  "
@@ -873,8 +899,15 @@ class Trainer:
         begin = time.perf_counter()
         record, backbone_labels, projector_labels = self._estep_and_evaluate(update_labels=False, final=True)
         record.update(self._cluster_stats("projector", projector_labels, self.eval_clusters))
-        self._record({"event": "final", "epoch": self.epoch, **record, "time_s": time.perf_counter() - begin,
-                      "elapsed_s": time.perf_counter() - start_time})
+        self._record(
+            {
+                "event": "final",
+                "epoch": self.epoch,
+                **record,
+                "time_s": time.perf_counter() - begin,
+                "elapsed_s": time.perf_counter() - start_time,
+            }
+        )
         if self.is_main:
             self._write_assignments(backbone_labels, projector_labels)
         return {"epoch": self.epoch, "final": record, "output_dir": str(self.output_dir)}
@@ -884,8 +917,13 @@ class Trainer:
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(["index", "label", "cluster_backbone", "cluster_projector", "pseudo_label"])
         labels = self.dataset.labels.tolist() if self.dataset.labels is not None else [""] * len(self.dataset)
-        rows = zip(range(len(self.dataset)), labels, backbone_labels.tolist(), projector_labels.tolist(),
-                   self.pseudo_labels.tolist())
+        rows = zip(
+            range(len(self.dataset)),
+            labels,
+            backbone_labels.tolist(),
+            projector_labels.tolist(),
+            self.pseudo_labels.tolist(),
+        )
         writer.writerows(rows)
         atomic_write_bytes(self.output_dir / ASSIGNMENTS_NAME, buffer.getvalue().encode("utf-8"))
 
