@@ -29,7 +29,6 @@ import concurrent.futures
 import difflib
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -37,6 +36,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
+
+from _machine import machine_info
 
 HERE = Path(__file__).resolve().parent
 LOOPS = HERE / "dropin"
@@ -197,8 +198,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "rows": rows,
         "runs": sorted(runs, key=lambda r: (r["dataset"], r["loop"], r["seed"])),
         "environment": {
-            "python": platform.python_version(),
-            "cpu_count": os.cpu_count(),
+            **machine_info(),
             "jobs": args.jobs,
             "threads_per_job": 1,
             "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),

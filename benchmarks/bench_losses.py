@@ -43,10 +43,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -59,6 +56,7 @@ from torch import Tensor, nn
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+from _machine import machine_info  # noqa: E402
 
 from propos_losses import (  # noqa: E402
     PSA,
@@ -493,22 +491,6 @@ def format_resnet18_step(result: Dict[str, Any]) -> str:
 # ---------------------------------------------------------------- driver
 
 
-def machine_info(device: torch.device) -> Dict[str, Any]:
-    info: Dict[str, Any] = {
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "device": str(device),
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
-
-
 def format_table(rows: List[Dict[str, Any]]) -> str:
     header = f"{'K':>5} {'B':>5} {'queue':>6} | {'ours ms':>8} {'fast ms':>8} {'naive ms':>9} {'speed-up':>8} | "
     header += f"{'ours MiB':>9} {'naive MiB':>10} | {'ours loss':>9} {'naive loss':>10}"
@@ -577,7 +559,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         raise SystemExit("--device cuda requested but CUDA is not available")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    info = machine_info(device)
+    info = machine_info(str(device))
     print("machine:", json.dumps(info))
     print(f"peak memory: {MEMORY_METHOD[device.type]}")
     print(

@@ -36,8 +36,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -46,13 +44,14 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 import scipy
 import sklearn
-import torch
 from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import adjusted_mutual_info_score, adjusted_rand_score, normalized_mutual_info_score
 from sklearn.metrics.cluster import contingency_matrix
 
 # Run from a checkout without installing: the repository root holds the package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _machine import machine_info  # noqa: E402
+
 from propos_losses.metrics import (  # noqa: E402
     _entropy,
     _expected_mutual_information,
@@ -156,18 +155,8 @@ def exact_emi_check(labels_true: np.ndarray, labels_pred: np.ndarray) -> Dict[st
     }
 
 
-def machine_info() -> Dict[str, Any]:
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "python": sys.version.split()[0],
-        "numpy": np.__version__,
-        "scipy": scipy.__version__,
-        "scikit-learn": sklearn.__version__,
-        "torch": torch.__version__,
-        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-    }
+def _machine() -> Dict[str, Any]:
+    return machine_info(extra={"scipy": scipy.__version__, "scikit-learn": sklearn.__version__})
 
 
 def run(args: argparse.Namespace) -> List[Dict[str, Any]]:
@@ -259,7 +248,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         "benchmark": "bench_metrics",
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-        "machine": machine_info(),
+        "machine": _machine(),
         "settings": {"repeats": args.repeats, "noise": args.noise, "seed": args.seed},
         "results": rows,
     }

@@ -57,7 +57,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -68,6 +67,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _machine import machine_info  # noqa: E402
 
 from propos_losses.kmeans import SphericalKMeans  # noqa: E402
 from propos_losses.metrics import evaluate_clustering  # noqa: E402
@@ -412,14 +412,7 @@ def throughput(
 
 
 def _environment() -> Dict[str, Any]:
-    return {
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
-        "note": "2-core CPU shared with other jobs; wall times are indicative only",
-    }
+    return machine_info(extra={"note": "2-core CPU shared with other jobs; wall times are indicative only"})
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

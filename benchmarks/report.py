@@ -24,6 +24,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _compare import format_comparison, table_order  # noqa: E402
+from _machine import describe  # noqa: E402
 
 
 def _load(name: str) -> Optional[Any]:
@@ -40,19 +41,7 @@ def _table(header: Sequence[str], rows: List[Sequence[str]]) -> str:
 
 
 def _machine(info: Dict[str, Any]) -> str:
-    keys = (
-        "date_utc",
-        "date",
-        "cpu",
-        "processor",
-        "cpu_count",
-        "torch_threads",
-        "threads",
-        "OMP_NUM_THREADS",
-        "device",
-        "torch",
-    )
-    return ", ".join(f"{k}={info[k]}" for k in keys if k in info)
+    return describe(info)
 
 
 def losses_section(data: Dict[str, Any]) -> str:
