@@ -23,6 +23,9 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from propos_losses import defaults as D
+from propos_losses.train.augment import AUGMENTATION_KINDS
+from propos_losses.train.data import DATASET_NAMES
+from propos_losses.train.models import BACKBONE_NAMES
 
 __all__ = [
     "ConfigError",
@@ -54,9 +57,10 @@ ESTEP_INITS: Tuple[str, ...] = ("cold", "warm")
 PSL_STARTS: Tuple[str, ...] = ("warmup", "auto")
 #: What the momentum update does with the target's BatchNorm statistics (MomentumUpdater's ``buffers``).
 TARGET_BUFFERS: Tuple[str, ...] = ("none", "copy", "ema")
-AUGMENTATIONS: Tuple[str, ...] = ("digits", "mnist", "color")
-DATASETS: Tuple[str, ...] = ("digits", "mnist", "cifar10", "cifar20", "folder")
-BACKBONES: Tuple[str, ...] = ("tiny_cnn", "small_cnn", "flat_cnn", "resnet18", "resnet34")
+# Declared once, where they are implemented.
+AUGMENTATIONS: Tuple[str, ...] = AUGMENTATION_KINDS
+DATASETS: Tuple[str, ...] = DATASET_NAMES
+BACKBONES: Tuple[str, ...] = BACKBONE_NAMES
 
 
 class ConfigError(ValueError):

@@ -53,7 +53,6 @@ import dataclasses
 import functools
 import io
 import json
-import math
 import os
 import random
 import time
@@ -65,6 +64,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from propos_losses.diagnostics import cluster_size_stats
 from propos_losses.distributed import (
     all_gather_cat,
     all_reduce_sum_,
@@ -505,17 +505,14 @@ class Trainer:
         local = torch.as_tensor(kmeans.fit_predict(F.normalize(features, dim=1))).to(self.device, torch.int64)
         return all_gather_cat(local), torch.as_tensor(kmeans.cluster_centers_).to(self.device)
 
-    def _cluster_stats(self, prefix: str, labels: Tensor, num_clusters: int) -> Dict[str, float]:
-        sizes = torch.bincount(labels, minlength=num_clusters).double()
-        fractions = sizes / sizes.sum()
-        nonzero = fractions[fractions > 0]
-        entropy = float(-(nonzero * nonzero.log()).sum())
+    def _cluster_stats(self, prefix: str, labels: Tensor, num_clusters: int) -> Dict[str, Any]:
+        stats = cluster_size_stats(labels.cpu(), num_clusters)
         return {
-            f"{prefix}_size_min": int(sizes.min()),
-            f"{prefix}_size_max": int(sizes.max()),
-            f"{prefix}_empty_clusters": int((sizes == 0).sum()),
+            f"{prefix}_size_min": stats["min"],
+            f"{prefix}_size_max": stats["max"],
+            f"{prefix}_empty_clusters": stats["num_empty"],
             # Normalised entropy of the cluster sizes: 1 for equal sizes.
-            f"{prefix}_size_uniformity": entropy / math.log(num_clusters),
+            f"{prefix}_size_uniformity": stats["normalized_entropy"],
         }
 
     def _metrics(self, prefix: str, labels: Tensor) -> Dict[str, float]:
