@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from propos_losses._validation import check_float, check_int, check_tensor
+from propos_losses.utils import check_float, check_int, check_tensor
 
 __all__ = [
     "AUGMENTATION_KINDS",

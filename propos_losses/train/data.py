@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from propos_losses._validation import check_int
+from propos_losses.utils import check_int
 
 __all__ = [
     "DATASET_NAMES",

@@ -32,7 +32,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from propos_losses._validation import check_int
+from propos_losses.utils import check_int
 
 __all__ = [
     "BACKBONE_NAMES",

@@ -61,7 +61,6 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from propos_losses.diagnostics import cluster_size_stats
@@ -101,6 +100,7 @@ from propos_losses.train.rundir import (
     atomic_write_bytes,
     remove_stale_temporaries,
 )
+from propos_losses.utils import normalize_rows
 
 __all__ = [
     "TrainingInterrupted",
@@ -502,7 +502,7 @@ class Trainer:
             seed=_seed_for(self.config.seed, 20 + stream, self.epoch) % 2**31,
             init="k-means++" if init is None else init,
         )
-        local = torch.as_tensor(kmeans.fit_predict(F.normalize(features, dim=1))).to(self.device, torch.int64)
+        local = torch.as_tensor(kmeans.fit_predict(normalize_rows(features))).to(self.device, torch.int64)
         return all_gather_cat(local), torch.as_tensor(kmeans.cluster_centers_).to(self.device)
 
     def _cluster_stats(self, prefix: str, labels: Tensor, num_clusters: int) -> Dict[str, Any]:
