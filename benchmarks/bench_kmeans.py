@@ -186,9 +186,17 @@ def run_ours(
     _, wall, cpu, other = timed(lambda: km.fit(data), device)
     predict_s = min(timed(lambda: km.predict(data), device)[1] for _ in range(3))
     sample_size = km.sample_size if km.sample_size != "auto" else _auto_sample_size(k)
-    return {"wall_s": wall, "cpu_s": cpu, "other_cpu_s": other, "centers": km.cluster_centers_.cpu().numpy(),
-            "labels": km.labels_.cpu().numpy(), "n_iter": km.n_iter_, "reported_inertia": km.inertia_,
-            "predict_s": predict_s, "sample_size": int(sample_size) if sample_size < X.shape[0] else None}
+    return {
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "other_cpu_s": other,
+        "centers": km.cluster_centers_.cpu().numpy(),
+        "labels": km.labels_.cpu().numpy(),
+        "n_iter": km.n_iter_,
+        "reported_inertia": km.inertia_,
+        "predict_s": predict_s,
+        "sample_size": int(sample_size) if sample_size < X.shape[0] else None,
+    }
 
 
 def run_ours_tuned(X: np.ndarray, k: int, device: str, args: argparse.Namespace) -> Dict[str, Any]:
@@ -201,16 +209,23 @@ def run_sklearn(X: np.ndarray, k: int, device: str, args: argparse.Namespace) ->
 
     km = KMeans(k, n_init=KMEANS_N_INIT, max_iter=KMEANS_MAX_ITER, tol=KMEANS_TOL, random_state=args.seed)
     _, wall, cpu, other = timed(lambda: km.fit(X), "cpu")
-    return {"wall_s": wall, "cpu_s": cpu, "other_cpu_s": other, "centers": km.cluster_centers_, "labels": km.labels_,
-            "n_iter": int(km.n_iter_)}
+    return {
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "other_cpu_s": other,
+        "centers": km.cluster_centers_,
+        "labels": km.labels_,
+        "n_iter": int(km.n_iter_),
+    }
 
 
 def run_faiss(X: np.ndarray, k: int, device: str, args: argparse.Namespace) -> Dict[str, Any]:
     import faiss
 
     gpu = device.startswith("cuda") and faiss_gpus() > 0
-    km = faiss.Kmeans(X.shape[1], k, niter=KMEANS_MAX_ITER, nredo=KMEANS_N_INIT, spherical=True, seed=args.seed,
-                      gpu=gpu)
+    km = faiss.Kmeans(
+        X.shape[1], k, niter=KMEANS_MAX_ITER, nredo=KMEANS_N_INIT, spherical=True, seed=args.seed, gpu=gpu
+    )
 
     def fit() -> np.ndarray:
         km.train(X)
@@ -219,14 +234,23 @@ def run_faiss(X: np.ndarray, k: int, device: str, args: argparse.Namespace) -> D
     labels, wall, cpu, other = timed(fit, device if gpu else "cpu")
     # faiss stops a restart once its objective stops improving (early_stop_threshold 0), so count
     # the iterations it ran (all restarts together) instead of assuming niter.
-    return {"wall_s": wall, "cpu_s": cpu, "other_cpu_s": other, "centers": km.centroids,
-            "labels": labels.astype(np.int64),
-            "n_iter": len(km.iteration_stats), "train_rows": min(X.shape[0], k * km.cp.max_points_per_centroid)}
+    return {
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "other_cpu_s": other,
+        "centers": km.centroids,
+        "labels": labels.astype(np.int64),
+        "n_iter": len(km.iteration_stats),
+        "train_rows": min(X.shape[0], k * km.cp.max_points_per_centroid),
+    }
 
 
 #: Method name -> runner ``(X, K, device, args) -> dict``.
 RUNNERS: Dict[str, Callable[[np.ndarray, int, str, argparse.Namespace], Dict[str, Any]]] = {
-    "ours": run_ours, "ours-tuned": run_ours_tuned, "sklearn": run_sklearn, "faiss": run_faiss,
+    "ours": run_ours,
+    "ours-tuned": run_ours_tuned,
+    "sklearn": run_sklearn,
+    "faiss": run_faiss,
 }
 
 
@@ -267,8 +291,11 @@ def merge(entries: List[Dict[str, Any]], new: Dict[str, Any], keys: Tuple[str, .
 def table_order(entry: Dict[str, Any]) -> Tuple[int, int, int]:
     """Data sets in :data:`DATASETS` order (others last), then ``K``, then :data:`METHODS` order."""
     data, method = entry["data"], entry["method"]
-    return (DATASETS.index(data) if data in DATASETS else len(DATASETS), entry["k"],
-            METHODS.index(method) if method in METHODS else len(METHODS))
+    return (
+        DATASETS.index(data) if data in DATASETS else len(DATASETS),
+        entry["k"],
+        METHODS.index(method) if method in METHODS else len(METHODS),
+    )
 
 
 def current(entries: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
@@ -296,8 +323,10 @@ def print_table(entries: List[Dict[str, Any]]) -> None:
 def markdown_table(entries: List[Dict[str, Any]]) -> str:
     """The table of :func:`print_table` in Markdown, with the subsample sizes and the dates."""
     entries = current(entries)
-    header = ("| data | K | method | wall s | CPU s | cosine inertia | inertia ratio | wall x | CPU x | NMI | "
-              "iterations | predict s | other CPU s | measured (UTC) |")
+    header = (
+        "| data | K | method | wall s | CPU s | cosine inertia | inertia ratio | wall x | CPU x | NMI | "
+        "iterations | predict s | other CPU s | measured (UTC) |"
+    )
     lines = [header, "|" + "---|" * 14]
     for r in entries:
         ratio, wall_speed, cpu_speed = format_comparison(r, entries, ratio_digits=4, speed_digits=2)
@@ -337,20 +366,31 @@ def bench_cpu(args: argparse.Namespace, results: Dict[str, Any], info: Dict[str,
                 device = args.device if method.startswith("ours") else "cpu"
                 out = RUNNERS[method](X, k, device, args)
                 entry = {
-                    "data": name, "n": int(X.shape[0]), "d": int(X.shape[1]), "k": k, "method": method,
-                    "device": device, "wall_s": out["wall_s"], "cpu_s": out["cpu_s"],
+                    "data": name,
+                    "n": int(X.shape[0]),
+                    "d": int(X.shape[1]),
+                    "k": k,
+                    "method": method,
+                    "device": device,
+                    "wall_s": out["wall_s"],
+                    "cpu_s": out["cpu_s"],
                     "cosine_inertia": cosine_inertia(X, out["centers"], out["labels"]),
-                    "nmi": float(normalized_mutual_info_score(truth, out["labels"])), "n_iter": out["n_iter"],
+                    "nmi": float(normalized_mutual_info_score(truth, out["labels"])),
+                    "n_iter": out["n_iter"],
                     "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                    "machine": info, "other_cpu_s": out["other_cpu_s"],
+                    "machine": info,
+                    "other_cpu_s": out["other_cpu_s"],
                 }
                 for key in ("predict_s", "sample_size", "train_rows"):
                     if out.get(key) is not None:
                         entry[key] = out[key]
                 save(results, args.output, "mnist", entry, ("data", "k", "method"))
-                print(f"{name} K={k} {method}: {entry['wall_s']:.2f} s (CPU {entry['cpu_s']:.2f} s, other processes "
-                      f"{entry['other_cpu_s']:.2f} s), cosine inertia {entry['cosine_inertia']:.2f}, "
-                      f"NMI {entry['nmi']:.4f}", flush=True)
+                print(
+                    f"{name} K={k} {method}: {entry['wall_s']:.2f} s (CPU {entry['cpu_s']:.2f} s, other processes "
+                    f"{entry['other_cpu_s']:.2f} s), cosine inertia {entry['cosine_inertia']:.2f}, "
+                    f"NMI {entry['nmi']:.4f}",
+                    flush=True,
+                )
     print()
     print_table(results["mnist"])
     if args.markdown:
@@ -396,17 +436,29 @@ def bench_synthetic(args: argparse.Namespace, results: Dict[str, Any], info: Dic
                 centers, assigned, n_iter = out["centers"], out["labels"], out["n_iter"]
                 device = args.device if args.device.startswith("cuda") and faiss_gpus() > 0 else "cpu"
             entry = {
-                "data": f"synthetic-{n}x{d}", "n": n, "d": d, "k": k, "method": method, "device": device,
-                "wall_s": wall, "cpu_s": cpu, "other_cpu_s": other, "n_iter": n_iter,
+                "data": f"synthetic-{n}x{d}",
+                "n": n,
+                "d": d,
+                "k": k,
+                "method": method,
+                "device": device,
+                "wall_s": wall,
+                "cpu_s": cpu,
+                "other_cpu_s": other,
+                "n_iter": n_iter,
                 "cosine_inertia": cosine_inertia(X_host, centers, assigned),
                 "nmi": float(normalized_mutual_info_score(truth, assigned)),
-                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "machine": info,
+                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "machine": info,
             }
             if method == "ours" and args.device.startswith("cuda"):
                 entry["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
             save(results, args.output, "synthetic_large", entry, ("data", "k", "method", "device"))
-            print(f"{entry['data']} K={k} {method} on {device}: {wall:.2f} s, cosine inertia "
-                  f"{entry['cosine_inertia']:.2f}, {n_iter} iterations, NMI {entry['nmi']:.4f}", flush=True)
+            print(
+                f"{entry['data']} K={k} {method} on {device}: {wall:.2f} s, cosine inertia "
+                f"{entry['cosine_inertia']:.2f}, {n_iter} iterations, NMI {entry['nmi']:.4f}",
+                flush=True,
+            )
         del X, X_host, truth, labels
         if args.device.startswith("cuda"):
             torch.cuda.empty_cache()
@@ -422,6 +474,23 @@ def save(results: Dict[str, Any], path: str, section: str, entry: Dict[str, Any]
         json.dump(stored, handle, indent=1)
     os.replace(tmp, path)
     results[section] = stored[section]  # so that the table shows the other runs' entries too
+
+
+def set_threads(n: int) -> None:
+    """One thread budget for torch, faiss and the BLAS/OpenMP pools scikit-learn uses."""
+    torch.set_num_threads(n)
+    try:
+        import faiss
+
+        faiss.omp_set_num_threads(n)
+    except ImportError:
+        pass
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(n)
+    except ImportError:
+        pass
 
 
 def parse_size(text: str) -> Tuple[int, int, int]:
@@ -441,23 +510,50 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
     parser.add_argument("--skip", nargs="*", default=[], choices=METHODS, help="methods not to run")
     parser.add_argument("--quick", action="store_true", help="K = 10 only")
-    parser.add_argument("--synthetic-large", action="store_true",
-                        help="the large synthetic runs (ours and faiss, on --device)")
-    parser.add_argument("--synthetic-sizes", type=parse_size, nargs="+", default=list(SYNTHETIC_RUNS),
-                        metavar="NxDxK", help="problems of --synthetic-large (e.g. 20000x64x100 for a smoke test)")
+    parser.add_argument(
+        "--synthetic-large", action="store_true", help="the large synthetic runs (ours and faiss, on --device)"
+    )
+    parser.add_argument(
+        "--synthetic-sizes",
+        type=parse_size,
+        nargs="+",
+        default=list(SYNTHETIC_RUNS),
+        metavar="NxDxK",
+        help="problems of --synthetic-large (e.g. 20000x64x100 for a smoke test)",
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--rows-per-cluster", type=int, default=ROWS_PER_CLUSTER,
-                        help="the ours-tuned runs on MNIST use sample_size = this * K")
-    parser.add_argument("--synthetic-rows-per-cluster", type=int, default=SYNTHETIC_ROWS_PER_CLUSTER,
-                        help=f"the ours-tuned run on {SYNTHETIC_NAME} uses sample_size = this * K")
+    parser.add_argument(
+        "--rows-per-cluster",
+        type=int,
+        default=ROWS_PER_CLUSTER,
+        help="the ours-tuned runs on MNIST use sample_size = this * K",
+    )
+    parser.add_argument(
+        "--synthetic-rows-per-cluster",
+        type=int,
+        default=SYNTHETIC_ROWS_PER_CLUSTER,
+        help=f"the ours-tuned run on {SYNTHETIC_NAME} uses sample_size = this * K",
+    )
     parser.add_argument("--markdown", action="store_true", help="also print the table in Markdown")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="threads of torch, faiss and scikit-learn's BLAS/OpenMP (default: theirs); on a shared "
+        "machine one thread each makes the CPU seconds comparable (no spinning waits)",
+    )
     parser.add_argument("--output", default=RESULTS, help="JSON file to merge the results into")
     args = parser.parse_args(argv)
 
+    if args.threads is not None:
+        set_threads(args.threads)
     results = load_results(args.output)
     info = machine_info(args.device)
-    print(f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}, {info['cpu']}, "
-          f"{info['cpu_count']} CPUs, torch {info['torch']}, device {args.device}", flush=True)
+    print(
+        f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}, {info['cpu']}, "
+        f"{info['cpu_count']} CPUs, torch {info['torch']}, device {args.device}",
+        flush=True,
+    )
     if args.synthetic_large:
         bench_synthetic(args, results, info)
     else:

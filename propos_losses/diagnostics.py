@@ -30,8 +30,8 @@ import torch
 from torch import Tensor
 
 from propos_losses._validation import check_finite, check_float, check_int, check_tensor
-from propos_losses.metrics import LabelsLike, _as_labels
 from propos_losses.kmeans import _rescale_extreme_rows
+from propos_losses.metrics import LabelsLike, _as_labels
 
 __all__ = [
     "cluster_size_stats",
