@@ -63,7 +63,6 @@ import functools
 import json
 import math
 import os
-import platform
 import sys
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -75,6 +74,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _compare import format_comparison  # noqa: E402
+from _machine import machine_info  # noqa: E402
 from _mnist import DEFAULT_DATA_DIR, load_mnist  # noqa: E402
 
 from propos_losses.defaults import KMEANS_MAX_ITER, KMEANS_N_INIT, KMEANS_TOL  # noqa: E402
@@ -95,41 +95,22 @@ DATASETS = ("mnist-784", f"mnist-pca{PCA_DIM}", "mnist-test-784", SYNTHETIC_NAME
 SYNTHETIC_RUNS = ((1_281_167, 256, 1000), (60_000, 512, 10))
 
 
-def machine_info(device: str) -> Dict[str, Any]:
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    info: Dict[str, Any] = {
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "platform": platform.platform(),
-        "device": device,
-    }
-    if device.startswith("cuda"):
-        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+def kmeans_machine_info(device: str) -> Dict[str, Any]:
+    """:func:`_machine.machine_info` with the versions of the baselines (scikit-learn, faiss) when installed."""
+    extra: Dict[str, Any] = {}
     try:
         import sklearn
 
-        info["sklearn"] = sklearn.__version__
+        extra["sklearn"] = sklearn.__version__
     except ImportError:
         pass
     try:
         import faiss
 
-        info["faiss"] = faiss.__version__
+        extra["faiss"] = faiss.__version__
     except ImportError:
         pass
-    return info
+    return machine_info(device, extra=extra)
 
 
 def normalise(X: np.ndarray) -> np.ndarray:
@@ -548,7 +529,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     if args.threads is not None:
         set_threads(args.threads)
     results = load_results(args.output)
-    info = machine_info(args.device)
+    info = kmeans_machine_info(args.device)
     print(
         f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}, {info['cpu']}, "
         f"{info['cpu_count']} CPUs, torch {info['torch']}, device {args.device}",
