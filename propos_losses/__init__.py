@@ -12,7 +12,7 @@ from propos_losses._version import __version__
 from propos_losses.diagnostics import alignment, cluster_size_stats, representation_diagnostics, uniformity
 from propos_losses.estep import EStep
 from propos_losses.features import WithIndex, extract_features
-from propos_losses.kmeans import KMeansResult, SphericalKMeans, spherical_kmeans
+from propos_losses.kmeans import ConvergenceWarning, KMeansResult, SphericalKMeans, spherical_kmeans
 from propos_losses.metrics import (
     ContingencyTable,
     ami,
@@ -59,6 +59,7 @@ __all__ = [
     "PrototypeQueue",
     # spherical k-means
     "SphericalKMeans",
+    "ConvergenceWarning",
     "spherical_kmeans",
     "KMeansResult",
     # metrics

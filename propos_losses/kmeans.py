@@ -187,7 +187,8 @@ def _not_fitted(message: str) -> NotFittedError:
     if module is None:
         return NotFittedError(message)
     combined = type("NotFittedError", (NotFittedError, module.NotFittedError), {"__module__": __name__})
-    return combined(message)
+    error: NotFittedError = combined(message)
+    return error
 
 
 class ConvergenceWarning(UserWarning):
@@ -1100,9 +1101,11 @@ def _fit(
     restart_rows = unit
     sampled = False
     # "auto" subsamples only restarts it initialises itself (given centres need no choosing on a sample).
-    rows_for_restarts = (
-        (_auto_sample_size(n_clusters) if isinstance(init, str) else None) if sample_size == "auto" else sample_size
-    )
+    rows_for_restarts: Optional[int]
+    if isinstance(sample_size, str):  # "auto" (validated before)
+        rows_for_restarts = _auto_sample_size(n_clusters) if isinstance(init, str) else None
+    else:
+        rows_for_restarts = sample_size
     if rows_for_restarts is not None and n_total > rows_for_restarts:
         restart_rows = _subsample(unit, rows_for_restarts, n_total, generator)
         sampled = True

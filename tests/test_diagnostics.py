@@ -225,8 +225,16 @@ def test_representation_diagnostics_rejects_mismatched_labels() -> None:
         representation_diagnostics(torch.randn(5, 2), max_samples=1)
 
 
-@pytest.mark.parametrize("scale, dtype", [(1e-30, torch.float32), (1e-23, torch.float32), (1e30, torch.float32),
-                                          (1e-300, torch.float64), (1e300, torch.float64)])
+@pytest.mark.parametrize(
+    "scale, dtype",
+    [
+        (1e-30, torch.float32),
+        (1e-23, torch.float32),
+        (1e30, torch.float32),
+        (1e-300, torch.float64),
+        (1e300, torch.float64),
+    ],
+)
 def test_rows_whose_squared_norm_under_or_overflows_are_normalised_like_any_row(
     scale: float, dtype: torch.dtype
 ) -> None:

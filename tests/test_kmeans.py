@@ -103,7 +103,10 @@ def test_positive_rescaling_of_rows_leaves_the_result_unchanged() -> None:
 
 @FAST
 @given(
-    n=st.integers(8, 60), k=st.integers(1, 6), dim=st.integers(2, 6), seed=st.integers(0, 2**16),
+    n=st.integers(8, 60),
+    k=st.integers(1, 6),
+    dim=st.integers(2, 6),
+    seed=st.integers(0, 2**16),
     n_init=st.integers(1, 4),
 )
 def test_inertia_never_increases_across_iterations(n: int, k: int, dim: int, seed: int, n_init: int) -> None:
@@ -223,7 +226,9 @@ def test_duplicated_rows_leave_clusters_empty_only_with_fewer_distinct_rows_than
     X = random_rows(n_distinct, 3, seed=n_distinct).repeat(n_copies, 1)
     for init in ("k-means++", "random"):
         if n_distinct < k:
-            with pytest.warns(ConvergenceWarning, match=rf"distinct clusters \({n_distinct}\) found smaller than n_clusters \({k}\)"):
+            with pytest.warns(
+                ConvergenceWarning, match=rf"distinct clusters \({n_distinct}\) found smaller than n_clusters \({k}\)"
+            ):
                 km = SphericalKMeans(k, n_init=3, seed=0, init=init).fit(X)
         else:
             with warnings.catch_warnings():

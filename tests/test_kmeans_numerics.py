@@ -30,8 +30,9 @@ def normalised_means(X: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Ten
 # --------------------------------------------------------------------------- (a) extreme scales
 
 
-@pytest.mark.parametrize("scale, dtype", [(1e-23, torch.float32), (1e-30, torch.float32), (1e-160, torch.float64),
-                                          (1e30, torch.float32)])
+@pytest.mark.parametrize(
+    "scale, dtype", [(1e-23, torch.float32), (1e-30, torch.float32), (1e-160, torch.float64), (1e30, torch.float32)]
+)
 def test_rows_whose_squared_norm_under_or_overflows_are_clustered_like_unscaled_rows(
     scale: float, dtype: torch.dtype
 ) -> None:
