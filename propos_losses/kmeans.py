@@ -196,6 +196,15 @@ class ConvergenceWarning(UserWarning):
 
     When scikit-learn is loaded, the warning issued is also an instance of
     ``sklearn.exceptions.ConvergenceWarning``, so its filters apply.
+
+    Example:
+        >>> import warnings
+        >>> import numpy as np
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     _ = SphericalKMeans(3, n_init=1, seed=0).fit(np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]))
+        >>> any(issubclass(w.category, ConvergenceWarning) for w in caught)
+        True
     """
 
 
