@@ -9,7 +9,14 @@ around them, a batched spherical k-means and exact clustering metrics:
 """
 
 from propos_losses._version import __version__
-from propos_losses.diagnostics import alignment, cluster_size_stats, representation_diagnostics, uniformity
+from propos_losses.diagnostics import (
+    alignment,
+    cluster_size_stats,
+    representation_diagnostics,
+    uniformity,
+    wang_isola_alignment,
+    wang_isola_uniformity,
+)
 from propos_losses.estep import EStep
 from propos_losses.features import WithIndex, extract_features
 from propos_losses.kmeans import ConvergenceWarning, KMeansResult, SphericalKMeans, spherical_kmeans
@@ -73,6 +80,8 @@ __all__ = [
     "expected_mutual_information",
     # diagnostics
     "cluster_size_stats",
+    "wang_isola_alignment",
+    "wang_isola_uniformity",
     "alignment",
     "uniformity",
     "representation_diagnostics",

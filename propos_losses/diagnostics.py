@@ -23,6 +23,7 @@ bfloat16 inputs are computed in float32, float64 inputs in float64.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Dict, List, Optional, Union
 
 import numpy as np
@@ -35,6 +36,8 @@ from propos_losses.metrics import LabelsLike, _as_labels
 
 __all__ = [
     "cluster_size_stats",
+    "wang_isola_alignment",
+    "wang_isola_uniformity",
     "alignment",
     "uniformity",
     "representation_diagnostics",
@@ -134,8 +137,8 @@ def _check_features(name: str, features: object) -> Tensor:
     return tensor
 
 
-def alignment(z1: Tensor, z2: Tensor, alpha: float = 2.0) -> float:
-    """Alignment of positive pairs, ``mean_i ||z1_i - z2_i||^alpha``.
+def wang_isola_alignment(z1: Tensor, z2: Tensor, alpha: float = 2.0) -> float:
+    """Wang & Isola's alignment of positive pairs, ``mean_i ||z1_i - z2_i||^alpha``.
 
     Rows are L2-normalised first (all-zero rows stay zero), so for
     ``alpha = 2`` the value is ``2 - 2 mean_i cos(z1_i, z2_i)`` in ``[0, 4]``.
@@ -157,7 +160,7 @@ def alignment(z1: Tensor, z2: Tensor, alpha: float = 2.0) -> float:
 
     Example:
         >>> z = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
-        >>> alignment(z, torch.tensor([[0.0, 1.0], [0.0, 1.0]]))
+        >>> wang_isola_alignment(z, torch.tensor([[0.0, 1.0], [0.0, 1.0]]))
         1.0
     """
     z1 = _check_features("z1", z1)
@@ -172,8 +175,8 @@ def alignment(z1: Tensor, z2: Tensor, alpha: float = 2.0) -> float:
     return float(distances.to(torch.float64).mean())
 
 
-def uniformity(z: Tensor, t: float = 2.0, chunk_size: int = DEFAULT_CHUNK_SIZE) -> float:
-    """Uniformity, ``log mean_{i<j} exp(-t ||z_i - z_j||^2)`` over distinct pairs.
+def wang_isola_uniformity(z: Tensor, t: float = 2.0, chunk_size: int = DEFAULT_CHUNK_SIZE) -> float:
+    """Wang & Isola's uniformity, ``log mean_{i<j} exp(-t ||z_i - z_j||^2)`` over distinct pairs.
 
     Rows are L2-normalised first (all-zero rows stay zero). The ``N (N - 1) / 2``
     pairs are processed in ``chunk_size x chunk_size`` blocks (upper-triangular
@@ -201,7 +204,7 @@ def uniformity(z: Tensor, t: float = 2.0, chunk_size: int = DEFAULT_CHUNK_SIZE) 
 
     Example:
         >>> z = torch.tensor([[1.0, 0.0], [-1.0, 0.0]])
-        >>> uniformity(z)  # one pair at squared distance 4: log exp(-8)
+        >>> wang_isola_uniformity(z)  # one pair at squared distance 4: log exp(-8)
         -8.0
     """
     z = _check_features("z", z)
@@ -303,13 +306,55 @@ def representation_diagnostics(
         subset = z1.index_select(0, index)
     normalized = _normalize_rows(z1)
     result: Dict[str, Union[int, float, List[int]]] = {
-        "uniformity": uniformity(subset, t=t, chunk_size=chunk_size),
+        "uniformity": wang_isola_uniformity(subset, t=t, chunk_size=chunk_size),
         "feature_norm_mean": float(torch.linalg.vector_norm(z1.detach().to(normalized.dtype), dim=1).mean()),
         "feature_std_mean": float(normalized.std(dim=0, correction=0).mean()) if z1.shape[0] > 1 else 0.0,
     }
     if z2 is not None:
-        result["alignment"] = alignment(z1, z2, alpha=alpha)
+        result["alignment"] = wang_isola_alignment(z1, z2, alpha=alpha)
     if label_array is not None:
         stats = cluster_size_stats(label_array, num_clusters=num_clusters)
         result.update({f"cluster_{key}": value for key, value in stats.items()})
     return result
+
+
+def alignment(z1: Tensor, z2: Tensor, alpha: float = 2.0) -> float:
+    """Deprecated name of :func:`wang_isola_alignment` (a :class:`FutureWarning`; removed in 0.3).
+
+    Renamed so that it cannot be confused with the Eq. 5 ``alignment`` term of
+    :class:`~propos_losses.psl.PSLTerms`.
+
+    Example:
+        >>> import warnings
+        >>> with warnings.catch_warnings():
+        ...     warnings.simplefilter("ignore", FutureWarning)
+        ...     alignment(torch.eye(2), torch.eye(2))
+        0.0
+    """
+    warnings.warn(
+        "propos_losses.alignment is deprecated and will be removed in 0.3; use wang_isola_alignment",
+        FutureWarning,
+        stacklevel=2,
+    )
+    return wang_isola_alignment(z1, z2, alpha=alpha)
+
+
+def uniformity(z: Tensor, t: float = 2.0, chunk_size: int = DEFAULT_CHUNK_SIZE) -> float:
+    """Deprecated name of :func:`wang_isola_uniformity` (a :class:`FutureWarning`; removed in 0.3).
+
+    Renamed so that it cannot be confused with the Eq. 5 ``uniformity`` term of
+    :class:`~propos_losses.psl.PSLTerms`.
+
+    Example:
+        >>> import warnings
+        >>> with warnings.catch_warnings():
+        ...     warnings.simplefilter("ignore", FutureWarning)
+        ...     round(uniformity(torch.eye(2)), 4)
+        -4.0
+    """
+    warnings.warn(
+        "propos_losses.uniformity is deprecated and will be removed in 0.3; use wang_isola_uniformity",
+        FutureWarning,
+        stacklevel=2,
+    )
+    return wang_isola_uniformity(z, t=t, chunk_size=chunk_size)
