@@ -31,8 +31,8 @@ import torch
 from torch import Tensor
 
 from propos_losses._validation import check_finite, check_float, check_int, check_tensor
-from propos_losses.kmeans import _rescale_extreme_rows
 from propos_losses.metrics import LabelsLike, _as_labels
+from propos_losses.prototypes import normalize_features
 
 __all__ = [
     "cluster_size_stats",
@@ -118,15 +118,12 @@ def _compute_dtype(tensor: Tensor) -> torch.dtype:
 
 
 def _normalize_rows(features: Tensor) -> Tensor:
-    """L2-normalise rows in the compute dtype; all-zero rows stay zero."""
-    features = features.detach().to(_compute_dtype(features))
-    norms = torch.linalg.vector_norm(features, dim=1)
-    # Rows whose squared norm under- or overflows (e.g. 1e-30 or 1e30 in float32) are divided by
-    # their largest entry first, as k-means does, so that they normalise to unit length too.
-    features, norms = _rescale_extreme_rows(features, norms)
-    # Dividing by max(norm, tiny) leaves zero rows at zero instead of NaN,
-    # without a magic epsilon that would distort small non-zero rows.
-    return features / norms.clamp_min(torch.finfo(features.dtype).tiny).unsqueeze(1)
+    """L2-normalise rows in the compute dtype with the package's one rule (:func:`propos_losses.utils.normalize_rows`).
+
+    All-zero rows stay zero; rows whose squared norm would under- or overflow
+    (e.g. 1e-30 or 1e30 in float32) are scaled by their largest entry first.
+    """
+    return normalize_features(features.detach().to(_compute_dtype(features)))
 
 
 def _check_features(name: str, features: object) -> Tensor:
