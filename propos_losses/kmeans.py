@@ -1221,10 +1221,20 @@ def spherical_kmeans(
         >>> result.centers.shape, result.labels.shape, len(set(result.labels.tolist()))
         (torch.Size([3, 3]), torch.Size([150]), 3)
     """
-    fit, is_numpy = _fit(
-        X, n_clusters, n_init, max_iter, tol, seed, init, chunk_size, verbose, sample_size, distributed
-    )
-    return KMeansResult(_to_output(fit.centers, is_numpy), _to_output(fit.labels, is_numpy), fit.inertia, fit.n_iter)
+    # A thin call of the estimator (as scikit-learn's k_means() is KMeans(...).fit(X)).
+    estimator = SphericalKMeans(
+        n_clusters,
+        n_init=n_init,
+        max_iter=max_iter,
+        tol=tol,
+        seed=seed,
+        init=init,
+        chunk_size=chunk_size,
+        verbose=verbose,
+        sample_size=sample_size,
+        distributed=distributed,
+    ).fit(X)
+    return KMeansResult(estimator.cluster_centers_, estimator.labels_, estimator.inertia_, estimator.n_iter_)
 
 
 #: Constructor parameters of :class:`SphericalKMeans`, in signature order (get_params / set_params / clone).
