@@ -70,7 +70,9 @@ DIM = defaults.PROJECTION_DIM
 CLUSTER_COUNTS = (10, 200, 1000)
 BATCH_SIZES = (256, 1024)
 QUEUE_SIZES = (0, 10240)
-NAIVE_EMPTY_LOGIT = -10.0  # the authors' finite fill, reproduced on purpose (DESIGN.md section 2, defect 1)
+NAIVE_EMPTY_LOGIT = (
+    -10.0
+)  # the authors' finite fill, reproduced on purpose (docs/differences.rst, the empty-cluster defect)
 MAX_REPEATS = 50
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "bench_losses.json"
 

@@ -7,7 +7,7 @@ Spherical k-means clusters the directions of the rows of ``X``: with
     inertia = sum_i (1 - cos(x_i, c_{a_i})),
 
 which on the unit sphere equals half the squared Euclidean inertia
-(``||x - c||^2 = 2 (1 - cos)``). It is the E-step of ProPos (DESIGN.md §1, §5).
+(``||x - c||^2 = 2 (1 - cos)``). It is the E-step of ProPos (docs/overview.rst).
 
 How it is computed (and why it is fast):
 

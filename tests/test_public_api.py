@@ -1,4 +1,4 @@
-"""The public API of DESIGN.md §3: names, aliases, keyword names, docstrings and type hints."""
+"""The public API (docs/api.rst): names, aliases, keyword names, docstrings and type hints."""
 
 from __future__ import annotations
 

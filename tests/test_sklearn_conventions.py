@@ -21,7 +21,7 @@ from sklearn.utils.estimator_checks import check_estimator  # noqa: E402
 #: check_estimator's checks that fail on purpose, with the reason.
 EXPECTED_FAILED_CHECKS = {
     "check_do_not_raise_errors_in_init_or_set_params": (
-        "the library's contract (DESIGN.md): constructor arguments are validated at construction, with a "
+        "the library's contract (docs/api.rst: errors before any state changes): constructor arguments are validated at construction, with a "
         "ValueError naming the value, before any fit"
     ),
     "check_estimators_dtypes": (
