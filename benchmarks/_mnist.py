@@ -20,8 +20,12 @@ import numpy as np
 
 __all__ = ["DEFAULT_DATA_DIR", "read_idx", "load_mnist"]
 
-#: ``/work/shared/data/mnist`` seen from ``benchmarks/`` of the repository.
-DEFAULT_DATA_DIR = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mnist"))
+#: Where the four MNIST IDX files are looked for when ``--data-dir`` is not given: the
+#: ``PROPOS_MNIST_DIR`` environment variable, else ``shared/data/mnist`` beside the checkout
+#: (where this project's CI keeps them).
+DEFAULT_DATA_DIR = os.environ.get("PROPOS_MNIST_DIR") or os.path.normpath(
+    os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mnist")
+)
 
 # IDX type codes (third byte of the magic number) -> NumPy dtype (big-endian).
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}

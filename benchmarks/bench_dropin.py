@@ -13,7 +13,7 @@ changed lines between the two loops, and writes
 Usage::
 
     python benchmarks/bench_dropin.py --seeds 0 1 2 --jobs 2
-    python benchmarks/bench_dropin.py --datasets mnist --data-dir ../shared/data/mnist --max-samples 10000
+    python benchmarks/bench_dropin.py --datasets mnist --data-dir MNIST_DIR --max-samples 10000
     python benchmarks/bench_dropin.py --datasets mnist --epochs 30 --tag mnist30   # longer MNIST budget
     python benchmarks/bench_dropin.py --datasets digits --loops propos --psl-pairing cross --tag cross
 

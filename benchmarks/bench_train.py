@@ -42,10 +42,10 @@ Usage::
     python benchmarks/bench_train.py mnist --data-dir /path/to/mnist --seeds 0
     python benchmarks/bench_train.py mnist-raw --data-dir /path/to/mnist --seeds 0 1 2
     python benchmarks/bench_train.py buffers --seeds 0 1 2 --threads 1
-    python benchmarks/bench_train.py buffers --data-dir ../shared/data/mnist --set max_samples=10000 --epochs 10 --tag mnist
+    python benchmarks/bench_train.py buffers --data-dir MNIST_DIR --set max_samples=10000 --epochs 10 --tag mnist
     python benchmarks/bench_train.py psl-start --seeds 0 1 2 --threads 1
     python benchmarks/bench_train.py throughput --seeds 0 --threads 1 --compare 'small_cnn={"backbone": "small_cnn"}'
-    python benchmarks/bench_train.py throughput --data-dir ../shared/data/mnist --threads 1 --set max_samples=14000 epochs=2 --tag mnist
+    python benchmarks/bench_train.py throughput --data-dir MNIST_DIR --threads 1 --set max_samples=14000 epochs=2 --tag mnist
 
 Figures depend on the machine only through time; the metrics are deterministic
 for a seed on CPU (``torch.set_num_threads`` does not change them beyond
