@@ -154,6 +154,8 @@ from propos_losses.distributed import (
     all_gather_cat,
     all_reduce_sum_,
     broadcast_,
+    check_on_every_rank,
+    dtype_code,
     get_rank,
     is_distributed,
     local_only,
@@ -289,22 +291,6 @@ class _Fit(NamedTuple):
 
 
 # --------------------------------------------------------------------------- input
-
-
-def _any_rank_failed(failed: bool, device: torch.device) -> bool:
-    """All ranks learn whether any rank failed, so no rank is left waiting in a collective."""
-    if not is_distributed():
-        return failed
-    flag = torch.tensor([1.0 if failed else 0.0], device=device)
-    all_reduce_sum_(flag)
-    return bool(flag.item() > 0)
-
-
-def _raise_collectively(error: Optional[Exception], device: torch.device) -> None:
-    if _any_rank_failed(error is not None, device):
-        if error is not None:
-            raise error
-        raise ValueError("invalid input on another rank (see that rank's error)")
 
 
 def _as_tensor(name: str, X: object) -> Tuple[Tensor, bool]:
@@ -1090,15 +1076,19 @@ def _fit(
             return _fit(X, n_clusters, n_init, max_iter, tol, seed, init, chunk_size, verbose, sample_size)
     _check_params(n_clusters, n_init, max_iter, tol, seed, init, chunk_size, verbose, sample_size)
     data, is_numpy = _as_tensor("X", X)
-    error: Optional[Exception] = None
-    unit = data
-    try:
-        unit = _normalise_rows("X", data)
-        given = None if isinstance(init, str) else _initial_centers(init, unit, n_clusters, n_init)
-    except (ValueError, TypeError) as exc:
-        error = exc
-        given = None
-    _raise_collectively(error, data.device)
+
+    def check() -> Tuple[Tensor, Optional[Tensor]]:
+        rows = _normalise_rows("X", data)
+        return rows, (None if isinstance(init, str) else _initial_centers(init, rows, n_clusters, n_init))
+
+    # Every rank raises if any rank's input is bad or the ranks disagree on the feature size or
+    # dtype (a collective on mismatched shapes would abort the process).
+    unit, given = check_on_every_rank(
+        check,
+        what="spherical k-means",
+        device=data.device,
+        agree={"the feature size (X.shape[1])": data.shape[1], "the dtype (code)": dtype_code(data)},
+    )
     n_total = int(all_reduce_sum_(torch.tensor([unit.shape[0]], device=data.device)).item())
     if n_total < n_clusters:
         raise ValueError(f"X must have at least n_clusters={n_clusters} rows, got {n_total}")

@@ -59,8 +59,22 @@ def worker(rank: int, init_file: str, out_dir: str) -> None:
         plus_plus = SphericalKMeans(5, n_init=4, seed=3).fit(local)
         unseeded = SphericalKMeans(5, n_init=2).fit(local)
         sampled = SphericalKMeans(5, n_init=3, seed=4, sample_size=60).fit(local)
+        mismatch = {}
+        for case, rows in (
+            ("feature size", local[:, :5] if rank == 1 else local),  # 5 columns on rank 1, 6 on rank 0
+            ("dtype", local.float() if rank == 1 else local),
+        ):
+            try:
+                SphericalKMeans(5, n_init=1, seed=0).fit(rows)
+                mismatch[case] = "no error"
+            except ValueError as exc:
+                mismatch[case] = str(exc)
+        after = torch.ones(1)
+        dist.all_reduce(after)  # the group still works: no rank was left inside a collective
         torch.save(
             {
+                "mismatch": mismatch,
+                "after": after,
                 "given": fit_summary(given),
                 "plus_plus": fit_summary(plus_plus),
                 "unseeded": fit_summary(unseeded),
@@ -128,3 +142,10 @@ def test_distributed_sampled_restarts_end_on_a_global_fixed_point(results: list)
     sims = unit @ centers.t()
     assert torch.all(sims.gather(1, labels.view(-1, 1)).squeeze(1) >= sims.max(dim=1).values - 1e-12)
     assert torch.all(torch.bincount(labels, minlength=5) > 0)
+
+
+@pytest.mark.parametrize("case", ["feature size", "dtype"])
+def test_inputs_that_disagree_between_ranks_raise_on_every_rank_instead_of_aborting(results: list, case: str) -> None:
+    for result in results:
+        assert "differs between ranks" in result["mismatch"][case], result["mismatch"][case]
+        assert result["after"].item() == WORLD_SIZE
