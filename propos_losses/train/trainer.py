@@ -52,7 +52,6 @@ import csv
 import dataclasses
 import functools
 import io
-import json
 import os
 import random
 import time
@@ -75,8 +74,6 @@ from propos_losses.distributed import (
 from propos_losses.kmeans import SphericalKMeans
 from propos_losses.metrics import evaluate_clustering, nmi
 from propos_losses.momentum import MomentumUpdater
-from propos_losses.psa import PositiveSamplingAlignment
-from propos_losses.psl import PrototypeScatteringLoss
 from propos_losses.train.augment import build_augmentation, normalize
 from propos_losses.train.checkpoint import (
     CHECKPOINT_FORMAT,
@@ -91,7 +88,7 @@ from propos_losses.train.checkpoint import (
 )
 from propos_losses.train.config import ConfigError, TrainConfig, config_to_dict
 from propos_losses.train.data import ImageDataset, load_dataset
-from propos_losses.train.models import build_backbone, mlp_head
+from propos_losses.train.models import Encoder, OnlineStep, build_backbone, mlp_head
 from propos_losses.train.optim import LARS, learning_rate_factor
 from propos_losses.train.progress import Progress
 from propos_losses.train.rundir import (
@@ -99,6 +96,13 @@ from propos_losses.train.rundir import (
     OutputDirError,  # noqa: F401  (re-exported)
     atomic_write_bytes,
     remove_stale_temporaries,
+)
+from propos_losses.train.runlog import (
+    METRICS_NAME,
+    append_record,
+    checked_log_length,
+    sync_log,
+    truncate_log,
 )
 from propos_losses.utils import normalize_rows
 
@@ -114,7 +118,6 @@ __all__ = [
 # rundir.py): CheckpointError, load_checkpoint, config_fingerprint, data_fingerprint,
 # CHECKPOINT_NAME, LARS, learning_rate_factor, atomic_write_bytes, OutputDirError, CONFIG_NAME.
 
-METRICS_NAME = "metrics.jsonl"
 ASSIGNMENTS_NAME = "assignments.csv"
 #: Samples per forward pass when extracting features of the whole data set.
 _FEATURE_CHUNK = 1024
@@ -132,78 +135,6 @@ class TrainingInterrupted(KeyboardInterrupt):
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
         self.signum = signum
-
-
-# --------------------------------------------------------------------------- networks
-
-
-class Encoder(nn.Module):
-    """Backbone followed by the projector ``Linear-BN-ReLU-Linear``.
-
-    Args:
-        backbone: maps ``(B, C, H, W)`` images to ``(B, feature_dim)``.
-        feature_dim: output size of ``backbone``.
-        hidden_dim: hidden size of the projector.
-        out_dim: projector output size ``d``.
-
-    Example:
-        >>> enc = Encoder(nn.Sequential(nn.Flatten(), nn.Linear(4, 6)), 6, 8, 3)
-        >>> [tuple(t.shape) for t in enc(torch.randn(5, 1, 2, 2))]
-        [(5, 6), (5, 3)]
-    """
-
-    def __init__(self, backbone: nn.Module, feature_dim: int, hidden_dim: int, out_dim: int) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.projector = mlp_head(feature_dim, hidden_dim, out_dim)
-
-    def forward(self, images: Tensor) -> Tuple[Tensor, Tensor]:
-        """``(B, C, H, W)`` -> backbone features ``(B, feature_dim)``, projections ``(B, d)``."""
-        features = self.backbone(images)
-        return features, self.projector(features)
-
-
-class _OnlineStep(nn.Module):
-    """The differentiable part of one M-step (the module that DDP wraps).
-
-    Holds the online encoder, PSA (which owns the predictor) and PSL.
-    ``forward`` returns the loss averaged over both view orders and the detached
-    PSA and PSL terms.
-    """
-
-    def __init__(self, encoder: Encoder, predictor: nn.Module, config: TrainConfig, num_clusters: int) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.psa = PositiveSamplingAlignment(predictor, sigma=config.sigma)
-        self.psl = PrototypeScatteringLoss(
-            num_clusters,
-            temperature=config.temperature,
-            queue_size=config.queue_size,
-            feature_dim=config.out_dim,
-        )
-
-    def forward(
-        self,
-        view1: Tensor,
-        view2: Tensor,
-        target1: Tensor,
-        target2: Tensor,
-        pseudo_labels: Tensor,
-        indices: Tensor,
-        lambda_psl: float,
-    ) -> Tuple[Tensor, Tensor, Tensor]:
-        # One forward for both views keeps BN statistics over the 2B images, as BYOL does.
-        _, online = self.encoder(torch.cat((view1, view2)))
-        online1, online2 = online.chunk(2)
-        # Both view orders averaged, as the authors (and ProPosLoss) do.
-        psa_loss = 0.5 * self.psa.symmetric(online1, online2, target1, target2)
-        if lambda_psl > 0.0:
-            # Each view's online prototypes against the other's target ones; a queue gets each sample once.
-            psl_loss = 0.5 * self.psl.symmetric(online1, online2, target1, target2, pseudo_labels, indices)
-        else:
-            psl_loss = psa_loss.new_zeros(())
-        loss = psa_loss + lambda_psl * psl_loss
-        return loss, psa_loss.detach(), psl_loss.detach()
 
 
 # --------------------------------------------------------------------------- trainer
@@ -316,7 +247,14 @@ class Trainer:
             self.online = Encoder(backbone, feature_dim, config.hidden_dim, config.out_dim).to(self.device)
             self.predictor = mlp_head(config.out_dim, config.hidden_dim, config.out_dim).to(self.device)
             self.target = MomentumUpdater.make_target(self.online)
-            self.step_module = _OnlineStep(self.online, self.predictor, config, self.num_clusters).to(self.device)
+            self.step_module = OnlineStep(
+                self.online,
+                self.predictor,
+                self.num_clusters,
+                sigma=config.sigma,
+                temperature=config.temperature,
+                queue_size=config.queue_size,
+            ).to(self.device)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         self.model: nn.Module = self.step_module
@@ -440,10 +378,7 @@ class Trainer:
         """Append one JSON line to the metrics log (rank 0 writes; every rank counts)."""
         self.log_lines += 1
         if self.is_main:
-            line = (json.dumps(record, sort_keys=True) + "\n").encode("utf-8")
-            with open(self.output_dir / METRICS_NAME, "ab") as fh:
-                fh.write(line)
-            self.log_bytes += len(line)
+            self.log_bytes += append_record(self.output_dir / METRICS_NAME, record)
 
     def _prepare(self, images: Tensor) -> Tensor:
         return normalize(images, self.mean, self.std)
@@ -609,11 +544,8 @@ class Trainer:
         """
         if not self.is_main:
             return
-        log = self.output_dir / METRICS_NAME
-        if log.exists():
-            # The checkpoint promises log_bytes bytes of log: they must survive an OS crash too.
-            with open(log, "ab") as fh:
-                os.fsync(fh.fileno())
+        # The checkpoint promises log_bytes bytes of log: they must survive an OS crash too.
+        sync_log(self.output_dir / METRICS_NAME)
         atomic_write_bytes(self.output_dir / CHECKPOINT_NAME, checkpoint_bytes(self._state(mid_epoch)))
 
     def _restore(self, state: Dict[str, Any]) -> None:
@@ -656,7 +588,7 @@ class Trainer:
             )
         log_bytes = state.get("log_bytes")
         if self.is_main:
-            log_bytes = self._checked_log_length(int(state["log_lines"]), log_bytes)
+            log_bytes = checked_log_length(self.output_dir / METRICS_NAME, int(state["log_lines"]), log_bytes)
         try:
             self.online.load_state_dict(state["online"])
             self.predictor.load_state_dict(state["predictor"])
@@ -688,45 +620,12 @@ class Trainer:
         self.log_bytes = int(log_bytes or 0)
         self._resumed = True
 
-    def _checked_log_length(self, keep_lines: int, keep_bytes: Optional[int]) -> int:
-        """Bytes of the metrics log that the checkpoint covers; anything after them is an interrupted epoch's.
-
-        A torn last line (killed mid-write) lies after them and is dropped on resume.
-        """
-        path = self.output_dir / METRICS_NAME
-        data = path.read_bytes() if path.exists() else b""
-        if keep_bytes is None:  # format 1: count complete lines
-            keep_bytes = 0
-            for _ in range(keep_lines):
-                end = data.find(b"\n", keep_bytes)
-                if end < 0:
-                    keep_bytes = -1
-                    break
-                keep_bytes = end + 1
-        complete = data.count(b"\n")
-        if (
-            keep_bytes < 0
-            or len(data) < keep_bytes
-            or data.count(b"\n", 0, keep_bytes) != keep_lines
-            or (keep_bytes and data[keep_bytes - 1 : keep_bytes] != b"\n")
-        ):
-            raise CheckpointError(
-                f"{str(path)!r} holds {complete} complete records but the checkpoint expects {keep_lines} "
-                f"({keep_bytes} bytes); the log was lost or edited"
-            )
-        return keep_bytes
-
     def _prepare_resumed_outputs(self) -> None:
         """Drop log bytes written after the checkpoint (an interrupted epoch, a torn line) and stale temporaries."""
         remove_stale_temporaries(self.output_dir)
         if not self._resumed:
             return
-        path = self.output_dir / METRICS_NAME
-        if path.exists() and path.stat().st_size > self.log_bytes:
-            with open(path, "r+b") as fh:
-                fh.truncate(self.log_bytes)
-                fh.flush()
-                os.fsync(fh.fileno())
+        truncate_log(self.output_dir / METRICS_NAME, self.log_bytes)
 
     # ------------------------------------------------------------------ loop
 
