@@ -19,27 +19,10 @@ from propos_losses.train.optim import learning_rate_factor
 from propos_losses.train.rundir import atomic_write_bytes
 
 # Tiny but complete: 200 digits, 3 steps per epoch, small heads, one k-means restart.
-TINY = [
-    "--max-samples",
-    "200",
-    "--epochs",
-    "2",
-    "--batch-size",
-    "64",
-    "--hidden-dim",
-    "32",
-    "--out-dim",
-    "16",
-    "--kmeans-n-init",
-    "1",
-    "--warmup-epochs",
-    "1",
-    "--psl-warmup-epochs",
-    "1",
-    "--device",
-    "cpu",
-    "--no-plots",
-]
+TINY = (
+    "--max-samples 200 --epochs 2 --batch-size 64 --hidden-dim 32 --out-dim 16 "
+    "--kmeans-n-init 1 --warmup-epochs 1 --psl-warmup-epochs 1 --device cpu --no-plots"
+).split()
 
 
 def _records(run_dir: Path) -> List[Dict]:

@@ -90,25 +90,10 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-TINY_RUN = [
-    "--max-samples",
-    "128",
-    "--epochs",
-    "2",
-    "--batch-size",
-    "32",
-    "--hidden-dim",
-    "16",
-    "--out-dim",
-    "8",
-    "--kmeans-n-init",
-    "1",
-    "--final-kmeans-n-init",
-    "1",
-    "--device",
-    "cpu",
-    "--no-plots",
-]
+TINY_RUN = (
+    "--max-samples 128 --epochs 2 --batch-size 32 --hidden-dim 16 --out-dim 8 --kmeans-n-init "
+    "1 --final-kmeans-n-init 1 --device cpu --no-plots"
+).split()
 
 
 def _environment() -> dict:

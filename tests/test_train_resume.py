@@ -12,30 +12,11 @@ from propos_losses.train.cli import EXIT_USER_ERROR, main
 from propos_losses.train.trainer import TIMING_KEYS, load_checkpoint
 
 # PSL on in epoch 2 and a queue, so that noise, prototypes and queue state all matter.
-TINY = [
-    "--max-samples",
-    "200",
-    "--epochs",
-    "2",
-    "--batch-size",
-    "64",
-    "--hidden-dim",
-    "32",
-    "--out-dim",
-    "16",
-    "--kmeans-n-init",
-    "1",
-    "--warmup-epochs",
-    "1",
-    "--psl-warmup-epochs",
-    "1",
-    "--queue-size",
-    "96",
-    "--device",
-    "cpu",
-    "--no-plots",
-    "--quiet",
-]
+TINY = (
+    "--max-samples 200 --epochs 2 --batch-size 64 --hidden-dim 32 --out-dim 16 "
+    "--kmeans-n-init 1 --warmup-epochs 1 --psl-warmup-epochs 1 --queue-size 96 --device cpu "
+    "--no-plots --quiet"
+).split()
 
 
 def _log(run_dir: Path) -> List[Dict[str, Any]]:

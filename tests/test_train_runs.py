@@ -28,29 +28,10 @@ from propos_losses.train.trainer import TIMING_KEYS, Trainer, load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 # 128 digits, 2 steps per epoch, small heads: about a second per epoch on one core.
-TINY = [
-    "--max-samples",
-    "128",
-    "--epochs",
-    "2",
-    "--batch-size",
-    "64",
-    "--hidden-dim",
-    "16",
-    "--out-dim",
-    "8",
-    "--kmeans-n-init",
-    "1",
-    "--final-kmeans-n-init",
-    "1",
-    "--warmup-epochs",
-    "1",
-    "--psl-warmup-epochs",
-    "1",
-    "--device",
-    "cpu",
-    "--quiet",
-]
+TINY = (
+    "--max-samples 128 --epochs 2 --batch-size 64 --hidden-dim 16 --out-dim 8 --kmeans-n-init "
+    "1 --final-kmeans-n-init 1 --warmup-epochs 1 --psl-warmup-epochs 1 --device cpu --quiet"
+).split()
 QUIET = ["--quiet", "--no-plots"]
 
 
@@ -84,26 +65,10 @@ def _strokes(n: int, seed: int, side: int = 12, width: int | None = None) -> np.
     return (rng.random((n, side, width or side)) < 0.3).astype(np.uint8) * 255
 
 
-MNIST = [
-    "--preset",
-    "mnist",
-    "--backbone",
-    "small_cnn",
-    "--batch-size",
-    "16",
-    "--epochs",
-    "2",
-    "--hidden-dim",
-    "16",
-    "--out-dim",
-    "8",
-    "--kmeans-n-init",
-    "1",
-    "--final-kmeans-n-init",
-    "1",
-    "--device",
-    "cpu",
-]
+MNIST = (
+    "--preset mnist --backbone small_cnn --batch-size 16 --epochs 2 --hidden-dim 16 --out-dim "
+    "8 --kmeans-n-init 1 --final-kmeans-n-init 1 --device cpu"
+).split()
 
 
 # ---------------------------------------------------------------- item 1: one run per directory
