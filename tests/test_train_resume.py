@@ -19,6 +19,12 @@ TINY = (
 ).split()
 
 
+#: What a resumed run must reproduce exactly.
+CHECKPOINT_STATE_KEYS = (
+    "online predictor target psl optimizer momentum pseudo_labels rng epoch step log_lines scheduler"
+).split()
+
+
 def _log(run_dir: Path) -> List[Dict[str, Any]]:
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]
@@ -49,20 +55,7 @@ def test_one_epoch_plus_resume_equals_two_straight_epochs_bit_for_bit(tmp_path):
 
     a, b = load_checkpoint(straight), load_checkpoint(resumed)
     assert len(a["psl"]) > 0 and int(a["psl"]["queue.fill"]) > 0  # the queue really was used
-    for key in (
-        "online",
-        "predictor",
-        "target",
-        "psl",
-        "optimizer",
-        "momentum",
-        "pseudo_labels",
-        "rng",
-        "epoch",
-        "step",
-        "log_lines",
-        "scheduler",
-    ):
+    for key in CHECKPOINT_STATE_KEYS:
         _assert_same_tensors(a[key], b[key], key)
     assert _log(straight) == _log(resumed)
     assert (straight / "assignments.csv").read_text() == (resumed / "assignments.csv").read_text()
@@ -161,20 +154,7 @@ def test_a_stop_requested_between_steps_checkpoints_mid_epoch_and_resumes_bit_fo
     assert main(["--resume", str(resumed), "--quiet", "--no-plots"]) == 0
 
     a, b = load_checkpoint(straight), load_checkpoint(resumed)
-    for key in (
-        "online",
-        "predictor",
-        "target",
-        "psl",
-        "optimizer",
-        "momentum",
-        "pseudo_labels",
-        "rng",
-        "epoch",
-        "step",
-        "log_lines",
-        "scheduler",
-    ):
+    for key in CHECKPOINT_STATE_KEYS:
         _assert_same_tensors(a[key], b[key], key)
     assert _log(straight) == _log(resumed)
     assert (straight / "assignments.csv").read_text() == (resumed / "assignments.csv").read_text()
