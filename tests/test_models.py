@@ -251,3 +251,54 @@ def test_backbone_rejects_images_with_the_wrong_channel_count() -> None:
     backbone, _ = build_backbone("small_cnn", 1, 28)
     with pytest.raises(ValueError, match=r"SmallCNN expects images of shape \(B, 1, H, W\), got \(2, 3, 28, 28\)"):
         backbone(torch.rand(2, 3, 28, 28))
+
+
+def _with_trained_statistics(module: nn.Module, images: torch.Tensor) -> nn.Module:
+    """Random affine parameters and running statistics from a few training-mode batches."""
+    generator = torch.Generator().manual_seed(1)
+    for norm in (m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)):
+        norm.momentum = 0.5
+        with torch.no_grad():
+            norm.weight.copy_(torch.rand(norm.weight.shape, generator=generator) + 0.5)
+            norm.bias.copy_(torch.randn(norm.bias.shape, generator=generator))
+    module.train()
+    with torch.no_grad():
+        for _ in range(3):
+            module(images * (1 + torch.rand(1, generator=generator)))
+    return module
+
+
+@pytest.mark.parametrize("name", ["tiny_cnn", "small_cnn", "flat_cnn", "resnet18"])
+def test_fused_copy_gives_the_eval_mode_outputs_and_leaves_the_module_alone(name: str) -> None:
+    from propos_losses.train.models import Encoder, fuse_batchnorm_for_inference
+
+    torch.manual_seed(0)
+    images = torch.rand(16, 1, 28, 28, dtype=torch.float64)
+    backbone, dim = build_backbone(name, in_channels=1, image_size=28)
+    encoder = _with_trained_statistics(Encoder(backbone, dim, 32, 8).double(), images)
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    fused = fuse_batchnorm_for_inference(encoder)
+    assert encoder.training  # the original keeps its mode, weights and statistics
+    assert all(torch.equal(before[k], v) for k, v in encoder.state_dict().items())
+    assert not fused.training and not any(p.requires_grad for p in fused.parameters())
+    norms = [m for m in fused.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if name == "resnet18":  # the stem, shortcut and projector pairs are fused, the blocks' attributes not
+        assert len(norms) == 2 * 8
+    else:
+        assert norms == []
+    encoder.eval()
+    with torch.no_grad():
+        for expected, actual in zip(encoder(images), fused(images)):
+            torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-10)
+
+
+def test_fusion_skips_batchnorm_without_running_statistics_and_rejects_non_modules() -> None:
+    from propos_losses.train.models import fuse_batchnorm_for_inference
+
+    head = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6, track_running_stats=False), nn.ReLU())
+    fused = fuse_batchnorm_for_inference(head)
+    assert isinstance(fused[1], nn.BatchNorm1d)
+    x = torch.randn(5, 4)
+    torch.testing.assert_close(fused(x), head.eval()(x))
+    with pytest.raises(TypeError, match="module must be an nn.Module, got Tensor"):
+        fuse_batchnorm_for_inference(torch.zeros(1))  # type: ignore[arg-type]
