@@ -60,12 +60,11 @@ def normalize_features(features: Tensor) -> Tensor:
     if features.shape[1] == 0:
         return features * 0  # (N, 0): no entries, no maximum to take
     scale = features.detach().abs().amax(dim=1, keepdim=True)
-    nonzero = scale > 0
-    scaled = features / torch.where(nonzero, scale, torch.ones_like(scale))  # max-abs 1 (or an all-zero row)
-    norm = torch.linalg.vector_norm(scaled, dim=1, keepdim=True)  # in [1, sqrt(d)] for non-zero rows
-    # Double where: the reciprocal never sees a zero norm, so no NaN reaches the backward pass.
-    inverse = torch.where(nonzero, torch.where(nonzero, norm, torch.ones_like(norm)).reciprocal(), 0.0)
-    return scaled * inverse
+    # Max-abs 1, or an all-zero row times 0 (whose gradient is then 0 as well).
+    scaled = features / torch.where(scale > 0, scale, torch.inf)
+    # Non-zero rows have a norm in [1, sqrt(d)], where the clamp changes nothing (and passes the gradient);
+    # a zero row's norm 0 becomes 1, so the reciprocal never sees 0 and no NaN reaches the backward pass.
+    return scaled * torch.linalg.vector_norm(scaled, dim=1, keepdim=True).clamp_min(1.0).reciprocal()
 
 
 def _weight_scale(weights: Tensor) -> Tensor:

@@ -242,10 +242,43 @@ def _validate_on_every_rank(
     check_on_every_rank(check, what="the prototype scattering loss", device=device, agree=agree)
 
 
-def _scattering_terms(
+class _Scores(NamedTuple):
+    """One evaluation of Eq. 4: the loss and what the Eq. 5 terms are read from (all ``K`` clusters)."""
+
+    loss: Tensor
+    #: ``(K,)`` ``mu_k.mu'_k / tau`` (0 for empty clusters).
+    positive: Tensor
+    #: ``(K, K)`` row ``k``: ``mu_k.mu'_k / tau`` on the diagonal, ``mu_k.mu_j / tau`` at non-empty
+    #: ``j != k``, ``-inf`` at empty ``j != k``.
+    logits: Tensor
+    #: ``(K,)`` bool, the non-empty clusters ``A``.
+    active: Tensor
+    #: ``max(|A|, 1)`` in the compute dtype.
+    rows: Tensor
+    #: ``|A|`` (int64).
+    num_active: Tensor
+
+    def detach(self) -> "_Scores":
+        return _Scores(*(t.detach() for t in self))
+
+    def terms(self) -> PSLTerms:
+        """:class:`PSLTerms` (attached to the graph when the scores are)."""
+        positive, logits, active, rows = self.positive, self.logits, self.active, self.rows
+        alignment = torch.where(active, -positive, 0.0).sum() / rows
+        eye = torch.eye(logits.shape[0], dtype=torch.bool, device=logits.device)
+        # Rows without any negative (empty clusters, or |A| < 2) would give log(0) = -inf, whose backward
+        # is NaN even when masked afterwards: feed them zeros, then drop them. Their uniformity is 0 by
+        # convention (nothing to repel), attached to the graph with zero gradient.
+        has_negative = active & (self.num_active >= 2)
+        negative = torch.where(has_negative[:, None], logits.masked_fill(eye, float("-inf")), 0.0)
+        uniformity = torch.where(has_negative, torch.logsumexp(negative, dim=1), 0.0).sum() / rows
+        return PSLTerms(self.loss, alignment, uniformity, self.num_active)
+
+
+def _scattering_scores(
     online_sums: Tensor, target_sums: Tensor, counts: Tensor, temperature: float, select: bool = False
-) -> PSLTerms:
-    """Eq. 4/5 from global per-cluster sums ``(K, d)`` and total weights ``(K,)``, with static shapes.
+) -> _Scores:
+    """Eq. 4 from global per-cluster sums ``(K, d)`` and total weights ``(K,)``, with static shapes.
 
     ``select=True`` first keeps only the non-empty clusters (one host sync,
     which the value checks pay anyway), so the similarity matrix is
@@ -256,7 +289,8 @@ def _scattering_terms(
     ``-inf`` logits (``exp(-inf) == 0``) as negatives of every other row, and
     zero weight in the averages over ``A``. Nothing reads a value back to the
     host. With no non-empty cluster at all (which validation rules out) the
-    averages are over zero rows and give 0.
+    averages are over zero rows and give 0. The Eq. 5 terms are left to
+    :meth:`_Scores.terms` (a training step needs the loss alone).
     """
     if select:
         chosen = (counts > 0).nonzero().squeeze(1)
@@ -265,24 +299,16 @@ def _scattering_terms(
     num_active = active.sum()  # |A|, a 0-d int64 tensor
     rows = num_active.clamp_min(1).to(online_sums.dtype)
     mu = normalize_features(online_sums)  # empty clusters: zero rows, zero gradient
-    mu_target = normalize_features(target_sums)
-    positive = (mu * mu_target).sum(dim=1) / temperature  # (K,)
-    similarity = mu @ mu.t() / temperature  # (K, K)
+    scaled = mu / temperature
+    positive = (scaled * normalize_features(target_sums)).sum(dim=1)  # (K,)
+    # One (K, K) table per row k: the positive on the diagonal (never -inf, so every row's log-sum-exp
+    # and its gradient are finite; a lone cluster: log_partition == positive) and the negatives off it,
+    # -inf at empty columns: removed exactly. The diagonal replaces the self-similarity, which is no
+    # negative. Empty rows are dropped from the average below.
     eye = torch.eye(mu.shape[0], dtype=torch.bool, device=mu.device)
-    pairs = active[:, None] & active[None, :] & ~eye  # j is a negative of k: both non-empty, j != k
-    # -inf, not a finite fill, removes a negative exactly. The positive column is always finite, so
-    # every row's log-sum-exp and its gradient are finite (a lone cluster: log_partition == positive).
-    negative = similarity.masked_fill(~pairs, float("-inf"))
-    log_partition = torch.logsumexp(torch.cat([positive[:, None], negative], dim=1), dim=1)
-    loss = torch.where(active, log_partition - positive, 0.0).sum() / rows
-    alignment = torch.where(active, -positive, 0.0).sum() / rows
-    # Rows without any negative (empty clusters, or |A| < 2) would give log(0) = -inf, whose backward
-    # is NaN even when masked afterwards: feed them zeros, then drop them. Their uniformity is 0 by
-    # convention (nothing to repel), attached to the graph with zero gradient.
-    has_negative = pairs.any(dim=1)
-    safe_negative = torch.where(has_negative[:, None], negative, 0.0)
-    uniformity = torch.where(has_negative, torch.logsumexp(safe_negative, dim=1), 0.0).sum() / rows
-    return PSLTerms(loss, alignment, uniformity, num_active)
+    logits = torch.where(eye, positive[:, None], (scaled @ mu.t()).masked_fill(~active, float("-inf")))
+    loss = torch.where(active, torch.logsumexp(logits, dim=1) - positive, 0.0).sum() / rows
+    return _Scores(loss, positive, logits, active, rows, num_active)
 
 
 QueueSource = Callable[[torch.dtype], Tuple[Tensor, Tensor]]
@@ -296,8 +322,8 @@ def _psl(
     temperature: float,
     queue_sums: Optional[QueueSource],
     validate_args: bool = True,
-) -> Tuple[PSLTerms, Tensor]:
-    """Unchecked core; returns the terms and the normalised, detached target features ``(B, d)``.
+) -> Tuple[_Scores, Tensor]:
+    """Unchecked core; returns the scores and the normalised, detached target features ``(B, d)``.
 
     ``queue_sums(dtype)`` gives the per-cluster sums ``(K, d)`` and counts ``(K,)``
     of the queue's (normalised) features, without gradient.
@@ -317,10 +343,12 @@ def _psl(
         target_sums = _sums_only(z_target, assignments, num_clusters)
         # Differentiable all-reduce for the online side (its backward sums gradients over ranks);
         # one gradient-free all-reduce for target sums and counts together.
-        online_sums = all_reduce_sum(online_sums)
-        statistics = all_reduce_sum_(torch.cat([target_sums, counts[:, None]], dim=1))
-        target_sums, counts = statistics[:, :-1], statistics[:, -1]
-        if validate_args and is_distributed() and not bool((counts > 0).any()):
+        distributed = is_distributed()
+        if distributed:
+            online_sums = all_reduce_sum(online_sums)
+            statistics = all_reduce_sum_(torch.cat([target_sums, counts[:, None]], dim=1))
+            target_sums, counts = statistics[:, :-1], statistics[:, -1]
+        if validate_args and distributed and not bool((counts > 0).any()):
             # The counts are global, so every rank takes this branch together (no rank is left in a collective).
             raise ValueError(
                 "assignments give zero total weight over all ranks (every local batch is empty or has "
@@ -337,7 +365,7 @@ def _psl(
             and queue_sums is None
             and assignments.dim() == 1
             and assignments.shape[0] < num_clusters
-            and not is_distributed()
+            and not distributed
         ):
             # Fast path, K above the batch: only the batch's own labels can be non-empty, so keep B slots
             # (each present cluster once, duplicates pointing at an all-zero row) instead of all K rows.
@@ -348,8 +376,8 @@ def _psl(
             )
         # The checked path reads values back anyway: selecting the non-empty clusters then costs nothing
         # extra and shrinks the K x K similarities to |A| x |A|. The fast path stays sync-free.
-        terms = _scattering_terms(online_sums, target_sums, counts, temperature, select=validate_args)
-    return terms, z_target
+        scores = _scattering_scores(online_sums, target_sums, counts, temperature, select=validate_args)
+    return scores, z_target
 
 
 def _present_clusters(labels: Tensor, num_clusters: int) -> Tensor:
@@ -434,6 +462,22 @@ def prototype_scattering_terms(
         >>> int(terms.num_active), bool(torch.isfinite(terms.loss))
         (3, True)
     """
+    return _functional_scores(
+        online, target, assignments, num_clusters, temperature, queue_features, queue_labels, validate_args
+    ).terms()
+
+
+def _functional_scores(
+    online: Tensor,
+    target: Tensor,
+    assignments: Tensor,
+    num_clusters: int,
+    temperature: float,
+    queue_features: Optional[Tensor],
+    queue_labels: Optional[Tensor],
+    validate_args: bool,
+) -> _Scores:
+    """Checked core of the functional forms (arguments as in :func:`prototype_scattering_terms`)."""
     num_clusters = check_int("num_clusters", num_clusters, minimum=2)
     temperature = _check_temperature(temperature)
     if isinstance(online, Tensor):
@@ -454,8 +498,8 @@ def prototype_scattering_terms(
     queue_sums = None
     if queue_features is not None and queue_labels is not None:
         queue_sums = _tensor_queue_sums(queue_features, queue_labels, num_clusters)
-    terms, _ = _psl(online, target, assignments, num_clusters, temperature, queue_sums, validate_args)
-    return terms
+    scores, _ = _psl(online, target, assignments, num_clusters, temperature, queue_sums, validate_args)
+    return scores
 
 
 @overload
@@ -539,17 +583,10 @@ def prototype_scattering_loss(
             FutureWarning,
             stacklevel=2,
         )
-    terms = prototype_scattering_terms(
-        online,
-        target,
-        assignments,
-        num_clusters,
-        temperature=temperature,
-        queue_features=queue_features,
-        queue_labels=queue_labels,
-        validate_args=validate_args,
+    scores = _functional_scores(
+        online, target, assignments, num_clusters, temperature, queue_features, queue_labels, validate_args
     )
-    return terms if return_terms else terms.loss
+    return scores.terms() if return_terms else scores.loss
 
 
 class PrototypeScatteringLoss(nn.Module):
@@ -596,7 +633,8 @@ class PrototypeScatteringLoss(nn.Module):
     """
 
     queue: Optional[PrototypeQueue]
-    last_terms: Optional[PSLTerms]
+    _last_scores: Optional[_Scores]
+    _last_terms: Optional[PSLTerms]
 
     def __init__(
         self,
@@ -619,7 +657,7 @@ class PrototypeScatteringLoss(nn.Module):
             raise ValueError(f"feature_dim is required when queue_size > 0 (got queue_size={self.queue_size})")
         self.feature_dim = feature_dim
         self.queue = PrototypeQueue(self.queue_size, feature_dim) if self.queue_size > 0 and feature_dim else None
-        self.last_terms = None
+        self._last_scores = self._last_terms = None
         self.validate_args = validate_args
 
     @property
@@ -678,11 +716,22 @@ class PrototypeScatteringLoss(nn.Module):
             lambda: self._check_forward(online, target, assignments, indices), online, assignments, collective=validate
         )
         queue_sums = None if self.queue is None else _buffer_queue_sums(self.queue, self.num_clusters)
-        terms, z_target = _psl(online, target, assignments, self.num_clusters, self.temperature, queue_sums, validate)
-        self.last_terms = PSLTerms(*(term.detach() for term in terms))
+        scores, z_target = _psl(online, target, assignments, self.num_clusters, self.temperature, queue_sums, validate)
+        self._last_scores, self._last_terms = scores.detach(), None
         if self.queue is not None and (self.training if enqueue is None else enqueue):
             self.queue.push(z_target, assignments.long(), indices)
-        return terms.loss
+        return scores.loss
+
+    @property
+    def last_terms(self) -> Optional[PSLTerms]:
+        """Detached :class:`PSLTerms` of the last forward (``None`` before the first).
+
+        Computed from that forward's detached scores when first read, so a
+        training step that never logs them does not pay for the Eq. 5 terms.
+        """
+        if self._last_terms is None and self._last_scores is not None:
+            self._last_terms = self._last_scores.terms()
+        return self._last_terms
 
     def symmetric(
         self,

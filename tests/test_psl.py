@@ -433,10 +433,10 @@ def test_uniformity_is_zero_with_zero_gradient_when_fewer_than_two_clusters_are_
 
 def test_scattering_terms_without_a_non_empty_cluster_give_zero_not_nan() -> None:
     # The static-shape core never averages over an empty set (validation rules this input out anyway).
-    from propos_losses.psl import _scattering_terms
+    from propos_losses.psl import _scattering_scores
 
     sums = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
-    terms = _scattering_terms(sums, sums.detach(), torch.zeros(3, dtype=torch.float64), 0.5)
+    terms = _scattering_scores(sums, sums.detach(), torch.zeros(3, dtype=torch.float64), 0.5).terms()
     assert int(terms.num_active) == 0
     for term in (terms.loss, terms.alignment, terms.uniformity):
         assert term.item() == 0.0
@@ -854,3 +854,18 @@ def test_return_terms_is_deprecated_in_favour_of_prototype_scattering_terms() ->
     assert torch.equal(prototype_scattering_loss(online, target, labels, 3), terms.loss)
     with pytest.raises(TypeError, match=r"return_terms must be a bool, got 'yes'"):
         prototype_scattering_loss(online, target, labels, 3, return_terms="yes")  # type: ignore[call-overload]
+
+
+def test_last_terms_are_those_of_the_last_forward_and_detached() -> None:
+    # Read lazily from the last call's detached scores: a second call replaces them.
+    online, target, labels = make_batch(0, 12, 6, 4)
+    psl = PrototypeScatteringLoss(4)
+    assert psl.last_terms is None
+    psl(online.requires_grad_(True), target, labels)
+    later = make_batch(1, 12, 6, 4)
+    psl(*later)
+    expected = prototype_scattering_terms(*later, 4)
+    for got, want in zip(psl.last_terms, expected):
+        assert not got.requires_grad
+        torch.testing.assert_close(got, want.detach(), rtol=0, atol=0)
+    assert psl.last_terms is psl.last_terms  # computed once per forward
