@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "as_label_array",
     "check_int",
     "check_float",
     "check_tensor",
@@ -114,3 +115,72 @@ def numpy_labels_as_tensor(name: str, labels: np.ndarray, device: Optional[torch
         raise ValueError(f"{name} must be in [0, K), got label {labels.max()}")
     tensor = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64))
     return tensor if device is None else tensor.to(device)
+
+
+def as_label_array(name: str, labels: object) -> np.ndarray:
+    """``labels`` as a non-empty 1-D integer NumPy array on the CPU, or a clear error naming ``name``.
+
+    Accepts NumPy arrays, tensors on any device, lists and object arrays of
+    integers (e.g. pandas nullable integer columns), booleans, and floats that
+    hold integral values; the metrics and diagnostics take labels through it.
+
+    Args:
+        name: the argument's name, for the messages.
+        labels: ``(N,)`` labels, ``N >= 1``.
+
+    Returns:
+        ``(N,)`` integer array (the input's integer dtype, int64 otherwise).
+
+    Raises:
+        TypeError: non-integer labels (complex, strings, objects, non-integral dtypes).
+        ValueError: not 1-D, empty, ragged, NaN/Inf, non-integral or beyond int64.
+
+    Example:
+        >>> as_label_array("labels", [1.0, 2.0, 2.0])
+        array([1, 2, 2])
+    """
+    if isinstance(labels, torch.Tensor):
+        tensor = labels.detach()
+        if tensor.is_complex():
+            raise TypeError(f"{name} must hold integer labels, got dtype {tensor.dtype}")
+        if tensor.is_floating_point():
+            # numpy has no bfloat16; float64 holds every other float exactly.
+            tensor = tensor.to(torch.float64)
+        array = tensor.cpu().numpy()
+    else:
+        try:
+            array = np.asarray(labels)
+        except (ValueError, TypeError) as error:  # ragged nested lists
+            raise ValueError(f"{name} must be a 1-D array of integer labels: {error}") from None
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {tuple(array.shape)}")
+    if array.size == 0:
+        raise ValueError(f"{name} must not be empty, got 0 labels")
+    kind = array.dtype.kind
+    if kind == "O":
+        # Object arrays of integers (e.g. pandas nullable integer columns): convert, then check as usual.
+        if not all(isinstance(value, (int, np.integer)) and not isinstance(value, bool) for value in array.tolist()):
+            bad = next(v for v in array.tolist() if not isinstance(v, (int, np.integer)) or isinstance(v, bool))
+            raise TypeError(f"{name} must hold integer labels, got an object array containing {bad!r}")
+        try:
+            array = np.asarray(array.tolist(), dtype=np.int64)
+        except OverflowError:
+            raise ValueError(f"{name} holds a label too large for int64") from None
+        kind = "i"
+    if kind == "b":
+        return array.astype(np.int64)
+    if kind in "iu":
+        return array
+    if kind == "f":
+        array = array.astype(np.float64)  # float16 would overflow comparing against the int64 limit
+        if not np.isfinite(array).all():
+            raise ValueError(f"{name} must be finite, got NaN or Inf labels")
+        integral = array == np.round(array)
+        if not integral.all():
+            bad = array[~integral][0]
+            raise ValueError(f"{name} must hold integral labels, got non-integral value {bad!r}")
+        limit = float(np.iinfo(np.int64).max)
+        if np.abs(array).max() >= limit:
+            raise ValueError(f"{name} holds a label too large for int64: {np.abs(array).max()!r}")
+        return array.astype(np.int64)
+    raise TypeError(f"{name} must hold integer labels, got dtype {array.dtype}")

@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from propos_losses._validation import check_finite, check_float, check_int, check_tensor
-from propos_losses.metrics import LabelsLike, _as_labels
+from propos_losses._validation import as_label_array, check_finite, check_float, check_int, check_tensor
+from propos_losses.metrics import LabelsLike
 from propos_losses.prototypes import normalize_features
 
 __all__ = [
@@ -86,7 +86,7 @@ def cluster_size_stats(
         >>> stats["sizes"], stats["num_empty"], stats["imbalance_ratio"]
         ([3, 0, 1, 0], 2, 3.0)
     """
-    array = _as_labels("labels", labels)
+    array = as_label_array("labels", labels)
     if num_clusters is None:
         _, sizes = np.unique(array, return_counts=True)
     else:
@@ -292,7 +292,7 @@ def representation_diagnostics(
     seed = check_int("seed", seed)
     label_array = None
     if labels is not None:
-        label_array = _as_labels("labels", labels)
+        label_array = as_label_array("labels", labels)
         if label_array.size != z1.shape[0]:
             raise ValueError(f"labels must have one entry per row of z1 ({z1.shape[0]}), got {label_array.size}")
 

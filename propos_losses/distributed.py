@@ -14,6 +14,7 @@ single-process gradient on the concatenated global batch.
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Any, Callable, Iterator, List, Mapping, Optional, Tuple, TypeVar
 
 import torch
@@ -33,6 +34,12 @@ __all__ = [
     "broadcast_",
     "check_on_every_rank",
     "dtype_code",
+    "collective_device",
+    "any_rank",
+    "barrier",
+    "broadcast_text",
+    "init_from_torchrun",
+    "destroy_process_group",
 ]
 
 ProcessGroup = Any  # torch.distributed.ProcessGroup; kept loose for typing across versions
@@ -281,3 +288,86 @@ def check_on_every_rank(
     if error is not None:
         raise error
     return result  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------- process-group lifetime and small messages
+
+
+def collective_device(group: Optional[ProcessGroup] = None) -> torch.device:
+    """Where tensors for a collective must live: this process's CUDA device under NCCL, else the CPU.
+
+    NCCL reduces only CUDA tensors; gloo (and no process group at all) takes CPU tensors.
+
+    Example:
+        >>> collective_device()  # no process group
+        device(type='cpu')
+    """
+    if dist.is_available() and dist.is_initialized() and dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def any_rank(flag: bool, *, group: Optional[ProcessGroup] = None) -> bool:
+    """Whether ``flag`` is true on any rank (one small all-reduce); ``flag`` itself without a process group.
+
+    Example:
+        >>> any_rank(False), any_rank(True)
+        (False, True)
+    """
+    if not isinstance(flag, bool):
+        raise TypeError(f"flag must be a bool, got {flag!r}")
+    if not is_distributed(group):
+        return flag
+    value = torch.tensor([int(flag)], dtype=torch.int64, device=collective_device(group))
+    all_reduce_max_(value, group)
+    return bool(value.item())
+
+
+def barrier(group: Optional[ProcessGroup] = None) -> None:
+    """Wait until every rank gets here (an all-reduce of one number); a no-op without a process group."""
+    if is_distributed(group):
+        all_reduce_sum_(torch.zeros(1, device=collective_device(group)), group)
+
+
+def broadcast_text(text: str, src: int = 0, group: Optional[ProcessGroup] = None) -> str:
+    """Rank ``src``'s ``text`` on every rank (UTF-8 bytes, length first); ``text`` without a process group.
+
+    Example:
+        >>> broadcast_text("run-1")
+        'run-1'
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    if not is_distributed(group):
+        return text
+    device = collective_device(group)
+    data = text.encode("utf-8")
+    length = torch.tensor([len(data)], dtype=torch.int64, device=device)
+    broadcast_(length, src, group)
+    if get_rank(group) == src:
+        buffer = torch.tensor(list(data), dtype=torch.uint8, device=device)
+    else:
+        buffer = torch.zeros(int(length.item()), dtype=torch.uint8, device=device)
+    broadcast_(buffer, src, group)
+    return bytes(buffer.cpu().tolist()).decode("utf-8")
+
+
+def init_from_torchrun(use_cuda: bool) -> bool:
+    """Join the process group that ``torchrun`` describes in the environment; returns whether it did.
+
+    Does nothing (returns ``False``) for a single process (``WORLD_SIZE`` unset
+    or 1) or when a process group already exists. With ``use_cuda`` the
+    process takes CUDA device ``LOCAL_RANK`` and the NCCL backend; gloo otherwise.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available() or dist.is_initialized():
+        return False
+    if use_cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return True
+
+
+def destroy_process_group() -> None:
+    """Leave and destroy the default process group (a no-op when there is none)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

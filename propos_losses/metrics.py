@@ -41,6 +41,8 @@ from scipy.optimize import linear_sum_assignment
 from scipy.sparse.csgraph import min_weight_full_bipartite_matching
 from scipy.special import gammaln
 
+from propos_losses._validation import as_label_array
+
 __all__ = [
     "ContingencyTable",
     "contingency_table",
@@ -79,55 +81,6 @@ _DENSE_MATCHING_MAX_CELLS = 1 << 23
 # --------------------------------------------------------------------------- #
 # Input conversion and the contingency table
 # --------------------------------------------------------------------------- #
-
-
-def _as_labels(name: str, labels: object) -> np.ndarray:
-    """Return ``labels`` as a 1-D integer numpy array on the CPU, or raise."""
-    if isinstance(labels, torch.Tensor):
-        tensor = labels.detach()
-        if tensor.is_complex():
-            raise TypeError(f"{name} must hold integer labels, got dtype {tensor.dtype}")
-        if tensor.is_floating_point():
-            # numpy has no bfloat16; float64 holds every other float exactly.
-            tensor = tensor.to(torch.float64)
-        array = tensor.cpu().numpy()
-    else:
-        try:
-            array = np.asarray(labels)
-        except (ValueError, TypeError) as error:  # ragged nested lists
-            raise ValueError(f"{name} must be a 1-D array of integer labels: {error}") from None
-    if array.ndim != 1:
-        raise ValueError(f"{name} must be 1-D, got shape {tuple(array.shape)}")
-    if array.size == 0:
-        raise ValueError(f"{name} must not be empty, got 0 labels")
-    kind = array.dtype.kind
-    if kind == "O":
-        # Object arrays of integers (e.g. pandas nullable integer columns): convert, then check as usual.
-        if not all(isinstance(value, (int, np.integer)) and not isinstance(value, bool) for value in array.tolist()):
-            bad = next(v for v in array.tolist() if not isinstance(v, (int, np.integer)) or isinstance(v, bool))
-            raise TypeError(f"{name} must hold integer labels, got an object array containing {bad!r}")
-        try:
-            array = np.asarray(array.tolist(), dtype=np.int64)
-        except OverflowError:
-            raise ValueError(f"{name} holds a label too large for int64") from None
-        kind = "i"
-    if kind == "b":
-        return array.astype(np.int64)
-    if kind in "iu":
-        return array
-    if kind == "f":
-        array = array.astype(np.float64)  # float16 would overflow comparing against the int64 limit
-        if not np.isfinite(array).all():
-            raise ValueError(f"{name} must be finite, got NaN or Inf labels")
-        integral = array == np.round(array)
-        if not integral.all():
-            bad = array[~integral][0]
-            raise ValueError(f"{name} must hold integral labels, got non-integral value {bad!r}")
-        limit = float(np.iinfo(np.int64).max)
-        if np.abs(array).max() >= limit:
-            raise ValueError(f"{name} holds a label too large for int64: {np.abs(array).max()!r}")
-        return array.astype(np.int64)
-    raise TypeError(f"{name} must hold integer labels, got dtype {array.dtype}")
 
 
 def _unique_inverse(labels: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -228,8 +181,8 @@ def contingency_table(labels_true: LabelsLike, labels_pred: LabelsLike) -> Conti
         >>> table.row_sums.tolist(), table.col_sums.tolist(), table.n_samples
         ([2, 2], [1, 3], 4)
     """
-    true = _as_labels("labels_true", labels_true)
-    pred = _as_labels("labels_pred", labels_pred)
+    true = as_label_array("labels_true", labels_true)
+    pred = as_label_array("labels_pred", labels_pred)
     if true.size != pred.size:
         raise ValueError(f"labels_true and labels_pred must have the same length, got {true.size} and {pred.size}")
     classes, row_code = _unique_inverse(true)

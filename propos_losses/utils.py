@@ -2,7 +2,8 @@
 
 * argument checks that raise a :class:`ValueError` / :class:`TypeError` naming the
   argument and the value: :func:`check_int`, :func:`check_float`,
-  :func:`check_tensor`, :func:`check_finite`, :func:`check_labels`;
+  :func:`check_tensor`, :func:`check_finite`, :func:`check_labels`,
+  :func:`as_label_array` (labels of any array type as a NumPy integer array);
 * :func:`normalize_rows`: the package's one row normalisation (zero rows stay
   zero with a zero gradient; tiny and huge rows are scaled first, so nothing
   under- or overflows), used by PSL, PSA and the prototypes;
@@ -20,7 +21,14 @@ Example:
 
 from __future__ import annotations
 
-from propos_losses._validation import check_finite, check_float, check_int, check_labels, check_tensor
+from propos_losses._validation import (
+    as_label_array,
+    check_finite,
+    check_float,
+    check_int,
+    check_labels,
+    check_tensor,
+)
 from propos_losses.prototypes import cluster_sums
 from propos_losses.prototypes import normalize_features as normalize_rows
 
@@ -30,6 +38,7 @@ __all__ = [
     "check_tensor",
     "check_finite",
     "check_labels",
+    "as_label_array",
     "normalize_rows",
     "cluster_sums",
 ]

@@ -20,7 +20,15 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import Tensor, nn
 
-from propos_losses.distributed import all_gather_cat_autograd, all_reduce_max_, all_reduce_sum
+from propos_losses.distributed import (
+    all_gather_cat_autograd,
+    all_reduce_max_,
+    all_reduce_sum,
+    any_rank,
+    barrier,
+    broadcast_text,
+    collective_device,
+)
 from propos_losses.psl import PSL, prototype_scattering_loss, prototype_scattering_terms
 
 from helpers import grad_of, queue_of, terms_of
@@ -120,6 +128,19 @@ def _collectives(rank: int) -> Dict[str, Tensor]:
     # all_reduce_max_, a different maximum per element on each rank.
     out["max_value"] = all_reduce_max_(torch.tensor([1.0, -2.0, 3.0], dtype=torch.float64) * (1 - 2 * rank))
     return out
+
+
+def _small_messages(rank: int) -> Dict[str, Any]:
+    barrier()
+    return {
+        "device": str(collective_device()),
+        "any_none": any_rank(False),
+        "any_rank1": any_rank(rank == 1),
+        "any_all": any_rank(True),
+        "text_from_0": broadcast_text(f"rank {rank} says héllo"),
+        "text_from_1": broadcast_text("x" * (rank * 300), src=1),
+        "empty": broadcast_text(""),
+    }
 
 
 def _ddp_psl(rank: int, dtype: torch.dtype, validate_args: bool = True) -> Dict[str, Tensor]:
@@ -286,6 +307,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
     try:
         results = {
             "collectives": _collectives(rank),
+            "messages": _small_messages(rank),
             "ddp_float64": _ddp_psl(rank, torch.float64),
             "ddp_float32": _ddp_psl(rank, torch.float32),
             "ddp_float64_fast": _ddp_psl(rank, torch.float64, validate_args=False),
@@ -345,6 +367,26 @@ def test_all_reduce_sum_backward_sums_upstream_gradients_over_ranks(rank_results
         torch.testing.assert_close(
             result["collectives"]["reduce_grad_rank"], upstream * 2 + upstream * 3, rtol=0, atol=0
         )
+
+
+def test_small_message_helpers_agree_on_every_rank(rank_results: List[Dict[str, Any]]) -> None:
+    for result in rank_results:
+        messages = result["messages"]
+        assert messages["device"] == "cpu"  # gloo
+        assert (messages["any_none"], messages["any_rank1"], messages["any_all"]) == (False, True, True)
+        assert messages["text_from_0"] == "rank 0 says héllo"
+        assert messages["text_from_1"] == "x" * 300
+        assert messages["empty"] == ""
+
+
+def test_small_message_helpers_without_a_process_group_are_local() -> None:
+    barrier()
+    assert (any_rank(False), any_rank(True)) == (False, True)
+    assert broadcast_text("ünïcode") == "ünïcode"
+    with pytest.raises(TypeError, match="flag must be a bool, got 1"):
+        any_rank(1)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="text must be a str, got bytes"):
+        broadcast_text(b"x")  # type: ignore[arg-type]
 
 
 def test_all_reduce_max_is_the_elementwise_maximum_over_ranks(rank_results: List[Dict[str, Any]]) -> None:

@@ -37,7 +37,16 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
-from propos_losses.distributed import all_reduce_sum_, broadcast_, get_rank
+from propos_losses.distributed import (
+    any_rank,
+    barrier,
+    broadcast_,
+    broadcast_text,
+    collective_device,
+    destroy_process_group,
+    get_rank,
+    init_from_torchrun,
+)
 from propos_losses.train.config import (
     PRESET_NAMES,
     ConfigError,
@@ -129,60 +138,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _collective_device() -> torch.device:
-    """NCCL only reduces CUDA tensors; gloo (and no process group) takes CPU tensors."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        if torch.distributed.get_backend() == "nccl":
-            return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
 def _timestamp() -> str:
-    seconds = torch.tensor([int(time.time())], dtype=torch.int64, device=_collective_device())
+    seconds = torch.tensor([int(time.time())], dtype=torch.int64, device=collective_device())
     broadcast_(seconds)  # every torchrun process must pick the same directory
     return datetime.fromtimestamp(int(seconds), tz=timezone.utc).strftime("%Y%m%d-%H%M%S")
 
 
-def _broadcast_text(text: str) -> str:
-    """Rank 0's ``text`` on every process (the run directory rank 0 claimed)."""
-    if not torch.distributed.is_available() or not torch.distributed.is_initialized():
-        return text
-    data = text.encode("utf-8")
-    length = torch.tensor([len(data)], dtype=torch.int64, device=_collective_device())
-    broadcast_(length)
-    buffer = torch.zeros(int(length), dtype=torch.uint8, device=_collective_device())
-    if get_rank() == 0:
-        buffer.copy_(torch.frombuffer(bytearray(data), dtype=torch.uint8))
-    broadcast_(buffer)
-    return bytes(buffer.cpu().tolist()).decode("utf-8")
-
-
 def _agree(error: Optional[Exception]) -> None:
     """Raise on every process when any failed (rank 0 alone claims and locks the run directory)."""
-    failed = torch.tensor([1.0 if error is not None else 0.0], device=_collective_device())
-    all_reduce_sum_(failed)
+    failed = any_rank(error is not None)
     if error is not None:
         raise error
-    if float(failed) > 0:
+    if failed:
         raise _UserError("another process could not prepare the run directory (see rank 0's message)")
-
-
-def _barrier() -> None:
-    # An all-reduce is a barrier; keeps torch.distributed behind the library's helpers.
-    all_reduce_sum_(torch.zeros(1, device=_collective_device()))
 
 
 def _init_distributed(device: str) -> bool:
     """Join the ``torchrun`` process group when launched by it; returns whether we did."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or torch.distributed.is_initialized():
-        return False
-    if device == "cuda" and not torch.cuda.is_available():
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device 'cuda' requested but CUDA is not available")
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    if use_cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    torch.distributed.init_process_group(backend="nccl" if use_cuda else "gloo")
-    return True
+    return init_from_torchrun(use_cuda=device == "cuda" or (device == "auto" and torch.cuda.is_available()))
 
 
 def _final_lines(final: Dict[str, Any]) -> List[str]:
@@ -373,13 +348,13 @@ def _run(args: argparse.Namespace, progress: _Progress) -> int:
                     except OutputDirError as exc:
                         error = exc
                 _agree(error)
-                run_dir = Path(_broadcast_text(claimed))
+                run_dir = Path(broadcast_text(claimed))
                 trainer.use_output_dir(run_dir)
                 config = trainer.config
                 progress.run_dir = run_dir
             elif restart and get_rank() == 0:
                 (run_dir / METRICS_NAME).unlink(missing_ok=True)  # the log of the attempt that was killed
-            _barrier()
+            barrier()
             if get_rank() == 0:
                 log(_header(config, trainer))
                 log(json.dumps(config_to_dict(config), sort_keys=True))
@@ -399,7 +374,7 @@ def _run(args: argparse.Namespace, progress: _Progress) -> int:
             return 0
         finally:
             if distributed:
-                torch.distributed.destroy_process_group()
+                destroy_process_group()
     except (ConfigError, DatasetError, CheckpointError, OutputDirError, _UserError) as exc:
         message = " ".join(str(exc).split())  # one line, whatever the exception's text holds
         print(f"propos-train: error: {message}", file=sys.stderr)
