@@ -23,13 +23,13 @@ bfloat16 inputs are computed in float32, float64 inputs in float64.
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Dict, List, Optional, Union
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from propos_losses._deprecation import deprecated_alias
 from propos_losses._validation import as_label_array, check_finite, check_float, check_int, check_tensor
 from propos_losses.metrics import LabelsLike
 from propos_losses.prototypes import normalize_features
@@ -315,43 +315,19 @@ def representation_diagnostics(
     return result
 
 
-def alignment(z1: Tensor, z2: Tensor, alpha: float = 2.0) -> float:
-    """Deprecated name of :func:`wang_isola_alignment` (a :class:`FutureWarning`; removed in 0.3).
-
-    Renamed so that it cannot be confused with the Eq. 5 ``alignment`` term of
-    :class:`~propos_losses.psl.PSLTerms`.
-
-    Example:
-        >>> import warnings
-        >>> with warnings.catch_warnings():
-        ...     warnings.simplefilter("ignore", FutureWarning)
-        ...     alignment(torch.eye(2), torch.eye(2))
-        0.0
-    """
-    warnings.warn(
-        "propos_losses.alignment is deprecated and will be removed in 0.3; use wang_isola_alignment",
-        FutureWarning,
-        stacklevel=2,
-    )
-    return wang_isola_alignment(z1, z2, alpha=alpha)
-
-
-def uniformity(z: Tensor, t: float = 2.0, chunk_size: int = DEFAULT_CHUNK_SIZE) -> float:
-    """Deprecated name of :func:`wang_isola_uniformity` (a :class:`FutureWarning`; removed in 0.3).
-
-    Renamed so that it cannot be confused with the Eq. 5 ``uniformity`` term of
-    :class:`~propos_losses.psl.PSLTerms`.
-
-    Example:
-        >>> import warnings
-        >>> with warnings.catch_warnings():
-        ...     warnings.simplefilter("ignore", FutureWarning)
-        ...     round(uniformity(torch.eye(2)), 4)
-        -4.0
-    """
-    warnings.warn(
-        "propos_losses.uniformity is deprecated and will be removed in 0.3; use wang_isola_uniformity",
-        FutureWarning,
-        stacklevel=2,
-    )
-    return wang_isola_uniformity(z, t=t, chunk_size=chunk_size)
+alignment = deprecated_alias(
+    wang_isola_alignment,
+    "alignment",
+    why="Renamed so that it cannot be confused with the Eq. 5 ``alignment`` term of "
+    ":class:`~propos_losses.psl.PSLTerms`.",
+    example="alignment(torch.eye(2), torch.eye(2))",
+    result="0.0",
+)
+uniformity = deprecated_alias(
+    wang_isola_uniformity,
+    "uniformity",
+    why="Renamed so that it cannot be confused with the Eq. 5 ``uniformity`` term of "
+    ":class:`~propos_losses.psl.PSLTerms`.",
+    example="round(uniformity(torch.eye(2)), 4)",
+    result="-4.0",
+)

@@ -61,10 +61,11 @@ def normalize_features(features: Tensor) -> Tensor:
         return features * 0  # (N, 0): no entries, no maximum to take
     scale = features.detach().abs().amax(dim=1, keepdim=True)
     # Max-abs 1, or an all-zero row times 0 (whose gradient is then 0 as well).
-    scaled = features / torch.where(scale > 0, scale, torch.inf)
+    scaled: Tensor = features / torch.where(scale > 0, scale, torch.inf)
     # Non-zero rows have a norm in [1, sqrt(d)], where the clamp changes nothing (and passes the gradient);
     # a zero row's norm 0 becomes 1, so the reciprocal never sees 0 and no NaN reaches the backward pass.
-    return scaled * torch.linalg.vector_norm(scaled, dim=1, keepdim=True).clamp_min(1.0).reciprocal()
+    inverse_norm: Tensor = torch.linalg.vector_norm(scaled, dim=1, keepdim=True).clamp_min(1.0).reciprocal()
+    return scaled * inverse_norm
 
 
 def _weight_scale(weights: Tensor) -> Tensor:

@@ -62,23 +62,20 @@ _NUM_JITTER_OPS = 4
 #: distortion and stroke thickening/thinning, the handwriting variations that
 #: 28x28 digits need to be invariant to (with the affine jitter alone, BYOL on
 #: MNIST learns little beyond pixel overlap).
+_DIGIT_JITTER: Mapping[str, Any] = {
+    "crop_scale": (0.7, 1.0),
+    "crop_ratio": (3 / 4, 4 / 3),
+    "degrees": 15.0,
+    "translate": 0.1,
+    "scale": (0.9, 1.1),
+}
 AUGMENTATION_PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
     {
-        "digits": MappingProxyType(
-            {
-                "crop_scale": (0.7, 1.0),
-                "crop_ratio": (3 / 4, 4 / 3),
-                "degrees": 15.0,
-                "translate": 0.1,
-                "scale": (0.9, 1.1),
-            }
-        ),
+        "digits": MappingProxyType(dict(_DIGIT_JITTER)),
+        # The digits jitter with a wider scale range, plus the handwriting variations.
         "mnist": MappingProxyType(
             {
-                "crop_scale": (0.7, 1.0),
-                "crop_ratio": (3 / 4, 4 / 3),
-                "degrees": 15.0,
-                "translate": 0.1,
+                **_DIGIT_JITTER,
                 "scale": (0.85, 1.15),
                 "shear": 15.0,
                 "elastic_alpha": 2.0,
