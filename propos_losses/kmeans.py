@@ -147,6 +147,7 @@ from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
 import numpy as np
 import torch
 from torch import Tensor
+from typing_extensions import TypedDict, Unpack
 
 from propos_losses._validation import check_float, check_int
 from propos_losses.defaults import KMEANS_MAX_ITER, KMEANS_N_INIT, KMEANS_TOL
@@ -164,6 +165,7 @@ from propos_losses.distributed import (
 __all__ = [
     "SphericalKMeans",
     "spherical_kmeans",
+    "KMeansParams",
     "KMeansResult",
     "NotFittedError",
     "ConvergenceWarning",
@@ -1156,49 +1158,37 @@ def _fit(
     return result, is_numpy
 
 
-def spherical_kmeans(
-    X: ArrayLike,
-    n_clusters: int,
-    *,
-    n_init: int = KMEANS_N_INIT,
-    max_iter: int = KMEANS_MAX_ITER,
-    tol: float = KMEANS_TOL,
-    seed: Optional[int] = None,
-    init: InitLike = "k-means++",
-    chunk_size: Optional[int] = None,
-    verbose: bool = False,
-    sample_size: SampleSize = AUTO_SAMPLE_SIZE,
-    distributed: Optional[bool] = None,
-) -> KMeansResult:
-    """Spherical k-means of the rows of ``X`` (functional form of :class:`SphericalKMeans`).
+class KMeansParams(TypedDict, total=False):
+    """The keyword parameters of :class:`SphericalKMeans`, all optional, for :func:`spherical_kmeans`."""
+
+    n_init: int
+    max_iter: int
+    tol: float
+    seed: Optional[int]
+    init: InitLike
+    chunk_size: Optional[int]
+    verbose: bool
+    sample_size: SampleSize
+    distributed: Optional[bool]
+
+
+def spherical_kmeans(X: ArrayLike, n_clusters: int, **params: Unpack[KMeansParams]) -> KMeansResult:
+    """Spherical k-means of the rows of ``X``: ``SphericalKMeans(n_clusters, **params).fit(X)`` as a tuple.
+
+    The functional form of :class:`SphericalKMeans` (as scikit-learn's
+    ``k_means()`` is ``KMeans(...).fit(X)``): the same parameters, defaults,
+    errors and results.
 
     Args:
         X: ``(N, d)`` float32/float64 NumPy array or tensor (CPU or CUDA);
             rows are L2-normalised internally, all-zero rows are an error.
             Under ``torch.distributed``: this rank's shard.
         n_clusters: ``K >= 1``, at most the total number of rows.
-        n_init: restarts ``R`` run together; the best inertia wins.
-        max_iter: maximum Lloyd iterations per restart.
-        tol: relative inertia decrease below which a restart stops (see the
-            module docstring).
-        seed: seed of the initialisation; ``None`` draws one.
-        init: ``"k-means++"`` (greedy, ``2 + floor(ln K)`` candidates),
-            ``"random"`` (``K`` distinct rows), or centres ``(K, d)`` (one
-            restart) or ``(R, K, d)`` (``R`` restarts, ``n_init`` ignored).
-        chunk_size: rows per matrix multiply; ``None`` picks it from
-            :data:`DEFAULT_CHUNK_BYTES`.
-        verbose: print progress (rank 0 only).
-        sample_size: rows of the restarts. ``"auto"`` (default):
-            ``2,560,000 / K`` rows, at least 16 and at most 512 per cluster
-            (e.g. 5,120 rows for ``K = 10``); an int: about this many rows
-            (``>= n_clusters``); ``None``: every restart on all rows. When
-            smaller than the number of rows, the restarts (initialisation and
-            Lloyd iterations) run on a uniform random subsample and only the
-            best of them is then iterated on all rows (see *Subsampled
-            restarts* in the module docstring).
-        distributed: ``None``: data-parallel whenever a process group with
-            more than one rank exists; ``False``: this process alone, no
-            collective; ``True``: require a process group.
+        params: any keyword parameter of :class:`SphericalKMeans`
+            (``n_init``, ``max_iter``, ``tol``, ``seed``, ``init``,
+            ``chunk_size``, ``verbose``, ``sample_size``, ``distributed``),
+            with its default and meaning there; an unknown name is a
+            :class:`TypeError`.
 
     Returns:
         :class:`KMeansResult` ``(centers (K, d), labels (N,), inertia, n_iter)``;
@@ -1211,35 +1201,8 @@ def spherical_kmeans(
         >>> result.centers.shape, result.labels.shape, len(set(result.labels.tolist()))
         (torch.Size([3, 3]), torch.Size([150]), 3)
     """
-    # A thin call of the estimator (as scikit-learn's k_means() is KMeans(...).fit(X)).
-    estimator = SphericalKMeans(
-        n_clusters,
-        n_init=n_init,
-        max_iter=max_iter,
-        tol=tol,
-        seed=seed,
-        init=init,
-        chunk_size=chunk_size,
-        verbose=verbose,
-        sample_size=sample_size,
-        distributed=distributed,
-    ).fit(X)
+    estimator = SphericalKMeans(n_clusters, **params).fit(X)
     return KMeansResult(estimator.cluster_centers_, estimator.labels_, estimator.inertia_, estimator.n_iter_)
-
-
-#: Constructor parameters of :class:`SphericalKMeans`, in signature order (get_params / set_params / clone).
-_ESTIMATOR_PARAMS = (
-    "n_clusters",
-    "n_init",
-    "max_iter",
-    "tol",
-    "seed",
-    "init",
-    "chunk_size",
-    "verbose",
-    "sample_size",
-    "distributed",
-)
 
 
 def _same_value(a: object, b: object) -> bool:
@@ -1455,3 +1418,8 @@ class SphericalKMeans:
         """Cosine similarities ``(N, K)`` of the rows of ``X`` ``(N, d)`` to the centres."""
         unit, centers, is_numpy = self._prepare(X)
         return _to_output(unit @ centers.t(), is_numpy)
+
+
+#: Constructor parameters of :class:`SphericalKMeans`, in signature order (get_params / set_params / clone),
+#: read from the signature as scikit-learn's ``BaseEstimator._get_param_names`` does.
+_ESTIMATOR_PARAMS = tuple(name for name in inspect.signature(SphericalKMeans.__init__).parameters if name != "self")
