@@ -15,7 +15,7 @@ from typing import Any, Dict, Optional
 
 from propos_losses.train.checkpoint import CheckpointError
 
-__all__ = ["METRICS_NAME", "append_record", "sync_log", "checked_log_length", "truncate_log"]
+__all__ = ["METRICS_NAME", "MetricsLog", "append_record", "sync_log", "checked_log_length", "truncate_log"]
 
 METRICS_NAME = "metrics.jsonl"
 
@@ -83,3 +83,57 @@ def truncate_log(path: Path, size: int) -> None:
             fh.truncate(size)
             fh.flush()
             os.fsync(fh.fileno())
+
+
+class MetricsLog:
+    """A run's ``metrics.jsonl`` and how much of it the next checkpoint covers.
+
+    Every rank counts the records (``lines``); only the writing rank (rank 0)
+    appends them and counts their ``size`` in bytes. Both go into the
+    checkpoint, and :meth:`restore` / :meth:`truncate` bring the file back to
+    exactly what a checkpoint covers.
+
+    Args:
+        path: the log file.
+        write: whether this process writes it (rank 0).
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     log = MetricsLog(Path(tmp) / METRICS_NAME, write=True)
+        ...     log.append({"epoch": 1})
+        ...     log.lines, log.size
+        (1, 13)
+    """
+
+    def __init__(self, path: Path, *, write: bool) -> None:
+        self.path = Path(path)
+        self.write = bool(write)
+        self.lines = 0
+        self.size = 0
+
+    def append(self, record: Dict[str, Any]) -> None:
+        """Count ``record`` and, on the writing rank, append it as one JSON line."""
+        self.lines += 1
+        if self.write:
+            self.size += append_record(self.path, record)
+
+    def sync(self) -> None:
+        """Make the appended records durable (before the checkpoint that counts them is written)."""
+        if self.write:
+            sync_log(self.path)
+
+    def restore(self, lines: int, size: Optional[int]) -> None:
+        """Take a checkpoint's counts (``size`` is ``None`` for format 1); the writer checks the file holds them.
+
+        Raises:
+            CheckpointError: the file holds fewer complete records than ``lines``.
+        """
+        if self.write:
+            size = checked_log_length(self.path, int(lines), size)
+        self.lines, self.size = int(lines), int(size or 0)
+
+    def truncate(self) -> None:
+        """Drop what was written after the restored counts (an interrupted epoch, a torn line)."""
+        if self.write:
+            truncate_log(self.path, self.size)

@@ -97,13 +97,7 @@ from propos_losses.train.rundir import (
     atomic_write_bytes,
     remove_stale_temporaries,
 )
-from propos_losses.train.runlog import (
-    METRICS_NAME,
-    append_record,
-    checked_log_length,
-    sync_log,
-    truncate_log,
-)
+from propos_losses.train.runlog import METRICS_NAME, MetricsLog
 from propos_losses.utils import normalize_rows
 
 __all__ = [
@@ -206,7 +200,24 @@ class Trainer:
         self.is_main = self.rank == 0
         self._log = log if log is not None else print
         self.device = resolve_device(config.device)
+        self._init_data(dataset)
+        # Model initialisation is identical on every rank (DDP also broadcasts it).
+        torch.manual_seed(_seed_for(config.seed, 0))
+        self._init_networks()
+        self._init_schedule(progress_bar)
+        self._init_loop_state()
+        # Per-rank stream for the PSA noise (the global torch RNG); the model init above is shared.
+        torch.manual_seed(_seed_for(config.seed, 1, self.rank))
+        np.random.seed(_seed_for(config.seed, 2, self.rank) % 2**32)
+        random.seed(_seed_for(config.seed, 3, self.rank))
+        if resume is not None:
+            self._restore(resume)
 
+    # ------------------------------------------------------------------ construction
+
+    def _init_data(self, dataset: Optional[ImageDataset]) -> None:
+        """The data set (loaded unless given), batch split, cluster counts, images on the device."""
+        config = self.config
         self.dataset = (
             dataset
             if dataset is not None
@@ -229,15 +240,16 @@ class Trainer:
         self.eval_clusters = int(self.dataset.num_classes or self.num_clusters)
         self._check_data_fits()
         self.data_sha256 = data_fingerprint(self.dataset)
-
-        # Model initialisation is identical on every rank (DDP also broadcasts it).
-        torch.manual_seed(_seed_for(config.seed, 0))
-        _, channels, height, _ = self.dataset.images.shape
         self.images = self.dataset.images.to(self.device)
         scaled = self.dataset.images.float() / 255.0
         self.mean = scaled.mean(dim=(0, 2, 3)).tolist()
         # A constant channel would give std 0; the finfo floor keeps normalisation finite.
         self.std = scaled.std(dim=(0, 2, 3)).clamp_min(torch.finfo(scaled.dtype).eps).tolist()
+
+    def _init_networks(self) -> None:
+        """Augmentation, online/target encoders, predictor, the M-step module (DDP-wrapped when distributed)."""
+        config = self.config
+        _, channels, height, _ = self.dataset.images.shape
         kind = config.augmentation or {"digits": "digits", "mnist": "mnist"}.get(
             config.dataset, "color" if channels == 3 else "mnist"
         )
@@ -265,7 +277,10 @@ class Trainer:
                 self.step_module, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
 
-        self.steps_per_epoch = n // config.batch_size
+    def _init_schedule(self, progress_bar: Optional[bool]) -> None:
+        """Steps, progress display, optimiser (SGD or LARS, predictor lr multiplier) and momentum schedule."""
+        config = self.config
+        self.steps_per_epoch = len(self.dataset) // config.batch_size
         self.progress = Progress(
             total_epochs=config.epochs,
             steps_per_epoch=self.steps_per_epoch,
@@ -279,14 +294,10 @@ class Trainer:
             {"params": list(self.online.parameters()), "lr_scale": 1.0},
             {"params": list(self.predictor.parameters()), "lr_scale": config.predictor_lr_multiplier},
         ]
-        if config.optimizer == "lars":
-            self.optimizer: torch.optim.Optimizer = LARS(
-                groups, lr=config.lr, momentum=config.sgd_momentum, weight_decay=config.weight_decay
-            )
-        else:
-            self.optimizer = torch.optim.SGD(
-                groups, lr=config.lr, momentum=config.sgd_momentum, weight_decay=config.weight_decay
-            )
+        optimizer = LARS if config.optimizer == "lars" else torch.optim.SGD
+        self.optimizer: torch.optim.Optimizer = optimizer(
+            groups, lr=config.lr, momentum=config.sgd_momentum, weight_decay=config.weight_decay
+        )
         try:
             self.momentum = MomentumUpdater(
                 base_momentum=config.base_momentum,
@@ -297,30 +308,25 @@ class Trainer:
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
 
+    def _init_loop_state(self) -> None:
+        """Epoch/step counters, pseudo-labels, the PSL start state, the metrics log and stop requests."""
         self.epoch = 0
         self.step = 0
-        self.pseudo_labels = torch.zeros(n, dtype=torch.int64, device=self.device)
+        self.pseudo_labels = torch.zeros(len(self.dataset), dtype=torch.int64, device=self.device)
         # psl_start="auto": NMI between the last two E-steps' labels, and whether PSL has switched on.
         self.label_agreement: Optional[float] = None
         self.estep_count = 0
         self.psl_started = False
         # Centres of the last E-step's k-means (the start of the next one under estep_init="warm").
         self.estep_centers: Optional[Tensor] = None
-        self.log_lines = 0
-        #: Bytes of the metrics log written so far (rank 0), saved with the checkpoint.
-        self.log_bytes = 0
+        #: Records written so far and their bytes (rank 0), saved with the checkpoint.
+        self.metrics_log = MetricsLog(self.output_dir / METRICS_NAME, write=self.is_main)
         self._resumed = False
         # A stop requested (by a signal) while training steps run: honoured after the step in progress.
         self._stop_signal: Optional[int] = None
         self._in_steps = False
         # Where a checkpoint written mid-epoch left the epoch (index, loss totals, random streams).
         self._mid_epoch: Optional[Dict[str, Any]] = None
-        # Per-rank stream for the PSA noise (the global torch RNG); the model init above is shared.
-        torch.manual_seed(_seed_for(config.seed, 1, self.rank))
-        np.random.seed(_seed_for(config.seed, 2, self.rank) % 2**32)
-        random.seed(_seed_for(config.seed, 3, self.rank))
-        if resume is not None:
-            self._restore(resume)
 
     # ------------------------------------------------------------------ helpers
 
@@ -367,6 +373,7 @@ class Trainer:
     def use_output_dir(self, output_dir: str | os.PathLike) -> None:
         """Write to ``output_dir`` (the directory finally claimed for the run) instead of the one given."""
         self.output_dir = Path(output_dir)
+        self.metrics_log.path = self.output_dir / METRICS_NAME
         self.config = dataclasses.replace(self.config, output_dir=str(output_dir))
 
     def info(self, message: str) -> None:
@@ -376,9 +383,7 @@ class Trainer:
 
     def _record(self, record: Dict[str, Any]) -> None:
         """Append one JSON line to the metrics log (rank 0 writes; every rank counts)."""
-        self.log_lines += 1
-        if self.is_main:
-            self.log_bytes += append_record(self.output_dir / METRICS_NAME, record)
+        self.metrics_log.append(record)
 
     def _prepare(self, images: Tensor) -> Tensor:
         return normalize(images, self.mean, self.std)
@@ -529,8 +534,8 @@ class Trainer:
             },
             "estep_centers": None if self.estep_centers is None else self.estep_centers.cpu(),
             "rng": rng_state(),
-            "log_lines": self.log_lines,
-            "log_bytes": self.log_bytes,
+            "log_lines": self.metrics_log.lines,
+            "log_bytes": self.metrics_log.size,
             "data_sha256": self.data_sha256,
             "config_sha256": config_fingerprint(self.config),
         }
@@ -546,7 +551,7 @@ class Trainer:
         if not self.is_main:
             return
         # The checkpoint promises log_bytes bytes of log: they must survive an OS crash too.
-        sync_log(self.output_dir / METRICS_NAME)
+        self.metrics_log.sync()
         atomic_write_bytes(self.output_dir / CHECKPOINT_NAME, checkpoint_bytes(self._state(mid_epoch)))
 
     def _restore(self, state: Dict[str, Any]) -> None:
@@ -587,9 +592,8 @@ class Trainer:
                 f"{where!r} is damaged: epoch {epoch} and step {step} do not fit a {self.config.epochs}-epoch run of "
                 f"{self.steps_per_epoch} steps per epoch"
             )
-        log_bytes = state.get("log_bytes")
-        if self.is_main:
-            log_bytes = checked_log_length(self.output_dir / METRICS_NAME, int(state["log_lines"]), log_bytes)
+        # Raises (CheckpointError) when the log holds fewer records than the checkpoint covers.
+        self.metrics_log.restore(int(state["log_lines"]), state.get("log_bytes"))
         try:
             self.online.load_state_dict(state["online"])
             self.predictor.load_state_dict(state["predictor"])
@@ -617,16 +621,13 @@ class Trainer:
             raise CheckpointError(f"checkpoint does not match this configuration: {exc}") from None
         self.epoch, self.step = epoch, step
         self.pseudo_labels = labels.to(self.device)
-        self.log_lines = int(state["log_lines"])
-        self.log_bytes = int(log_bytes or 0)
         self._resumed = True
 
     def _prepare_resumed_outputs(self) -> None:
         """Drop log bytes written after the checkpoint (an interrupted epoch, a torn line) and stale temporaries."""
         remove_stale_temporaries(self.output_dir)
-        if not self._resumed:
-            return
-        truncate_log(self.output_dir / METRICS_NAME, self.log_bytes)
+        if self._resumed:
+            self.metrics_log.truncate()
 
     # ------------------------------------------------------------------ loop
 
