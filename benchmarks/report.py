@@ -51,30 +51,60 @@ def losses_section(data: Dict[str, Any]) -> str:
         rows.setdefault(key, {})[row["implementation"]] = row
     body = []
     for (k, b, q), pair in sorted(rows.items()):
-        ours, naive = pair.get("propos_losses"), pair.get("naive")
+        ours, naive, fast = pair.get("propos_losses"), pair.get("naive"), pair.get("fast")
         if ours is None or naive is None:
             continue
+        fast_ms = f"{fast['min_ms']:.2f}" if fast else ""
+        speed = naive["min_ms"] / (fast or ours)["min_ms"]
         body.append(
             [
                 str(k),
                 str(b),
                 str(q),
                 f"{ours['min_ms']:.2f}",
+                fast_ms,
                 f"{naive['min_ms']:.2f}",
-                f"{naive['min_ms'] / ours['min_ms']:.1f}x",
+                f"{speed:.2f}x",
                 f"{ours['peak_memory_mib']:.1f}",
                 f"{naive['peak_memory_mib']:.1f}",
             ]
         )
     text = "## PSL forward + backward (`benchmarks/bench_losses.py`)\n\n"
     text += f"Machine: {_machine(data['machine'])}. Peak memory: {data['memory_method']}. d = 256; "
-    text += "naive = the authors' dense one-hot prototypes with a finite fill for empty clusters.\n\n"
-    text += _table(["K", "B", "queue", "ours ms", "naive ms", "speed-up", "ours MiB", "naive MiB"], body)
+    text += "naive = the authors' dense one-hot prototypes with a finite fill for empty clusters; "
+    text += "*ours* checks values (`validate_args=True`, the default), *fast* does not "
+    text += "(`validate_args=False`); speed-up = naive / fast.\n\n"
+    header = ["K", "B", "queue", "ours ms", "fast ms", "naive ms", "speed-up", "ours MiB", "naive MiB"]
+    text += _table(header, body)
+    hot = data.get("hot_path") or []
+    if hot:
+        text += (
+            "\nHot path (`--hot-path`): host syncs per call (`aten::_local_scalar_dense`), "
+            "`torch._dynamo.explain` graph breaks of the fast path, eager and compiled "
+            f"(`torch.compile(fullgraph=True, backend='{hot[0].get('backend', '')}')`) times.\n\n"
+        )
+        hot_body = [
+            [
+                r["case"],
+                str(r["syncs_validate_True"]),
+                str(r["syncs_validate_False"]),
+                str(r["graph_breaks"]),
+                f"{r['eager_ms_validate_True']:.2f}",
+                f"{r['eager_ms_validate_False']:.2f}",
+                f"{r['compiled_ms']:.2f}" if r.get("compiled_ms") is not None else "",
+            ]
+            for r in hot
+        ]
+        text += _table(
+            ["case", "syncs checked", "syncs fast", "graph breaks", "checked ms", "fast ms", "compiled ms"], hot_body
+        )
     step = data.get("resnet18_step") or {}
     if "skipped" in step:
         text += f"\nResNet-18 step overhead: not measured ({step['skipped']}).\n"
     elif step:
         text += "\nResNet-18 CIFAR step overhead: " + ", ".join(f"{k}={v}" for k, v in step.items()) + "\n"
+    else:
+        text += "\nResNet-18 step overhead: not measured (needs a GPU: `bash benchmarks/gpu_check.sh`).\n"
     return text
 
 
