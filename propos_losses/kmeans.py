@@ -719,20 +719,23 @@ def _random_init(X: Tensor, n_clusters: int, n_restarts: int, generator: torch.G
 # --------------------------------------------------------------------------- Lloyd
 
 
-def _lloyd(
-    X: Tensor,
-    centers: Tensor,
-    max_iter: int,
-    tol: float,
-    chunk_size: Optional[int],
-    verbose: bool,
-) -> Tuple[Tensor, Tensor, Tensor]:
+class _Iterations(NamedTuple):
+    """How the Lloyd iterations run: at most ``max_iter``, stop below ``tol``, ``chunk_size`` rows per product."""
+
+    max_iter: int
+    tol: float
+    chunk_size: Optional[int]
+    verbose: bool
+
+
+def _lloyd(X: Tensor, centers: Tensor, settings: _Iterations) -> Tuple[Tensor, Tensor, Tensor]:
     """Batched Lloyd iterations; each restart stops on its own and leaves the batch.
 
     Returns:
         Final centres ``(R, K, d)``, iterations ``(R,)`` and the inertia
         history ``(R, max_iter)`` float64 (NaN after a restart stopped).
     """
+    max_iter, tol, chunk_size, verbose = settings
     R, K, d = centers.shape
     centers = centers.clone()
     device = X.device
@@ -783,14 +786,7 @@ def _lloyd(
 # --------------------------------------------------------------------------- bounded Lloyd (one restart)
 
 
-def _lloyd_bounded(
-    X: Tensor,
-    centers: Tensor,
-    max_iter: int,
-    tol: float,
-    chunk_size: Optional[int],
-    verbose: bool,
-) -> Tuple[Tensor, int, List[float]]:
+def _lloyd_bounded(X: Tensor, centers: Tensor, settings: _Iterations) -> Tuple[Tensor, int, List[float]]:
     """Lloyd iterations of ONE restart that re-examine only the rows whose label can change.
 
     The same iterations as :func:`_lloyd` with one restart (up to the
@@ -818,6 +814,7 @@ def _lloyd_bounded(
     Returns:
         Final centres ``(K, d)``, iterations run and the inertia history.
     """
+    max_iter, tol, chunk_size, verbose = settings
     N, d = X.shape
     K = centers.shape[0]
     device, dtype = X.device, X.dtype
@@ -1119,7 +1116,7 @@ def _fit(
     if verbose and get_rank() == 0:
         print(f"spherical k-means: initialised {centers.shape[0]} restarts in {time.perf_counter() - start_time:.3f} s")
 
-    centers, n_iter, history = _lloyd(restart_rows, centers, max_iter, tol, chunk_size, verbose)
+    centers, n_iter, history = _lloyd(restart_rows, centers, _Iterations(max_iter, tol, chunk_size, verbose))
     inertias = _inertias(restart_rows, centers, chunk_size)
     # Restarts that reach the same optimum differ only by summation order (which changes with
     # sharding): count inertias within a few ulps as tied and take the first, so the choice is stable.
@@ -1140,7 +1137,9 @@ def _fit(
         # decreasing beyond rounding (a few ulps, so that summation order cannot add an iteration).
         budget, stop_tol = max_iter - best_iter, refine_tol
     if sampled or (budget > 0 and tol > refine_tol):
-        winner, more_iter, more_history = _lloyd_bounded(unit, winner, budget, stop_tol, chunk_size, verbose)
+        winner, more_iter, more_history = _lloyd_bounded(
+            unit, winner, _Iterations(budget, stop_tol, chunk_size, verbose)
+        )
         best_history += more_history
         best_iter += more_iter
     labels, best_centers, dist, n_distinct = _final_labels(unit, winner, chunk_size)

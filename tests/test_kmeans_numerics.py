@@ -98,8 +98,9 @@ def test_bounded_iterations_take_the_same_steps_as_plain_lloyd(
     X = blobs(40, 7, 5, noise=1.2, seed=seed).to(torch.float64)
     unit = X / X.norm(dim=1, keepdim=True)
     start = unit[torch.randperm(unit.shape[0], generator=torch.Generator().manual_seed(seed))[:7]]
-    plain, n_plain, history = kmeans_module._lloyd(unit, start.unsqueeze(0), 60, 0.0, 64, False)
-    bounded, n_bounded, bounded_history = kmeans_module._lloyd_bounded(unit, start, 60, 0.0, 64, False)
+    settings = kmeans_module._Iterations(max_iter=60, tol=0.0, chunk_size=64, verbose=False)
+    plain, n_plain, history = kmeans_module._lloyd(unit, start.unsqueeze(0), settings)
+    bounded, n_bounded, bounded_history = kmeans_module._lloyd_bounded(unit, start, settings)
     n = int(n_plain[0])
     assert n_bounded in (n, n - 1)  # it also stops as soon as no label changed
     assert torch.allclose(bounded, plain[0], atol=1e-12)

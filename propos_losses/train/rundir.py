@@ -67,14 +67,15 @@ def _temporary(path: Path, data: bytes) -> str:
             fh.flush()
             os.fsync(fh.fileno())
     except BaseException:
-        _unlink_quietly(tmp_name)
+        _quietly(os.unlink, tmp_name)
         raise
     return tmp_name
 
 
-def _unlink_quietly(name: str) -> None:
+def _quietly(remove: Callable[[str], None], path: str | os.PathLike) -> None:
+    """``remove(path)`` (``os.unlink``, ``os.rmdir``), ignoring an ``OSError`` (already gone, not empty, ...)."""
     try:
-        os.unlink(name)
+        remove(os.fspath(path))
     except OSError:
         pass
 
@@ -111,7 +112,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     try:
         os.replace(tmp_name, path)
     except BaseException:
-        _unlink_quietly(tmp_name)
+        _quietly(os.unlink, tmp_name)
         raise
     fsync_dir(path.parent)
 
@@ -146,7 +147,7 @@ def exclusive_write_bytes(path: str | os.PathLike, data: bytes) -> None:
                 fh.flush()
                 os.fsync(fh.fileno())
     finally:
-        _unlink_quietly(tmp_name)
+        _quietly(os.unlink, tmp_name)
     fsync_dir(path.parent)
 
 
@@ -317,7 +318,7 @@ def claim_run_dir(
         except BaseException as exc:  # disk full, a signal: leave no empty directory behind
             lock.release()
             if created:
-                _rmdir_quietly(candidate)
+                _quietly(os.rmdir, candidate)
             if isinstance(exc, OSError):
                 raise OutputDirError(f"cannot write {str(candidate / CONFIG_NAME)!r}: {exc.strerror or exc}") from None
             raise
@@ -334,10 +335,3 @@ def _mkdir_new(path: Path) -> Optional[bool]:
         if path.is_dir() and not any(path.iterdir()):
             return False
         return None
-
-
-def _rmdir_quietly(path: Path) -> None:
-    try:
-        os.rmdir(path)
-    except OSError:
-        pass
