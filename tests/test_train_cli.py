@@ -123,6 +123,7 @@ def test_cifar10_preset_follows_the_authors_config():
     [
         (["--preset", "imagenet"], "unknown preset 'imagenet'"),
         (["--method", "simclr"], "method must be one of"),
+        (["--compile", "tensorrt"], "compile must be one of"),
         (["--epochs", "0"], "epochs must be >= 1"),
         (["--temperature", "0"], "temperature must be > 0"),
         (["--dataset", "mnist"], "needs --data-dir"),
@@ -271,3 +272,18 @@ def test_dataset_without_a_preset_takes_the_preset_made_for_it():
 def test_an_empty_or_non_string_preset_is_an_error_not_the_digits_preset(value):
     with pytest.raises(ConfigError, match="unknown preset"):
         resolve_config(file_values={"preset": value})
+
+
+def test_compiled_m_step_trains_like_the_eager_one_and_may_change_on_resume(tmp_path, capsys):
+    # aot_eager needs no C++ compiler: the same traced graphs as inductor, run by eager kernels.
+    compiled, eager = tmp_path / "compiled", tmp_path / "eager"
+    assert main(TINY + ["--output-dir", str(compiled), "--quiet", "--compile", "aot_eager", "--stop-after", "1"]) == 0
+    assert json.loads((compiled / "config.json").read_text())["compile"] == "aot_eager"
+    assert main(TINY + ["--output-dir", str(eager), "--quiet"]) == 0
+    # The compile backend is a run-only setting: the run resumes eagerly.
+    assert main(["--resume", str(compiled), "--compile", "none", "--quiet", "--no-plots"]) == 0
+    first, second = _records(compiled), _records(eager)
+    assert [r["event"] for r in first] == [r["event"] for r in second]
+    for a, b in zip(first, second):
+        if a["event"] == "epoch":
+            assert math.isclose(a["loss"], b["loss"], rel_tol=1e-4), (a["loss"], b["loss"])

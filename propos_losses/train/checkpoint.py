@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from propos_losses.train.config import TrainConfig, config_to_dict
+from propos_losses.train.config import RUN_ONLY_KEYS, TrainConfig, config_to_dict
 from propos_losses.train.data import ImageDataset
 
 __all__ = [
@@ -41,8 +41,6 @@ CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_FORMAT = 2
 #: Older formats that still load (without the integrity check and fingerprints).
 _LEGACY_FORMATS = (1,)
-#: Settings that may differ between a run and its resumption (not part of the config fingerprint).
-_RUN_ONLY_KEYS = ("device", "output_dir")
 
 
 class CheckpointError(ValueError):
@@ -57,7 +55,7 @@ def config_fingerprint(config: TrainConfig) -> str:
         >>> config_fingerprint(TrainConfig()) == config_fingerprint(TrainConfig(device="cpu", output_dir="x"))
         True
     """
-    values = {k: v for k, v in config_to_dict(config).items() if k not in _RUN_ONLY_KEYS}
+    values = {k: v for k, v in config_to_dict(config).items() if k not in RUN_ONLY_KEYS}
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode("utf-8")).hexdigest()
 
 

@@ -49,6 +49,7 @@ from propos_losses.distributed import (
 )
 from propos_losses.train.config import (
     PRESET_NAMES,
+    RUN_ONLY_KEYS,
     ConfigError,
     TrainConfig,
     config_from_dict,
@@ -63,8 +64,6 @@ __all__ = ["main", "build_parser", "EXIT_USER_ERROR"]
 
 #: Exit status for user errors (argparse uses the same).
 EXIT_USER_ERROR = 2
-#: Settings that may differ between a run and its resumption.
-_RESUMABLE_CHANGES = ("device", "output_dir")
 #: Files plot_run draws.
 _PLOT_NAMES = ("metrics.png", "cluster_sizes.png")
 _HELP = {
@@ -74,6 +73,7 @@ _HELP = {
     "method": "propos | byol (BYOL = lambda_psl 0 and sigma 0 on the same code path)",
     "batch_size": "global batch size (split over torchrun processes); lr = base_lr * batch_size / 256",
     "device": "auto | cpu | cuda (auto: CUDA when available)",
+    "compile": "none | inductor | aot_eager: torch.compile the M-step with this backend (may change on --resume)",
     "backbone": "tiny_cnn | small_cnn | flat_cnn | resnet18 | resnet34",
     "psl_warmup_epochs": "epochs with PSL and PSA noise off (default: warmup_epochs)",
     "psl_start": "warmup | auto (auto: PSL from the first E-step whose labels agree with the previous ones, NMI >= psl_agreement)",
@@ -280,17 +280,21 @@ def _run(args: argparse.Namespace, progress: _Progress) -> int:
                     raise CheckpointError(f"{resume_state['path']!r} is damaged: {exc}") from None
                 run_dir = Path(resume_state["path"]).parent
             for key, value in overrides.items():
-                if key not in _RESUMABLE_CHANGES and value != getattr(saved, key):
+                if key not in RUN_ONLY_KEYS and value != getattr(saved, key):
                     raise ConfigError(
                         f"cannot change {key} when resuming (checkpoint has {getattr(saved, key)!r}, got {value!r}); "
-                        f"only {list(_RESUMABLE_CHANGES)} may change"
+                        f"only {list(RUN_ONLY_KEYS)} may change"
                     )
             progress.run_dir = run_dir
             if "output_dir" in overrides and Path(overrides["output_dir"]).resolve() != run_dir.resolve():
                 raise ConfigError(f"a resumed run continues in its own directory {str(run_dir)!r}; drop --output-dir")
             try:
                 config = validate_config(
-                    dataclasses.replace(saved, device=overrides.get("device", saved.device), output_dir=str(run_dir))
+                    dataclasses.replace(
+                        saved,
+                        **{key: overrides[key] for key in RUN_ONLY_KEYS if key in overrides},
+                        output_dir=str(run_dir),
+                    )
                 )
             except ConfigError as exc:
                 if resume_state is None:

@@ -40,6 +40,8 @@ __all__ = [
     "PSL_STARTS",
     "ESTEP_INITS",
     "AUGMENTATIONS",
+    "COMPILE_BACKENDS",
+    "RUN_ONLY_KEYS",
     "resolve_config",
     "load_config_file",
     "validate_config",
@@ -57,6 +59,8 @@ ESTEP_INITS: Tuple[str, ...] = ("cold", "warm")
 PSL_STARTS: Tuple[str, ...] = ("warmup", "auto")
 #: What the momentum update does with the target's BatchNorm statistics (MomentumUpdater's ``buffers``).
 TARGET_BUFFERS: Tuple[str, ...] = ("none", "copy", "ema")
+#: ``torch.compile`` backend of the M-step module (``none``: eager).
+COMPILE_BACKENDS: Tuple[str, ...] = ("none", "inductor", "aot_eager")
 # Declared once, where they are implemented.
 AUGMENTATIONS: Tuple[str, ...] = AUGMENTATION_KINDS
 DATASETS: Tuple[str, ...] = DATASET_NAMES
@@ -92,7 +96,7 @@ class TrainConfig:
     epochs: int = D.EPOCHS
     batch_size: int = D.BATCH_SIZE
     seed: int = 0
-    device: str = "auto"
+    device: str = field(default="auto", metadata={"run_only": True})
     backbone: str = "resnet18"
     hidden_dim: int = D.HIDDEN_DIM
     out_dim: int = D.PROJECTION_DIM
@@ -140,6 +144,9 @@ class TrainConfig:
     #: Evaluate (k-means on backbone and projector features) every this many epochs
     #: as well as at every E-step and at the end; ``0`` = only at E-steps and the end.
     eval_every: int = 0
+    #: ``torch.compile`` the M-step module (online encoder, predictor, PSA, PSL) with this backend;
+    #: ``none`` runs it eagerly. On a CPU it does not pay (see docs/trainer.rst).
+    compile: str = field(default="none", metadata={"run_only": True})
     #: Where the run writes; ``None`` = ``./runs/<timestamp>``.
     output_dir: Optional[str] = field(default=None, metadata={"run_only": True})
 
@@ -155,6 +162,9 @@ class TrainConfig:
             return self.epochs
         return self.warmup_epochs if self.psl_warmup_epochs is None else self.psl_warmup_epochs
 
+
+#: Settings that may differ between a run and its resumption (not part of the config fingerprint).
+RUN_ONLY_KEYS: Tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get("run_only"))
 
 _QUICK_GRAY: Dict[str, Any] = {
     "backbone": "small_cnn",
@@ -343,6 +353,7 @@ def validate_config(config: TrainConfig) -> TrainConfig:
     choice("target_buffers", TARGET_BUFFERS)
     choice("psl_start", PSL_STARTS)
     choice("estep_init", ESTEP_INITS)
+    choice("compile", COMPILE_BACKENDS)
     if not 0.0 < config.psl_agreement <= 1.0:
         raise ConfigError(f"psl_agreement must be in (0, 1], got {config.psl_agreement!r}")
     if config.augmentation is not None:

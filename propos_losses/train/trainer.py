@@ -56,7 +56,7 @@ import os
 import random
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, cast
 
 import numpy as np
 import torch
@@ -276,6 +276,9 @@ class Trainer:
             self.model = DistributedDataParallel(
                 self.step_module, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
+        if config.compile != "none":
+            # Values are checked on each epoch's first step (graph breaks there), the fast path after.
+            self.model = cast(nn.Module, torch.compile(self.model, backend=config.compile))
 
     def _init_schedule(self, progress_bar: Optional[bool]) -> None:
         """Steps, progress display, optimiser (SGD or LARS, predictor lr multiplier) and momentum schedule."""
