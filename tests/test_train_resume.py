@@ -112,6 +112,15 @@ def test_resume_refuses_changed_settings_and_leaves_the_run_untouched(tmp_path, 
     assert not (tmp_path / "elsewhere").exists()
 
 
+def test_resume_accepts_its_own_output_dir_and_a_new_device(tmp_path):
+    # Run-only settings may be repeated or changed on --resume; the run continues where it stopped.
+    run_dir = tmp_path / "run"
+    assert main(TINY + ["--output-dir", str(run_dir), "--stop-after", "1", "--quiet"]) == 0
+    argv = ["--resume", str(run_dir), "--output-dir", str(run_dir), "--device", "cpu", "--quiet", "--no-plots"]
+    assert main(argv) == 0
+    assert load_checkpoint(run_dir)["epoch"] == 2
+
+
 def test_resuming_a_finished_run_changes_nothing(tmp_path, capsys):
     run_dir = tmp_path / "run"
     assert main(TINY + ["--output-dir", str(run_dir), "--epochs", "1"]) == 0

@@ -292,7 +292,7 @@ def _run(args: argparse.Namespace, progress: _Progress) -> int:
                 config = validate_config(
                     dataclasses.replace(
                         saved,
-                        **{key: overrides[key] for key in RUN_ONLY_KEYS if key in overrides},
+                        **{key: overrides[key] for key in RUN_ONLY_KEYS if key in overrides and key != "output_dir"},
                         output_dir=str(run_dir),
                     )
                 )
