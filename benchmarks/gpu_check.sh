@@ -8,7 +8,9 @@
 # 2. bench_losses.py: the PSL table, syncs / graph breaks / eager vs compiled, and whole
 #    ResNet-18 training steps (B = 256), BYOL against ProPos, eager and compiled (issue target:
 #    ProPos adds under 5 % to the step);
-# 3. bench_kmeans.py --synthetic-large: 1,281,167 x 256 (K = 1,000) and 60,000 x 512 (K = 10).
+# 3. bench_kmeans.py --synthetic-large: 1,281,167 x 256 (K = 1,000) and 60,000 x 512 (K = 10);
+# 4. propos-train on CUDA (digits, 5 epochs), eager and with --compile inductor: does the
+#    compiled M-step run on a GPU, and what does it save per epoch (metrics.jsonl time_s)?
 # It needs torch with CUDA, numpy, scipy, scikit-learn, pytest and hypothesis (the device
 # image has them); the package is used from the checkout (PYTHONPATH), nothing is installed.
 # Each step has its own time limit, so one slow step cannot take the others' time.
@@ -39,4 +41,18 @@ step bench_losses 240 python3 benchmarks/bench_losses.py --device cuda --hot-pat
     --output "$OUT/bench_losses_cuda.json"
 step bench_kmeans 180 python3 benchmarks/bench_kmeans.py --device cuda --synthetic-large \
     --output "$OUT/bench_kmeans_cuda.json"
+for mode in none inductor; do
+    rm -rf "$OUT/train_$mode"
+    step "train_$mode" 150 python3 -m propos_losses.train --device cuda --epochs 5 --compile "$mode" \
+        --no-plots --quiet --output-dir "$OUT/train_$mode"
+done
+python3 - "$OUT" <<'PY' || status=1
+import json, pathlib, sys
+out = pathlib.Path(sys.argv[1])
+for mode in ("none", "inductor"):
+    log = out / f"train_{mode}" / "metrics.jsonl"
+    if log.exists():
+        times = [r["time_s"] for r in map(json.loads, log.read_text().splitlines()) if r["event"] == "epoch"]
+        print(f"train --compile {mode}: epoch seconds {[round(t, 2) for t in times]}")
+PY
 exit "$status"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import shutil
 from pathlib import Path
 from typing import Dict, List
 
@@ -287,3 +288,15 @@ def test_compiled_m_step_trains_like_the_eager_one_and_may_change_on_resume(tmp_
     for a, b in zip(first, second):
         if a["event"] == "epoch":
             assert math.isclose(a["loss"], b["loss"], rel_tol=1e-4), (a["loss"], b["loss"])
+
+
+@pytest.mark.skipif(
+    not any(shutil.which(c) for c in ("c++", "g++", "clang++")), reason="inductor needs a C++ compiler on the CPU"
+)
+def test_inductor_compiled_m_step_trains_through_the_psl_warm_up(tmp_path):
+    # The first epoch has PSL off; inductor once returned that loss without its gradient graph.
+    run_dir = tmp_path / "run"
+    assert main(TINY + ["--output-dir", str(run_dir), "--quiet", "--compile", "inductor"]) == 0
+    epochs = [r for r in _records(run_dir) if r["event"] == "epoch"]
+    assert [r["lambda_psl"] > 0 for r in epochs] == [False, True]
+    assert all(math.isfinite(r["loss"]) for r in epochs)

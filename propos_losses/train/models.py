@@ -498,7 +498,10 @@ class OnlineStep(nn.Module):
         if lambda_psl > 0.0:
             # Each view's online prototypes against the other's target ones; a queue gets each sample once.
             psl_loss = 0.5 * self.psl.symmetric(online1, online2, target1, target2, pseudo_labels, indices)
+            loss = psa_loss + lambda_psl * psl_loss
         else:
+            # The loss is PSA alone (not psa + 0 * zeros: under torch.compile with inductor, PyTorch
+            # 2.13 returned that sum without its gradient graph).
             psl_loss = psa_loss.new_zeros(())
-        loss = psa_loss + lambda_psl * psl_loss
+            loss = psa_loss
         return loss, psa_loss.detach(), psl_loss.detach()

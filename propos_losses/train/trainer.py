@@ -276,8 +276,10 @@ class Trainer:
             self.model = DistributedDataParallel(
                 self.step_module, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
+        # The module of the checked steps: their value checks read values back (graph breaks under
+        # torch.compile), so they run eagerly; the fast-path steps run self.model, compiled when asked.
+        self.checked_model = self.model
         if config.compile != "none":
-            # Values are checked on each epoch's first step (graph breaks there), the fast path after.
             self.model = cast(nn.Module, torch.compile(self.model, backend=config.compile))
 
     def _init_schedule(self, progress_bar: Optional[bool]) -> None:
@@ -703,7 +705,8 @@ class Trainer:
     def _step(self, index: int, batch: Tensor, generator: torch.Generator, lambda_psl: float, totals: Tensor) -> float:
         """One M-step on ``batch`` (this rank's indices); adds the loss terms to ``totals``; returns the lr."""
         # Value checks (host syncs) on the first step of every epoch, the sync-free fast path after.
-        self.step_module.psl.validate_args = self.step_module.psa.validate_args = index == 0
+        checked = index == 0
+        self.step_module.psl.validate_args = self.step_module.psa.validate_args = checked
         lr = self._set_learning_rate()
         with torch.no_grad():
             images = self.images.index_select(0, batch).float() / 255.0
@@ -711,7 +714,7 @@ class Trainer:
             view2 = self._prepare(self.augment(images, generator=generator))
             _, target_both = self.target(torch.cat((view1, view2)))
             target1, target2 = target_both.chunk(2)
-        loss, psa_loss, psl_loss = self.model(
+        loss, psa_loss, psl_loss = (self.checked_model if checked else self.model)(
             view1, view2, target1, target2, self.pseudo_labels.index_select(0, batch), batch, lambda_psl
         )
         self.optimizer.zero_grad(set_to_none=True)
