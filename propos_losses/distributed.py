@@ -30,6 +30,7 @@ __all__ = [
     "all_reduce_sum_",
     "all_reduce_max_",
     "all_gather_cat",
+    "all_gather_cat_equal",
     "all_gather_cat_autograd",
     "broadcast_",
     "check_on_every_rank",
@@ -175,6 +176,34 @@ def all_gather_cat(tensor: Tensor, group: Optional[ProcessGroup] = None) -> Tens
     tensor = tensor.detach()
     sizes = _gather_sizes(tensor.shape[0], tensor.device, group)
     return torch.cat(_all_gather_padded(tensor, sizes, group), dim=0)
+
+
+def all_gather_cat_equal(tensor: Tensor, group: Optional[ProcessGroup] = None) -> Tensor:
+    """:func:`all_gather_cat` for ranks that all hold the same number of rows: no size exchange, no host sync.
+
+    One ``all_gather`` of equal shapes, so nothing is read back to the host and
+    ``torch.compile`` traces it without a graph break. Every rank must pass the
+    same shape; with different row counts the backend fails (gloo raises, NCCL
+    may hang), so use :func:`all_gather_cat` when batches can be uneven.
+    Without a process group, returns ``tensor`` unchanged.
+
+    Args:
+        tensor: ``(n, ...)``, the same shape on every rank.
+
+    Returns:
+        ``(world_size * n, ...)`` in rank order, without gradient, identical on every rank.
+
+    Example:
+        >>> import torch
+        >>> all_gather_cat_equal(torch.arange(3)).tolist()  # no process group
+        [0, 1, 2]
+    """
+    if not is_distributed(group):
+        return tensor
+    tensor = tensor.detach().contiguous()
+    chunks = [torch.empty_like(tensor) for _ in range(get_world_size(group))]
+    dist.all_gather(chunks, tensor, group=group)
+    return torch.cat(chunks, dim=0)
 
 
 class _AllGatherCat(torch.autograd.Function):

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from propos_losses._validation import check_finite, check_int, check_tensor
-from propos_losses.distributed import all_gather_cat, check_on_every_rank
+from propos_losses.distributed import all_gather_cat, all_gather_cat_equal, check_on_every_rank
 from propos_losses.prototypes import _cluster_sums as cluster_sums_unchecked
 
 __all__ = ["PrototypeQueue"]
@@ -73,7 +73,10 @@ class PrototypeQueue(nn.Module):
         validate_args: check values too (finite features, non-negative labels
             and indices) and, under ``torch.distributed``, make every rank
             raise when one rank got bad input; ``False``: structural checks
-            only, so a push makes no host sync (a settable attribute).
+            only, so a push makes no host sync (a settable attribute). Under
+            ``torch.distributed`` the fast path also skips exchanging the
+            ranks' row counts: every rank must then push the same number of
+            rows (as with equal local batches), else the gather fails.
 
     Raises:
         TypeError: ``size`` or ``feature_dim`` not an int, ``dtype`` not a
@@ -237,7 +240,9 @@ class PrototypeQueue(nn.Module):
         Args:
             features: ``(b, feature_dim)`` floating, finite; stored as a
                 detached copy cast to the queue dtype and device. ``b`` may
-                differ between ranks and may be 0.
+                differ between ranks and may be 0 (with ``validate_args=False``
+                under ``torch.distributed``: the same ``b`` on every rank, see
+                :func:`propos_losses.distributed.all_gather_cat_equal`).
             labels: ``(b,)`` integer cluster labels ``>= 0`` (stored as int64).
             indices: ``(b,)`` integer dataset indices ``>= 0`` of the samples,
                 needed by :meth:`relabel`; ``None`` stores ``-1`` (unknown).
@@ -268,10 +273,13 @@ class PrototypeQueue(nn.Module):
         features = features.detach().to(dtype=self.features.dtype)
         if indices is None:
             indices = torch.full_like(labels, _UNKNOWN, dtype=torch.int64)
-        # Labels and indices travel together: one gather instead of two.
+        # Labels and indices travel together: one gather instead of two. The checked path exchanges the
+        # ranks' row counts (uneven batches allowed; one host sync); the fast path requires equal counts
+        # and gathers without reading anything back.
         meta = torch.stack((labels.to(torch.int64), indices.to(device=labels.device, dtype=torch.int64)), dim=1)
-        features = all_gather_cat(features)
-        meta = all_gather_cat(meta.to(features.device))
+        gather = all_gather_cat if self.validate_args else all_gather_cat_equal
+        features = gather(features)
+        meta = gather(meta.to(features.device))
         self._enqueue(features, meta[:, 0], meta[:, 1])
 
     @torch.no_grad()

@@ -248,6 +248,34 @@ def _queue_training(rank: int) -> Dict[str, Tensor]:
     }
 
 
+def _queue_training_fast(rank: int) -> Dict[str, Any]:
+    """The sync-free path (validate_args=False): equal local batches of 5 (the first 10 samples)."""
+    part = slice(5 * rank, 5 * rank + 5)
+    model = nn.parallel.DistributedDataParallel(make_layer(torch.float64))
+    module = PSL(NUM_CLUSTERS, queue_size=QUEUE_SIZE, feature_dim=DIM, validate_args=False)
+    optimizer = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE)
+    losses = []
+    for step in range(QUEUE_STEPS):
+        inputs, targets, labels, indices = global_batch(step, torch.float64)
+        optimizer.zero_grad()
+        loss = module(model(inputs[part]), targets[part], labels[part], indices[part])
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.detach())
+    # A push on the fast path reads nothing back to the host (no size exchange either).
+    queue = queue_of(module)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        queue.push(torch.randn(5, DIM), torch.zeros(5, dtype=torch.int64), torch.arange(5) + 5 * rank)
+    syncs = sum(e.count for e in prof.key_averages() if e.key == "aten::_local_scalar_dense")
+    features, labels, indices = queue.contents()
+    return {
+        "losses": torch.stack(losses),
+        "queue_labels": labels,
+        "queue_indices": indices,
+        "push_syncs": syncs,
+    }
+
+
 def _bad_input_on_one_rank(rank: int) -> Dict[str, Any]:
     part = rank_slices()[rank]
     inputs, targets, labels, _ = global_batch(0, torch.float64)
@@ -317,6 +345,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
             "empty_rank": _empty_rank_psl(rank),
             "zero_global_weight": _zero_global_weight(rank),
             "queue": _queue_training(rank),
+            "queue_fast": _queue_training_fast(rank),
             "bad_input": _bad_input_on_one_rank(rank),
             "mismatch": _mismatch_between_ranks(rank),
         }
@@ -504,6 +533,29 @@ def test_single_process_still_rejects_an_empty_batch_and_all_zero_weights() -> N
         PSL(NUM_CLUSTERS)(inputs[:0, :DIM], targets[:0], labels[:0])
     with pytest.raises(ValueError, match="all zero"):
         prototype_scattering_loss(inputs[:, :DIM], targets, torch.zeros(11, NUM_CLUSTERS), NUM_CLUSTERS)
+
+
+def test_fast_path_queue_training_with_equal_batches_equals_single_process_without_a_sync(
+    rank_results: List[Dict[str, Any]],
+) -> None:
+    layer = make_layer(torch.float64)
+    module = PSL(NUM_CLUSTERS, queue_size=QUEUE_SIZE, feature_dim=DIM)
+    optimizer = torch.optim.SGD(layer.parameters(), lr=LEARNING_RATE)
+    losses = []
+    for step in range(QUEUE_STEPS):
+        inputs, targets, labels, indices = global_batch(step, torch.float64)
+        optimizer.zero_grad()
+        loss = module(layer(inputs[:10]), targets[:10], labels[:10], indices[:10])
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.detach())
+    queue_of(module).push(torch.randn(10, DIM), torch.zeros(10, dtype=torch.int64), torch.arange(10))
+    _, labels, indices = queue_of(module).contents()
+    for result in rank_results:
+        got = result["queue_fast"]
+        torch.testing.assert_close(got["losses"], torch.stack(losses), rtol=1e-12, atol=1e-12)
+        assert torch.equal(got["queue_labels"], labels) and torch.equal(got["queue_indices"], indices)
+        assert got["push_syncs"] == 0
 
 
 def test_queue_training_equals_single_process_fed_the_concatenated_batches(
