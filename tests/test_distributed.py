@@ -262,9 +262,12 @@ def _queue_training_fast(rank: int) -> Dict[str, Any]:
         loss.backward()
         optimizer.step()
         losses.append(loss.detach())
-    # A push on the fast path reads nothing back to the host (no size exchange either).
+    # A push on the fast path reads nothing back to the host (no size exchange either), and neither
+    # does a whole PSL forward + backward with its all-reduces (the loss is not kept: no extra step).
     queue = queue_of(module)
+    inputs, targets, labels, indices = global_batch(QUEUE_STEPS, torch.float64)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        module(model(inputs[part]), targets[part], labels[part], indices[part], enqueue=False).backward()
         queue.push(torch.randn(5, DIM), torch.zeros(5, dtype=torch.int64), torch.arange(5) + 5 * rank)
     syncs = sum(e.count for e in prof.key_averages() if e.key == "aten::_local_scalar_dense")
     features, labels, indices = queue.contents()
