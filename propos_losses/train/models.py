@@ -339,7 +339,7 @@ def fuse_batchnorm_for_inference(module: nn.Module) -> nn.Module:
     layer whose weights and bias include the BatchNorm's running statistics
     and affine parameters (the BatchNorm is replaced by ``nn.Identity``).
     Outputs equal the eval-mode module's up to floating-point rounding, and a
-    feature pass skips one memory-bound op per pair (on a CPU about 20% of the
+    feature pass skips one memory-bound op per pair (on one CPU thread a third of the
     ``flat_cnn`` encoder's inference time). Pairs written as separate
     attributes (the two convolutions of a ResNet block) are left as they are. ``module`` itself is
     not changed; the copy is for inference only (its fused layers have no
