@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import os
 import shlex
@@ -312,6 +313,7 @@ def _run(args: argparse.Namespace, progress: _Progress) -> int:
             raise ConfigError(f"--stop-after must be >= 1, got {options['stop_after']}")
         progress.epochs = config.epochs
         distributed = _init_distributed(config.device)
+        trainer: Any = None
         try:
             resuming = resume_state is not None or restart
             if resuming:
@@ -375,9 +377,14 @@ def _run(args: argparse.Namespace, progress: _Progress) -> int:
                 log(f"outputs in {run_dir}")
                 for line in _final_lines(result["final"]):
                     print(line, flush=True)
+            barrier()  # every process leaves together, after rank 0's outputs
             return 0
         finally:
             if distributed:
+                # Free the DDP module (and the process group it holds) before the group is destroyed, not
+                # at interpreter exit, where gloo's worker threads can abort the process (SIGABRT).
+                progress.trainer = trainer = None
+                gc.collect()
                 destroy_process_group()
     except (ConfigError, DatasetError, CheckpointError, OutputDirError, _UserError) as exc:
         message = " ".join(str(exc).split())  # one line, whatever the exception's text holds
