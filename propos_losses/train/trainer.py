@@ -280,6 +280,12 @@ class Trainer:
         # torch.compile), so they run eagerly; the fast-path steps run self.model, compiled when asked.
         self.checked_model = self.model
         if config.compile != "none":
+            release = tuple(int(part) for part in torch.__version__.split("+")[0].split(".")[:2])
+            if is_distributed() and release < (2, 13):
+                # torch 2.4's DDP graph splitter rejects the higher-order op of PSL's differentiable
+                # all-reduce ("DDPOptimizer backend: Found a higher order op"); 2.13 accepts it. Without
+                # the splitter the compiled graph is one DDP bucket (the documented workaround).
+                torch._dynamo.config.optimize_ddp = False
             self.model = cast(nn.Module, torch.compile(self.model, backend=config.compile))
 
     def _init_schedule(self, progress_bar: Optional[bool]) -> None:
