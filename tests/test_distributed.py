@@ -225,22 +225,27 @@ def _zero_global_weight(rank: int) -> Dict[str, Any]:
     return {"messages": messages, "after": check}
 
 
-def _queue_training(rank: int) -> Dict[str, Tensor]:
-    part = rank_slices()[rank]
-    model = nn.parallel.DistributedDataParallel(make_layer(torch.float64))
-    module = PSL(NUM_CLUSTERS, queue_size=QUEUE_SIZE, feature_dim=DIM)
+def queue_steps(model: nn.Module, rows: slice, validate_args: bool = True) -> Tuple[PSL, Tensor]:
+    """``QUEUE_STEPS`` SGD steps of PSL with a queue on ``rows`` of each global batch; the module and its losses."""
+    module = PSL(NUM_CLUSTERS, queue_size=QUEUE_SIZE, feature_dim=DIM, validate_args=validate_args)
     optimizer = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE)
     losses = []
     for step in range(QUEUE_STEPS):
         inputs, targets, labels, indices = global_batch(step, torch.float64)
         optimizer.zero_grad()
-        loss = module(model(inputs[part]), targets[part], labels[part], indices[part])
+        loss = module(model(inputs[rows]), targets[rows], labels[rows], indices[rows])
         loss.backward()
         optimizer.step()
         losses.append(loss.detach())
+    return module, torch.stack(losses)
+
+
+def _queue_training(rank: int) -> Dict[str, Tensor]:
+    model = nn.parallel.DistributedDataParallel(make_layer(torch.float64))
+    module, losses = queue_steps(model, rank_slices()[rank])
     features, labels, indices = queue_of(module).contents()
     return {
-        "losses": torch.stack(losses),
+        "losses": losses,
         "weight": model.module.weight.detach().clone(),
         "queue_features": features,
         "queue_labels": labels,
@@ -252,16 +257,7 @@ def _queue_training_fast(rank: int) -> Dict[str, Any]:
     """The sync-free path (validate_args=False): equal local batches of 5 (the first 10 samples)."""
     part = slice(5 * rank, 5 * rank + 5)
     model = nn.parallel.DistributedDataParallel(make_layer(torch.float64))
-    module = PSL(NUM_CLUSTERS, queue_size=QUEUE_SIZE, feature_dim=DIM, validate_args=False)
-    optimizer = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE)
-    losses = []
-    for step in range(QUEUE_STEPS):
-        inputs, targets, labels, indices = global_batch(step, torch.float64)
-        optimizer.zero_grad()
-        loss = module(model(inputs[part]), targets[part], labels[part], indices[part])
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.detach())
+    module, losses = queue_steps(model, part, validate_args=False)
     # A push on the fast path reads nothing back to the host (no size exchange either), and neither
     # does a whole PSL forward + backward with its all-reduces (the loss is not kept: no extra step).
     queue = queue_of(module)
@@ -272,7 +268,7 @@ def _queue_training_fast(rank: int) -> Dict[str, Any]:
     syncs = sum(e.count for e in prof.key_averages() if e.key == "aten::_local_scalar_dense")
     features, labels, indices = queue.contents()
     return {
-        "losses": torch.stack(losses),
+        "losses": losses,
         "queue_labels": labels,
         "queue_indices": indices,
         "push_syncs": syncs,
@@ -541,22 +537,12 @@ def test_single_process_still_rejects_an_empty_batch_and_all_zero_weights() -> N
 def test_fast_path_queue_training_with_equal_batches_equals_single_process_without_a_sync(
     rank_results: List[Dict[str, Any]],
 ) -> None:
-    layer = make_layer(torch.float64)
-    module = PSL(NUM_CLUSTERS, queue_size=QUEUE_SIZE, feature_dim=DIM)
-    optimizer = torch.optim.SGD(layer.parameters(), lr=LEARNING_RATE)
-    losses = []
-    for step in range(QUEUE_STEPS):
-        inputs, targets, labels, indices = global_batch(step, torch.float64)
-        optimizer.zero_grad()
-        loss = module(layer(inputs[:10]), targets[:10], labels[:10], indices[:10])
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.detach())
+    module, losses = queue_steps(make_layer(torch.float64), slice(0, 10))
     queue_of(module).push(torch.randn(10, DIM), torch.zeros(10, dtype=torch.int64), torch.arange(10))
     _, labels, indices = queue_of(module).contents()
     for result in rank_results:
         got = result["queue_fast"]
-        torch.testing.assert_close(got["losses"], torch.stack(losses), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(got["losses"], losses, rtol=1e-12, atol=1e-12)
         assert torch.equal(got["queue_labels"], labels) and torch.equal(got["queue_indices"], indices)
         assert got["push_syncs"] == 0
 
@@ -565,21 +551,12 @@ def test_queue_training_equals_single_process_fed_the_concatenated_batches(
     rank_results: List[Dict[str, Any]],
 ) -> None:
     layer = make_layer(torch.float64)
-    module = PSL(NUM_CLUSTERS, queue_size=QUEUE_SIZE, feature_dim=DIM)
-    optimizer = torch.optim.SGD(layer.parameters(), lr=LEARNING_RATE)
-    losses = []
-    for step in range(QUEUE_STEPS):
-        inputs, targets, labels, indices = global_batch(step, torch.float64)
-        optimizer.zero_grad()
-        loss = module(layer(inputs), targets, labels, indices)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.detach())
+    module, losses = queue_steps(layer, slice(None))
     assert queue_of(module).is_full  # 3 x 11 pushes wrapped around a queue of 16
     features, labels, indices = queue_of(module).contents()
     for result in rank_results:
         got = result["queue"]
-        torch.testing.assert_close(got["losses"], torch.stack(losses), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(got["losses"], losses, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(got["weight"], layer.weight.detach(), rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(got["queue_features"], features, rtol=1e-6, atol=1e-7)  # float32 queue
         assert torch.equal(got["queue_labels"], labels)
