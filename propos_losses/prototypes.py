@@ -24,7 +24,7 @@ from torch import Tensor
 
 from propos_losses._validation import check_finite, check_int, check_labels, check_tensor, numpy_labels_as_tensor
 
-__all__ = ["cluster_sums", "normalize_features", "normalize_constant", "normalize_prototypes", "compute_prototypes"]
+__all__ = ["cluster_sums", "normalize_features", "normalize_prototypes", "compute_prototypes"]
 
 
 def normalize_features(features: Tensor) -> Tensor:
@@ -66,37 +66,6 @@ def normalize_features(features: Tensor) -> Tensor:
     # a zero row's norm 0 becomes 1, so the reciprocal never sees 0 and no NaN reaches the backward pass.
     inverse_norm: Tensor = torch.linalg.vector_norm(scaled, dim=1, keepdim=True).clamp_min(1.0).reciprocal()
     return scaled * inverse_norm
-
-
-def normalize_constant(features: Tensor) -> Tensor:
-    """:func:`normalize_features` of a tensor that needs no gradient, in one temporary buffer.
-
-    The same operations in the same order (so bit-identical results), without
-    autograd and with the intermediate results written into one work buffer
-    instead of three fresh ones: for the detached target side, whose
-    ``(B, d)`` temporaries cost more than their arithmetic on a CPU. The
-    input itself is never written to.
-
-    Args:
-        features: ``(N, d)`` floating-point tensor (its gradient, if any, is ignored).
-
-    Returns:
-        ``(N, d)`` tensor without gradient, equal to ``normalize_features(features.detach())``.
-
-    Example:
-        >>> import torch
-        >>> x = torch.tensor([[3.0, 4.0], [0.0, 0.0]])
-        >>> torch.equal(normalize_constant(x), normalize_features(x))
-        True
-    """
-    with torch.no_grad():
-        if features.shape[1] == 0:
-            return features * 0
-        work = features.abs()
-        scale = work.amax(dim=1, keepdim=True)
-        scaled = torch.div(features, torch.where(scale > 0, scale, torch.inf), out=work)
-        inverse_norm = torch.linalg.vector_norm(scaled, dim=1, keepdim=True).clamp_min_(1.0).reciprocal_()
-        return scaled.mul_(inverse_norm)
 
 
 def _weight_scale(weights: Tensor) -> Tensor:

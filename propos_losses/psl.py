@@ -80,7 +80,6 @@ from propos_losses.prototypes import (
     _rescale_weights,
     _sums_only,
     _weight_scale,
-    normalize_constant,
     normalize_features,
 )
 from propos_losses.queue import PrototypeQueue
@@ -332,7 +331,7 @@ def _psl(
     dtype = _compute_dtype(online.dtype)
     with _no_autocast(online.device):
         z_online = normalize_features(online.to(dtype))
-        z_target = normalize_constant(target.detach().to(dtype))  # no gradient: one work buffer
+        z_target = normalize_features(target.detach().to(dtype))
         # Pseudo-labels are constants: like the target side, they receive no gradient.
         assignments = assignments.detach()
         if assignments.dim() == 2:
@@ -396,7 +395,7 @@ def _tensor_queue_sums(queue_features: Tensor, queue_labels: Tensor, num_cluster
     """Queue sums of user-given features (normalised here) and labels."""
 
     def sums(dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
-        return _cluster_sums(normalize_constant(queue_features.detach().to(dtype)), queue_labels, num_clusters)
+        return _cluster_sums(normalize_features(queue_features.detach().to(dtype)), queue_labels, num_clusters)
 
     return sums
 
