@@ -51,10 +51,13 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import Callable, ContextManager, Literal, NamedTuple, Optional, Tuple, Union, overload
+from typing import Callable, ContextManager, Literal, NamedTuple, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
+
+# typing_extensions' overload registers the overloads for get_overloads() on Python 3.10 as well.
+from typing_extensions import deprecated, overload
 
 from propos_losses import defaults
 from propos_losses._validation import (
@@ -502,6 +505,12 @@ def _functional_scores(
     return scores
 
 
+_RETURN_TERMS_DEPRECATED = (
+    "prototype_scattering_loss(..., return_terms=True) is deprecated and will be removed in 0.3; "
+    "use prototype_scattering_terms(...), which returns the PSLTerms"
+)
+
+
 @overload
 def prototype_scattering_loss(
     online: Tensor,
@@ -518,16 +527,18 @@ def prototype_scattering_loss(
 
 
 @overload
+# A literal message: type checkers read only literals (PEP 702).
+@deprecated("return_terms=True is deprecated (removed in 0.3): use prototype_scattering_terms()")
 def prototype_scattering_loss(
     online: Tensor,
     target: Tensor,
     assignments: Tensor,
     num_clusters: int,
     *,
+    return_terms: Literal[True],
     temperature: float = ...,
     queue_features: Optional[Tensor] = ...,
     queue_labels: Optional[Tensor] = ...,
-    return_terms: Literal[True],
     validate_args: bool = ...,
 ) -> PSLTerms: ...
 
@@ -538,10 +549,10 @@ def prototype_scattering_loss(
     assignments: Tensor,
     num_clusters: int,
     *,
+    return_terms: bool = False,
     temperature: float = defaults.TEMPERATURE,
     queue_features: Optional[Tensor] = None,
     queue_labels: Optional[Tensor] = None,
-    return_terms: bool = False,
     validate_args: bool = True,
 ) -> Union[Tensor, PSLTerms]:
     """Prototype scattering loss ``L_psl`` (Eq. 4), functional form.
@@ -577,12 +588,7 @@ def prototype_scattering_loss(
     if return_terms is not False:
         if not isinstance(return_terms, bool):
             raise TypeError(f"return_terms must be a bool, got {return_terms!r}")
-        warnings.warn(
-            "prototype_scattering_loss(..., return_terms=True) is deprecated and will be removed in 0.3; "
-            "use prototype_scattering_terms(...), which returns the PSLTerms",
-            FutureWarning,
-            stacklevel=2,
-        )
+        warnings.warn(_RETURN_TERMS_DEPRECATED, FutureWarning, stacklevel=2)
     scores = _functional_scores(
         online, target, assignments, num_clusters, temperature, queue_features, queue_labels, validate_args
     )

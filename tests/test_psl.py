@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Callable, Dict, Optional, Tuple
 
@@ -10,6 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor
+from typing_extensions import get_overloads
 
 from propos_losses import defaults
 from propos_losses.psl import (
@@ -854,6 +856,10 @@ def test_return_terms_is_deprecated_in_favour_of_prototype_scattering_terms() ->
     assert torch.equal(prototype_scattering_loss(online, target, labels, 3), terms.loss)
     with pytest.raises(TypeError, match=r"return_terms must be a bool, got 'yes'"):
         prototype_scattering_loss(online, target, labels, 3, return_terms="yes")  # type: ignore[call-overload]
+    # Type checkers see the deprecation too: exactly the return_terms=True overload is @deprecated.
+    marked = [o for o in get_overloads(prototype_scattering_loss) if getattr(o, "__deprecated__", None)]
+    assert len(marked) == 1 and "prototype_scattering_terms" in marked[0].__deprecated__
+    assert "return_terms" in inspect.signature(marked[0]).parameters
 
 
 def test_last_terms_are_those_of_the_last_forward_and_detached() -> None:
