@@ -20,7 +20,7 @@ from propos_losses.diagnostics import (
 )
 from propos_losses.estep import EStep
 from propos_losses.features import WithIndex, extract_features
-from propos_losses.kmeans import ConvergenceWarning, KMeansResult, SphericalKMeans, spherical_kmeans
+from propos_losses.kmeans import ConvergenceWarning, KMeansParams, KMeansResult, SphericalKMeans, spherical_kmeans
 from propos_losses.metrics import (
     ContingencyTable,
     ami,
@@ -70,6 +70,7 @@ __all__ = [
     "ConvergenceWarning",
     "spherical_kmeans",
     "KMeansResult",
+    "KMeansParams",
 ]
 # The metrics and diagnostics export their own lists.
 __all__ += metrics.__all__

@@ -1158,7 +1158,16 @@ def _fit(
 
 
 class KMeansParams(TypedDict, total=False):
-    """The keyword parameters of :class:`SphericalKMeans`, all optional, for :func:`spherical_kmeans`."""
+    """The keyword parameters of :class:`SphericalKMeans`, all optional, for :func:`spherical_kmeans`.
+
+    A typed ``**params`` for code that passes k-means settings on (as the
+    reference trainer does).
+
+    Example:
+        >>> params: KMeansParams = {"n_init": 1, "seed": 0}
+        >>> SphericalKMeans(3, **params).n_init
+        1
+    """
 
     n_init: int
     max_iter: int

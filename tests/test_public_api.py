@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 
 import pytest
+from typing_extensions import is_typeddict
 
 import propos_losses
 
@@ -82,6 +83,9 @@ def test_public_name_has_docstring_with_example_and_type_hints(name: str) -> Non
     if inspect.isclass(obj) and issubclass(obj, tuple):
         return  # NamedTuple records document their fields, nothing to run
     assert ">>>" in doc, f"{name} docstring has no example"
+    if is_typeddict(obj):
+        assert obj.__annotations__, f"{name} declares no keys"
+        return  # a TypedDict's keys are its annotations; its constructor is dict's
     if inspect.isclass(obj) and issubclass(obj, BaseException) and "__init__" not in vars(obj):
         return  # an exception or warning class that keeps BaseException's (*args) constructor
     function = obj.__init__ if inspect.isclass(obj) else obj

@@ -61,6 +61,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, cast
 import numpy as np
 import torch
 from torch import Tensor, nn
+from typing_extensions import Unpack
 
 from propos_losses.diagnostics import cluster_size_stats
 from propos_losses.distributed import (
@@ -71,7 +72,7 @@ from propos_losses.distributed import (
     get_world_size,
     is_distributed,
 )
-from propos_losses.kmeans import SphericalKMeans
+from propos_losses.kmeans import KMeansParams, SphericalKMeans
 from propos_losses.metrics import evaluate_clustering, nmi
 from propos_losses.momentum import MomentumUpdater
 from propos_losses.train.augment import build_augmentation, normalize
@@ -434,30 +435,25 @@ class Trainer:
         return torch.cat(backbone_parts), torch.cat(projector_parts)
 
     def _kmeans(
-        self,
-        features: Tensor,
-        num_clusters: int,
-        stream: int,
-        *,
-        n_init: Optional[int] = None,
-        init: Optional[Tensor] = None,
+        self, features: Tensor, num_clusters: int, stream: int, **params: Unpack[KMeansParams]
     ) -> Tuple[Tensor, Tensor]:
         """Distributed spherical k-means of the shards: labels of the whole data set and the centres.
 
-        ``init``: start one run from these ``(K, d)`` centres instead of ``n_init`` k-means++ restarts.
+        ``params`` override the run's k-means settings, e.g. ``n_init=1, init=centres`` to start a
+        single run from the ``(K, d)`` centres of the previous E-step.
         """
-        kmeans = SphericalKMeans(
-            num_clusters,
-            n_init=1 if init is not None else (n_init or self.config.kmeans_n_init),
-            max_iter=self.config.kmeans_max_iter,
-            tol=self.config.kmeans_tol,
-            seed=_seed_for(self.config.seed, 20 + stream, self.epoch) % 2**31,
-            init="k-means++" if init is None else init,
+        settings: KMeansParams = {
+            "n_init": self.config.kmeans_n_init,
+            "max_iter": self.config.kmeans_max_iter,
+            "tol": self.config.kmeans_tol,
+            "seed": _seed_for(self.config.seed, 20 + stream, self.epoch) % 2**31,
             # Every restart on all rows, as when the documented results were measured (the
             # library's default "auto" would subsample MNIST-sized restarts; the same quality on
             # the k-means benchmark, but other partitions than those figures).
-            sample_size=None,
-        )
+            "sample_size": None,
+        }
+        settings.update(params)
+        kmeans = SphericalKMeans(num_clusters, **settings)
         local = torch.as_tensor(kmeans.fit_predict(normalize_rows(features))).to(self.device, torch.int64)
         return all_gather_cat(local), torch.as_tensor(kmeans.cluster_centers_).to(self.device)
 
@@ -489,10 +485,10 @@ class Trainer:
         estep_on_projector = self.config.estep_features == "projector"
         if update_labels:
             estep_features = projector if estep_on_projector else backbone
-            warm = self.config.estep_init == "warm" and self.estep_centers is not None
-            if warm:
+            previous = self.estep_centers if self.config.estep_init == "warm" else None
+            if previous is not None:
                 begin = time.perf_counter()
-                labels, centers = self._kmeans(estep_features, self.num_clusters, stream=2, init=self.estep_centers)
+                labels, centers = self._kmeans(estep_features, self.num_clusters, stream=2, n_init=1, init=previous)
                 record["estep_kmeans_s"] = time.perf_counter() - begin
                 if estep_on_projector and self.num_clusters == self.eval_clusters:
                     # How far the warm start lands from a cold run on the same features.
