@@ -35,6 +35,8 @@ napoleon_numpy_docstring = False
 napoleon_use_rtype = False
 # "Attributes:" sections as :ivar: fields: NamedTuple fields are already documented as members.
 napoleon_use_ivar = True
+# Keep "--flag" in prose (the trainer settings list) as typed: quotes and ellipses only, no dashes.
+smartquotes_action = "qe"
 
 # Docstring type hints mention torch/numpy types that are not documented here.
 nitpicky = False

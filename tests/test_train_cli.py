@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import math
@@ -14,8 +15,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from propos_losses import defaults as D
-from propos_losses.train.cli import EXIT_USER_ERROR, main
-from propos_losses.train.config import PRESETS, ConfigError, resolve_config
+from propos_losses.train.cli import EXIT_USER_ERROR, build_parser, main
+from propos_losses.train.config import (
+    BACKBONES,
+    PRESET_NAMES,
+    PRESETS,
+    ConfigError,
+    TrainConfig,
+    resolve_config,
+    setting_help,
+    validate_config,
+)
 from propos_losses.train.optim import learning_rate_factor
 from propos_losses.train.rundir import atomic_write_bytes
 
@@ -300,3 +310,26 @@ def test_inductor_compiled_m_step_trains_through_the_psl_warm_up(tmp_path):
     epochs = [r for r in _records(run_dir) if r["event"] == "epoch"]
     assert [r["lambda_psl"] > 0 for r in epochs] == [False, True]
     assert all(math.isfinite(r["loss"]) for r in epochs)
+
+
+def test_every_setting_has_a_help_text_with_its_allowed_values(capsys):
+    """The help of each flag is its TrainConfig field's metadata; choices come from the declared tuples."""
+    helps = {action.dest: action.help for action in build_parser()._actions}
+    for spec in dataclasses.fields(TrainConfig):
+        assert helps[spec.name] == setting_help(spec.name) and len(setting_help(spec.name)) > 10, spec.name
+        assert setting_help(spec.name) in (TrainConfig.__doc__ or ""), spec.name
+    assert setting_help("backbone").endswith(f"(one of: {', '.join(BACKBONES)})")
+    assert setting_help("preset").endswith(f"(one of: {', '.join(PRESET_NAMES)})")
+    assert main(["--help"]) == 0
+    assert "--estep-init ESTEP_INIT" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="unknown configuration key 'nope'"):
+        setting_help("nope")
+
+
+@pytest.mark.parametrize("name", [f.name for f in dataclasses.fields(TrainConfig) if f.metadata["choices"]])
+def test_settings_with_choices_reject_other_values(name):
+    message = "unknown preset 'nope'" if name == "preset" else rf"{name} must be one of \[.*\], got 'nope'"
+    with pytest.raises(ConfigError, match=message):
+        validate_config(dataclasses.replace(TrainConfig(), **{name: "nope"}))
+    if name == "augmentation":
+        assert validate_config(dataclasses.replace(TrainConfig(), augmentation=None)).augmentation is None

@@ -49,7 +49,6 @@ from propos_losses.distributed import (
     init_from_torchrun,
 )
 from propos_losses.train.config import (
-    PRESET_NAMES,
     RUN_ONLY_KEYS,
     ConfigError,
     TrainConfig,
@@ -57,6 +56,7 @@ from propos_losses.train.config import (
     config_to_dict,
     load_config_file,
     resolve_config,
+    setting_help,
     validate_config,
 )
 from propos_losses.train.rundir import CONFIG_NAME
@@ -67,30 +67,6 @@ __all__ = ["main", "build_parser", "EXIT_USER_ERROR"]
 EXIT_USER_ERROR = 2
 #: Files plot_run draws.
 _PLOT_NAMES = ("metrics.png", "cluster_sizes.png")
-_HELP = {
-    "preset": f"one of {list(PRESET_NAMES)} (default digits)",
-    "dataset": "digits | mnist | cifar10 | cifar20 | folder",
-    "data_dir": "directory of the data files (mnist: IDX files; cifar: python pickles; folder: images)",
-    "method": "propos | byol (BYOL = lambda_psl 0 and sigma 0 on the same code path)",
-    "batch_size": "global batch size (split over torchrun processes); lr = base_lr * batch_size / 256",
-    "device": "auto | cpu | cuda (auto: CUDA when available)",
-    "compile": "none | inductor | aot_eager: torch.compile the M-step with this backend (may change on --resume)",
-    "backbone": "tiny_cnn | small_cnn | flat_cnn | resnet18 | resnet34",
-    "psl_warmup_epochs": "epochs with PSL and PSA noise off (default: warmup_epochs)",
-    "psl_start": "warmup | auto (auto: PSL from the first E-step whose labels agree with the previous ones, NMI >= psl_agreement)",
-    "estep_init": "cold | warm (warm: the E-step's k-means starts from the previous E-step's centres)",
-    "final_kmeans_n_init": "k-means restarts of the final evaluation",
-    "psl_agreement": "NMI between successive E-steps' pseudo-labels that starts PSL under --psl-start auto",
-    "num_clusters": "K of the E-step (default: number of classes)",
-    "estep_features": "projector | backbone: target features clustered by the E-step",
-    "output_dir": "run directory (default ./runs/<timestamp>); must be new or empty",
-    "augmentation": "digits | mnist | color (default from the data set)",
-    "optimizer": "sgd | lars",
-    "target_buffers": "none | copy | ema: the target's BatchNorm statistics (none: its own, as BYOL)",
-    "crop_min_scale": "smallest random-crop area fraction (default: the augmentation kind's)",
-    "rotation_degrees": "rotation range +-degrees (default: the augmentation kind's)",
-    "translate": "translation range as a fraction of the image size (default: the augmentation kind's)",
-}
 
 
 class _UserError(Exception):
@@ -134,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             kind = str
         settings.add_argument(
-            _flag(field.name), dest=field.name, type=kind, metavar=field.name.upper(), help=_HELP.get(field.name)
+            _flag(field.name), dest=field.name, type=kind, metavar=field.name.upper(), help=setting_help(field.name)
         )
     return parser
 

@@ -43,6 +43,7 @@ __all__ = [
     "COMPILE_BACKENDS",
     "RUN_ONLY_KEYS",
     "resolve_config",
+    "setting_help",
     "load_config_file",
     "validate_config",
     "config_to_dict",
@@ -70,101 +71,6 @@ BACKBONES: Tuple[str, ...] = BACKBONE_NAMES
 class ConfigError(ValueError):
     """A user error in the configuration (bad flag value, unknown preset or key)."""
 
-
-@dataclass
-class TrainConfig:
-    """Every setting of a training run (one flag per field, ``--lambda-psl`` for ``lambda_psl``).
-
-    The learning rate actually used is ``base_lr * batch_size / LR_REFERENCE_BATCH``
-    (``batch_size`` is the *global* batch, split evenly over ``torchrun``
-    processes), times ``predictor_lr_multiplier`` for the predictor. PSL is
-    off (``lambda_psl`` treated as 0) and the PSA noise is off (``sigma`` treated
-    as 0) during the first ``psl_warmup_epochs`` epochs; ``method="byol"`` keeps
-    both off for the whole run on the same code path.
-
-    Example:
-        >>> TrainConfig().kmeans_n_init == D.KMEANS_N_INIT
-        True
-    """
-
-    preset: str = "digits"
-    dataset: str = "digits"
-    data_dir: Optional[str] = None
-    #: Deterministic first-``n`` subset of the data (smoke tests); ``None`` uses all.
-    max_samples: Optional[int] = None
-    method: str = "propos"
-    epochs: int = D.EPOCHS
-    batch_size: int = D.BATCH_SIZE
-    seed: int = 0
-    device: str = field(default="auto", metadata={"run_only": True})
-    backbone: str = "resnet18"
-    hidden_dim: int = D.HIDDEN_DIM
-    out_dim: int = D.PROJECTION_DIM
-    #: ``None`` picks from the dataset: ``digits``/``mnist`` geometric, ``color`` otherwise.
-    augmentation: Optional[str] = None
-    #: Overrides of the augmentation kind's strengths (``None`` keeps the kind's value):
-    #: smallest crop area fraction, rotation range in degrees, translation fraction.
-    crop_min_scale: Optional[float] = None
-    rotation_degrees: Optional[float] = None
-    translate: Optional[float] = None
-    optimizer: str = "sgd"
-    base_lr: float = D.BASE_LR
-    weight_decay: float = D.WEIGHT_DECAY
-    sgd_momentum: float = D.SGD_MOMENTUM
-    predictor_lr_multiplier: float = D.PREDICTOR_LR_MULTIPLIER
-    #: Per-step linear learning-rate warm-up, in epochs.
-    warmup_epochs: int = D.WARMUP_EPOCHS
-    #: Epochs with PSL and PSA noise off; ``None`` = ``warmup_epochs`` (the paper).
-    psl_warmup_epochs: Optional[int] = None
-    #: ``warmup``: PSL from epoch ``psl_warmup_epochs`` on; ``auto``: from the first E-step whose
-    #: pseudo-labels agree with the previous E-step's with NMI >= ``psl_agreement``.
-    psl_start: str = "warmup"
-    psl_agreement: float = D.PSL_AUTO_AGREEMENT
-    lambda_psl: float = D.LAMBDA_PSL
-    sigma: float = D.SIGMA
-    temperature: float = D.TEMPERATURE
-    #: ``K`` of the E-step; ``None`` = number of classes of the dataset.
-    num_clusters: Optional[int] = None
-    estep_every: int = D.ESTEP_EVERY
-    #: Features clustered by the E-step: target ``projector`` outputs (paper) or ``backbone``.
-    estep_features: str = "projector"
-    queue_size: int = 0
-    base_momentum: float = D.BASE_MOMENTUM
-    final_momentum: float = D.FINAL_MOMENTUM
-    #: MomentumUpdater's buffer policy: ``none`` (target keeps its own BN statistics), ``copy`` or ``ema``.
-    target_buffers: str = "none"
-    kmeans_n_init: int = D.KMEANS_N_INIT
-    #: ``cold``: every E-step runs ``kmeans_n_init`` fresh restarts; ``warm``: one run from the
-    #: previous E-step's centres (the first E-step is cold; evaluations stay cold).
-    estep_init: str = "cold"
-    #: Restarts of the final evaluation's k-means (a local minimum there would misreport the run).
-    final_kmeans_n_init: int = D.KMEANS_N_INIT
-    kmeans_max_iter: int = D.KMEANS_MAX_ITER
-    kmeans_tol: float = D.KMEANS_TOL
-    #: Evaluate (k-means on backbone and projector features) every this many epochs
-    #: as well as at every E-step and at the end; ``0`` = only at E-steps and the end.
-    eval_every: int = 0
-    #: ``torch.compile`` the M-step module (online encoder, predictor, PSA, PSL) with this backend;
-    #: ``none`` runs it eagerly. On a CPU it does not pay (see docs/trainer.rst).
-    compile: str = field(default="none", metadata={"run_only": True})
-    #: Where the run writes; ``None`` = ``./runs/<timestamp>``.
-    output_dir: Optional[str] = field(default=None, metadata={"run_only": True})
-
-    @property
-    def lr(self) -> float:
-        """Learning rate of the backbone and projector after warm-up (scaled by batch/256)."""
-        return self.base_lr * self.batch_size / D.LR_REFERENCE_BATCH
-
-    @property
-    def effective_psl_warmup_epochs(self) -> int:
-        """Epochs before PSL and the PSA noise switch on (whole run for BYOL)."""
-        if self.method == "byol":
-            return self.epochs
-        return self.warmup_epochs if self.psl_warmup_epochs is None else self.psl_warmup_epochs
-
-
-#: Settings that may differ between a run and its resumption (not part of the config fingerprint).
-RUN_ONLY_KEYS: Tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get("run_only"))
 
 _QUICK_GRAY: Dict[str, Any] = {
     "backbone": "small_cnn",
@@ -239,6 +145,139 @@ PRESETS: Dict[str, Dict[str, Any]] = {
 }
 PRESET_NAMES: Tuple[str, ...] = tuple(PRESETS)
 
+
+def _setting(default: Any, text: str, *, choices: Optional[Tuple[str, ...]] = None, run_only: bool = False) -> Any:
+    """A :class:`TrainConfig` field whose metadata hold its help text, allowed values and run-only mark."""
+    return field(default=default, metadata={"help": text, "choices": choices, "run_only": run_only})
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run (one flag per field, ``--lambda-psl`` for ``lambda_psl``).
+
+    The learning rate actually used is ``base_lr * batch_size / LR_REFERENCE_BATCH``
+    (``batch_size`` is the *global* batch, split evenly over ``torchrun``
+    processes), times ``predictor_lr_multiplier`` for the predictor. PSL is
+    off (``lambda_psl`` treated as 0) and the PSA noise is off (``sigma`` treated
+    as 0) during the first ``psl_warmup_epochs`` epochs; ``method="byol"`` keeps
+    both off for the whole run on the same code path.
+
+    Each field's text, allowed values and run-only mark are its metadata (see
+    :func:`setting_help`), read by ``propos-train --help``, by
+    :func:`validate_config` and for the list below.
+
+    Example:
+        >>> TrainConfig().kmeans_n_init == D.KMEANS_N_INIT
+        True
+    """
+
+    preset: str = _setting("digits", "table of settings applied before --config and the flags", choices=PRESET_NAMES)
+    dataset: str = _setting("digits", "data set; all but digits read --data-dir", choices=DATASETS)
+    data_dir: Optional[str] = _setting(
+        None,
+        "directory of the data files (mnist: IDX files; cifar: python pickles; folder: one folder of images per class)",
+    )
+    max_samples: Optional[int] = _setting(None, "use only the first n images (smoke tests); none: all")
+    method: str = _setting(
+        "propos", "byol: lambda_psl 0 and sigma 0 for the whole run, on the same code path", choices=METHODS
+    )
+    epochs: int = _setting(D.EPOCHS, "training epochs")
+    batch_size: int = _setting(D.BATCH_SIZE, "global batch size (split over torchrun processes)")
+    seed: int = _setting(0, "seed of the initialisation, data order, augmentations and k-means")
+    device: str = _setting("auto", "auto: CUDA when available", choices=DEVICES, run_only=True)
+    backbone: str = _setting("resnet18", "encoder network", choices=BACKBONES)
+    hidden_dim: int = _setting(D.HIDDEN_DIM, "hidden width of the projector and predictor")
+    out_dim: int = _setting(
+        D.PROJECTION_DIM, "output width of the projector and predictor (the features of PSL and PSA)"
+    )
+    augmentation: Optional[str] = _setting(
+        None, "augmentation kind; none: digits/mnist for those data sets, color otherwise", choices=AUGMENTATIONS
+    )
+    crop_min_scale: Optional[float] = _setting(
+        None, "smallest random-crop area fraction; none: the augmentation kind's"
+    )
+    rotation_degrees: Optional[float] = _setting(None, "rotation range in +- degrees; none: the augmentation kind's")
+    translate: Optional[float] = _setting(
+        None, "translation range as a fraction of the image size; none: the augmentation kind's"
+    )
+    optimizer: str = _setting(
+        "sgd", "SGD with momentum, or LARS (layer-wise trust ratio) around it", choices=OPTIMIZERS
+    )
+    base_lr: float = _setting(D.BASE_LR, "learning rate for a batch of 256; scaled linearly with batch_size")
+    weight_decay: float = _setting(D.WEIGHT_DECAY, "L2 weight decay (with LARS: not of biases and BatchNorm)")
+    sgd_momentum: float = _setting(D.SGD_MOMENTUM, "momentum of SGD")
+    predictor_lr_multiplier: float = _setting(D.PREDICTOR_LR_MULTIPLIER, "the predictor's learning rate over the lr")
+    warmup_epochs: int = _setting(D.WARMUP_EPOCHS, "epochs of per-step linear learning-rate warm-up")
+    psl_warmup_epochs: Optional[int] = _setting(None, "epochs with PSL and PSA noise off; none: warmup_epochs (paper)")
+    psl_start: str = _setting(
+        "warmup",
+        "warmup: PSL from epoch psl_warmup_epochs on; auto: from the first E-step whose pseudo-labels agree "
+        "with the previous E-step's with NMI >= psl_agreement",
+        choices=PSL_STARTS,
+    )
+    psl_agreement: float = _setting(D.PSL_AUTO_AGREEMENT, "NMI of successive E-steps that starts PSL under auto")
+    lambda_psl: float = _setting(D.LAMBDA_PSL, "weight of PSL in L = L_psa + lambda_psl L_psl (Eq. 12)")
+    sigma: float = _setting(D.SIGMA, "standard deviation of the PSA positive sampling noise (Eq. 9)")
+    temperature: float = _setting(D.TEMPERATURE, "tau of PSL (Eq. 4)")
+    num_clusters: Optional[int] = _setting(None, "K of the E-step; none: number of classes of the data set")
+    estep_every: int = _setting(D.ESTEP_EVERY, "E-step (k-means pseudo-labels) every this many epochs")
+    estep_features: str = _setting(
+        "projector",
+        "target features the E-step clusters: projector outputs (paper) or backbone",
+        choices=ESTEP_FEATURES,
+    )
+    queue_size: int = _setting(0, "slots of the PSL memory queue; 0: no queue")
+    base_momentum: float = _setting(D.BASE_MOMENTUM, "m_0 of the target's cosine momentum schedule (Eq. 11)")
+    final_momentum: float = _setting(D.FINAL_MOMENTUM, "target momentum at the last step")
+    target_buffers: str = _setting(
+        "none",
+        "the target's BatchNorm statistics: none: its own (BYOL); copy or ema: from the online network",
+        choices=TARGET_BUFFERS,
+    )
+    kmeans_n_init: int = _setting(D.KMEANS_N_INIT, "k-means++ restarts of the E-step and evaluations")
+    estep_init: str = _setting(
+        "cold",
+        "cold: every E-step runs kmeans_n_init fresh restarts; warm: one run from the previous E-step's "
+        "centres (the first E-step is cold; evaluations stay cold)",
+        choices=ESTEP_INITS,
+    )
+    final_kmeans_n_init: int = _setting(
+        D.KMEANS_N_INIT, "k-means restarts of the final evaluation (a local minimum there would misreport the run)"
+    )
+    kmeans_max_iter: int = _setting(D.KMEANS_MAX_ITER, "Lloyd iterations of each k-means run at most")
+    kmeans_tol: float = _setting(
+        D.KMEANS_TOL, "a k-means run stops once an iteration lowers its inertia by less than this fraction"
+    )
+    eval_every: int = _setting(
+        0,
+        "evaluate (k-means of backbone and projector features) every this many epochs as well as at every "
+        "E-step and at the end; 0: only at E-steps and the end",
+    )
+    compile: str = _setting(
+        "none",
+        "torch.compile the M-step (online encoder, predictor, PSA, PSL) with this backend; none: eager. "
+        "On a CPU it does not pay (docs/trainer.rst)",
+        choices=COMPILE_BACKENDS,
+        run_only=True,
+    )
+    output_dir: Optional[str] = _setting(None, "run directory, new or empty; none: ./runs/<timestamp>", run_only=True)
+
+    @property
+    def lr(self) -> float:
+        """Learning rate of the backbone and projector after warm-up (scaled by batch/256)."""
+        return self.base_lr * self.batch_size / D.LR_REFERENCE_BATCH
+
+    @property
+    def effective_psl_warmup_epochs(self) -> int:
+        """Epochs before PSL and the PSA noise switch on (whole run for BYOL)."""
+        if self.method == "byol":
+            return self.epochs
+        return self.warmup_epochs if self.psl_warmup_epochs is None else self.psl_warmup_epochs
+
+
+#: Settings that may differ between a run and its resumption (not part of the config fingerprint).
+RUN_ONLY_KEYS: Tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata["run_only"])
+
 _FIELDS: Dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 
@@ -252,12 +291,44 @@ def config_to_dict(config: TrainConfig) -> Dict[str, Any]:
     return dataclasses.asdict(config)
 
 
+def _optional(name: str) -> bool:
+    return str(_FIELDS[name].type).startswith("Optional")
+
+
+def setting_help(name: str) -> str:
+    """The help text of the :class:`TrainConfig` field ``name``, with its allowed values.
+
+    ``propos-train --help`` shows it for the flag, and the class documentation lists it.
+
+    Raises:
+        ConfigError: ``name`` is not a field.
+
+    Example:
+        >>> setting_help("optimizer")
+        'SGD with momentum, or LARS (layer-wise trust ratio) around it (one of: sgd, lars)'
+    """
+    if name not in _FIELDS:
+        raise ConfigError(f"unknown configuration key {name!r}; valid keys: {sorted(_FIELDS)}")
+    metadata = _FIELDS[name].metadata
+    choices = metadata["choices"]
+    return metadata["help"] + (f" (one of: {', '.join(choices)})" if choices else "")
+
+
+def _document_settings() -> None:
+    """Add the list of fields, their defaults and help texts to :class:`TrainConfig`'s docstring."""
+    items = "\n".join(
+        f"    * ``{name}`` (default ``{spec.default!r}``): {setting_help(name)}." for name, spec in _FIELDS.items()
+    )
+    doc = TrainConfig.__doc__ or ""
+    head, example = doc.split("    Example:", 1)
+    TrainConfig.__doc__ = f"{head}    Settings:\n\n{items}\n\n    Example:{example}"
+
+
 def _coerce(name: str, value: Any) -> Any:
     """Convert a value read from a file or flag to the field's type, or raise ConfigError."""
     annotation = str(_FIELDS[name].type)
-    optional = annotation.startswith("Optional")
     if value is None:
-        if optional:
+        if _optional(name):
             return None
         raise ConfigError(f"{name} must not be null")
     if "int" in annotation:
@@ -329,11 +400,6 @@ def validate_config(config: TrainConfig) -> TrainConfig:
         'digits'
     """
 
-    def choice(name: str, options: Tuple[str, ...]) -> None:
-        value = getattr(config, name)
-        if value not in options:
-            raise ConfigError(f"{name} must be one of {list(options)}, got {value!r}")
-
     def at_least(name: str, minimum: float, *, strict: bool = False, allow_none: bool = False) -> None:
         value = getattr(config, name)
         if value is None and allow_none:
@@ -344,20 +410,13 @@ def validate_config(config: TrainConfig) -> TrainConfig:
 
     if config.preset not in PRESETS:
         raise ConfigError(f"unknown preset {config.preset!r}; choose one of {list(PRESET_NAMES)}")
-    choice("dataset", DATASETS)
-    choice("method", METHODS)
-    choice("device", DEVICES)
-    choice("backbone", BACKBONES)
-    choice("optimizer", OPTIMIZERS)
-    choice("estep_features", ESTEP_FEATURES)
-    choice("target_buffers", TARGET_BUFFERS)
-    choice("psl_start", PSL_STARTS)
-    choice("estep_init", ESTEP_INITS)
-    choice("compile", COMPILE_BACKENDS)
+    for name, spec in _FIELDS.items():
+        options = spec.metadata["choices"]
+        value = getattr(config, name)
+        if options is not None and not (value is None and _optional(name)) and value not in options:
+            raise ConfigError(f"{name} must be one of {list(options)}, got {value!r}")
     if not 0.0 < config.psl_agreement <= 1.0:
         raise ConfigError(f"psl_agreement must be in (0, 1], got {config.psl_agreement!r}")
-    if config.augmentation is not None:
-        choice("augmentation", AUGMENTATIONS)
     for name in (
         "epochs",
         "batch_size",
@@ -437,3 +496,6 @@ def resolve_config(
     config = config_from_dict({k: v for k, v in file_values.items() if k != "preset"}, base=config)
     config = config_from_dict({k: v for k, v in overrides.items() if k != "preset"}, base=config)
     return validate_config(config)
+
+
+_document_settings()
