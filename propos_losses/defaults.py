@@ -20,12 +20,12 @@ LAMBDA_PSL_IMAGENET1K: Final[float] = 0.001
 #: PSL switches on once two successive E-steps' pseudo-labels agree with at least this NMI.
 PSL_AUTO_AGREEMENT: Final[float] = 0.9
 #: ``sigma`` of the positive sampling noise (Eq. 9).
-SIGMA: Final[float] = 1e-3
+SIGMA: Final[float] = 0.001
 #: Largest accepted ``sigma``: ten million times the paper's value. Far larger noise only
 #: measures the noise, and from about 1e37 the noise itself overflows float32 (NaN losses).
-SIGMA_MAX: Final[float] = 1e4
+SIGMA_MAX: Final[float] = 10000.0
 #: ``sigma`` on ImageNet-1k.
-SIGMA_IMAGENET1K: Final[float] = 1e-4
+SIGMA_IMAGENET1K: Final[float] = 0.0001
 #: ``m_0`` of the BYOL cosine momentum schedule (Eq. 11).
 BASE_MOMENTUM: Final[float] = 0.996
 #: Momentum reached at the last step of the cosine schedule.
@@ -34,13 +34,13 @@ FINAL_MOMENTUM: Final[float] = 1.0
 #: Spherical k-means of the E-step.
 KMEANS_N_INIT: Final[int] = 10
 KMEANS_MAX_ITER: Final[int] = 300
-KMEANS_TOL: Final[float] = 1e-4
+KMEANS_TOL: Final[float] = 0.0001
 
 #: Optimisation recipe (CIFAR scale): ``lr = BASE_LR * batch / LR_REFERENCE_BATCH``.
 BASE_LR: Final[float] = 0.05
 LR_REFERENCE_BATCH: Final[int] = 256
 PREDICTOR_LR_MULTIPLIER: Final[float] = 10.0
-WEIGHT_DECAY: Final[float] = 5e-4
+WEIGHT_DECAY: Final[float] = 0.0005
 SGD_MOMENTUM: Final[float] = 0.9
 EPOCHS: Final[int] = 1000
 WARMUP_EPOCHS: Final[int] = 50

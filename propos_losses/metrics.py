@@ -632,6 +632,8 @@ def nmi(labels_true: LabelsLike, labels_pred: LabelsLike) -> float:
     Example:
         >>> nmi([0, 0, 1, 1], [1, 1, 0, 0])
         1.0
+        >>> nmi([0, 0, 1, 1], [0, 1, 0, 1])
+        0.0
     """
     return _nmi_from_table(contingency_table(labels_true, labels_pred))
 
@@ -649,8 +651,7 @@ def ami(labels_true: LabelsLike, labels_pred: LabelsLike) -> float:
     Labelings identical up to renaming give exactly 1.
 
     Args:
-        labels_true: ``(N,)`` integer class labels (numpy, list, torch tensor
-            on any device; any integer values).
+        labels_true: ``(N,)`` integer class labels, of any type :func:`nmi` takes.
         labels_pred: ``(N,)`` integer cluster labels.
 
     Returns:
@@ -663,6 +664,8 @@ def ami(labels_true: LabelsLike, labels_pred: LabelsLike) -> float:
     Example:
         >>> ami([0, 0, 1, 1], [1, 1, 0, 0])
         1.0
+        >>> round(ami([0, 0, 1, 1], [0, 1, 0, 1]), 6)  # worse than chance
+        -0.5
     """
     return _ami_from_table(contingency_table(labels_true, labels_pred))
 
@@ -675,9 +678,8 @@ def ari(labels_true: LabelsLike, labels_pred: LabelsLike) -> float:
     give 1.
 
     Args:
-        labels_true: ``(N,)`` integer class labels (numpy, list, torch tensor
-            on any device; any integer values).
-        labels_pred: ``(N,)`` integer cluster labels.
+        labels_true: ``(N,)`` class labels (as for :func:`nmi`).
+        labels_pred: ``(N,)`` cluster labels of the same samples.
 
     Returns:
         ARI in ``[-0.5, 1]``; symmetric in its arguments.
