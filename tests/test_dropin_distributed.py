@@ -109,7 +109,7 @@ def worker(rank: int, init_file: str, out_dir: str) -> None:
 def results(tmp_path_factory: pytest.TempPathFactory) -> List[Dict[str, Any]]:
     tmp_path = tmp_path_factory.mktemp("dropin_dist")
     spawn_and_wait(worker, (str(tmp_path / "store"), str(tmp_path)), timeout_s=TIMEOUT_S)
-    return [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(WORLD_SIZE)]
+    return [torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in range(WORLD_SIZE)]
 
 
 def test_kmeans_with_distributed_false_on_rank_0_alone_does_not_wait_for_other_ranks(

@@ -89,7 +89,7 @@ def worker(rank: int, init_file: str, out_dir: str) -> None:
 def run_workers(tmp_path: Any) -> list:
     """Run the workers (child failures re-raised, killed after TIMEOUT_S) and load what each rank saved."""
     spawn_and_wait(worker, (str(tmp_path / "store"), str(tmp_path)), timeout_s=TIMEOUT_S)
-    return [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(WORLD_SIZE)]
+    return [torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in range(WORLD_SIZE)]
 
 
 @pytest.fixture(scope="module")

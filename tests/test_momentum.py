@@ -228,7 +228,7 @@ def test_step_round_trips_through_state_dict_and_training_continues_identically(
     assert set(updater.state_dict()) == {"step"}
     torch.save(updater.state_dict(), tmp_path / "momentum.pt")
     restored = MomentumUpdater(0.9, 1.0, total_steps=10)
-    restored.load_state_dict(torch.load(tmp_path / "momentum.pt"))
+    restored.load_state_dict(torch.load(tmp_path / "momentum.pt", weights_only=True))
     assert int(restored.step) == 3 and restored.momentum == updater.momentum
     restored_target = MomentumUpdater.make_target(target)
     perturb(online, seed=9)
@@ -372,7 +372,7 @@ def _ddp_worker(rank: int, init_file: str, out_dir: str) -> None:
 
 def test_ddp_wrapped_online_model_gives_identical_targets_on_every_rank(tmp_path: Path) -> None:
     spawn_and_wait(_ddp_worker, (str(tmp_path / "init"), str(tmp_path)))
-    results = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(WORLD_SIZE)]
+    results = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in range(WORLD_SIZE)]
     torch.manual_seed(0)
     expected = dict(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)).state_dict())
     for step in range(DDP_STEPS):

@@ -142,7 +142,7 @@ def test_state_dict_round_trip_after_wrap_around_through_torch_save(tmp_path: Pa
     assert int(queue.ptr) not in (0, int(queue.fill))
     torch.save(queue.state_dict(), tmp_path / "queue.pt")
     restored = PrototypeQueue(size=QUEUE_SIZE, feature_dim=FEATURE_DIM)
-    restored.load_state_dict(torch.load(tmp_path / "queue.pt"))
+    restored.load_state_dict(torch.load(tmp_path / "queue.pt", weights_only=True))
     assert queue_rows(restored) == queue_rows(queue)
     batch = make_batch(2, seed=99)
     queue.push(*batch)
@@ -355,7 +355,7 @@ def _distributed_queue_worker(rank: int, init_file: str, out_dir: str) -> None:
 
 def test_distributed_push_gives_identical_queues_equal_to_one_process_on_the_global_batch(tmp_path: Path) -> None:
     spawn_and_wait(_distributed_queue_worker, (str(tmp_path / "init"), str(tmp_path)))
-    results = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(WORLD_SIZE)]
+    results = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in range(WORLD_SIZE)]
 
     single = PrototypeQueue(size=DIST_QUEUE_SIZE, feature_dim=FEATURE_DIM)
     for step in range(len(RANK_BATCH_SIZES[0])):
