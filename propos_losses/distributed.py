@@ -397,6 +397,12 @@ def init_from_torchrun(use_cuda: bool) -> bool:
 
 
 def destroy_process_group() -> None:
-    """Leave and destroy the default process group (a no-op when there is none)."""
+    """Leave and destroy the default process group (a no-op when there is none).
+
+    After a successful run, call :func:`barrier` first so that every rank leaves
+    together (as ``propos-train`` does): on torch 2.4 a gloo rank whose peer had
+    already destroyed the group sometimes hung in its own destroy. After an error
+    do not wait, since the other ranks may never arrive.
+    """
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

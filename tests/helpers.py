@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import time
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import pytest
+import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import Tensor
 
@@ -14,6 +17,30 @@ from propos_losses.queue import PrototypeQueue
 
 #: Processes of the multi-process (gloo, CPU) tests.
 WORLD_SIZE = 2
+
+
+@contextlib.contextmanager
+def gloo_group(rank: int, init_file: str, timeout_s: float = 1800.0) -> Iterator[None]:
+    """Join the tests' gloo process group for the body of the ``with``, then leave it.
+
+    After a body that did not raise, every rank waits for the others before
+    ``destroy_process_group``: on torch 2.4 a rank that destroyed the group while
+    the other was still finishing made that one hang in its own destroy (4 of 25
+    runs of the queue test; pytorch/pytorch#75097 gives the same advice). After an
+    error the group is destroyed at once, since the other ranks may never arrive.
+    """
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{init_file}",
+        rank=rank,
+        world_size=WORLD_SIZE,
+        timeout=datetime.timedelta(seconds=timeout_s),
+    )
+    try:
+        yield
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
 
 
 def spawn_and_wait(

@@ -31,7 +31,7 @@ from propos_losses.distributed import (
 )
 from propos_losses.psl import PSL, prototype_scattering_loss, prototype_scattering_terms
 
-from helpers import grad_of, queue_of, terms_of
+from helpers import gloo_group, grad_of, queue_of, terms_of
 
 WORLD_SIZE = 2
 TIMEOUT_S = 120.0
@@ -330,30 +330,28 @@ def _mismatch_between_ranks(rank: int) -> Dict[str, Any]:
 
 def _worker(rank: int, init_file: str, out_dir: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD_SIZE)
-    try:
-        results = {
-            "collectives": _collectives(rank),
-            "messages": _small_messages(rank),
-            "ddp_float64": _ddp_psl(rank, torch.float64),
-            "ddp_float32": _ddp_psl(rank, torch.float32),
-            "ddp_float64_fast": _ddp_psl(rank, torch.float64, validate_args=False),
-            "soft": _hand_averaged_soft_psl(rank, soft_weights()),
-            "soft_rank1_zero": _hand_averaged_soft_psl(rank, soft_weights_rank1_all_zero()),
-            "soft_tiny_uneven": _hand_averaged_soft_psl(rank, soft_weights_tiny_and_uneven(), torch.float32),
-            "empty_rank": _empty_rank_psl(rank),
-            "zero_global_weight": _zero_global_weight(rank),
-            "queue": _queue_training(rank),
-            "queue_fast": _queue_training_fast(rank),
-            "bad_input": _bad_input_on_one_rank(rank),
-            "mismatch": _mismatch_between_ranks(rank),
-        }
-        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
-    except BaseException:
-        traceback.print_exc()
-        raise
-    finally:
-        dist.destroy_process_group()
+    with gloo_group(rank, init_file):
+        try:
+            results = {
+                "collectives": _collectives(rank),
+                "messages": _small_messages(rank),
+                "ddp_float64": _ddp_psl(rank, torch.float64),
+                "ddp_float32": _ddp_psl(rank, torch.float32),
+                "ddp_float64_fast": _ddp_psl(rank, torch.float64, validate_args=False),
+                "soft": _hand_averaged_soft_psl(rank, soft_weights()),
+                "soft_rank1_zero": _hand_averaged_soft_psl(rank, soft_weights_rank1_all_zero()),
+                "soft_tiny_uneven": _hand_averaged_soft_psl(rank, soft_weights_tiny_and_uneven(), torch.float32),
+                "empty_rank": _empty_rank_psl(rank),
+                "zero_global_weight": _zero_global_weight(rank),
+                "queue": _queue_training(rank),
+                "queue_fast": _queue_training_fast(rank),
+                "bad_input": _bad_input_on_one_rank(rank),
+                "mismatch": _mismatch_between_ranks(rank),
+            }
+            torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+        except BaseException:
+            traceback.print_exc()
+            raise
 
 
 # ---------------------------------------------------------------- parent

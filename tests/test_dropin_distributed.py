@@ -6,7 +6,6 @@ compare it with single-process runs in this process.
 
 from __future__ import annotations
 
-import datetime
 import os
 from typing import Any, Dict, List
 
@@ -18,7 +17,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from propos_losses import EStep, SphericalKMeans, WithIndex, extract_features
 
-from helpers import WORLD_SIZE, spawn_and_wait
+from helpers import WORLD_SIZE, gloo_group, spawn_and_wait
 
 TIMEOUT_S = 120.0
 N_FEATURES = 11  # not divisible by WORLD_SIZE: the DistributedSampler pads with a duplicate
@@ -61,14 +60,7 @@ def modes(module: nn.Module) -> List[bool]:
 
 
 def worker(rank: int, init_file: str, out_dir: str) -> None:
-    dist.init_process_group(
-        "gloo",
-        init_method=f"file://{init_file}",
-        rank=rank,
-        world_size=WORLD_SIZE,
-        timeout=datetime.timedelta(seconds=60),
-    )
-    try:
+    with gloo_group(rank, init_file, timeout_s=60):
         torch.set_num_threads(1)
         out: Dict[str, Any] = {}
 
@@ -101,8 +93,6 @@ def worker(rank: int, init_file: str, out_dir: str) -> None:
         out["estep_seeded"] = [seeded(net, loader), seeded(net, loader)]
         out["estep_seeded_warm"] = [h["warm"] for h in seeded.history_]
         torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.fixture(scope="module")

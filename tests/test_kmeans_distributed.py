@@ -11,7 +11,7 @@ import torch.distributed as dist
 
 from propos_losses.kmeans import SphericalKMeans
 
-from helpers import WORLD_SIZE, spawn_and_wait
+from helpers import WORLD_SIZE, gloo_group, spawn_and_wait
 
 SHARD_SIZES = (70, 130)  # deliberately unequal
 TIMEOUT_S = 120.0
@@ -50,8 +50,7 @@ def fit_summary(km: SphericalKMeans) -> Dict[str, Any]:
 
 
 def worker(rank: int, init_file: str, out_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD_SIZE)
-    try:
+    with gloo_group(rank, init_file):
         torch.set_num_threads(1)
         X = make_data()
         local = shard(X, rank)
@@ -82,8 +81,6 @@ def worker(rank: int, init_file: str, out_dir: str) -> None:
             },
             os.path.join(out_dir, f"rank{rank}.pt"),
         )
-    finally:
-        dist.destroy_process_group()
 
 
 def run_workers(tmp_path: Any) -> list:

@@ -9,7 +9,6 @@ from typing import Callable, Dict, List
 
 import pytest
 import torch
-import torch.distributed as dist
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor, nn
@@ -17,7 +16,7 @@ from torch import Tensor, nn
 from propos_losses import defaults
 from propos_losses.momentum import BufferPolicy, MomentumUpdater
 
-from helpers import WORLD_SIZE, spawn_and_wait
+from helpers import WORLD_SIZE, gloo_group, spawn_and_wait
 
 
 def make_online(seed: int = 0) -> nn.Sequential:
@@ -348,8 +347,7 @@ DDP_STEPS = 3
 
 
 def _ddp_worker(rank: int, init_file: str, out_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD_SIZE)
-    try:
+    with gloo_group(rank, init_file):
         torch.manual_seed(0)
         online = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
         ddp = nn.parallel.DistributedDataParallel(online)
@@ -366,8 +364,6 @@ def _ddp_worker(rank: int, init_file: str, out_dir: str) -> None:
             updater.update(ddp, target)
             online_history.append({k: v.clone() for k, v in online.state_dict().items()})
         torch.save({"target": target.state_dict(), "online": online_history}, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
 
 
 def test_ddp_wrapped_online_model_gives_identical_targets_on_every_rank(tmp_path: Path) -> None:

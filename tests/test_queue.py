@@ -8,13 +8,12 @@ from typing import Dict, List, Optional, Tuple
 
 import pytest
 import torch
-import torch.distributed as dist
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from propos_losses.queue import PrototypeQueue
 
-from helpers import WORLD_SIZE, spawn_and_wait
+from helpers import WORLD_SIZE, gloo_group, spawn_and_wait
 
 FEATURE_DIM = 3
 
@@ -329,8 +328,7 @@ def rank_batch(step: int, rank: int) -> Tuple[torch.Tensor, torch.Tensor, Option
 
 
 def _distributed_queue_worker(rank: int, init_file: str, out_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD_SIZE)
-    try:
+    with gloo_group(rank, init_file):
         queue = PrototypeQueue(size=DIST_QUEUE_SIZE, feature_dim=FEATURE_DIM)
         history = []
         for step in range(len(RANK_BATCH_SIZES[rank])):
@@ -349,8 +347,6 @@ def _distributed_queue_worker(rank: int, init_file: str, out_dir: str) -> None:
             {"history": history, "raised": bad_input_raised, "unchanged": unchanged},
             os.path.join(out_dir, f"rank{rank}.pt"),
         )
-    finally:
-        dist.destroy_process_group()
 
 
 def test_distributed_push_gives_identical_queues_equal_to_one_process_on_the_global_batch(tmp_path: Path) -> None:
