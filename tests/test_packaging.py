@@ -91,3 +91,19 @@ def test_changelog_has_unreleased_and_a_dated_section_for_the_current_version() 
     released = {name: rest for name, rest in headings[1:]}
     assert __version__ in released, f"CHANGELOG.md has no section for version {__version__}"
     assert re.fullmatch(r" - \d{4}-\d{2}-\d{2}", released[__version__])
+
+
+def test_every_module_imports_and_the_cli_runs_without_docstrings() -> None:
+    """``python -OO`` strips docstrings; nothing may depend on them at import (TrainConfig's settings list did)."""
+    code = (
+        "import importlib, pkgutil, propos_losses\n"
+        "names = [m.name for m in pkgutil.walk_packages(propos_losses.__path__, 'propos_losses.')]\n"
+        "for name in names:\n"
+        "    importlib.import_module(name)\n"
+        "from propos_losses.train.cli import main\n"
+        "assert main(['--help']) == 0\n"
+        "print(len(names))\n"
+    )
+    result = subprocess.run([sys.executable, "-OO", "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout.strip().splitlines()[-1]) >= 30

@@ -320,6 +320,8 @@ def _document_settings() -> None:
         f"    * ``{name}`` (default ``{spec.default!r}``): {setting_help(name)}." for name, spec in _FIELDS.items()
     )
     doc = TrainConfig.__doc__ or ""
+    if "    Example:" not in doc:  # python -OO: no docstring (dataclass puts its signature there)
+        return
     head, example = doc.split("    Example:", 1)
     TrainConfig.__doc__ = f"{head}    Settings:\n\n{items}\n\n    Example:{example}"
 
