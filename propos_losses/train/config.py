@@ -175,7 +175,7 @@ class TrainConfig:
     dataset: str = _setting("digits", "data set; all but digits read --data-dir", choices=DATASETS)
     data_dir: Optional[str] = _setting(
         None,
-        "directory of the data files (mnist: IDX files; cifar: python pickles; folder: one folder of images per class)",
+        "directory of the data files (mnist: IDX files; cifar: python pickles; folder: images, in one sub-folder per class when labelled)",
     )
     max_samples: Optional[int] = _setting(None, "use only the first n images (smoke tests); none: all")
     method: str = _setting(
