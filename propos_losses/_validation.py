@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Optional
+from collections import OrderedDict
+from typing import Any, List, Mapping, Optional
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 __all__ = [
     "as_label_array",
@@ -24,6 +25,7 @@ __all__ = [
     "check_integer_dtype",
     "check_labels",
     "numpy_labels_as_tensor",
+    "checked_state_dict",
 ]
 
 
@@ -184,3 +186,72 @@ def as_label_array(name: str, labels: object) -> np.ndarray:
             raise ValueError(f"{name} holds a label too large for int64: {np.abs(array).max()!r}")
         return array.astype(np.int64)
     raise TypeError(f"{name} must hold integer labels, got dtype {array.dtype}")
+
+
+def _key_list(keys: List[str]) -> str:
+    return ", ".join(f'"{key}"' for key in keys)
+
+
+def checked_state_dict(module: nn.Module, state_dict: object, *, strict: bool, assign: bool) -> Mapping[str, Any]:
+    """Check a whole state dict for ``module.load_state_dict`` before anything is copied.
+
+    torch's ``load_state_dict`` copies every entry it can and reports the
+    problems at the end, so a state dict with one bad entry leaves the module
+    half-loaded. This runs every check first and raises the
+    :class:`RuntimeError` torch would raise (same message format), so that
+    the load itself can no longer fail:
+
+    * with ``strict``, keys missing from or unexpected by ``module.state_dict()``;
+    * for ``module`` and each submodule that defines
+      ``_state_problem(state_dict, prefix) -> Optional[str]``, the problem it
+      finds in its entries (checked as the state the load would produce: an
+      entry absent from a non-strict load keeps the module's current value).
+
+    Args:
+        module: the module about to load ``state_dict``.
+        state_dict: the mapping passed to ``load_state_dict``.
+        strict: ``load_state_dict``'s ``strict``.
+        assign: ``load_state_dict``'s ``assign``; when ``True`` the tensors are
+            cloned, so the module never holds (and later writes into) the
+            caller's tensors.
+
+    Returns:
+        The mapping to hand to ``nn.Module.load_state_dict`` (``state_dict``
+        itself, or a copy with cloned tensors when ``assign``).
+
+    Raises:
+        TypeError: ``state_dict`` not a mapping, or ``strict``/``assign`` not bools.
+        RuntimeError: the first problem of each kind, as torch words them.
+    """
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(f"state_dict must be a mapping of names to tensors, got {type(state_dict).__name__}")
+    for name, flag in (("strict", strict), ("assign", assign)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be a bool, got {flag!r}")
+    errors: List[str] = []
+    if strict:
+        expected = list(module.state_dict(keep_vars=True))
+        missing = [key for key in expected if key not in state_dict]
+        known = set(expected)
+        unexpected = [key for key in state_dict if key not in known]
+        if missing:
+            errors.append(f"Missing key(s) in state_dict: {_key_list(missing)}. ")
+        if unexpected:
+            errors.append(f"Unexpected key(s) in state_dict: {_key_list(unexpected)}. ")
+    for name, submodule in module.named_modules():
+        check = getattr(submodule, "_state_problem", None)
+        if callable(check):
+            problem = check(state_dict, f"{name}." if name else "")
+            if problem is not None:
+                errors.append(str(problem))
+    if errors:
+        raise RuntimeError(f"Error(s) in loading state_dict for {type(module).__name__}:\n\t" + "\n\t".join(errors))
+    if not assign:
+        return state_dict  # torch copies into the module's own tensors
+    copied: "OrderedDict[str, Any]" = OrderedDict(
+        (key, value.detach().clone() if isinstance(value, Tensor) else value) for key, value in state_dict.items()
+    )
+    metadata = getattr(state_dict, "_metadata", None)
+    if metadata is not None:
+        copied._metadata = metadata  # type: ignore[attr-defined]
+    return copied

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Dict, List, Literal, Sequence, Tuple, TypeVar, Union
+from typing import Any, Dict, List, Literal, Mapping, Optional, Sequence, Tuple, TypeVar, Union
 
 import torch
 from torch import Tensor, nn
 
 from propos_losses import defaults
-from propos_losses._validation import check_float, check_int
+from propos_losses._validation import check_float, check_int, checked_state_dict
 
 __all__ = ["MomentumUpdater", "BufferPolicy"]
 
@@ -289,18 +289,69 @@ class MomentumUpdater(nn.Module):
         self._step_count += 1
         return momentum
 
-    def _load_from_state_dict(self, state_dict: Dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+    def _state_problem(self, state_dict: Mapping[str, Any], prefix: str) -> Optional[str]:
+        """Why ``state_dict``'s ``step`` cannot be this updater's, or ``None`` (absent: the key checks' to report).
+
+        ``step`` must be one non-negative integer (shape ``()`` or ``(1,)``);
+        steps beyond ``total_steps`` are valid (the final momentum is kept).
+        """
         step = state_dict.get(prefix + "step")
-        if isinstance(step, Tensor):
-            problem = None
-            if step.numel() != 1 or step.is_floating_point() or step.is_complex() or step.dtype == torch.bool:
-                problem = f"step must be a single integer, got a {step.dtype} tensor of shape {tuple(step.shape)}"
-            elif int(step) < 0:
-                problem = f"step must be >= 0, got {int(step)}"
-            if problem is not None:
-                error_msgs = args[-1] if args else kwargs["error_msgs"]
-                error_msgs.append(f"{prefix}{problem}; the updater was left unchanged")
-                return
+        if step is None:
+            return None
+        problem = None
+        if not isinstance(step, Tensor):
+            problem = f"step must be a tensor, got {type(step).__name__}"
+        elif (
+            step.dim() > 1
+            or step.numel() != 1
+            or step.is_floating_point()
+            or step.is_complex()
+            or step.dtype == torch.bool
+        ):
+            problem = f"step must be a single integer, got a {step.dtype} tensor of shape {tuple(step.shape)}"
+        elif int(step) < 0:
+            problem = f"step must be >= 0, got {int(step)}"
+        return None if problem is None else f"{prefix}{problem}; the updater was left unchanged"
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        """Load a saved step, all or nothing.
+
+        The whole state dict is checked before anything changes: with
+        ``strict``, missing and unexpected keys; ``step`` one integer
+        ``>= 0`` (beyond ``total_steps`` is fine: the final momentum is kept).
+        On any problem a :class:`RuntimeError` is raised and the updater is
+        left as it was. The updater keeps a copy of ``step``, never the
+        caller's tensor (also with ``assign=True``), and reads it back once
+        here, so that :meth:`update` never syncs.
+
+        Args:
+            state_dict: a mapping from :meth:`state_dict`.
+            strict: require exactly the key ``step`` (torch's meaning).
+            assign: torch's ``assign``.
+
+        Returns:
+            torch's ``NamedTuple`` of missing and unexpected keys.
+
+        Raises:
+            TypeError: ``state_dict`` not a mapping.
+            RuntimeError: any problem above; nothing was changed.
+
+        Example:
+            >>> updater = MomentumUpdater(total_steps=10)
+            >>> _ = updater.load_state_dict({"step": torch.tensor(4)})
+            >>> int(updater.step), updater.momentum == updater.momentum_at(4)
+            (4, True)
+        """
+        checked = checked_state_dict(self, state_dict, strict=strict, assign=assign)
+        return super().load_state_dict(checked, strict=strict, assign=assign)
+
+    def _load_from_state_dict(self, state_dict: Dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # Also reached when the updater is part of a larger module, whose load_state_dict is torch's.
+        problem = self._state_problem(state_dict, prefix)
+        if problem is not None:
+            error_msgs = args[-1] if args else kwargs["error_msgs"]
+            error_msgs.append(problem)
+            return
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._step_count = int(self.step)  # one sync per load, none per update
 

@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import Callable, ContextManager, Literal, NamedTuple, Optional, Tuple, Union
+from typing import Any, Callable, ContextManager, Literal, Mapping, NamedTuple, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -67,6 +67,7 @@ from propos_losses._validation import (
     check_integer_dtype,
     check_labels,
     check_tensor,
+    checked_state_dict,
 )
 from propos_losses.distributed import (
     all_reduce_max_,
@@ -663,6 +664,8 @@ class PrototypeScatteringLoss(nn.Module):
             raise ValueError(f"feature_dim is required when queue_size > 0 (got queue_size={self.queue_size})")
         self.feature_dim = feature_dim
         self.queue = PrototypeQueue(self.queue_size, feature_dim) if self.queue_size > 0 and feature_dim else None
+        if self.queue is not None:
+            self.queue._label_limit = self.num_clusters  # a loaded queue must hold labels in [0, K)
         self._last_scores = self._last_terms = None
         self.validate_args = validate_args
 
@@ -681,6 +684,41 @@ class PrototypeScatteringLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"num_clusters={self.num_clusters}, temperature={self.temperature}, queue_size={self.queue_size}"
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        """Load a saved loss (its queue), all or nothing.
+
+        The whole state dict is checked before anything is copied: with
+        ``strict``, missing and unexpected keys; the queue's shapes, dtypes and
+        values (see :meth:`PrototypeQueue.load_state_dict`), its labels in
+        ``[0, num_clusters)`` included. On any problem a :class:`RuntimeError`
+        is raised and the loss is left exactly as it was. The loss keeps
+        copies, never the caller's tensors (also with ``assign=True``).
+
+        Args:
+            state_dict: a mapping from :meth:`state_dict`.
+            strict: require exactly this loss's keys (torch's meaning).
+            assign: torch's ``assign``.
+
+        Returns:
+            torch's ``NamedTuple`` of missing and unexpected keys.
+
+        Raises:
+            TypeError: ``state_dict`` not a mapping.
+            RuntimeError: any problem above; nothing was changed.
+
+        Example:
+            >>> larger = PrototypeScatteringLoss(5, queue_size=4, feature_dim=2)  # another K
+            >>> _ = larger(torch.ones(1, 2), torch.ones(1, 2), torch.tensor([4]))
+            >>> psl = PrototypeScatteringLoss(3, queue_size=4, feature_dim=2)
+            >>> psl.load_state_dict(larger.state_dict())  # doctest: +IGNORE_EXCEPTION_DETAIL
+            Traceback (most recent call last):
+            RuntimeError: Error(s) in loading state_dict for PrototypeScatteringLoss: queue labels must be in [0, 3)
+            >>> len(psl.queue)
+            0
+        """
+        checked = checked_state_dict(self, state_dict, strict=strict, assign=assign)
+        return super().load_state_dict(checked, strict=strict, assign=assign)
 
     def forward(
         self,

@@ -19,12 +19,12 @@ identical on every rank.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
-from propos_losses._validation import check_finite, check_int, check_tensor
+from propos_losses._validation import check_finite, check_int, check_tensor, checked_state_dict
 from propos_losses.distributed import all_gather_cat, all_gather_cat_equal, check_on_every_rank
 from propos_losses.prototypes import _cluster_sums as cluster_sums_unchecked
 
@@ -119,6 +119,9 @@ class PrototypeQueue(nn.Module):
         self.register_buffer("indices", torch.full((size,), _UNKNOWN, dtype=torch.int64))
         self.register_buffer("ptr", torch.zeros((), dtype=torch.int64))
         self.register_buffer("fill", torch.zeros((), dtype=torch.int64))
+        #: Exclusive upper bound of the labels a loaded state may hold (the number of clusters), set by
+        #: the loss that owns the queue; ``None``: any label ``>= 0`` (push and relabel do not use it).
+        self._label_limit: Optional[int] = None
 
     def extra_repr(self) -> str:
         return f"size={self.size}, feature_dim={self.feature_dim}, dtype={self.features.dtype}"
@@ -371,8 +374,27 @@ class PrototypeQueue(nn.Module):
         self.ptr.zero_()
         self.fill.zero_()
 
-    def _state_problem(self, state_dict: Dict[str, Any], prefix: str) -> Optional[str]:
-        """Why ``state_dict`` cannot be this queue's state, or ``None`` (missing keys are torch's to report)."""
+    _STATE_NAMES = ("features", "labels", "indices", "ptr", "fill")
+
+    def _state_problem(self, state_dict: Mapping[str, Any], prefix: str) -> Optional[str]:
+        """Why loading ``state_dict`` would give an impossible queue, or ``None``.
+
+        The five entries under ``prefix`` describe one ring buffer, so they
+        are loaded together or not at all: none of them (e.g. a non-strict
+        load of other weights) is fine and changes nothing, some of them is
+        an error even without ``strict`` (it would mix two queues). Then
+        shapes and dtype kinds, ``ptr`` and ``fill`` in range, labels ``>= 0``
+        exactly in the filled slots (and below :attr:`_label_limit` when an
+        owner set one), indices ``>= 0`` or ``-1`` in filled slots and ``-1``
+        in empty ones, finite features in filled slots. Reads values back
+        (a few syncs): a load is no hot path.
+        """
+        problem = self._state_values_problem(state_dict, prefix)
+        if problem is None:
+            return None
+        return f"{prefix.rstrip('.') or 'PrototypeQueue'}: {problem}; the queue was left unchanged"
+
+    def _state_values_problem(self, state_dict: Mapping[str, Any], prefix: str) -> Optional[str]:
         expected = {
             "features": ((self.size, self.feature_dim), True),
             "labels": ((self.size,), False),
@@ -380,11 +402,15 @@ class PrototypeQueue(nn.Module):
             "ptr": ((), False),
             "fill": ((), False),
         }
-        saved: Dict[str, Tensor] = {}
+        present = [name for name in expected if prefix + name in state_dict]
+        if not present:
+            return None
+        if len(present) < len(expected):
+            lacking = [name for name in expected if name not in present]
+            return f"an incomplete queue state: it has {present} but lacks {lacking}"
+        state: Dict[str, Tensor] = {}
         for name, (shape, floating) in expected.items():
-            value = state_dict.get(prefix + name)
-            if value is None:
-                continue
+            value = state_dict[prefix + name]
             if not isinstance(value, Tensor):
                 return f"{name} must be a tensor, got {type(value).__name__}"
             if tuple(value.shape) != shape:
@@ -394,25 +420,65 @@ class PrototypeQueue(nn.Module):
                 )
             if value.is_floating_point() != floating or value.is_complex() or value.dtype == torch.bool:
                 return f"{name} has dtype {value.dtype}, expected {'a floating' if floating else 'an integer'} dtype"
-            saved[name] = value
-        if len(saved) < len(expected):
-            return None
-        ptr, fill = int(saved["ptr"]), int(saved["fill"])
+            state[name] = value.detach().cpu()
+        ptr, fill = int(state["ptr"]), int(state["fill"])
         if not 0 <= ptr < self.size:
             return f"ptr must be in [0, {self.size - 1}] for a queue of size {self.size}, got {ptr}"
         if not 0 <= fill <= self.size:
             return f"fill must be in [0, {self.size}] for a queue of size {self.size}, got {fill}"
-        labels, indices = saved["labels"].long(), saved["indices"].long()
+        labels, indices = state["labels"].long(), state["indices"].long()
         filled = torch.zeros(self.size, dtype=torch.bool)
         filled[torch.remainder(ptr - fill + torch.arange(fill), self.size)] = True
-        filled = filled.to(labels.device)
         if bool((labels[filled] < 0).any()) or bool((labels[~filled] != _UNKNOWN).any()):
-            return f"labels contradict fill={fill}: filled slots need labels >= 0 and empty slots -1"
-        if bool((indices < _UNKNOWN).any()):
-            return "indices must be >= -1"
-        if not bool(torch.isfinite(saved["features"][filled.to(saved["features"].device)]).all()):
+            return f"labels contradict fill={fill} (ptr={ptr}): filled slots need labels >= 0 and empty slots -1"
+        limit = self._label_limit
+        if limit is not None and fill and int(labels[filled].max()) >= limit:
+            return (
+                f"queue labels must be in [0, num_clusters={limit}), got label {int(labels[filled].max())} "
+                "(a queue saved with another number of clusters: reset it instead of loading it)"
+            )
+        if bool((indices[filled] < _UNKNOWN).any()) or bool((indices[~filled] != _UNKNOWN).any()):
+            return (
+                f"indices contradict fill={fill} (ptr={ptr}): filled slots need indices >= 0 "
+                "(-1: pushed without an index) and empty slots -1"
+            )
+        if not bool(torch.isfinite(state["features"][filled]).all()):
             return "features of filled slots must be finite, got NaN or Inf"
         return None
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        """Load a saved queue, all or nothing.
+
+        The whole state dict is checked before anything is copied (see
+        :meth:`_state_problem`); on any problem (a missing or unexpected key
+        with ``strict``, a wrong shape or dtype, ``ptr``/``fill`` out of
+        range, labels or indices that contradict ``fill``, non-finite
+        features) a :class:`RuntimeError` is raised and the queue is left
+        exactly as it was. The queue keeps copies, never the caller's tensors
+        (also with ``assign=True``).
+
+        Args:
+            state_dict: a mapping from :meth:`state_dict`.
+            strict: require exactly the queue's keys (torch's meaning).
+            assign: torch's ``assign`` (the loaded copies replace the buffers).
+
+        Returns:
+            torch's ``NamedTuple`` of missing and unexpected keys.
+
+        Raises:
+            TypeError: ``state_dict`` not a mapping.
+            RuntimeError: any problem above; nothing was changed.
+
+        Example:
+            >>> queue = PrototypeQueue(size=3, feature_dim=2)
+            >>> state = queue.state_dict()
+            >>> del state["fill"]
+            >>> queue.load_state_dict(state)  # doctest: +IGNORE_EXCEPTION_DETAIL
+            Traceback (most recent call last):
+            RuntimeError: Error(s) in loading state_dict for PrototypeQueue: Missing key(s) in state_dict: "fill".
+        """
+        checked = checked_state_dict(self, state_dict, strict=strict, assign=assign)
+        return super().load_state_dict(checked, strict=strict, assign=assign)
 
     def _load_from_state_dict(
         self,
@@ -425,10 +491,12 @@ class PrototypeQueue(nn.Module):
         error_msgs: List[str],
     ) -> None:
         # Check the whole saved queue before anything is copied: torch copies every buffer whose
-        # shape matches before it reports the others, which would mix two queues.
+        # shape matches before it reports the others, which would mix two queues. This also covers
+        # a queue loaded as part of a larger module (whose load_state_dict is torch's).
         problem = self._state_problem(state_dict, prefix)
         if problem is not None:
-            error_msgs.append(f"{prefix.rstrip('.') or 'PrototypeQueue'}: {problem}; the queue was left unchanged")
+            missing_keys.extend(prefix + name for name in self._STATE_NAMES if prefix + name not in state_dict)
+            error_msgs.append(problem)
             return
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
