@@ -51,6 +51,66 @@ def _expected_width(predictor: object) -> Optional[Tuple[int, str]]:
     return None
 
 
+# Leaf modules that keep the width of their input, so the width of a Sequential's output is that of
+# the last layer before them.
+_WIDTH_PRESERVING = (
+    nn.Identity,
+    nn.Dropout,
+    nn.ReLU,
+    nn.LeakyReLU,
+    nn.GELU,
+    nn.SiLU,
+    nn.ELU,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.Softplus,
+    nn.Mish,
+    nn.Hardswish,
+    nn.PReLU,
+    nn.LayerNorm,
+)
+
+
+def _output_width(predictor: object) -> Optional[int]:
+    """Output width of ``predictor`` when it is known without running it, else ``None``.
+
+    Known for a (non-lazy) ``nn.Linear`` and for an ``nn.Sequential`` (whose
+    execution order is its registration order) ending in one, possibly
+    followed by ``nn.BatchNorm1d`` or width-preserving activations/dropout.
+    Any other module may change the width in ways only its ``forward`` knows.
+    """
+    if isinstance(predictor, nn.Linear) and not isinstance(predictor, nn.LazyLinear):
+        return predictor.out_features
+    if isinstance(predictor, nn.BatchNorm1d) and not isinstance(predictor, nn.LazyBatchNorm1d):
+        return predictor.num_features
+    if isinstance(predictor, nn.Sequential):
+        for layer in reversed(list(predictor)):
+            if isinstance(layer, (nn.Linear, nn.BatchNorm1d, nn.Sequential)):
+                return _output_width(layer)
+            if not isinstance(layer, _WIDTH_PRESERVING):
+                return None
+    return None
+
+
+def _check_batchnorm_batch_size(predictor: object, batch_size: int) -> None:
+    """Refuse a batch of one for a predictor whose BatchNorm would normalise with batch statistics.
+
+    torch raises for it only inside the BatchNorm, after ``num_batches_tracked``
+    (and any layer before it) has changed; this raises before the predictor runs.
+    """
+    if batch_size != 1 or not isinstance(predictor, nn.Module):
+        return
+    for name, module in predictor.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            # torch's rule (BatchNorm.forward): batch statistics in training mode, or always without running ones.
+            if module.training or (module.running_mean is None and module.running_var is None):
+                raise ValueError(
+                    f"online_projection has batch size 1, but the predictor's {type(module).__name__} "
+                    f"{name or 'predictor'} normalises with batch statistics (training mode), which needs "
+                    "at least 2 samples: use batches of 2 or more, or put the predictor in eval mode"
+                )
+
+
 def _check_generator(generator: object) -> Optional[torch.Generator]:
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
@@ -120,7 +180,10 @@ def positive_sampling_alignment(
         training: draw noise only when ``True`` (evaluation is deterministic).
             No random number is drawn when ``training`` is ``False`` or ``sigma == 0``.
         validate_args: also check that the inputs are finite (one host sync);
-            ``False`` keeps the structural checks only and makes no sync.
+            ``False`` keeps the structural checks only (ranks, shapes, batch
+            sizes, widths, dtypes, devices, the BatchNorm batch of one) and
+            makes no sync: NaN or Inf inputs then give a NaN loss. PSA issues
+            no collective either way (under DDP each rank's loss is local).
 
     Returns:
         A scalar tensor, float32 for float32/half/bfloat16 inputs (and under
@@ -135,8 +198,14 @@ def positive_sampling_alignment(
         ValueError: wrong ranks, mismatched batch sizes, an empty batch,
             non-finite values, ``sigma`` outside ``[0, 1e4]``, a generator on
             another device, a projection width that differs from the
-            predictor's first ``nn.Linear``/``nn.BatchNorm1d`` input size, or a
-            predictor output whose shape differs from ``target_projection``.
+            predictor's first ``nn.Linear``/``nn.BatchNorm1d`` input size, a
+            ``target_projection`` width that differs from the output of a
+            predictor whose last layer tells it (an ``nn.Linear``, or an
+            ``nn.Sequential`` ending in one), a batch of one with a BatchNorm
+            that uses batch statistics (training mode), or a predictor output
+            whose shape differs from ``target_projection``. Every error but
+            the last is raised before the predictor runs, so a failing call
+            leaves its BatchNorm statistics unchanged.
 
     Example:
         >>> import torch
@@ -168,6 +237,14 @@ def positive_sampling_alignment(
             f"{expected[1]}, takes {expected[0]} features: online_projection must be the projector output q "
             f"(shape {tuple(online_projection.shape)})"
         )
+    if not torch.compiler.is_compiling():
+        width = _output_width(predictor)
+        if width is not None and width != target_projection.shape[1]:
+            raise ValueError(
+                f"predictor output must have the shape of target_projection {tuple(target_projection.shape)}, "
+                f"got width {width} (the predictor's last layer)"
+            )
+        _check_batchnorm_batch_size(predictor, online_projection.shape[0])
     sigma = _check_sigma(sigma)
     generator = _check_generator(generator)
     if generator is not None and not _same_device(generator.device, online_projection.device):
@@ -292,7 +369,12 @@ class PositiveSamplingAlignment(nn.Module):
         generator: optional :class:`torch.Generator` (on the inputs' device)
             for reproducible noise; otherwise the global RNG is used.
         validate_args: check that the inputs are finite (one host sync per
-            call); ``False`` is the sync-free fast path (a settable attribute).
+            call); ``False`` is the sync-free fast path (a settable
+            attribute) that keeps every structural check and skips only the
+            finiteness check. The loss issues no collective, so under
+            ``torch.distributed`` a rank with bad input raises alone; the
+            other ranks then block in DDP's gradient all-reduce, as for any
+            exception in one rank's step.
 
     Raises:
         TypeError: ``predictor`` not an ``nn.Module``, ``sigma`` not a real
