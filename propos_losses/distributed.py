@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import zlib
 from typing import Any, Callable, Iterator, List, Mapping, Optional, Tuple, TypeVar
 
 import torch
@@ -143,11 +144,60 @@ def broadcast_(tensor: Tensor, src: int = 0, group: Optional[ProcessGroup] = Non
     return tensor
 
 
-def _gather_sizes(n: int, device: torch.device, group: Optional[ProcessGroup]) -> List[int]:
-    size = torch.tensor([n], dtype=torch.long, device=device)
-    sizes = [torch.zeros_like(size) for _ in range(get_world_size(group))]
-    dist.all_gather(sizes, size, group=group)
-    return [int(s.item()) for s in sizes]
+# Trailing sizes exchanged one by one before a gather; any further ones are folded into one checksum.
+_HEADER_DIMS = 6
+
+
+def _dtype_id(dtype: torch.dtype) -> int:
+    """A number naming ``dtype`` that is the same in every process (a checksum of its name)."""
+    return zlib.crc32(str(dtype).encode("ascii")) & 0x7FFFFFFF
+
+
+def _dtype_name(dtype_id: int) -> str:
+    for value in vars(torch).values():
+        if isinstance(value, torch.dtype) and _dtype_id(value) == dtype_id:
+            return str(value)
+    return f"dtype #{dtype_id}"
+
+
+def _header(tensor: Tensor) -> List[int]:
+    """``[rows, dtype id, ndim, trailing sizes (padded with -1), checksum of any further sizes]``; rows -1 for 0-d."""
+    trailing = list(tensor.shape[1:])
+    extra = trailing[_HEADER_DIMS:]
+    padded = trailing[:_HEADER_DIMS] + [-1] * (_HEADER_DIMS - len(trailing[:_HEADER_DIMS]))
+    fold = zlib.crc32(repr(extra).encode("ascii")) if extra else -1
+    rows = tensor.shape[0] if tensor.dim() else -1
+    return [rows, _dtype_id(tensor.dtype), tensor.dim()] + padded + [fold]
+
+
+def _gather_sizes(tensor: Tensor, group: Optional[ProcessGroup], what: str = "all_gather_cat") -> List[int]:
+    """Every rank's row count, after checking that dtype and trailing shape agree on every rank.
+
+    One ``all_gather`` of a few integers per rank (one host sync), before the
+    real gather: with a dtype or trailing shape that differs between ranks the
+    gather itself would abort the process (gloo), hang (NCCL) or, for dtypes
+    of different widths, hand one rank a tensor of the wrong shape. All ranks
+    receive the same headers and therefore raise the same error.
+    """
+    header = torch.tensor(_header(tensor), dtype=torch.int64, device=tensor.device)
+    headers = [torch.zeros_like(header) for _ in range(get_world_size(group))]
+    dist.all_gather(headers, header, group=group)
+    rows = [h.tolist() for h in headers]
+    zero_dim = [rank for rank, h in enumerate(rows) if h[0] < 0]
+    if zero_dim:
+        raise ValueError(f"{what} needs tensors of at least one dimension, got a 0-d tensor on rank(s) {zero_dim}")
+    if any(h[1:] != rows[0][1:] for h in rows):
+        shapes = "; ".join(
+            f"rank {rank}: {_dtype_name(h[1])}, trailing shape "
+            f"{tuple(size for size in h[3 : 3 + min(h[2] - 1, _HEADER_DIMS)])}"
+            f"{' + more' if h[2] - 1 > _HEADER_DIMS else ''}"
+            for rank, h in enumerate(rows)
+        )
+        raise ValueError(
+            f"{what}: the tensors differ between ranks ({shapes}); every rank must pass the same dtype and "
+            "the same trailing shape (all sizes but the first); nothing was gathered"
+        )
+    return [h[0] for h in rows]
 
 
 def _all_gather_padded(tensor: Tensor, sizes: List[int], group: Optional[ProcessGroup]) -> List[Tensor]:
@@ -163,18 +213,26 @@ def all_gather_cat(tensor: Tensor, group: Optional[ProcessGroup] = None) -> Tens
     """Concatenate ``tensor`` from every rank in rank order, without gradient.
 
     The first dimension may differ between ranks; the other dimensions and the
-    dtype must agree. Without a process group, returns ``tensor`` unchanged.
+    dtype must agree. One small ``all_gather`` of every rank's row count,
+    dtype and trailing shape runs first (one host sync), so a mismatch makes
+    every rank raise the same :class:`ValueError` instead of aborting (gloo)
+    or hanging (NCCL) in the gather. Without a process group, returns
+    ``tensor`` unchanged.
 
     Args:
-        tensor: ``(n_r, ...)`` on rank ``r``.
+        tensor: ``(n_r, ...)`` on rank ``r``, at least 1-D.
 
     Returns:
         ``(sum_r n_r, ...)``, identical on every rank.
+
+    Raises:
+        ValueError: on every rank, when the dtype or the trailing shape
+            differs between ranks or a rank passes a 0-d tensor.
     """
     if not is_distributed(group):
         return tensor
     tensor = tensor.detach()
-    sizes = _gather_sizes(tensor.shape[0], tensor.device, group)
+    sizes = _gather_sizes(tensor, group)
     return torch.cat(_all_gather_padded(tensor, sizes, group), dim=0)
 
 
@@ -184,7 +242,10 @@ def all_gather_cat_equal(tensor: Tensor, group: Optional[ProcessGroup] = None) -
     One ``all_gather`` of equal shapes, so nothing is read back to the host and
     ``torch.compile`` traces it without a graph break. Every rank must pass the
     same shape; with different row counts the backend fails (gloo raises, NCCL
-    may hang), so use :func:`all_gather_cat` when batches can be uneven.
+    may hang), and nothing checks that dtypes and trailing shapes agree (a
+    mismatch aborts the process under gloo); use :func:`all_gather_cat`, which
+    checks all of it on every rank, when batches can be uneven or ranks may
+    disagree.
     Without a process group, returns ``tensor`` unchanged.
 
     Args:
@@ -209,7 +270,7 @@ def all_gather_cat_equal(tensor: Tensor, group: Optional[ProcessGroup] = None) -
 class _AllGatherCat(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, tensor: Tensor, group: Optional[ProcessGroup]) -> Tensor:
-        sizes = _gather_sizes(tensor.shape[0], tensor.device, group)
+        sizes = _gather_sizes(tensor, group, "all_gather_cat_autograd")
         rank = get_rank(group)
         ctx.group = group
         ctx.start = sum(sizes[:rank])

@@ -219,7 +219,12 @@ def _check_queue(
 
 
 def _validate_on_every_rank(
-    check: Callable[[], None], online: object, assignments: object, *, collective: bool = True
+    check: Callable[[], None],
+    online: object,
+    assignments: object,
+    *,
+    collective: bool = True,
+    queue: Optional[PrototypeQueue] = None,
 ) -> None:
     """Run the local checks; under ``torch.distributed`` make every rank raise if any rank failed.
 
@@ -229,7 +234,9 @@ def _validate_on_every_rank(
     all-reduce abort the process (gloo). One tiny all-reduce
     (:func:`~propos_losses.distributed.check_on_every_rank`) lets every rank
     raise instead. ``collective=False`` (``validate_args=False``) skips it and
-    its host sync: a rank with bad input then raises alone.
+    its host sync: a rank with bad input then raises alone. With a
+    ``queue``, its feature size and dtype must agree as well (the batch is
+    gathered into it after the loss).
     """
     if not collective:
         check()
@@ -242,6 +249,9 @@ def _validate_on_every_rank(
             assignments.dim() if isinstance(assignments, Tensor) else -1
         ),
     }
+    if queue is not None:
+        agree["the queue's feature size (feature_dim)"] = queue.feature_dim
+        agree["the queue's dtype (code)"] = dtype_code(queue.features)
     device = online.device if isinstance(online, Tensor) else None
     check_on_every_rank(check, what="the prototype scattering loss", device=device, agree=agree)
 
@@ -757,7 +767,11 @@ class PrototypeScatteringLoss(nn.Module):
             assignments = _as_assignments(assignments, online.device)  # type: ignore[assignment]
         validate = self._validate_args
         _validate_on_every_rank(
-            lambda: self._check_forward(online, target, assignments, indices), online, assignments, collective=validate
+            lambda: self._check_forward(online, target, assignments, indices),
+            online,
+            assignments,
+            collective=validate,
+            queue=self.queue,
         )
         queue_sums = None if self.queue is None else _buffer_queue_sums(self.queue, self.num_clusters)
         scores, z_target = _psl(online, target, assignments, self.num_clusters, self.temperature, queue_sums, validate)

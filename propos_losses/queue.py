@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from propos_losses._validation import check_finite, check_int, check_tensor, checked_state_dict
-from propos_losses.distributed import all_gather_cat, all_gather_cat_equal, check_on_every_rank
+from propos_losses.distributed import all_gather_cat, all_gather_cat_equal, check_on_every_rank, dtype_code
 from propos_losses.prototypes import _cluster_sums as cluster_sums_unchecked
 
 __all__ = ["PrototypeQueue"]
@@ -269,7 +269,14 @@ class PrototypeQueue(nn.Module):
             # Agree on success before the gathers: a rank that raised alone
             # would leave the others blocked in all_gather forever.
             device = features.device if isinstance(features, Tensor) else self.features.device
-            features, labels, indices = check_on_every_rank(check, what="PrototypeQueue.push", device=device)
+            # Queues built differently on different ranks would make the gathers below abort (gloo).
+            agree = {
+                "the queue's feature size (feature_dim)": self.feature_dim,
+                "the queue's dtype (code)": dtype_code(self.features),
+            }
+            features, labels, indices = check_on_every_rank(
+                check, what="PrototypeQueue.push", device=device, agree=agree
+            )
         else:
             features, labels, indices = check()
 
