@@ -292,6 +292,10 @@ def all_gather_cat_autograd(tensor: Tensor, group: Optional[ProcessGroup] = None
     gradient averaging yields the single-process gradient of the global batch
     (no ``1 / world_size`` scaling, unlike a gather whose backward keeps only
     the local slice).
+
+    Raises:
+        ValueError: on every rank, as :func:`all_gather_cat`, when the dtype or
+            the trailing shape differs between ranks.
     """
     return _apply_across_ranks(_AllGatherCat, tensor, group)
 

@@ -460,6 +460,14 @@ def prototype_scattering_terms(
             input. ``False``: structural checks only (types, shapes, dtypes,
             devices), no host sync, ``torch.compile(fullgraph=True)``-able;
             invalid values then give an undefined result instead of an error.
+            Under ``torch.distributed`` the fast path also skips the agreement
+            all-reduce: a rank whose input fails a structural check raises
+            alone (the others wait in the next collective until the process
+            group's timeout), and inputs that disagree between ranks (feature
+            size, dtype, hard labels vs soft weights) reach the all-reduce of
+            the sums, which aborts the process under gloo and may hang under
+            NCCL; a global batch without any weight is not reported either.
+            ``validate_args`` must be the same on every rank.
 
     Returns:
         :class:`PSLTerms`: the 0-d loss (float32, float64 for float64 input),
@@ -619,9 +627,23 @@ class PrototypeScatteringLoss(nn.Module):
         validate_args: check values as well as structure (default ``True``);
             ``False`` is the fast path: no host sync per call, compiles with
             ``torch.compile(fullgraph=True)`` (see
-            :func:`prototype_scattering_loss`). Also set on the queue. An
+            :func:`prototype_scattering_terms`). Also set on the queue. An
             attribute that may be changed at run time, e.g. ``True`` for the
-            first step only.
+            first step only, but always to the same value on every rank.
+
+    What the fast path checks and skips. Always checked, on each rank alone
+    and before anything changes: argument types, ranks and shapes
+    (``online``/``target`` ``(B, d)`` alike, ``d`` equal to ``feature_dim``,
+    assignments ``(B,)`` or ``(B, K)``, ``indices`` ``(B,)``), integer or
+    floating dtypes, devices, soft weights with a queue. Skipped with
+    ``validate_args=False``: finite features, labels in ``[0, K)``,
+    non-negative and not all-zero weights, ``indices >= 0``, queue labels
+    below ``K``; and, under ``torch.distributed``, the one small all-reduce
+    that makes every rank raise together and checks that feature size,
+    dtype, assignment kind and the queue's size and dtype agree between
+    ranks (see ``validate_args`` of :func:`prototype_scattering_terms` for
+    what a disagreement then does), and the exchange of row counts before
+    the queue's gather (every rank must push the same ``B``).
 
     Queue (``queue_size > 0``): ``self.queue`` is a
     :class:`~propos_losses.queue.PrototypeQueue` of normalised *target*

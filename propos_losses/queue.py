@@ -72,11 +72,17 @@ class PrototypeQueue(nn.Module):
         dtype: floating dtype of the stored features (pushed features are cast).
         validate_args: check values too (finite features, non-negative labels
             and indices) and, under ``torch.distributed``, make every rank
-            raise when one rank got bad input; ``False``: structural checks
-            only, so a push makes no host sync (a settable attribute). Under
-            ``torch.distributed`` the fast path also skips exchanging the
-            ranks' row counts: every rank must then push the same number of
-            rows (as with equal local batches), else the gather fails.
+            raise when one rank got bad input or the queues' feature size or
+            dtype differ between ranks; ``False``: structural checks only
+            (types, ranks, shapes, the feature size, integer dtypes), so a
+            push makes no host sync (a settable attribute, the same on every
+            rank). Under ``torch.distributed`` the fast path skips the
+            agreement all-reduce and the exchange of the ranks' row counts,
+            dtypes and shapes: every rank must then push the same number of
+            rows into queues of the same feature size and dtype (as with
+            equal local batches); otherwise the gather aborts the process
+            (gloo) or hangs (NCCL), and a rank whose input fails a structural
+            check raises alone while the others wait in the gather.
 
     Raises:
         TypeError: ``size`` or ``feature_dim`` not an int, ``dtype`` not a
