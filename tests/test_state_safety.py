@@ -15,6 +15,8 @@ from typing import Callable, Dict
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import Tensor, nn
 
 from propos_losses import PSA, PSL, MomentumUpdater, PrototypeQueue
@@ -114,6 +116,36 @@ def test_queue_load_keeps_copies_not_the_callers_tensors(assign: bool) -> None:
     _assert_unchanged(queue, expected)
     queue.push(torch.ones(1, DIM), torch.tensor([0]))
     assert torch.equal(state["ptr"], torch.tensor(0))  # and the queue never writes into them
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    drop=st.sampled_from([None, "features", "labels", "indices", "ptr", "fill"]),
+    ptr=st.integers(-1, SIZE),
+    fill=st.integers(-1, SIZE + 1),
+    label=st.tuples(st.integers(0, SIZE - 1), st.integers(-2, K + 1)),
+    index=st.tuples(st.integers(0, SIZE - 1), st.integers(-2, 20)),
+    strict=st.booleans(),
+)
+def test_psl_load_either_applies_the_whole_state_or_changes_nothing(
+    drop: object, ptr: int, fill: int, label: tuple, index: tuple, strict: bool
+) -> None:
+    state = _state(_filled_psl(5, seed=2))
+    state["queue.ptr"], state["queue.fill"] = torch.tensor(ptr), torch.tensor(fill)
+    state["queue.labels"][label[0]] = label[1]
+    state["queue.indices"][index[0]] = index[1]
+    if drop is not None:
+        del state[f"queue.{drop}"]
+    psl = _filled_psl(2, seed=1)
+    before = _state(psl)
+    try:
+        psl.load_state_dict(state, strict=strict)
+    except RuntimeError:
+        _assert_unchanged(psl, before)
+        return
+    _assert_unchanged(psl, state)  # loaded: exactly the given state, which is a queue push could produce
+    features, labels, indices = psl.queue.contents()  # type: ignore[union-attr]
+    assert len(labels) == fill and bool(((labels >= 0) & (labels < K)).all()) and bool((indices >= -1).all())
 
 
 # ---------------------------------------------------------------- PSL.load_state_dict
