@@ -6,7 +6,7 @@ import functools
 import warnings
 from typing import Any, Callable, TypeVar, cast
 
-__all__ = ["REMOVED_IN", "deprecated_alias"]
+__all__ = ["REMOVED_IN", "deprecated_alias", "warn_deprecated_parameter"]
 
 #: The release that removes the names deprecated in 0.2.
 REMOVED_IN = "0.3"
@@ -57,3 +57,24 @@ def deprecated_alias(function: _F, old_name: str, *, why: str, example: str, res
         f"    {result}\n"
     )
     return cast(_F, alias)
+
+
+def warn_deprecated_parameter(owner: str, old_name: str, new_name: str, *, stacklevel: int = 2) -> None:
+    """Warn that ``owner``'s parameter ``old_name`` is deprecated: a :class:`FutureWarning`, as for the aliases.
+
+    Args:
+        owner: the class or function that takes the parameter, e.g. ``"SphericalKMeans"``.
+        old_name: the deprecated parameter.
+        new_name: the parameter to use instead.
+        stacklevel: as for :func:`warnings.warn`, counted from the caller of this function.
+
+    Example:
+        >>> import warnings
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     warn_deprecated_parameter("SphericalKMeans", "seed", "random_state")
+        >>> str(caught[0].message)
+        'propos_losses.SphericalKMeans(seed=...) is deprecated and will be removed in 0.3; use random_state'
+    """
+    message = f"propos_losses.{owner}({old_name}=...) is deprecated and will be removed in {REMOVED_IN}; use {new_name}"
+    warnings.warn(message, FutureWarning, stacklevel=stacklevel + 1)

@@ -122,33 +122,64 @@ candidates are all-gathered. With the same initial centres the result equals
 the single-process run on the concatenated shards, up to floating-point
 summation order.
 
-Input and output types: ``X`` may be a NumPy array or a torch tensor, float32
-or float64, on CPU or CUDA; float16 and bfloat16 tensors are computed in
-float32; integer, boolean and complex input raise :class:`TypeError`. All
-computation runs on the device of ``X`` in its (float32/float64) dtype.
-Rows are divided by their norm unless every norm is already within
-``4 sqrt(d)`` ulps of 1 (as normalising leaves them); then ``X`` is used as
-it is, without a copy. A row whose squared norm would overflow or underflow
-(entries near the dtype's maximum, or below about ``1e-19`` in float32) is
-divided by its largest entry first, so only a row that is really zero is an
-error. Results mirror the input: torch tensors on ``X``'s device for tensor input,
-NumPy arrays for NumPy input (labels are int64 in both cases).
+Input and output types: ``X`` may be a NumPy array or array-like (a list, a
+pandas DataFrame), a torch tensor on CPU or CUDA, or sparse: a SciPy sparse
+matrix or array of any format, or a sparse torch tensor (COO, CSR, CSC). Dense
+data is computed in its float32/float64 dtype (float16 and bfloat16 in
+float32; integer and boolean data in float64, as scikit-learn's ``KMeans``
+does; complex data is an error). Rows are divided by their norm unless every
+norm is already within ``4 sqrt(d)`` ulps of 1 (as normalising leaves them);
+then ``X`` is used as it is, without a copy. A row whose squared norm would
+overflow or underflow (entries near the dtype's maximum, or below about
+``1e-19`` in float32) is divided by its largest entry first. NaN and infinite
+values raise scikit-learn's ``ValueError`` ("Input X contains NaN.").
+
+All-zero rows (e.g. documents with no known term) follow scikit-learn's
+``normalize``/``cosine_similarity`` convention: they stay zero, so their cosine
+similarity to every centre is 0 (``transform`` gives 0, they add ``w_i`` to the
+inertia and nothing to the centres) and they are never chosen as a centre
+(k-means++ gives them probability 0, re-seeding skips them).
+
+Sparse input is never densified: it is kept as CSR (SciPy input is converted
+with ``tocsr()``, a copy of the stored values), the rows are normalised by
+dividing the stored values, the assignments are sparse-dense products with the
+dense ``(R * K, d)`` centres (``torch.sparse.mm``, on CPU or CUDA), the cluster
+sums scatter the stored values into dense ``(K, d)`` sums, and only gathered
+rows (the sampled k-means++ candidates, re-seeding rows) are made dense.
+
+Sample weights (``fit(X, sample_weight=w)``): a row of weight ``w_i`` counts
+as ``w_i`` copies of itself in the cluster sums (so in the centres), in the
+inertia ``sum_i w_i (1 - cos)`` and in the k-means++ sampling (probability
+proportional to ``w_i D_i``); ``"random"`` initialisation draws rows with
+probability proportional to ``w_i``. Rows of weight 0 never become centres.
+
+Results mirror the input: torch tensors on ``X``'s device for tensor input
+(dense or sparse), NumPy arrays for NumPy, array-like and SciPy input (labels
+are int64 in both cases; centres are always dense).
+
+Seeding: ``random_state`` follows scikit-learn (``check_random_state``): an int
+seeds the generator of the initialisation and subsampling (CPU results are
+deterministic), a ``numpy.random.RandomState`` or ``Generator`` is drawn from
+once per fit, ``None`` draws from NumPy's global ``RandomState``. Under
+``torch.distributed`` the draw of rank 0 is used on every rank.
 """
 
 from __future__ import annotations
 
 import inspect
 import math
+import numbers
 import sys
 import time
 import warnings
-from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from torch import Tensor
 from typing_extensions import TypedDict, Unpack
 
+from propos_losses._deprecation import warn_deprecated_parameter
 from propos_losses._validation import check_float, check_int
 from propos_losses.defaults import KMEANS_MAX_ITER, KMEANS_N_INIT, KMEANS_TOL
 from propos_losses.distributed import (
@@ -206,7 +237,7 @@ class ConvergenceWarning(UserWarning):
         >>> import numpy as np
         >>> with warnings.catch_warnings(record=True) as caught:
         ...     warnings.simplefilter("always")
-        ...     _ = SphericalKMeans(3, n_init=1, seed=0).fit(np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]))
+        ...     _ = SphericalKMeans(3, n_init=1, random_state=0).fit(np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]))
         >>> any(issubclass(w.category, ConvergenceWarning) for w in caught)
         True
     """
@@ -228,6 +259,11 @@ def _convergence_warning_class() -> type:
 
 
 ArrayLike = Union[Tensor, np.ndarray]
+#: Data of fit/predict: a NumPy array or array-like (list, pandas DataFrame), a dense or sparse
+#: (COO/CSR/CSC) tensor, or a SciPy sparse matrix or array of any format.
+DataLike = Any
+WeightLike = Union[Tensor, np.ndarray, Sequence[float], float]
+RandomStateLike = Union[None, int, np.random.RandomState, np.random.Generator]
 InitLike = Union[str, Tensor, np.ndarray]
 SampleSize = Union[int, str, None]
 
@@ -295,57 +331,294 @@ class _Fit(NamedTuple):
 # --------------------------------------------------------------------------- input
 
 
-def _as_tensor(name: str, X: object) -> Tuple[Tensor, bool]:
-    """Return ``X`` as a 2-D float32/float64 tensor and whether it was a NumPy array (or array-like)."""
-    if isinstance(X, Tensor) and X.layout != torch.strided:
-        raise TypeError(f"{name} must be a dense tensor, got layout {X.layout}; convert it with {name}.to_dense()")
+class _Rows:
+    """``(N, d)`` rows as the kernels see them: dense or CSR, with optional per-row weights.
+
+    The kernels only slice rows, gather rows, multiply by dense centres and add
+    rows into dense sums, so one interface covers dense tensors and sparse CSR
+    data (which is never densified as a whole: only gathered rows, e.g. the
+    sampled k-means++ candidates, are).
+
+    Attributes:
+        weight: ``(N,)`` sample weights in the data dtype, or ``None`` (all 1).
+        pick: ``(N,)`` bool, rows that may become centres (non-zero rows of
+            positive weight), or ``None`` when every row may.
+    """
+
+    n: int
+    d: int
+    dtype: torch.dtype
+    device: torch.device
+    weight: Optional[Tensor]
+    pick: Optional[Tensor]
+
+    def element_size(self) -> int:
+        return torch.finfo(self.dtype).bits // 8
+
+    def span(self, start: int, stop: int) -> "_Rows":
+        """Rows ``start:stop``."""
+        raise NotImplementedError
+
+    def take(self, index: Tensor) -> "_Rows":
+        """Rows ``index`` ``(m,)`` (int64, on the data's device)."""
+        raise NotImplementedError
+
+    def mm_t(self, centers: Tensor) -> Tensor:
+        """Similarities ``(n, m)``: the rows times ``centers.T`` for ``(m, d)`` dense centres."""
+        raise NotImplementedError
+
+    def to_dense(self) -> Tensor:
+        """The rows as a dense ``(n, d)`` tensor (used for a few gathered rows only)."""
+        raise NotImplementedError
+
+    def add_to(self, out: Tensor, labels: Tensor, alpha: float = 1.0) -> None:
+        """``out[labels[i]] += alpha * w_i * x_i`` for every row ``i``; ``out`` is a contiguous ``(W, d)`` tensor."""
+        raise NotImplementedError
+
+    def weighted(self, values: Tensor) -> Tensor:
+        """``sum_i w_i * values[i]`` over dim 0, in float64 (``values``: ``(n, ...)``)."""
+        if self.weight is None:
+            return values.sum(dim=0, dtype=torch.float64)
+        weight = self.weight.to(torch.float64).view(-1, *([1] * (values.dim() - 1)))
+        return (values.to(torch.float64) * weight).sum(dim=0)
+
+    def total_weight(self) -> Tensor:
+        """``sum_i w_i`` (``n`` without weights) as a float64 scalar tensor."""
+        if self.weight is None:
+            return torch.tensor(float(self.n), dtype=torch.float64, device=self.device)
+        return self.weight.sum(dtype=torch.float64)
+
+    def pick_weight(self) -> Optional[Tensor]:
+        """``(N,)`` float64 weights of the rows as candidate centres (``w_i``, 0 for zero rows), or ``None`` (all 1)."""
+        if self.pick is None and self.weight is None:
+            return None
+        weight = torch.ones(self.n, dtype=torch.float64, device=self.device)
+        if self.weight is not None:
+            weight = self.weight.to(torch.float64)
+        if self.pick is not None:
+            weight = weight * self.pick
+        return weight
+
+    def _sub(self, index: Union[slice, Tensor]) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+        weight = None if self.weight is None else self.weight[index]
+        pick = None if self.pick is None else self.pick[index]
+        return weight, pick
+
+
+class _DenseRows(_Rows):
+    """Dense ``(N, d)`` rows."""
+
+    def __init__(self, X: Tensor, weight: Optional[Tensor] = None, pick: Optional[Tensor] = None) -> None:
+        self.X = X
+        self.n, self.d = int(X.shape[0]), int(X.shape[1])
+        self.dtype, self.device = X.dtype, X.device
+        self.weight, self.pick = weight, pick
+
+    def span(self, start: int, stop: int) -> "_DenseRows":
+        return _DenseRows(self.X[start:stop], *self._sub(slice(start, stop)))
+
+    def take(self, index: Tensor) -> "_DenseRows":
+        return _DenseRows(self.X[index], *self._sub(index))
+
+    def mm_t(self, centers: Tensor) -> Tensor:
+        return torch.mm(self.X, centers.t())
+
+    def to_dense(self) -> Tensor:
+        return self.X
+
+    def weighted_rows(self, dtype: torch.dtype) -> Tensor:
+        rows = self.X.to(dtype)
+        return rows if self.weight is None else rows * self.weight.to(dtype).unsqueeze(1)
+
+    def add_to(self, out: Tensor, labels: Tensor, alpha: float = 1.0) -> None:
+        out.index_add_(0, labels, self.weighted_rows(out.dtype), alpha=alpha)
+
+
+class _SparseRows(_Rows):
+    """CSR ``(N, d)`` rows: ``crow`` ``(N + 1,)``, ``col`` and ``val`` ``(nnz,)`` (int64, int64, float)."""
+
+    def __init__(
+        self,
+        crow: Tensor,
+        col: Tensor,
+        val: Tensor,
+        d: int,
+        weight: Optional[Tensor] = None,
+        pick: Optional[Tensor] = None,
+    ) -> None:
+        self.crow, self.col, self.val = crow, col, val
+        self.n, self.d = int(crow.shape[0]) - 1, d
+        self.dtype, self.device = val.dtype, val.device
+        self.weight, self.pick = weight, pick
+        self._row: Optional[Tensor] = None
+        self._csr: Optional[Tensor] = None
+
+    @property
+    def row(self) -> Tensor:
+        """``(nnz,)`` row index of every stored value."""
+        if self._row is None:
+            self._row = torch.repeat_interleave(
+                torch.arange(self.n, device=self.device), self.crow.diff(), output_size=int(self.val.shape[0])
+            )
+        return self._row
+
+    def csr(self) -> Tensor:
+        if self._csr is None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # "Sparse CSR tensor support is in beta state"
+                self._csr = torch.sparse_csr_tensor(
+                    self.crow, self.col, self.val, size=(self.n, self.d), check_invariants=False
+                )
+        csr: Tensor = self._csr
+        return csr
+
+    def span(self, start: int, stop: int) -> "_SparseRows":
+        stop = min(stop, self.n)
+        crow = self.crow[start : stop + 1]
+        low, high = int(crow[0]), int(crow[-1])
+        return _SparseRows(crow - low, self.col[low:high], self.val[low:high], self.d, *self._sub(slice(start, stop)))
+
+    def take(self, index: Tensor) -> "_SparseRows":
+        starts = self.crow[index]
+        lengths = self.crow[index + 1] - starts
+        crow = torch.zeros(index.shape[0] + 1, dtype=self.crow.dtype, device=self.device)
+        torch.cumsum(lengths, 0, out=crow[1:])
+        total = int(crow[-1])
+        # Position of each gathered value in col/val: its row's start plus its rank inside the row.
+        shift = torch.repeat_interleave(starts - crow[:-1], lengths, output_size=total)
+        position = torch.arange(total, device=self.device) + shift
+        return _SparseRows(crow, self.col[position], self.val[position], self.d, *self._sub(index))
+
+    def mm_t(self, centers: Tensor) -> Tensor:
+        if self.n == 0:
+            return self.val.new_zeros(0, centers.shape[0])
+        product: Tensor = torch.sparse.mm(self.csr(), centers.t().contiguous())
+        return product
+
+    def to_dense(self) -> Tensor:
+        dense = self.val.new_zeros(self.n, self.d)
+        dense.view(-1).index_put_((self.row * self.d + self.col,), self.val, accumulate=True)
+        return dense
+
+    def add_to(self, out: Tensor, labels: Tensor, alpha: float = 1.0) -> None:
+        values = self.val.to(out.dtype)
+        if self.weight is not None:
+            values = values * self.weight.to(out.dtype)[self.row]
+        out.view(-1).index_add_(0, labels[self.row] * self.d + self.col, values, alpha=alpha)
+
+
+def _as_rows(name: str, X: object) -> Tuple[Union[Tensor, _SparseRows], bool]:
+    """``X`` as a 2-D float32/float64 dense tensor or CSR rows, and whether results are returned as NumPy.
+
+    Accepted: NumPy arrays and array-likes (lists, pandas DataFrames),
+    torch tensors (dense or sparse COO/CSR/CSC), SciPy sparse matrices and
+    arrays of any format (converted to CSR, never densified). Integer and
+    boolean data are converted to float64 (as scikit-learn's ``KMeans``
+    does), float16/bfloat16 to float32; complex data is an error.
+    """
     if hasattr(X, "tocsr") and hasattr(X, "toarray"):  # scipy.sparse, without importing it
-        raise TypeError(f"{name} must be dense, got the sparse {type(X).__name__}; convert it with {name}.toarray()")
+        return _scipy_sparse_rows(name, X), True
+    if isinstance(X, Tensor) and X.layout != torch.strided:
+        return _torch_sparse_rows(name, X), False
     if not isinstance(X, (Tensor, np.ndarray)) and hasattr(X, "__array__") or isinstance(X, (list, tuple)):
         try:
             X = np.asarray(X)  # array-likes (scikit-learn's convention); NumPy rules below
         except (TypeError, ValueError) as error:  # e.g. ragged nested lists
             raise ValueError(f"{name} must be a 2-D array of numbers: {error}") from None
     if isinstance(X, np.ndarray):
-        if X.dtype.kind == "c":
-            raise ValueError(f"Complex data not supported: {name} has NumPy dtype {X.dtype}")
-        if X.dtype.kind == "O":
-            try:
-                X = X.astype(np.float64)  # e.g. a list mixing ints and floats, pandas object columns
-            except (TypeError, ValueError) as error:
-                raise TypeError(
-                    f"{name} must hold numbers, got a NumPy object array that is not numeric: {error}"
-                ) from None
-        if X.dtype == np.float16:
-            X = X.astype(np.float32)  # as for torch half precision: computed in float32
-        if X.dtype not in (np.float32, np.float64):
-            raise TypeError(
-                f"{name} must be float32 or float64, got NumPy dtype {X.dtype}; "
-                f"convert it first, e.g. {name}.astype(numpy.float32)"
-            )
-        tensor = torch.from_numpy(np.ascontiguousarray(X))
+        X = _numpy_float(name, X)
+        with warnings.catch_warnings():
+            # Read-only arrays (memory maps) are never written to: torch's warning does not apply.
+            warnings.simplefilter("ignore", UserWarning)
+            tensor = torch.from_numpy(np.ascontiguousarray(X))
         is_numpy = True
     elif isinstance(X, Tensor):
-        if X.dtype in (torch.float16, torch.bfloat16):
-            # Half precision cannot hold the sums of a large cluster: compute in float32.
-            X = X.float()
-        if X.dtype not in (torch.float32, torch.float64):
-            raise TypeError(
-                f"{name} must be a floating-point tensor (float32 or float64; half "
-                f"precision is computed in float32), got dtype {X.dtype}"
-            )
-        tensor = X.detach()
+        tensor = _torch_float(name, X).detach()
         is_numpy = False
     else:
-        raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(X).__name__}")
-    if tensor.dim() != 2:
+        raise TypeError(
+            f"{name} must be a torch.Tensor, a numpy.ndarray or a scipy.sparse matrix, got {type(X).__name__}"
+        )
+    _check_2d(name, tuple(tensor.shape))
+    return tensor, is_numpy
+
+
+def _check_2d(name: str, shape: Tuple[int, ...]) -> None:
+    if len(shape) != 2:
         raise ValueError(
-            f"{name} must be 2-D (N, d), got shape {tuple(tensor.shape)}; Reshape your data, e.g. with "
+            f"{name} must be 2-D (N, d), got shape {shape}; Reshape your data, e.g. with "
             f"{name}.reshape(-1, 1) for one feature or {name}.reshape(1, -1) for one sample"
         )
-    if tensor.shape[1] < 1:
-        raise ValueError(f"{name} has 0 feature(s) (shape=({tensor.shape[0]}, 0)) while a minimum of 1 is required.")
-    return tensor, is_numpy
+    if shape[1] < 1:
+        raise ValueError(f"{name} has 0 feature(s) (shape=({shape[0]}, 0)) while a minimum of 1 is required.")
+
+
+def _numpy_float(name: str, X: np.ndarray) -> np.ndarray:
+    """A float32/float64 view or copy of a NumPy array (integers and booleans: float64, float16: float32)."""
+    if X.dtype.kind == "c":
+        raise ValueError(f"Complex data not supported: {name} has NumPy dtype {X.dtype}")
+    if X.dtype.kind == "O":
+        try:
+            X = X.astype(np.float64)  # e.g. a list mixing ints and floats, pandas object columns
+        except (TypeError, ValueError) as error:
+            raise TypeError(
+                f"{name} must hold numbers, got a NumPy object array that is not numeric: {error}"
+            ) from None
+    if X.dtype.kind in "iub":
+        return X.astype(np.float64)  # as scikit-learn's KMeans does
+    if X.dtype == np.float16:
+        return X.astype(np.float32)  # as for torch half precision: computed in float32
+    if X.dtype not in (np.float32, np.float64):
+        raise TypeError(f"{name} must hold real numbers, got NumPy dtype {X.dtype}")
+    return X
+
+
+def _torch_float(name: str, X: Tensor) -> Tensor:
+    """A float32/float64 tensor (integers and booleans: float64, half precision: float32)."""
+    if X.is_complex():
+        raise ValueError(f"Complex data not supported: {name} has dtype {X.dtype}")
+    if X.dtype in (torch.float16, torch.bfloat16):
+        return X.float()  # half precision cannot hold the sums of a large cluster
+    if not X.is_floating_point():
+        return X.to(torch.float64)  # integers and booleans, as for NumPy input
+    return X
+
+
+def _scipy_sparse_rows(name: str, X: Any) -> _SparseRows:
+    """CSR rows from a SciPy sparse matrix or array of any format (the stored values are copied, not densified)."""
+    _check_2d(name, tuple(X.shape))
+    csr = X.tocsr()
+    values = _numpy_float(name, np.asarray(csr.data))
+    if not csr.has_canonical_format:
+        csr = csr.copy()
+        csr.sum_duplicates()  # sorted column indices, duplicates summed
+        values = _numpy_float(name, np.asarray(csr.data))
+    crow = torch.from_numpy(np.asarray(csr.indptr, dtype=np.int64))
+    col = torch.from_numpy(np.asarray(csr.indices, dtype=np.int64))
+    return _SparseRows(crow, col, torch.from_numpy(np.array(values)), int(X.shape[1]))
+
+
+def _torch_sparse_rows(name: str, X: Tensor) -> _SparseRows:
+    """CSR rows from a sparse torch tensor (COO, CSR or CSC), on its device."""
+    _check_2d(name, tuple(X.shape))
+    if X.layout not in (torch.sparse_coo, torch.sparse_csr, torch.sparse_csc):
+        raise TypeError(f"{name} must be a dense tensor or a sparse COO/CSR/CSC tensor, got layout {X.layout}")
+    X = X.detach()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "Sparse CSR tensor support is in beta state"
+        if X.layout == torch.sparse_coo:
+            X = X.coalesce()
+        csr = X if X.layout == torch.sparse_csr else X.to_sparse_csr()
+    values = _torch_float(name, csr.values())
+    return _SparseRows(csr.crow_indices().to(torch.int64), csr.col_indices().to(torch.int64), values, int(X.shape[1]))
+
+
+def _nonfinite_error(name: str, values: Tensor) -> ValueError:
+    """scikit-learn's wording (``check_array``) for NaN or infinite input."""
+    if bool(torch.isnan(values).any()):
+        return ValueError(f"Input {name} contains NaN.")
+    numpy_dtype = torch.empty(0, dtype=values.dtype).numpy().dtype
+    return ValueError(f"Input {name} contains infinity or a value too large for dtype({str(numpy_dtype)!r}).")
 
 
 def _rescale_extreme_rows(X: Tensor, norms: Tensor) -> Tuple[Tensor, Tensor]:
@@ -377,26 +650,67 @@ def _rescale_extreme_rows(X: Tensor, norms: Tensor) -> Tuple[Tensor, Tensor]:
     return X, norms
 
 
-def _normalise_rows(name: str, X: Tensor) -> Tensor:
-    """L2-normalise the rows; raise on NaN/Inf or all-zero rows."""
+def _normalise_rows(name: str, X: Tensor, allow_zero: bool = False) -> Tensor:
+    """L2-normalise the rows; raise on NaN/Inf, and on all-zero rows unless ``allow_zero`` (they stay zero)."""
     # NaN/Inf make the row norm non-finite, so only such rows need the element-wise check
     # (a full isfinite pass over X costs as much as a k-means iteration).
     norms = torch.linalg.vector_norm(X, dim=1)
     suspect = ~torch.isfinite(norms)
     if bool(suspect.any()) and not bool(torch.isfinite(X[suspect]).all()):
-        raise ValueError(f"{name} must be finite, got NaN or Inf values")
+        raise _nonfinite_error(name, X[suspect])
     # Rows so large or so small that their squared norm overflows or underflows: scaled first.
     X, norms = _rescale_extreme_rows(X, norms)
     zero = norms == 0
     if bool(zero.any()):
-        first = int(torch.nonzero(zero)[0, 0])
-        raise ValueError(
-            f"{name} has all-zero rows (e.g. row {first}); their direction, hence their cosine similarity, is undefined"
-        )
+        if not allow_zero:
+            first = int(torch.nonzero(zero)[0, 0])
+            raise ValueError(
+                f"{name} has all-zero rows (e.g. row {first}); their direction, hence their cosine similarity, "
+                f"is undefined"
+            )
+        return X / torch.where(zero, torch.ones_like(norms), norms).unsqueeze(1)
     if X.shape[0] and float((norms - 1).abs().max()) <= _unit_norm_tolerance(X):
         # Already unit rows (e.g. normalised features): dividing would only copy X.
         return X
     return X / norms.unsqueeze(1)
+
+
+def _normalise_sparse(name: str, X: _SparseRows) -> _SparseRows:
+    """CSR rows divided by their L2 norm (a new array of stored values; zero rows stay zero)."""
+    values = X.val
+    if values.numel() and not bool(torch.isfinite(values).all()):
+        raise _nonfinite_error(name, values[~torch.isfinite(values)])
+    row = X.row
+    # Divided by the largest |entry| of the row first, so that no squared norm over- or underflows.
+    scale = torch.zeros(X.n, dtype=values.dtype, device=X.device)
+    scale.scatter_reduce_(0, row, values.abs(), reduce="amax", include_self=True)
+    scaled = values / torch.where(scale > 0, scale, torch.ones_like(scale))[row]
+    squares = torch.zeros(X.n, dtype=values.dtype, device=X.device).index_add_(0, row, scaled * scaled)
+    norms = squares.sqrt()
+    unit = scaled / torch.where(norms > 0, norms, torch.ones_like(norms))[row]
+    normalised = _SparseRows(X.crow, X.col, unit, X.d)
+    normalised._row = row
+    return normalised
+
+
+def _unit_rows(name: str, data: Union[Tensor, _SparseRows]) -> _Rows:
+    """The unit rows of ``X`` (zero rows stay zero; they may not become centres)."""
+    rows: _Rows
+    if isinstance(data, _SparseRows):
+        rows = _normalise_sparse(name, data)
+        nonzero = torch.zeros(rows.n, dtype=torch.bool, device=rows.device)
+        nonzero[rows.row[rows.val != 0]] = True
+    else:
+        rows = _DenseRows(_normalise_rows(name, data, allow_zero=True))
+        nonzero = rows.X.abs().amax(dim=1) > 0 if rows.n else torch.zeros(0, dtype=torch.bool, device=rows.device)
+    if not bool(nonzero.all()):
+        rows.pick = nonzero
+    return rows
+
+
+def _unit_unweighted(name: str, X: object) -> Tuple[_Rows, bool]:
+    data, is_numpy = _as_rows(name, X)
+    return _unit_rows(name, data), is_numpy
 
 
 def _unit_norm_tolerance(X: Tensor) -> float:
@@ -407,6 +721,33 @@ def _unit_norm_tolerance(X: Tensor) -> float:
     as dividing would make them.
     """
     return 4.0 * math.sqrt(X.shape[1]) * torch.finfo(X.dtype).eps
+
+
+def _check_sample_weight(sample_weight: object, rows: _Rows) -> Optional[Tensor]:
+    """``(N,)`` sample weights in the data's dtype and device (a copy), or ``None`` for ``None``.
+
+    A scalar weighs every row the same; an array must be 1-D of length ``N``,
+    finite and non-negative (:func:`_fit` checks that not all are zero, over all ranks).
+    """
+    if sample_weight is None:
+        return None
+    if isinstance(sample_weight, Tensor):
+        weight = sample_weight.detach().to(device=rows.device, dtype=torch.float64).clone()
+    elif isinstance(sample_weight, numbers.Real) and not isinstance(sample_weight, bool):
+        weight = torch.full((rows.n,), float(sample_weight), dtype=torch.float64, device=rows.device)
+    else:
+        try:
+            array = np.asarray(sample_weight, dtype=np.float64)
+        except (TypeError, ValueError) as error:
+            raise TypeError(f"sample_weight must be None, a number or a 1-D array of numbers: {error}") from None
+        weight = torch.tensor(array, dtype=torch.float64, device=rows.device)
+    if tuple(weight.shape) != (rows.n,):
+        raise ValueError(f"sample_weight.shape == {tuple(weight.shape)}, expected {(rows.n,)}!")
+    if not bool(torch.isfinite(weight).all()):
+        raise ValueError("sample_weight must be finite, got NaN or infinity")
+    if rows.n and float(weight.min()) < 0:
+        raise ValueError(f"sample_weight must be non-negative, got {float(weight.min())!r}")
+    return weight.to(rows.dtype)
 
 
 def _to_output(value: Tensor, is_numpy: bool) -> ArrayLike:
@@ -423,19 +764,20 @@ def _chunk_rows(n_rows: int, width: int, itemsize: int, chunk_size: Optional[int
     return max(1, min(max(n_rows, 1), DEFAULT_CHUNK_BYTES // max(1, width * itemsize)))
 
 
-def _sum_rows_by_label(rows: Tensor, flat_labels: Tensor, width: int, out: Tensor) -> None:
-    """``out[j] += sum of rows[i] over (i, r) with flat_labels[i, r] == j``; ``flat_labels`` ``(n, R)``."""
-    if width <= _ONE_HOT_MAX_WIDTH:
+def _sum_rows_by_label(rows: _Rows, flat_labels: Tensor, width: int, out: Tensor) -> None:
+    """``out[j] += sum of w_i * rows[i] over (i, r) with flat_labels[i, r] == j``; ``flat_labels`` ``(n, R)``."""
+    if isinstance(rows, _DenseRows) and width <= _ONE_HOT_MAX_WIDTH:
         # Few centres: a one-hot matrix multiply beats R scattered index_add_ passes.
-        one_hot = rows.new_zeros(rows.shape[0], width).scatter_(1, flat_labels, 1)
-        out.addmm_(one_hot.t(), rows)
+        ones = rows.X.new_ones(1, 1) if rows.weight is None else rows.weight.unsqueeze(1)
+        one_hot = rows.X.new_zeros(rows.n, width).scatter_(1, flat_labels, ones.expand_as(flat_labels))
+        out.addmm_(one_hot.t(), rows.X)
     else:
         for r in range(flat_labels.shape[1]):
-            out.index_add_(0, flat_labels[:, r], rows)
+            rows.add_to(out, flat_labels[:, r])
 
 
 def _lloyd_pass(
-    X: Tensor, centers: Tensor, labels: Tensor, active: Tensor, full: bool, chunk_size: Optional[int]
+    X: _Rows, centers: Tensor, labels: Tensor, active: Tensor, full: bool, chunk_size: Optional[int]
 ) -> Tuple[Tensor, Tensor, Tensor, int]:
     """One assignment pass for the ``R_a`` active restarts; updates ``labels`` in place.
 
@@ -451,12 +793,13 @@ def _lloyd_pass(
             a small fraction of a full pass.
 
     Returns:
-        ``(R_a, K, d)`` float64 sums (``full``) or their change, ``(R_a, K)``
-        counts or their change, the ``(R_a,)`` float64 inertia and the number
-        of (row, restart) labels that changed, all summed over ranks.
+        ``(R_a, K, d)`` float64 (weighted) sums (``full``) or their change,
+        ``(R_a, K)`` counts or their change, the ``(R_a,)`` float64 inertia
+        and the number of (row, restart) labels that changed, all summed over
+        ranks.
     """
     Ra, K, d = centers.shape
-    N = X.shape[0]
+    N = X.n
     device = X.device
     flat_centers = centers.reshape(Ra * K, d)
     inertia = torch.zeros(Ra, dtype=torch.float64, device=device)
@@ -468,11 +811,11 @@ def _lloyd_pass(
     offsets = torch.arange(Ra, device=device) * K
     step = _chunk_rows(N, Ra * K, X.element_size(), chunk_size)
     for start in range(0, N, step):
-        rows = X[start : start + step]
-        sims = torch.mm(rows, flat_centers.t()).view(rows.shape[0], Ra, K)
+        rows = X.span(start, start + step)
+        sims = rows.mm_t(flat_centers).view(rows.n, Ra, K)
         best, new = sims.max(dim=2)  # (n, R_a)
-        # sum_i (1 - cos) = n - sum_i cos, in float64 so that the history is exact enough to be monotone
-        inertia += rows.shape[0] - best.sum(dim=0, dtype=torch.float64)
+        # sum_i w_i (1 - cos) = W - sum_i w_i cos, in float64 so that the history is exact enough to be monotone
+        inertia += rows.total_weight() - rows.weighted(best)
         new_flat = new + offsets  # row index into (R_a * K, d)
         old = labels[start : start + step, active]
         changed = new != old
@@ -483,10 +826,11 @@ def _lloyd_pass(
         else:
             row, restart = torch.nonzero(changed).unbind(1)
             if row.numel():
-                moved = rows[row]
+                moved = rows.take(row)
                 into = new_flat[row, restart]
                 out_of = old[row, restart] + offsets[restart]
-                sums.index_add_(0, into, moved).index_add_(0, out_of, moved, alpha=-1)
+                moved.add_to(sums, into)
+                moved.add_to(sums, out_of, alpha=-1)
                 counts += torch.bincount(into, minlength=Ra * K) - torch.bincount(out_of, minlength=Ra * K)
         labels[start : start + step, active] = new
     sums64 = sums.to(torch.float64)
@@ -497,28 +841,28 @@ def _lloyd_pass(
     return sums64.view(Ra, K, d), counts.view(Ra, K), inertia, int(switched)
 
 
-def _inertias(X: Tensor, centers: Tensor, chunk_size: Optional[int]) -> Tensor:
-    """``(R,)`` float64 inertia of each restart's ``(R, K, d)`` centres, summed over ranks."""
+def _inertias(X: _Rows, centers: Tensor, chunk_size: Optional[int]) -> Tensor:
+    """``(R,)`` float64 (weighted) inertia of each restart's ``(R, K, d)`` centres, summed over ranks."""
     R, K, d = centers.shape
     flat_centers = centers.reshape(R * K, d)
     inertia = torch.zeros(R, dtype=torch.float64, device=X.device)
-    step = _chunk_rows(X.shape[0], R * K, X.element_size(), chunk_size)
-    for start in range(0, X.shape[0], step):
-        rows = X[start : start + step]
-        best = torch.mm(rows, flat_centers.t()).view(rows.shape[0], R, K).amax(dim=2)
-        inertia += rows.shape[0] - best.sum(dim=0, dtype=torch.float64)
+    step = _chunk_rows(X.n, R * K, X.element_size(), chunk_size)
+    for start in range(0, X.n, step):
+        rows = X.span(start, start + step)
+        best = rows.mm_t(flat_centers).view(rows.n, R, K).amax(dim=2)
+        inertia += rows.total_weight() - rows.weighted(best)
     return all_reduce_sum_(inertia).clamp_min_(0)  # rounding: cos can exceed 1 by an ulp
 
 
-def _assign(X: Tensor, centers: Tensor, chunk_size: Optional[int]) -> Tuple[Tensor, Tensor]:
-    """Labels ``(N,)`` int64 and cosine distances ``(N,)`` of the rows to ``(K, d)`` centres."""
-    N = X.shape[0]
+def _assign(X: _Rows, centers: Tensor, chunk_size: Optional[int]) -> Tuple[Tensor, Tensor]:
+    """Labels ``(N,)`` int64 and (unweighted) cosine distances ``(N,)`` of the rows to ``(K, d)`` centres."""
+    N = X.n
     K = centers.shape[0]
     labels = torch.empty(N, dtype=torch.long, device=X.device)
     dist = torch.empty(N, dtype=X.dtype, device=X.device)
     step = _chunk_rows(N, K, X.element_size(), chunk_size)
     for start in range(0, N, step):
-        best, lab = torch.mm(X[start : start + step], centers.t()).max(dim=1)
+        best, lab = X.span(start, start + step).mm_t(centers).max(dim=1)
         labels[start : start + step] = lab
         # A row on its centre can give cos = 1 + ulp: distances never go below 0.
         dist[start : start + step] = torch.rsub(best, 1).clamp_min_(0)
@@ -530,16 +874,18 @@ class _Reseed(NamedTuple):
     donors: Tensor  # (m,) the clusters they leave
     local_index: Tensor  # (j,) indices of the chosen rows that live on this rank
     local_slot: Tensor  # (j,) their position among the m chosen rows
-    max_dist: float  # largest 1 - cos of a chosen row to its old centre
+    max_dist: float  # largest 1 - cos of a chosen row to its old centre (-1 when none was found)
 
 
-def _pick_reseed_points(X: Tensor, dist: Tensor, labels: Tensor, counts: Tensor, n_empty: int) -> _Reseed:
+def _pick_reseed_points(X: _Rows, dist: Tensor, labels: Tensor, counts: Tensor, n_empty: int) -> _Reseed:
     """Distinct rows worst served by their centre, never emptying a cluster.
 
     Scans the rows by decreasing ``dist`` (over all ranks) and keeps a row only
-    if its cluster retains at least one member (``counts`` are global). Such a
-    scan skips at most one row per cluster, so the top ``n_empty + K`` rows of
-    each rank always contain the rows it selects.
+    if its cluster retains at least one member (``counts`` are global) and it
+    may become a centre (not a zero row, positive weight). Such a scan skips at
+    most one row per cluster, so the top ``n_empty + K`` rows of each rank
+    contain the rows it selects; fewer than ``n_empty`` rows are returned only
+    when fewer rows may become centres.
 
     Args:
         X: ``(N, d)`` this rank's unit rows; ``dist``, ``labels``: ``(N,)``.
@@ -547,11 +893,13 @@ def _pick_reseed_points(X: Tensor, dist: Tensor, labels: Tensor, counts: Tensor,
         n_empty: number of rows to pick.
     """
     K = counts.shape[0]
-    take = min(X.shape[0], n_empty + K)
+    take = min(X.n, n_empty + K)
+    if X.pick is not None:
+        dist = torch.where(X.pick, dist, torch.full_like(dist, -1.0))  # never chosen
     top = torch.topk(dist, take, largest=True, sorted=True).indices
     pool_dist = all_gather_cat(dist[top])
     pool_labels = all_gather_cat(labels[top])
-    pool_rows = all_gather_cat(X[top])
+    pool_rows = all_gather_cat(X.take(top).to_dense())
     pool_index = all_gather_cat(top)
     pool_rank = all_gather_cat(torch.full_like(top, get_rank()))
     order = torch.argsort(pool_dist, descending=True, stable=True)
@@ -562,22 +910,20 @@ def _pick_reseed_points(X: Tensor, dist: Tensor, labels: Tensor, counts: Tensor,
     starts = torch.cumsum(per_cluster, 0) - per_cluster
     position = torch.empty_like(by_cluster)
     position[by_cluster] = torch.arange(by_cluster.numel(), device=X.device) - starts[ordered_labels[by_cluster]]
-    eligible = position < counts[ordered_labels] - 1
+    eligible = (position < counts[ordered_labels] - 1) & (pool_dist[order] >= 0)
     chosen = order[eligible][:n_empty]
-    if chosen.numel() < n_empty:  # impossible when N >= K, which fit() checks
-        raise RuntimeError(f"cannot re-seed {n_empty} empty clusters from {int(counts.sum())} rows")
     mine = pool_rank[chosen] == get_rank()
     return _Reseed(
         rows=pool_rows[chosen],
         donors=pool_labels[chosen],
         local_index=pool_index[chosen][mine],
         local_slot=torch.nonzero(mine).flatten(),
-        max_dist=float(pool_dist[chosen].max()),
+        max_dist=float(pool_dist[chosen].max()) if chosen.numel() else -1.0,
     )
 
 
 def _reseed_empty_(
-    X: Tensor, centers: Tensor, sums: Tensor, counts: Tensor, labels: Tensor, chunk_size: Optional[int]
+    X: _Rows, centers: Tensor, sums: Tensor, counts: Tensor, labels: Tensor, chunk_size: Optional[int]
 ) -> None:
     """Re-seed the empty clusters of every restart in place.
 
@@ -602,9 +948,9 @@ def _reseed_empty_(
             assigned[pick.local_index] = empty[pick.local_slot]
             counts_r = all_reduce_sum_(torch.bincount(assigned, minlength=K))
         sums_r = torch.zeros(K, d, dtype=torch.float64, device=X.device)
-        step = _chunk_rows(X.shape[0], K, X.element_size(), chunk_size)
-        for start in range(0, X.shape[0], step):
-            sums_r.index_add_(0, assigned[start : start + step], X[start : start + step].to(torch.float64))
+        step = _chunk_rows(X.n, K, X.element_size(), chunk_size)
+        for start in range(0, X.n, step):
+            X.span(start, start + step).add_to(sums_r, assigned[start : start + step])
         sums[r] = all_reduce_sum_(sums_r)
         counts[r] = counts_r
         labels[:, r] = assigned
@@ -621,12 +967,12 @@ def _normalise_centers(sums: Tensor, previous: Tensor) -> Tensor:
 
 
 def _sample_rows(
-    X: Tensor, weights: Optional[Tensor], n_restarts: int, n_samples: int, generator: torch.Generator
+    X: _Rows, weights: Optional[Tensor], n_restarts: int, n_samples: int, generator: torch.Generator
 ) -> Tensor:
-    """Rows sampled with probability proportional to ``weights`` over all ranks.
+    """Rows sampled with probability proportional to ``weights`` times the rows' sample weights, over all ranks.
 
     Args:
-        X: ``(N, d)`` this rank's rows.
+        X: ``(N, d)`` this rank's rows; zero rows and rows of weight 0 are never sampled.
         weights: ``(R, N)`` non-negative, or ``None`` for uniform. A restart
             whose weights are all zero (every row sits on a centre) samples
             uniformly.
@@ -635,46 +981,49 @@ def _sample_rows(
     Returns:
         ``(R, n_samples, d)``, identical on every rank.
     """
-    N, d = X.shape
+    N, d = X.n, X.d
     device = X.device
     uniform = torch.rand(n_restarts, n_samples, generator=generator, dtype=torch.float64).to(device)
+    base = X.pick_weight()
     if weights is None:
         w = torch.ones(n_restarts, N, dtype=torch.float64, device=device)
     else:
         # Rounding can make 1 - cos slightly negative for a row on a centre; such a row has weight 0.
         w = weights.to(torch.float64).clamp_min_(0)
+    if base is not None:
+        w = w * base
     rank_totals = all_gather_cat(w.sum(dim=1).unsqueeze(0))  # (W, R)
     degenerate = rank_totals.sum(dim=0) <= 0
     if bool(degenerate.any()):
-        w[degenerate] = 1.0
+        w[degenerate] = 1.0 if base is None else base
         rank_totals = all_gather_cat(w.sum(dim=1).unsqueeze(0))
     rank_cum = torch.cumsum(rank_totals, dim=0)  # (W, R)
     target = uniform * rank_cum[-1].unsqueeze(1)  # (R, S) in [0, total)
     world = rank_cum.shape[0]
     owner = torch.searchsorted(rank_cum.t().contiguous(), target, right=True).clamp_(max=world - 1)
     offset = torch.gather((rank_cum - rank_totals).t(), 1, owner)
-    rows = X.new_zeros(n_restarts, n_samples, d)
+    rows = torch.zeros(n_restarts, n_samples, d, dtype=X.dtype, device=device)
     if N > 0:
         local_cum = torch.cumsum(w, dim=1)  # (R, N)
         index = torch.searchsorted(local_cum, (target - offset).contiguous(), right=True).clamp_(max=N - 1)
         mine = (owner == get_rank()).unsqueeze(2)
-        rows = X[index] * mine
+        rows = X.take(index.reshape(-1)).to_dense().view(n_restarts, n_samples, d) * mine
     # Only the owner contributes a non-zero row, so the sum is exactly that row.
     return all_reduce_sum_(rows)
 
 
 def _kmeans_plus_plus(
-    X: Tensor, n_clusters: int, n_restarts: int, generator: torch.Generator, chunk_size: Optional[int]
+    X: _Rows, n_clusters: int, n_restarts: int, generator: torch.Generator, chunk_size: Optional[int]
 ) -> Tensor:
-    """Greedy k-means++ on the sphere for ``R`` restarts at once; returns ``(R, K, d)``."""
-    N, d = X.shape
+    """Greedy k-means++ on the sphere for ``R`` restarts at once (weighted by the sample weights); ``(R, K, d)``."""
+    N, d = X.n, X.d
     R, K = n_restarts, n_clusters
     n_candidates = 2 + int(math.log(K))
-    centers = X.new_empty(R, K, d)
+    centers = torch.empty(R, K, d, dtype=X.dtype, device=X.device)
     centers[:, 0] = _sample_rows(X, None, R, 1, generator)[:, 0]
     # dist[i, r] = 1 - max_j cos(x_i, c_rj): the potential, i.e. half the squared distance.
     # (N, R) layout so that a chunk broadcasts against its (n, R, L) candidate distances.
-    dist = torch.rsub(X @ centers[:, 0].t(), 1)
+    dist = torch.rsub(X.mm_t(centers[:, 0]), 1)
     step = _chunk_rows(N, R * n_candidates, X.element_size(), chunk_size)
     # Keeping every candidate's updated distances saves recomputing the chosen one's, if they fit.
     keep = N * R * n_candidates * X.element_size() <= DEFAULT_CHUNK_BYTES
@@ -685,9 +1034,10 @@ def _kmeans_plus_plus(
         potential = torch.zeros(R, n_candidates, dtype=torch.float64, device=X.device)
         kept: List[Tensor] = []
         for start in range(0, N, step):
-            new = torch.rsub(torch.mm(X[start : start + step], flat.t()), 1).view(-1, R, n_candidates)
+            rows = X.span(start, start + step)
+            new = torch.rsub(rows.mm_t(flat), 1).view(-1, R, n_candidates)
             torch.minimum(new, dist[start : start + step].unsqueeze(2), out=new)
-            potential += new.sum(dim=0, dtype=torch.float64)
+            potential += rows.weighted(new)
             if keep:
                 kept.append(new)
         all_reduce_sum_(potential)
@@ -697,22 +1047,31 @@ def _kmeans_plus_plus(
             chosen = [chunk[:, arange_r, best] for chunk in kept]
             dist = torch.cat(chosen, dim=0) if len(chosen) > 1 else chosen[0]
         elif N > 0:
-            dist = torch.minimum(dist, torch.rsub(X @ centers[:, k].t(), 1))
+            dist = torch.minimum(dist, torch.rsub(X.mm_t(centers[:, k]), 1))
     return centers
 
 
-def _random_init(X: Tensor, n_clusters: int, n_restarts: int, generator: torch.Generator) -> Tensor:
-    """``K`` distinct rows (over all ranks) per restart, uniformly; ``(R, K, d)``."""
-    N, d = X.shape
+def _random_init(X: _Rows, n_clusters: int, n_restarts: int, generator: torch.Generator) -> Tensor:
+    """``K`` distinct rows (over all ranks) per restart, uniformly (or with probability proportional to the
+    sample weights, never zero rows); ``(R, K, d)``."""
+    N, d = X.n, X.d
     sizes = all_gather_cat(torch.tensor([N], dtype=torch.long, device=X.device))
     total = int(sizes.sum())
     start = int(sizes[: get_rank()].sum())
-    picks = torch.stack([torch.randperm(total, generator=generator)[:n_clusters] for _ in range(n_restarts)])
+    base = X.pick_weight()
+    if base is None:
+        picks = torch.stack([torch.randperm(total, generator=generator)[:n_clusters] for _ in range(n_restarts)])
+    else:
+        weights = all_gather_cat(base).cpu()
+        if int((weights > 0).sum()) < n_clusters:  # too few candidates: the others as a last resort
+            weights = torch.where(weights > 0, weights, weights[weights > 0].min() * 1e-12)
+        picks = torch.multinomial(weights.expand(n_restarts, -1), n_clusters, replacement=False, generator=generator)
     picks = picks.to(X.device) - start
     mine = (picks >= 0) & (picks < N)
-    rows = X.new_zeros(n_restarts, n_clusters, d)
+    rows = torch.zeros(n_restarts, n_clusters, d, dtype=X.dtype, device=X.device)
     if N > 0:
-        rows = X[picks.clamp(0, N - 1)] * mine.unsqueeze(2)
+        rows = X.take(picks.clamp(0, N - 1).reshape(-1)).to_dense().view(n_restarts, n_clusters, d)
+        rows = rows * mine.unsqueeze(2)
     return all_reduce_sum_(rows)
 
 
@@ -728,7 +1087,7 @@ class _Iterations(NamedTuple):
     verbose: bool
 
 
-def _lloyd(X: Tensor, centers: Tensor, settings: _Iterations) -> Tuple[Tensor, Tensor, Tensor]:
+def _lloyd(X: _Rows, centers: Tensor, settings: _Iterations) -> Tuple[Tensor, Tensor, Tensor]:
     """Batched Lloyd iterations; each restart stops on its own and leaves the batch.
 
     Returns:
@@ -742,11 +1101,11 @@ def _lloyd(X: Tensor, centers: Tensor, settings: _Iterations) -> Tuple[Tensor, T
     history = torch.full((R, max_iter), math.nan, dtype=torch.float64, device=device)
     n_iter = torch.zeros(R, dtype=torch.long, device=device)
     previous = torch.zeros(R, dtype=torch.float64, device=device)
-    labels = torch.zeros(X.shape[0], R, dtype=torch.long, device=device)
+    labels = torch.zeros(X.n, R, dtype=torch.long, device=device)
     sums = torch.zeros(R, K, d, dtype=torch.float64, device=device)
     counts = torch.zeros(R, K, dtype=torch.long, device=device)
     active = torch.arange(R, device=device)
-    n_total = int(all_reduce_sum_(torch.tensor([X.shape[0]], device=device)).item())
+    n_total = int(all_reduce_sum_(torch.tensor([X.n], device=device)).item())
     full = True
     for it in range(max_iter):
         current = centers[active]
@@ -786,7 +1145,7 @@ def _lloyd(X: Tensor, centers: Tensor, settings: _Iterations) -> Tuple[Tensor, T
 # --------------------------------------------------------------------------- bounded Lloyd (one restart)
 
 
-def _lloyd_bounded(X: Tensor, centers: Tensor, settings: _Iterations) -> Tuple[Tensor, int, List[float]]:
+def _lloyd_bounded(X: _Rows, centers: Tensor, settings: _Iterations) -> Tuple[Tensor, int, List[float]]:
     """Lloyd iterations of ONE restart that re-examine only the rows whose label can change.
 
     The same iterations as :func:`_lloyd` with one restart (up to the
@@ -801,8 +1160,9 @@ def _lloyd_bounded(X: Tensor, centers: Tensor, settings: _Iterations) -> Tuple[T
     whose ``lo`` still exceeds every upper bound keeps its label without a
     matrix multiply; the others are re-assigned exactly and their bounds
     reset. The cluster sums change only by the rows that moved, and the
-    inertia of an assignment is ``N - sum_k c_k . S_k`` from the float64
-    sums ``S``, so a pass touches only the re-examined rows.
+    inertia of an assignment is ``W - sum_k c_k . S_k`` from the float64
+    (weighted) sums ``S`` and the total weight ``W`` (``N`` without sample
+    weights), so a pass touches only the re-examined rows.
 
     Stops as :func:`_lloyd` does, and also when no label changed (a fixed
     point: the next centres would be the same).
@@ -815,7 +1175,7 @@ def _lloyd_bounded(X: Tensor, centers: Tensor, settings: _Iterations) -> Tuple[T
         Final centres ``(K, d)``, iterations run and the inertia history.
     """
     max_iter, tol, chunk_size, verbose = settings
-    N, d = X.shape
+    N, d = X.n, X.d
     K = centers.shape[0]
     device, dtype = X.device, X.dtype
     eps = torch.finfo(dtype).eps
@@ -832,7 +1192,7 @@ def _lloyd_bounded(X: Tensor, centers: Tensor, settings: _Iterations) -> Tuple[T
     counts = torch.zeros(K, dtype=torch.long, device=device)
     history: List[float] = []
     previous = math.inf
-    n_total = int(all_reduce_sum_(torch.tensor([N], device=device)).item())
+    n_total = float(all_reduce_sum_(X.total_weight().reshape(1)).item())
     for it in range(max_iter):
         hi = upper.amax(dim=1) if elkan else upper
         stale = torch.nonzero(lo - hi <= slack).flatten()
@@ -847,12 +1207,12 @@ def _lloyd_bounded(X: Tensor, centers: Tensor, settings: _Iterations) -> Tuple[T
         step = _chunk_rows(max(n_rows, 1), K, X.element_size(), chunk_size)
         for start in range(0, n_rows, step):
             if dense:
-                rows = X[start : start + step]
-                index = torch.arange(start, start + rows.shape[0], device=device)
+                rows = X.span(start, start + step)
+                index = torch.arange(start, start + rows.n, device=device)
             else:
                 index = stale[start : start + step]
-                rows = X[index]
-            sims = torch.mm(rows, centers.t())
+                rows = X.take(index)
+            sims = rows.mm_t(centers)
             best, new = sims.max(dim=1)
             sims.scatter_(1, new.unsqueeze(1), -3.0)  # the other centres only
             lo[index] = best
@@ -865,8 +1225,9 @@ def _lloyd_bounded(X: Tensor, centers: Tensor, settings: _Iterations) -> Tuple[T
             old = labels[index]
             moved = torch.nonzero(new != old).flatten()
             if moved.numel():
-                moved_rows = rows[moved]
-                sums_change.index_add_(0, new[moved], moved_rows).index_add_(0, old[moved], moved_rows, alpha=-1)
+                moved_rows = rows.take(moved)
+                moved_rows.add_to(sums_change, new[moved])
+                moved_rows.add_to(sums_change, old[moved], alpha=-1)
                 count_change += torch.bincount(new[moved], minlength=K) - torch.bincount(old[moved], minlength=K)
                 switched += moved.numel()
                 labels[index[moved]] = new[moved]
@@ -877,7 +1238,7 @@ def _lloyd_bounded(X: Tensor, centers: Tensor, settings: _Iterations) -> Tuple[T
         sums += change64
         counts += count_change
         current = centers.to(torch.float64)
-        # sum_i cos(x_i, c_{a_i}) = sum_k c_k . S_k for the labels just computed with these centres;
+        # sum_i w_i cos(x_i, c_{a_i}) = sum_k c_k . S_k for the labels just computed with these centres;
         # rounding can make it exceed N by an ulp when every row sits on its centre.
         inertia = max(0.0, float(n_total - (current * sums).sum()))
         n_switched = int(switched)
@@ -912,7 +1273,7 @@ def _lloyd_bounded(X: Tensor, centers: Tensor, settings: _Iterations) -> Tuple[T
     return centers, len(history), history
 
 
-def _final_labels(X: Tensor, centers: Tensor, chunk_size: Optional[int]) -> Tuple[Tensor, Tensor, Tensor, int]:
+def _final_labels(X: _Rows, centers: Tensor, chunk_size: Optional[int]) -> Tuple[Tensor, Tensor, Tensor, int]:
     """Labels of the rows for the final ``(K, d)`` centres: exactly what :meth:`SphericalKMeans.predict` returns.
 
     An empty cluster gets as its centre a row worst served by its own centre
@@ -939,7 +1300,7 @@ def _final_labels(X: Tensor, centers: Tensor, chunk_size: Optional[int]) -> Tupl
         pick = _pick_reseed_points(X, dist, labels, counts, empty.numel())
         if pick.max_dist <= 0:
             break
-        centers[empty] = pick.rows
+        centers[empty[: pick.rows.shape[0]]] = pick.rows
     return labels, centers, dist, int((counts > 0).sum())
 
 
@@ -952,7 +1313,7 @@ def _auto_sample_size(n_clusters: int) -> int:
     return max(_AUTO_MIN_ROWS_PER_CLUSTER * n_clusters, min(_AUTO_MAX_ROWS_PER_CLUSTER * n_clusters, per_k))
 
 
-def _subsample(X: Tensor, sample_size: int, n_total: int, generator: torch.Generator) -> Tensor:
+def _subsample(X: _Rows, sample_size: int, n_total: int, generator: torch.Generator) -> _Rows:
     """A uniform random subset of this rank's rows, about ``sample_size`` rows over all ranks.
 
     Each rank keeps ``ceil(sample_size * N_rank / N_total)`` of its rows (so the
@@ -960,13 +1321,13 @@ def _subsample(X: Tensor, sample_size: int, n_total: int, generator: torch.Gener
     ``sample_size + world_size``), drawn without replacement from a generator
     seeded from ``generator`` (in the same state on every rank) and the rank.
     """
-    n_local = X.shape[0]
+    n_local = X.n
     sub_seed = int(torch.randint(0, _SEED_BOUND, (1,), generator=generator))
     local_generator = torch.Generator().manual_seed((sub_seed + 1_000_003 * get_rank()) % _SEED_BOUND)
     keep = min(n_local, -(-sample_size * n_local // n_total))
     order = torch.randperm(n_local, generator=local_generator)[:keep].to(X.device)
     # Sorted rows keep memory access sequential.
-    return X[order.sort().values]
+    return X.take(order.sort().values)
 
 
 # --------------------------------------------------------------------------- driver
@@ -977,12 +1338,14 @@ def _check_params(
     n_init: object,
     max_iter: object,
     tol: object,
-    seed: object,
+    random_state: object,
     init: object,
     chunk_size: object,
     verbose: object,
     sample_size: object = None,
+    seed: object = None,
 ) -> None:
+    """Raise the ``ValueError``/``TypeError`` that names the first bad parameter and its value."""
     check_int("n_clusters", n_clusters, minimum=1)
     if isinstance(sample_size, str):
         if sample_size != "auto":
@@ -994,10 +1357,15 @@ def _check_params(
     check_int("n_init", n_init, minimum=1)
     check_int("max_iter", max_iter, minimum=1)
     check_float("tol", tol, minimum=0.0)
+    _check_random_state("random_state", random_state)
     if seed is not None:
-        check_int("seed", seed, minimum=0)
-        if int(seed) > _SEED_BOUND:  # type: ignore[call-overload]
-            raise ValueError(f"seed must be <= {_SEED_BOUND}, got {seed}")
+        _check_random_state("seed", seed)
+        if not isinstance(seed, numbers.Integral):
+            raise TypeError(f"seed (deprecated) must be None or an int, got {seed!r}; use random_state")
+        if random_state is not None:
+            raise ValueError(
+                f"got random_state={random_state!r} and its deprecated alias seed={seed!r}: pass random_state only"
+            )
     if chunk_size is not None:
         check_int("chunk_size", chunk_size, minimum=1)
     if not isinstance(verbose, bool):
@@ -1009,16 +1377,40 @@ def _check_params(
         raise TypeError(f"init must be a string, a torch.Tensor or a numpy.ndarray, got {type(init).__name__}")
 
 
-def _make_generator(seed: Optional[int], device: torch.device) -> torch.Generator:
-    """A CPU generator seeded identically on every rank (rank 0's seed when ``seed`` is None)."""
-    if seed is None:
-        # Fresh OS entropy, leaving the global RNGs of the user untouched.
-        drawn = torch.tensor([int(np.random.default_rng().integers(_SEED_BOUND))], dtype=torch.long, device=device)
-        seed = int(broadcast_(drawn).item())
-    return torch.Generator().manual_seed(int(seed))  # NumPy integer seeds too
+def _check_random_state(name: str, random_state: object) -> None:
+    """``None``, an int in ``[0, 2**63 - 1]``, a ``numpy.random.RandomState`` or a ``numpy.random.Generator``."""
+    if random_state is None:
+        return
+    if isinstance(random_state, (np.random.RandomState, np.random.Generator)):
+        return
+    if isinstance(random_state, bool) or not isinstance(random_state, numbers.Integral):
+        raise ValueError(
+            f"{name}={random_state!r} cannot be used to seed the k-means: use None, an int, "
+            f"a numpy.random.RandomState or a numpy.random.Generator"
+        )
+    if not 0 <= int(random_state) <= _SEED_BOUND:
+        raise ValueError(f"{name} must be an int in [0, {_SEED_BOUND}], got {random_state}")
 
 
-def _initial_centers(init: Union[Tensor, np.ndarray], X: Tensor, n_clusters: int, n_init: int) -> Tensor:
+def _draw_seed(random_state: RandomStateLike, device: torch.device) -> int:
+    """The seed of this fit's generator, identical on every rank.
+
+    An int is the seed itself; a ``RandomState``/``Generator`` (``None``: NumPy's
+    global ``RandomState``, as scikit-learn's ``check_random_state``) gives one
+    draw, so successive fits with the same object differ. Under
+    ``torch.distributed`` rank 0's draw is used everywhere.
+    """
+    if isinstance(random_state, np.random.Generator):
+        drawn = int(random_state.integers(0, _SEED_BOUND))
+    elif isinstance(random_state, np.random.RandomState) or random_state is None:
+        source = np.random.mtrand._rand if random_state is None else random_state
+        drawn = int(source.randint(0, _SEED_BOUND, dtype=np.int64))
+    else:
+        return int(random_state)
+    return int(broadcast_(torch.tensor([drawn], dtype=torch.long, device=device)).item())
+
+
+def _initial_centers(init: Union[Tensor, np.ndarray], X: _Rows, n_clusters: int, n_init: int) -> Tensor:
     """Validate and normalise user-given centres ``(K, d)`` or ``(R, K, d)`` into ``(R, K, d)``."""
     if isinstance(init, np.ndarray):
         if init.dtype not in (np.float32, np.float64):
@@ -1028,13 +1420,13 @@ def _initial_centers(init: Union[Tensor, np.ndarray], X: Tensor, n_clusters: int
         if not init.is_floating_point():
             raise TypeError(f"init must have a floating-point dtype, got {init.dtype}")
         centers = init.detach()
-    d = X.shape[1]
+    d = X.d
     if centers.dim() == 2:
         if n_init != 1:
             warnings.warn(
                 f"init holds one set of centres, so the {n_init} restarts would be identical: running one",
                 RuntimeWarning,
-                stacklevel=4,
+                stacklevel=5,
             )
         centers = centers.unsqueeze(0)
     if centers.dim() != 3 or centers.shape[1:] != (n_clusters, d) or centers.shape[0] < 1:
@@ -1056,28 +1448,30 @@ def _check_distributed(distributed: object) -> None:
         )
 
 
-def _fit(
-    X: Any,
-    n_clusters: int,
-    n_init: int,
-    max_iter: int,
-    tol: float,
-    seed: Optional[int],
-    init: InitLike,
-    chunk_size: Optional[int],
-    verbose: bool,
-    sample_size: SampleSize = None,
-    distributed: Optional[bool] = None,
-) -> Tuple[_Fit, bool]:
-    _check_distributed(distributed)
-    if distributed is False and is_distributed():
-        with local_only():  # every collective below becomes a no-op on this process
-            return _fit(X, n_clusters, n_init, max_iter, tol, seed, init, chunk_size, verbose, sample_size)
-    _check_params(n_clusters, n_init, max_iter, tol, seed, init, chunk_size, verbose, sample_size)
-    data, is_numpy = _as_tensor("X", X)
+class _Settings(NamedTuple):
+    """The parameters of one fit, converted and checked."""
 
-    def check() -> Tuple[Tensor, Optional[Tensor]]:
-        rows = _normalise_rows("X", data)
+    n_clusters: int
+    n_init: int
+    max_iter: int
+    tol: float
+    random_state: RandomStateLike
+    init: InitLike
+    chunk_size: Optional[int]
+    verbose: bool
+    sample_size: SampleSize
+
+
+def _fit(X: Any, settings: _Settings, sample_weight: object = None) -> Tuple[_Fit, bool]:
+    """Cluster ``X`` (any accepted input) with checked ``settings``; the result and whether ``X`` was NumPy."""
+    n_clusters, n_init, max_iter, tol, random_state, init, chunk_size, verbose, sample_size = settings
+
+    data, is_numpy = _as_rows("X", X)
+    n_features = data.d if isinstance(data, _SparseRows) else int(data.shape[1])
+
+    def check() -> Tuple[_Rows, Optional[Tensor]]:
+        rows = _unit_rows("X", data)
+        rows.weight = _check_sample_weight(sample_weight, rows)
         return rows, (None if isinstance(init, str) else _initial_centers(init, rows, n_clusters, n_init))
 
     # Every rank raises if any rank's input is bad or the ranks disagree on the feature size or
@@ -1086,14 +1480,28 @@ def _fit(
         check,
         what="spherical k-means",
         device=data.device,
-        agree={"the feature size (X.shape[1])": data.shape[1], "the dtype (code)": dtype_code(data)},
+        agree={"the feature size (X.shape[1])": n_features, "the dtype (code)": dtype_code(data)},
     )
-    n_total = int(all_reduce_sum_(torch.tensor([unit.shape[0]], device=data.device)).item())
+    n_total = int(all_reduce_sum_(torch.tensor([unit.n], device=unit.device)).item())
     if n_total < n_clusters:
-        raise ValueError(f"X must have at least n_clusters={n_clusters} rows, got {n_total}")
+        raise ValueError(f"n_samples={n_total} should be >= n_clusters={n_clusters}.")
+    n_pickable = n_total
+    pickable = unit.pick_weight()
+    if pickable is not None:  # zero rows or sample weights: are there rows that may become centres?
+        counts = torch.stack([(pickable > 0).sum(), torch.zeros((), dtype=torch.long, device=unit.device)])
+        if unit.weight is not None:
+            counts[1] = (unit.weight > 0).sum()
+        n_pickable, n_weighted = all_reduce_sum_(counts).tolist()
+        if unit.weight is not None and n_weighted == 0:
+            raise ValueError("Sample weights must contain at least one non-zero number (sample_weight is all zero).")
+        if n_pickable == 0:
+            raise ValueError(
+                "X has no row that is not all zero (of positive sample_weight): the direction of an all-zero row, "
+                "hence its cosine similarity, is undefined"
+            )
 
     start_time = time.perf_counter()
-    generator = _make_generator(seed, data.device)
+    generator = torch.Generator().manual_seed(_draw_seed(random_state, unit.device))
     # With sample_size, the restarts (initialisation and their Lloyd iterations) run on a
     # uniform subsample; only the winner is then iterated on every row.
     restart_rows = unit
@@ -1104,7 +1512,8 @@ def _fit(
         rows_for_restarts = _auto_sample_size(n_clusters) if isinstance(init, str) else None
     else:
         rows_for_restarts = sample_size
-    if rows_for_restarts is not None and n_total > rows_for_restarts:
+    # A subsample must hold enough rows that may become centres: with many zero rows, run on all rows.
+    if rows_for_restarts is not None and n_total > rows_for_restarts and n_pickable == n_total:
         restart_rows = _subsample(unit, rows_for_restarts, n_total, generator)
         sampled = True
     if given is not None:
@@ -1148,9 +1557,9 @@ def _fit(
             f"Number of distinct clusters ({n_distinct}) found smaller than n_clusters ({n_clusters}). "
             f"Possibly due to duplicate points in X.",
             _convergence_warning_class(),
-            stacklevel=3,
+            stacklevel=4,
         )
-    inertia = float(all_reduce_sum_(dist.sum(dtype=torch.float64).reshape(1)).item())
+    inertia = float(all_reduce_sum_(unit.weighted(dist).reshape(1)).item())
     if verbose and get_rank() == 0:
         print(f"spherical k-means: best restart {best}, inertia {inertia:.6g}, {best_iter} iterations")
     result = _Fit(best_centers, labels, inertia, best_iter, best_history, inertias.tolist())
@@ -1161,10 +1570,11 @@ class KMeansParams(TypedDict, total=False):
     """The keyword parameters of :class:`SphericalKMeans`, all optional, for :func:`spherical_kmeans`.
 
     A typed ``**params`` for code that passes k-means settings on (as the
-    reference trainer does).
+    reference trainer does). ``seed`` is the deprecated alias of
+    ``random_state`` (a :class:`FutureWarning`; removed in 0.3).
 
     Example:
-        >>> params: KMeansParams = {"n_init": 1, "seed": 0}
+        >>> params: KMeansParams = {"n_init": 1, "random_state": 0}
         >>> SphericalKMeans(3, **params).n_init
         1
     """
@@ -1172,15 +1582,18 @@ class KMeansParams(TypedDict, total=False):
     n_init: int
     max_iter: int
     tol: float
-    seed: Optional[int]
+    random_state: RandomStateLike
     init: InitLike
     chunk_size: Optional[int]
     verbose: bool
     sample_size: SampleSize
     distributed: Optional[bool]
+    seed: Optional[int]
 
 
-def spherical_kmeans(X: ArrayLike, n_clusters: int, **params: Unpack[KMeansParams]) -> KMeansResult:
+def spherical_kmeans(
+    X: DataLike, n_clusters: int = 8, *, sample_weight: Optional[WeightLike] = None, **params: Unpack[KMeansParams]
+) -> KMeansResult:
     """Spherical k-means of the rows of ``X``: ``SphericalKMeans(n_clusters, **params).fit(X)`` as a tuple.
 
     The functional form of :class:`SphericalKMeans` (as scikit-learn's
@@ -1188,29 +1601,118 @@ def spherical_kmeans(X: ArrayLike, n_clusters: int, **params: Unpack[KMeansParam
     errors and results.
 
     Args:
-        X: ``(N, d)`` float32/float64 NumPy array or tensor (CPU or CUDA);
-            rows are L2-normalised internally, all-zero rows are an error.
-            Under ``torch.distributed``: this rank's shard.
+        X: ``(N, d)`` data, dense (NumPy array, array-like or tensor, CPU or
+            CUDA) or sparse (SciPy sparse matrix/array, sparse torch tensor);
+            rows are L2-normalised internally. Under ``torch.distributed``:
+            this rank's shard.
         n_clusters: ``K >= 1``, at most the total number of rows.
+        sample_weight: ``(N,)`` non-negative weights of the rows, or ``None``.
         params: any keyword parameter of :class:`SphericalKMeans`
-            (``n_init``, ``max_iter``, ``tol``, ``seed``, ``init``,
-            ``chunk_size``, ``verbose``, ``sample_size``, ``distributed``),
-            with its default and meaning there; an unknown name is a
-            :class:`TypeError`.
+            (``n_init``, ``max_iter``, ``tol``, ``random_state``, ``init``,
+            ``chunk_size``, ``verbose``, ``sample_size``, ``distributed``, and
+            the deprecated ``seed``), with its default and meaning there; an
+            unknown name is a :class:`TypeError`.
 
     Returns:
         :class:`KMeansResult` ``(centers (K, d), labels (N,), inertia, n_iter)``;
-        arrays are NumPy for NumPy input, else tensors on ``X``'s device.
+        arrays are NumPy for NumPy and SciPy input, else tensors on ``X``'s device.
 
     Example:
         >>> import torch
         >>> X = torch.cat([torch.randn(50, 3) * 0.05 + c for c in torch.eye(3)])
-        >>> result = spherical_kmeans(X, 3, seed=0)
+        >>> result = spherical_kmeans(X, 3, random_state=0)
         >>> result.centers.shape, result.labels.shape, len(set(result.labels.tolist()))
         (torch.Size([3, 3]), torch.Size([150]), 3)
     """
-    estimator = SphericalKMeans(n_clusters, **params).fit(X)
+    if "seed" in params:
+        # Warned here (not in fit) so that the warning points at the caller's line.
+        _warn_seed_deprecated(stacklevel=2)
+        params = dict(params)  # type: ignore[assignment]
+        seed = params.pop("seed")
+        if seed is not None:
+            _check_random_state("seed", seed)
+            if params.get("random_state") is not None:
+                raise ValueError(
+                    f"got random_state={params.get('random_state')!r} and its deprecated alias seed={seed!r}: "
+                    f"pass random_state only"
+                )
+            params["random_state"] = seed
+    estimator = SphericalKMeans(n_clusters, **params).fit(X, sample_weight=sample_weight)
     return KMeansResult(estimator.cluster_centers_, estimator.labels_, estimator.inertia_, estimator.n_iter_)
+
+
+def _warn_seed_deprecated(stacklevel: int) -> None:
+    warn_deprecated_parameter("SphericalKMeans", "seed", "random_state", stacklevel=stacklevel + 1)
+
+
+# --------------------------------------------------------------------------- scikit-learn conventions
+
+
+def _feature_names(X: object) -> Optional[np.ndarray]:
+    """The column names of a DataFrame ``X`` as an object array when they are all strings, else ``None``.
+
+    scikit-learn's rule (``_get_feature_names``): names that mix strings with
+    other types are a :class:`TypeError`; non-string names are ignored.
+    """
+    columns = getattr(X, "columns", None)
+    if columns is None or not hasattr(X, "iloc"):
+        return None
+    names = np.asarray(columns, dtype=object)
+    is_str = np.array([isinstance(name, str) for name in names], dtype=bool)
+    if names.size and is_str.all():
+        return names
+    if is_str.any():
+        types = sorted({type(name).__name__ for name in names})
+        raise TypeError(
+            "Feature names are only supported if all input features have string names, but your input has "
+            f"{types} as feature name / column name types. If you want feature names to be stored and "
+            "validated, you must convert them all to strings, by using X.columns = X.columns.astype(str) "
+            "for example. Otherwise you can remove feature / column names from your input data, or convert "
+            "them all to a non-string data type."
+        )
+    return None
+
+
+class _EstimatorBase:
+    """``get_params``/``set_params``/``repr``/``set_output`` when scikit-learn is not installed.
+
+    With scikit-learn installed, :class:`SphericalKMeans` derives from its
+    ``ClusterMixin``, ``TransformerMixin`` and ``BaseEstimator`` instead (so its
+    checks, pipelines and ``set_output`` treat it as a clusterer and transformer).
+    """
+
+    @classmethod
+    def _get_param_names(cls) -> List[str]:
+        return [name for name in inspect.signature(cls.__init__).parameters if name != "self"]
+
+    def get_params(self, deep: bool = True) -> Dict[str, Any]:
+        """The constructor's parameters as a dict (``deep`` is accepted and unused)."""
+        return {name: getattr(self, name) for name in self._get_param_names()}
+
+    def set_params(self, **params: Any) -> Any:
+        """Set constructor parameters (checked by ``fit``, as scikit-learn does); returns ``self``."""
+        valid = self._get_param_names()
+        unknown = sorted(set(params) - set(valid))
+        if unknown:
+            raise ValueError(f"Invalid parameter(s) {unknown} for estimator {self!r}. Valid parameters are: {valid!r}.")
+        for name, value in params.items():
+            setattr(self, name, value)
+        return self
+
+    def set_output(self, *, transform: Optional[str] = None) -> Any:
+        """``transform=None`` or ``"default"`` (NumPy/tensor output); pandas/polars output needs scikit-learn."""
+        if transform not in (None, "default"):
+            raise ValueError(f"set_output(transform={transform!r}) needs scikit-learn (pip install scikit-learn)")
+        return self
+
+    def __repr__(self) -> str:
+        defaults = inspect.signature(type(self).__init__).parameters
+        shown = [
+            f"{name}={value!r}"
+            for name, value in self.get_params().items()
+            if defaults[name].default is inspect.Parameter.empty or not _same_value(value, defaults[name].default)
+        ]
+        return f"{type(self).__name__}({', '.join(shown)})"
 
 
 def _same_value(a: object, b: object) -> bool:
@@ -1220,20 +1722,38 @@ def _same_value(a: object, b: object) -> bool:
     return type(a) is type(b) and a == b
 
 
-class SphericalKMeans:
-    """Spherical k-means estimator with a scikit-learn-like interface.
+def _sklearn_base() -> type:
+    """scikit-learn's clusterer and transformer bases when it is installed, else :class:`_EstimatorBase`."""
+    try:
+        from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
+    except ImportError:
+        return _EstimatorBase
+    return type("_EstimatorBase", (ClusterMixin, TransformerMixin, BaseEstimator), {"__module__": __name__})
 
-    Maximises ``sum_i cos(x_i, c_{a_i})``; all ``n_init`` restarts run in one
-    batched computation (see the module docstring for the algorithm, the
-    stopping rule, empty clusters and the distributed behaviour).
+
+if TYPE_CHECKING:
+    _Base = _EstimatorBase
+else:
+    _Base = _sklearn_base()
+
+
+class SphericalKMeans(_Base):
+    """Spherical k-means estimator, a scikit-learn clusterer and transformer.
+
+    Maximises ``sum_i w_i cos(x_i, c_{a_i})``; all ``n_init`` restarts run in
+    one batched computation (see the module docstring for the algorithm, the
+    stopping rule, empty clusters, sparse input and the distributed behaviour).
 
     Args:
-        n_clusters: number of clusters ``K >= 1``.
+        n_clusters: number of clusters ``K >= 1`` (scikit-learn's default, 8).
         n_init: restarts ``R`` (best inertia wins); ignored when ``init`` is
             ``(R, K, d)``, forced to 1 (with a warning) when it is ``(K, d)``.
         max_iter: maximum Lloyd iterations per restart.
         tol: a restart stops when ``I_{t-1} - I_t <= tol * I_{t-1}``.
-        seed: seed of the initialisation (CPU results are deterministic).
+        random_state: seed of the initialisation, as scikit-learn's: an int
+            (CPU results are deterministic), a ``numpy.random.RandomState`` or
+            ``numpy.random.Generator`` (one draw per fit), or ``None`` (one draw
+            from NumPy's global ``RandomState``).
         init: ``"k-means++"``, ``"random"`` or initial centres.
         chunk_size: rows per matrix multiply (memory ``O(R * chunk_size * K)``).
         verbose: print progress.
@@ -1247,131 +1767,151 @@ class SphericalKMeans:
             ``False``: this process clusters its ``X`` alone, with no
             collective, e.g. an evaluation on rank 0 only; ``True``: require a
             process group (``ValueError`` without one).
+        seed: deprecated alias of ``random_state`` (an int or ``None``;
+            a :class:`FutureWarning` at :meth:`fit`, removed in 0.3).
+
+    Parameters are checked by :meth:`fit` (as scikit-learn does: the
+    constructor and ``set_params`` only store them); :meth:`check_params`
+    checks them without fitting.
 
     Attributes:
-        cluster_centers_: ``(K, d)`` unit-norm centres.
+        cluster_centers_: ``(K, d)`` unit-norm centres (dense, also for sparse ``X``).
         labels_: ``(N,)`` int64 labels of the rows passed to :meth:`fit`:
             their most similar final centre, equal to ``predict(X)``.
-        inertia_: ``sum_i (1 - cos(x_i, c_{a_i}))`` (all ranks).
+        inertia_: ``sum_i w_i (1 - cos(x_i, c_{a_i}))`` (all ranks).
         n_iter_: Lloyd iterations of the best restart (refinement included).
         inertia_history_: inertia of each iteration of the best restart
             (non-increasing), length ``n_iter_``.
         restart_inertias_: inertia of every restart's centres when it left
             the batch (before the winner's refinement).
         n_features_in_: ``d``.
+        feature_names_in_: ``(d,)`` column names when :meth:`fit` got a
+            DataFrame with string column names (absent otherwise).
 
-    Arrays are NumPy when :meth:`fit` got NumPy input (or a list), else
-    tensors on the input's device.
-
-    scikit-learn conventions (duck-typed, scikit-learn is not required):
-    ``get_params``/``set_params`` (so ``sklearn.base.clone`` and pipelines
-    work), ``fit(X, y=None)``, ``fit_transform``, ``score`` (minus the
-    inertia), estimator tags, :class:`NotFittedError` before ``fit``. The
-    seed keeps this library's name ``seed`` (not ``random_state``).
+    Arrays are NumPy when :meth:`fit` got NumPy input (or a list, a DataFrame,
+    a SciPy sparse matrix), else tensors on the input's device.
 
     Example:
         >>> import numpy as np
         >>> rng = np.random.default_rng(0)
         >>> X = np.concatenate([rng.normal(c, 0.05, (40, 3)) for c in np.eye(3)])
-        >>> km = SphericalKMeans(n_clusters=3, seed=0).fit(X)
+        >>> km = SphericalKMeans(n_clusters=3, random_state=0).fit(X)
         >>> km.cluster_centers_.shape, sorted(np.bincount(km.labels_).tolist())
         ((3, 3), [40, 40, 40])
         >>> bool((km.predict(X) == km.labels_).all())
         True
+        >>> km.get_feature_names_out().tolist()
+        ['sphericalkmeans0', 'sphericalkmeans1', 'sphericalkmeans2']
     """
 
     def __init__(
         self,
-        n_clusters: int,
+        n_clusters: int = 8,
         n_init: int = KMEANS_N_INIT,
         max_iter: int = KMEANS_MAX_ITER,
         tol: float = KMEANS_TOL,
-        seed: Optional[int] = None,
+        random_state: RandomStateLike = None,
         init: InitLike = "k-means++",
         chunk_size: Optional[int] = None,
         verbose: bool = False,
         sample_size: SampleSize = AUTO_SAMPLE_SIZE,
         distributed: Optional[bool] = None,
+        seed: Optional[int] = None,
     ) -> None:
-        _check_params(n_clusters, n_init, max_iter, tol, seed, init, chunk_size, verbose, sample_size)
-        _check_distributed(distributed)
-        # Stored as given (scikit-learn's clone checks identity); converted where they are used.
+        # Stored as given (scikit-learn's clone checks identity); checked and converted by fit.
         self.n_clusters = n_clusters
         self.n_init = n_init
         self.max_iter = max_iter
         self.tol = tol
-        self.seed = seed
+        self.random_state = random_state
         self.init = init
         self.chunk_size = chunk_size
         self.verbose = verbose
         self.sample_size = sample_size
         self.distributed = distributed
+        self.seed = seed
 
-    # scikit-learn's estimator conventions, duck-typed: scikit-learn is not a runtime dependency of
-    # the package, so there is no base class to inherit; get_params/set_params/clone/pipelines only
-    # need these methods.
+    def check_params(self) -> "SphericalKMeans":
+        """Raise the ``ValueError``/``TypeError`` that :meth:`fit` would raise for a bad parameter; returns ``self``.
 
-    def get_params(self, deep: bool = True) -> Dict[str, Any]:
-        """The constructor's parameters as a dict (scikit-learn's convention; ``deep`` is accepted and unused)."""
-        return {name: getattr(self, name) for name in _ESTIMATOR_PARAMS}
-
-    def set_params(self, **params: Any) -> "SphericalKMeans":
-        """Set constructor parameters; checked like the constructor, nothing changes on error. Returns ``self``."""
-        unknown = sorted(set(params) - set(_ESTIMATOR_PARAMS))
-        if unknown:
-            raise ValueError(
-                f"invalid parameter(s) {unknown} for SphericalKMeans; valid ones: {list(_ESTIMATOR_PARAMS)}"
-            )
-        merged = {**self.get_params(), **params}
-        SphericalKMeans(**merged)  # validates every value before anything is set
-        for name, value in params.items():
-            setattr(self, name, value)
+        Example:
+            >>> SphericalKMeans(3, n_init=0).check_params()
+            Traceback (most recent call last):
+            ...
+            ValueError: n_init must be >= 1, got 0
+        """
+        self._settings()
         return self
 
+    def _settings(self) -> _Settings:
+        _check_params(
+            self.n_clusters,
+            self.n_init,
+            self.max_iter,
+            self.tol,
+            self.random_state,
+            self.init,
+            self.chunk_size,
+            self.verbose,
+            self.sample_size,
+            self.seed,
+        )
+        _check_distributed(self.distributed)
+        sample_size = self.sample_size
+        return _Settings(
+            n_clusters=int(self.n_clusters),
+            n_init=int(self.n_init),
+            max_iter=int(self.max_iter),
+            tol=float(self.tol),
+            random_state=self.random_state if self.seed is None else int(self.seed),
+            init=self.init,
+            chunk_size=None if self.chunk_size is None else int(self.chunk_size),
+            verbose=self.verbose,
+            sample_size=sample_size if sample_size is None or isinstance(sample_size, str) else int(sample_size),
+        )
+
     def __sklearn_tags__(self) -> Any:
-        """scikit-learn (>= 1.6) estimator tags: a clusterer and transformer of dense 2-D float input.
+        """scikit-learn (>= 1.6) estimator tags: a clusterer and transformer of dense or sparse 2-D input.
 
         Imported here: only scikit-learn asks for them, so it stays an optional dependency.
         """
         from sklearn.utils import Tags, TargetTags, TransformerTags
 
-        tags = Tags(
-            estimator_type="clusterer",
-            target_tags=TargetTags(required=False),
-            transformer_tags=TransformerTags(preserves_dtype=["float64", "float32"]),
-        )
+        parent = getattr(super(), "__sklearn_tags__", None)
+        if parent is not None:
+            tags = parent()
+        else:
+            tags = Tags(estimator_type="clusterer", target_tags=TargetTags(required=False))
+        tags.transformer_tags = TransformerTags(preserves_dtype=["float64", "float32"])
+        tags.input_tags.sparse = True
         tags.input_tags.allow_nan = False
         return tags
 
     def __sklearn_is_fitted__(self) -> bool:
         return hasattr(self, "_centers")
 
-    def __repr__(self) -> str:
-        defaults = inspect.signature(SphericalKMeans.__init__).parameters
-        shown = [
-            f"{name}={value!r}"
-            for name, value in self.get_params().items()
-            if defaults[name].default is inspect.Parameter.empty or not _same_value(value, defaults[name].default)
-        ]
-        return f"SphericalKMeans({', '.join(shown)})"
+    def fit(self, X: DataLike, y: object = None, sample_weight: Optional[WeightLike] = None) -> "SphericalKMeans":
+        """Cluster ``X`` ``(N, d)`` (dense or sparse); returns ``self``.
 
-    def fit(self, X: ArrayLike, y: object = None) -> "SphericalKMeans":
-        """Cluster ``X`` ``(N, d)``; returns ``self``. ``y`` is ignored (scikit-learn's convention)."""
-        fit, is_numpy = _fit(
-            X,
-            int(self.n_clusters),
-            int(self.n_init),
-            int(self.max_iter),
-            float(self.tol),
-            None if self.seed is None else int(self.seed),
-            self.init,
-            None if self.chunk_size is None else int(self.chunk_size),
-            self.verbose,
-            self.sample_size
-            if self.sample_size is None or isinstance(self.sample_size, str)
-            else int(self.sample_size),
-            self.distributed,
-        )
+        Args:
+            X: ``(N, d)`` data (see :func:`spherical_kmeans`).
+            y: ignored (scikit-learn's convention).
+            sample_weight: ``(N,)`` non-negative weights of the rows (a row of
+                weight ``w`` counts as ``w`` copies of it in the cluster sums,
+                the inertia and the k-means++ sampling), or ``None``.
+
+        Returns:
+            ``self``, fitted. Nothing is changed when a parameter or the input is bad.
+        """
+        settings = self._settings()  # bad parameters raise before anything changes
+        if self.seed is not None:
+            _warn_seed_deprecated(stacklevel=2)
+        names = _feature_names(X)
+        if self.distributed is False and is_distributed():
+            with local_only():  # every collective becomes a no-op on this process
+                fit, is_numpy = _fit(X, settings, sample_weight)
+        else:
+            fit, is_numpy = _fit(X, settings, sample_weight)
         self._centers = fit.centers
         self.cluster_centers_ = _to_output(fit.centers, is_numpy)
         self.labels_ = _to_output(fit.labels, is_numpy)
@@ -1380,54 +1920,113 @@ class SphericalKMeans:
         self.inertia_history_ = fit.history
         self.restart_inertias_ = fit.restart_inertias
         self.n_features_in_ = int(fit.centers.shape[1])
+        if names is not None:
+            self.feature_names_in_ = names
+        elif hasattr(self, "feature_names_in_"):
+            del self.feature_names_in_
         return self
 
-    def fit_predict(self, X: ArrayLike, y: object = None) -> ArrayLike:
+    def fit_predict(self, X: DataLike, y: object = None, sample_weight: Optional[WeightLike] = None) -> ArrayLike:
         """Fit and return ``labels_`` ``(N,)``; ``y`` is ignored."""
-        return self.fit(X).labels_
+        return self.fit(X, sample_weight=sample_weight).labels_
 
-    def fit_transform(self, X: ArrayLike, y: object = None) -> ArrayLike:
+    def fit_transform(self, X: DataLike, y: object = None, sample_weight: Optional[WeightLike] = None) -> ArrayLike:
         """Fit, then the cosine similarities ``(N, K)`` of ``X`` to the centres; ``y`` is ignored."""
-        return self.fit(X).transform(X)
+        return self.fit(X, sample_weight=sample_weight)._transform(X)
 
-    def score(self, X: ArrayLike, y: object = None) -> float:
-        """Minus the inertia ``sum_i (1 - max_k cos(x_i, c_k))`` of ``X`` (higher is better, as scikit-learn's).
+    def score(self, X: DataLike, y: object = None, sample_weight: Optional[WeightLike] = None) -> float:
+        """Minus the inertia ``sum_i w_i (1 - max_k cos(x_i, c_k))`` of ``X`` (higher is better, as scikit-learn's).
 
         Example:
             >>> import numpy as np
             >>> X = np.eye(3)
-            >>> km = SphericalKMeans(n_clusters=3, seed=0).fit(X)
+            >>> km = SphericalKMeans(n_clusters=3, random_state=0).fit(X)
             >>> km.score(X)
             -0.0
         """
         unit, centers, _ = self._prepare(X)
+        unit.weight = _check_sample_weight(sample_weight, unit)
         _, dist = _assign(unit, centers, self.chunk_size)
-        return -float(dist.sum(dtype=torch.float64))
+        return -float(unit.weighted(dist))
 
-    def _prepare(self, X: ArrayLike) -> Tuple[Tensor, Tensor, bool]:
+    def _prepare(self, X: DataLike) -> Tuple[_Rows, Tensor, bool]:
         if not hasattr(self, "_centers"):
             raise _not_fitted("this SphericalKMeans is not fitted yet: call fit(X) first")
-        data, is_numpy = _as_tensor("X", X)
-        if data.shape[1] != self.n_features_in_:
+        self._check_feature_names(X)
+        unit, is_numpy = _unit_unweighted("X", X)
+        if unit.d != self.n_features_in_:
             raise ValueError(
-                f"X has {data.shape[1]} features, but SphericalKMeans is expecting {self.n_features_in_} "
-                f"features as input (shape {tuple(data.shape)})"
+                f"X has {unit.d} features, but SphericalKMeans is expecting {self.n_features_in_} "
+                f"features as input (shape {(unit.n, unit.d)})"
             )
-        unit = _normalise_rows("X", data)
         return unit, self._centers.to(device=unit.device, dtype=unit.dtype), is_numpy
 
-    def predict(self, X: ArrayLike) -> ArrayLike:
+    def _check_feature_names(self, X: object) -> None:
+        """scikit-learn's checks of the column names at ``predict``/``transform``/``score``."""
+        fitted = getattr(self, "feature_names_in_", None)
+        names = _feature_names(X)
+        if fitted is None and names is None:
+            return
+        if fitted is None:
+            warnings.warn(
+                "X has feature names, but SphericalKMeans was fitted without feature names", UserWarning, stacklevel=4
+            )
+            return
+        if names is None:
+            warnings.warn(
+                "X does not have valid feature names, but SphericalKMeans was fitted with feature names",
+                UserWarning,
+                stacklevel=4,
+            )
+            return
+        if len(fitted) != len(names) or bool(np.any(fitted != names)):
+            unexpected = sorted(set(names.tolist()) - set(fitted.tolist()))
+            missing = sorted(set(fitted.tolist()) - set(names.tolist()))
+            message = "The feature names should match those that were passed during fit.\n"
+            if unexpected:
+                message += f"Feature names unseen at fit time:\n- {unexpected}\n"
+            if missing:
+                message += f"Feature names seen at fit time, yet now missing:\n- {missing}\n"
+            if not unexpected and not missing:
+                message += "Feature names must be in the same order as they were in fit.\n"
+            raise ValueError(message)
+
+    def predict(self, X: DataLike) -> ArrayLike:
         """Index ``(N,)`` int64 of the most similar centre of each row of ``X`` ``(N, d)``."""
         unit, centers, is_numpy = self._prepare(X)
         labels, _ = _assign(unit, centers, self.chunk_size)
         return _to_output(labels, is_numpy)
 
-    def transform(self, X: ArrayLike) -> ArrayLike:
-        """Cosine similarities ``(N, K)`` of the rows of ``X`` ``(N, d)`` to the centres."""
+    def transform(self, X: DataLike) -> ArrayLike:
+        """Cosine similarities ``(N, K)`` of the rows of ``X`` ``(N, d)`` to the centres (0 for an all-zero row)."""
+        return self._transform(X)
+
+    def _transform(self, X: DataLike) -> ArrayLike:
         unit, centers, is_numpy = self._prepare(X)
-        return _to_output(unit @ centers.t(), is_numpy)
+        return _to_output(unit.mm_t(centers), is_numpy)
 
+    def get_feature_names_out(self, input_features: Optional[Sequence[str]] = None) -> np.ndarray:
+        """Names of the ``K`` output columns of :meth:`transform`: ``sphericalkmeans0`` ... (scikit-learn's convention).
 
-#: Constructor parameters of :class:`SphericalKMeans`, in signature order (get_params / set_params / clone),
-#: read from the signature as scikit-learn's ``BaseEstimator._get_param_names`` does.
-_ESTIMATOR_PARAMS = tuple(name for name in inspect.signature(SphericalKMeans.__init__).parameters if name != "self")
+        Args:
+            input_features: ignored apart from a check: when given it must
+                have ``n_features_in_`` names, equal to ``feature_names_in_``
+                when the estimator was fitted on named columns.
+
+        Returns:
+            ``(K,)`` object array of strings.
+        """
+        if not hasattr(self, "_centers"):
+            raise _not_fitted("this SphericalKMeans is not fitted yet: call fit(X) first")
+        if input_features is not None:
+            given = np.asarray(input_features, dtype=object)
+            fitted = getattr(self, "feature_names_in_", None)
+            if fitted is not None and (len(given) != len(fitted) or bool(np.any(given != fitted))):
+                raise ValueError("input_features is not equal to feature_names_in_")
+            if len(given) != self.n_features_in_:
+                raise ValueError(
+                    f"input_features should have length equal to number of features ({self.n_features_in_}), "
+                    f"got {len(given)}"
+                )
+        prefix = type(self).__name__.lower()
+        return np.asarray([f"{prefix}{k}" for k in range(int(self._centers.shape[0]))], dtype=object)

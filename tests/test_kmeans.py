@@ -56,7 +56,7 @@ def assert_labels_consistent_with_centres(X: torch.Tensor, centers: torch.Tensor
 
 def test_planted_well_separated_clusters_are_recovered_exactly() -> None:
     X, truth = planted(40, 5, 16, noise=0.1, seed=0)
-    result = spherical_kmeans(X, 5, seed=0)
+    result = spherical_kmeans(X, 5, random_state=0)
     assert normalized_mutual_info_score(truth, result.labels) == pytest.approx(1.0)
     assert adjusted_rand_score(truth, result.labels) == pytest.approx(1.0)
 
@@ -70,20 +70,20 @@ def test_cosine_inertia_is_no_worse_than_sklearn_kmeans_on_normalised_data() -> 
     sk_labels = torch.from_numpy(reference.labels_).long()
     sk_centers = torch.zeros(8, 10, dtype=torch.float64).index_add_(0, sk_labels, unit(X))
     sk_inertia = cosine_inertia(X, sk_centers, sk_labels)
-    ours = spherical_kmeans(X, 8, seed=0, tol=0.0)
+    ours = spherical_kmeans(X, 8, random_state=0, tol=0.0)
     assert ours.inertia <= sk_inertia * 1.01
 
 
 def test_inertia_is_the_sum_of_one_minus_cosine_to_the_assigned_centre() -> None:
     X = random_rows(80, 5, seed=2)
-    km = SphericalKMeans(4, seed=0).fit(X)
+    km = SphericalKMeans(4, random_state=0).fit(X)
     assert km.inertia_ == pytest.approx(cosine_inertia(X, km.cluster_centers_, km.labels_), rel=1e-12)
     assert torch.allclose(km.cluster_centers_.norm(dim=1), torch.ones(4, dtype=torch.float64))
 
 
 def test_single_cluster_centre_is_the_normalised_mean_direction() -> None:
     X = random_rows(30, 4, seed=3) + 2.0
-    km = SphericalKMeans(1, seed=0).fit(X)
+    km = SphericalKMeans(1, random_state=0).fit(X)
     expected = unit(unit(X).sum(dim=0, keepdim=True))
     assert torch.allclose(km.cluster_centers_, expected, atol=1e-12)
     assert torch.equal(km.labels_, torch.zeros(30, dtype=torch.long))
@@ -92,8 +92,8 @@ def test_single_cluster_centre_is_the_normalised_mean_direction() -> None:
 def test_positive_rescaling_of_rows_leaves_the_result_unchanged() -> None:
     X = random_rows(60, 5, seed=4)
     scales = torch.rand(60, 1, generator=torch.Generator().manual_seed(5), dtype=torch.float64) * 10 + 0.1
-    a = spherical_kmeans(X, 4, seed=7)
-    b = spherical_kmeans(X * scales, 4, seed=7)
+    a = spherical_kmeans(X, 4, random_state=7)
+    b = spherical_kmeans(X * scales, 4, random_state=7)
     assert torch.equal(a.labels, b.labels)
     assert torch.allclose(a.centers, b.centers, atol=1e-12)
 
@@ -111,7 +111,7 @@ def test_positive_rescaling_of_rows_leaves_the_result_unchanged() -> None:
 )
 def test_inertia_never_increases_across_iterations(n: int, k: int, dim: int, seed: int, n_init: int) -> None:
     X = random_rows(n, dim, seed)
-    km = SphericalKMeans(k, n_init=n_init, seed=seed, tol=0.0).fit(X)
+    km = SphericalKMeans(k, n_init=n_init, random_state=seed, tol=0.0).fit(X)
     history = torch.tensor(km.inertia_history_, dtype=torch.float64)
     assert history.numel() == km.n_iter_ >= 1
     slack = 1e-12 * n
@@ -123,8 +123,8 @@ def test_inertia_never_increases_across_iterations(n: int, k: int, dim: int, see
 @given(n=st.integers(6, 50), k=st.integers(1, 5), seed=st.integers(0, 2**16), chunk=st.integers(1, 60))
 def test_chunked_and_unchunked_runs_give_the_same_clustering(n: int, k: int, seed: int, chunk: int) -> None:
     X = random_rows(n, 4, seed)
-    whole = SphericalKMeans(k, n_init=3, seed=seed).fit(X)
-    chunked = SphericalKMeans(k, n_init=3, seed=seed, chunk_size=chunk).fit(X)
+    whole = SphericalKMeans(k, n_init=3, random_state=seed).fit(X)
+    chunked = SphericalKMeans(k, n_init=3, random_state=seed, chunk_size=chunk).fit(X)
     assert torch.equal(whole.labels_, chunked.labels_)
     assert torch.allclose(whole.cluster_centers_, chunked.cluster_centers_, atol=1e-10)
     assert whole.n_iter_ == chunked.n_iter_
@@ -171,22 +171,22 @@ def test_float32_and_float64_agree_on_well_separated_data() -> None:
     assert torch.allclose(a.centers, b.centers.double(), atol=1e-5)
     assert b.inertia == pytest.approx(a.inertia, rel=1e-4)
     # With k-means++ the sampled rows may differ (the potentials round differently): same partition.
-    c = spherical_kmeans(X64.float(), 4, seed=3)
+    c = spherical_kmeans(X64.float(), 4, random_state=3)
     assert adjusted_rand_score(truth, c.labels) == pytest.approx(1.0)
     assert c.inertia == pytest.approx(a.inertia, rel=1e-4)
 
 
 def test_half_precision_input_is_computed_in_float32() -> None:
     X, truth = planted(20, 3, 8, noise=0.05, seed=7, dtype=torch.float16)
-    result = spherical_kmeans(X, 3, seed=0)
+    result = spherical_kmeans(X, 3, random_state=0)
     assert result.centers.dtype == torch.float32
     assert adjusted_rand_score(truth, result.labels) == pytest.approx(1.0)
 
 
 def test_same_seed_gives_identical_results() -> None:
     X = random_rows(100, 6, seed=8)
-    a = SphericalKMeans(5, seed=11).fit(X)
-    b = SphericalKMeans(5, seed=11).fit(X)
+    a = SphericalKMeans(5, random_state=11).fit(X)
+    b = SphericalKMeans(5, random_state=11).fit(X)
     assert torch.equal(a.labels_, b.labels_)
     assert torch.equal(a.cluster_centers_, b.cluster_centers_)
     assert a.inertia_ == b.inertia_ and a.n_iter_ == b.n_iter_
@@ -195,7 +195,7 @@ def test_same_seed_gives_identical_results() -> None:
 @pytest.mark.parametrize("init", ["k-means++", "random"])
 def test_every_restart_reaches_at_least_the_quality_of_its_initial_centres(init: str) -> None:
     X = random_rows(120, 5, seed=9)
-    km = SphericalKMeans(6, n_init=4, seed=1, init=init).fit(X)
+    km = SphericalKMeans(6, n_init=4, random_state=1, init=init).fit(X)
     assert len(km.restart_inertias_) == 4
     assert km.inertia_ <= min(km.restart_inertias_) * (1 + 1e-12)
     assert km.inertia_ <= km.inertia_history_[0]
@@ -206,7 +206,7 @@ def test_every_restart_reaches_at_least_the_quality_of_its_initial_centres(init:
 def test_a_loose_tol_still_returns_a_fixed_point_of_lloyd(n: int, k: int, seed: int) -> None:
     # tol only decides when a restart leaves the batch; the winner is refined to convergence.
     X = random_rows(n, 4, seed)
-    km = SphericalKMeans(k, n_init=3, tol=0.5, seed=seed).fit(X)
+    km = SphericalKMeans(k, n_init=3, tol=0.5, random_state=seed).fit(X)
     assert km.n_iter_ < 300
     means = torch.zeros(k, 4, dtype=torch.float64).index_add_(0, km.labels_, unit(X))
     assert torch.allclose(km.cluster_centers_, unit(means), atol=1e-9)
@@ -229,11 +229,11 @@ def test_duplicated_rows_leave_clusters_empty_only_with_fewer_distinct_rows_than
             with pytest.warns(
                 ConvergenceWarning, match=rf"distinct clusters \({n_distinct}\) found smaller than n_clusters \({k}\)"
             ):
-                km = SphericalKMeans(k, n_init=3, seed=0, init=init).fit(X)
+                km = SphericalKMeans(k, n_init=3, random_state=0, init=init).fit(X)
         else:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", ConvergenceWarning)
-                km = SphericalKMeans(k, n_init=3, seed=0, init=init).fit(X)
+                km = SphericalKMeans(k, n_init=3, random_state=0, init=init).fit(X)
         counts = torch.bincount(km.labels_, minlength=k)
         assert int((counts > 0).sum()) == min(n_distinct, k)
         assert torch.equal(km.predict(X), km.labels_)
@@ -247,7 +247,7 @@ def test_scikit_learn_filters_catch_the_convergence_warning() -> None:
 
     X = random_rows(2, 3, seed=4).repeat(3, 1)
     with pytest.warns(SklearnConvergenceWarning):
-        SphericalKMeans(4, n_init=2, seed=0).fit(X)
+        SphericalKMeans(4, n_init=2, random_state=0).fit(X)
 
 
 def test_identical_initial_centres_are_reseeded_into_distinct_non_empty_clusters() -> None:
@@ -273,7 +273,7 @@ def test_no_cluster_is_empty_when_there_are_at_least_k_distinct_rows(
     k = data.draw(st.integers(1, X.shape[0]))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        km = SphericalKMeans(k, n_init=2, seed=seed).fit(X)
+        km = SphericalKMeans(k, n_init=2, random_state=seed).fit(X)
     non_empty = int((torch.bincount(km.labels_, minlength=k) > 0).sum())
     assert non_empty == min(k, n_distinct)
     assert any(issubclass(w.category, ConvergenceWarning) for w in caught) == (n_distinct < k)
@@ -286,7 +286,7 @@ def test_no_cluster_is_empty_when_there_are_at_least_k_distinct_rows(
 
 def test_predict_and_transform_are_consistent_with_fit() -> None:
     X = random_rows(90, 5, seed=12)
-    km = SphericalKMeans(4, seed=2)
+    km = SphericalKMeans(4, random_state=2)
     labels = km.fit_predict(X)
     assert torch.equal(labels, km.labels_)
     assert torch.equal(km.predict(X), km.labels_)
@@ -299,22 +299,22 @@ def test_predict_and_transform_are_consistent_with_fit() -> None:
 
 def test_numpy_input_gives_numpy_output_equal_to_the_torch_result() -> None:
     X = random_rows(70, 4, seed=13)
-    from_torch = SphericalKMeans(3, seed=4).fit(X)
-    from_numpy = SphericalKMeans(3, seed=4).fit(X.numpy())
+    from_torch = SphericalKMeans(3, random_state=4).fit(X)
+    from_numpy = SphericalKMeans(3, random_state=4).fit(X.numpy())
     assert isinstance(from_numpy.cluster_centers_, np.ndarray) and isinstance(from_numpy.labels_, np.ndarray)
     assert from_numpy.labels_.dtype == np.int64
     np.testing.assert_array_equal(from_numpy.labels_, from_torch.labels_.numpy())
     np.testing.assert_allclose(from_numpy.cluster_centers_, from_torch.cluster_centers_.numpy())
     assert isinstance(from_numpy.predict(X.numpy()), np.ndarray)
     assert isinstance(from_numpy.predict(X), torch.Tensor)
-    result = spherical_kmeans(X.numpy().astype(np.float32), 3, seed=4)
+    result = spherical_kmeans(X.numpy().astype(np.float32), 3, random_state=4)
     assert isinstance(result.centers, np.ndarray) and result.centers.dtype == np.float32
 
 
 def test_function_and_estimator_agree() -> None:
     X = random_rows(50, 4, seed=14)
-    km = SphericalKMeans(3, n_init=2, max_iter=50, tol=1e-3, seed=5).fit(X)
-    result = spherical_kmeans(X, 3, n_init=2, max_iter=50, tol=1e-3, seed=5)
+    km = SphericalKMeans(3, n_init=2, max_iter=50, tol=1e-3, random_state=5).fit(X)
+    result = spherical_kmeans(X, 3, n_init=2, max_iter=50, tol=1e-3, random_state=5)
     assert torch.equal(result.labels, km.labels_)
     assert torch.equal(result.centers, km.cluster_centers_)
     assert (result.inertia, result.n_iter) == (km.inertia_, km.n_iter_)
@@ -322,7 +322,7 @@ def test_function_and_estimator_agree() -> None:
 
 def test_max_iter_bounds_the_number_of_iterations() -> None:
     X = random_rows(200, 8, seed=15)
-    km = SphericalKMeans(10, n_init=2, max_iter=2, tol=0.0, seed=0).fit(X)
+    km = SphericalKMeans(10, n_init=2, max_iter=2, tol=0.0, random_state=0).fit(X)
     assert km.n_iter_ <= 2 and len(km.inertia_history_) == km.n_iter_
 
 
@@ -334,10 +334,10 @@ def test_single_set_of_initial_centres_warns_and_runs_once() -> None:
 
 
 def test_verbose_reports_progress(capsys: pytest.CaptureFixture[str]) -> None:
-    spherical_kmeans(random_rows(30, 3, seed=17), 2, seed=0, verbose=True)
+    spherical_kmeans(random_rows(30, 3, seed=17), 2, random_state=0, verbose=True)
     out = capsys.readouterr().out
     assert "iteration 1" in out and "best restart" in out
-    spherical_kmeans(random_rows(30, 3, seed=17), 2, seed=0)
+    spherical_kmeans(random_rows(30, 3, seed=17), 2, random_state=0)
     assert capsys.readouterr().out == ""
 
 
@@ -346,16 +346,16 @@ def test_verbose_reports_progress(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_sample_size_at_least_n_is_the_unsampled_run() -> None:
     X, _ = planted(30, 4, 6, noise=0.5, seed=21)
-    full = SphericalKMeans(4, n_init=3, seed=5).fit(X)
-    same = SphericalKMeans(4, n_init=3, seed=5, sample_size=X.shape[0]).fit(X)
+    full = SphericalKMeans(4, n_init=3, random_state=5).fit(X)
+    same = SphericalKMeans(4, n_init=3, random_state=5, sample_size=X.shape[0]).fit(X)
     assert torch.equal(full.cluster_centers_, same.cluster_centers_)
     assert full.inertia_ == same.inertia_ and full.n_iter_ == same.n_iter_
 
 
 def test_sampled_restarts_refine_the_winner_on_every_row() -> None:
     X, truth = planted(400, 6, 12, noise=0.6, seed=22)
-    km = SphericalKMeans(6, n_init=4, seed=1, sample_size=300).fit(X)
-    full = SphericalKMeans(6, n_init=4, seed=1).fit(X)
+    km = SphericalKMeans(6, n_init=4, random_state=1, sample_size=300).fit(X)
+    full = SphericalKMeans(6, n_init=4, random_state=1).fit(X)
     # The restarts saw 300 rows; the winner was then iterated on all 2,400 to a Lloyd fixed point
     # of the full data (tol: the last step barely moved), and its labels match its centres.
     assert len(km.restart_inertias_) == 4
@@ -371,9 +371,9 @@ def test_sampled_restarts_refine_the_winner_on_every_row() -> None:
 
 def test_sampled_restarts_are_deterministic_for_a_seed_and_depend_on_it() -> None:
     X = random_rows(500, 5, seed=23)
-    first = spherical_kmeans(X, 7, n_init=3, seed=2, sample_size=100)
-    again = spherical_kmeans(X, 7, n_init=3, seed=2, sample_size=100)
-    other = spherical_kmeans(X, 7, n_init=3, seed=3, sample_size=100)
+    first = spherical_kmeans(X, 7, n_init=3, random_state=2, sample_size=100)
+    again = spherical_kmeans(X, 7, n_init=3, random_state=2, sample_size=100)
+    other = spherical_kmeans(X, 7, n_init=3, random_state=3, sample_size=100)
     assert torch.equal(first.centers, again.centers) and torch.equal(first.labels, again.labels)
     assert not torch.equal(first.centers, other.centers)
 
@@ -388,12 +388,16 @@ GOOD = random_rows(10, 3, seed=18)
     [
         ({"n_clusters": 0}, ValueError, "n_clusters"),
         ({"n_clusters": 2.5}, TypeError, "n_clusters"),
-        ({"n_clusters": 11}, ValueError, "at least n_clusters"),
+        ({"n_clusters": 11}, ValueError, "n_samples=10 should be >= n_clusters=11"),
         ({"n_init": 0}, ValueError, "n_init"),
         ({"max_iter": 0}, ValueError, "max_iter"),
         ({"tol": -1e-3}, ValueError, "tol"),
         ({"tol": math.nan}, ValueError, "tol"),
-        ({"seed": -1}, ValueError, "seed"),
+        ({"seed": -1}, ValueError, "seed must be an int in"),
+        ({"random_state": -1}, ValueError, "random_state must be an int in"),
+        ({"random_state": 1.5}, ValueError, "random_state=1.5 cannot be used to seed"),
+        ({"random_state": "0"}, ValueError, "random_state='0' cannot be used to seed"),
+        ({"random_state": 0, "seed": 0}, ValueError, "pass random_state only"),
         ({"chunk_size": 0}, ValueError, "chunk_size"),
         ({"init": "kmeans"}, ValueError, "init"),
         ({"init": [[1.0, 0.0, 0.0]]}, TypeError, "init"),
@@ -408,6 +412,7 @@ GOOD = random_rows(10, 3, seed=18)
         ({"sample_size": 5.0}, TypeError, "sample_size"),
     ],
 )
+@pytest.mark.filterwarnings("ignore:propos_losses.SphericalKMeans\\(seed=:FutureWarning")
 def test_bad_arguments_raise(kwargs: dict, error: type, match: str) -> None:
     arguments = {"n_clusters": 2, "n_init": 1, **kwargs}
     with pytest.raises(error, match=match):
@@ -420,11 +425,14 @@ def test_bad_arguments_raise(kwargs: dict, error: type, match: str) -> None:
         (GOOD[0], ValueError, "2-D"),
         (GOOD.view(2, 5, 3), ValueError, "2-D"),
         (torch.ones(4, 0, dtype=torch.float64), ValueError, "feature"),
-        (torch.cat([GOOD, torch.full((1, 3), math.nan, dtype=torch.float64)]), ValueError, "finite"),
-        (torch.cat([GOOD, torch.full((1, 3), math.inf, dtype=torch.float64)]), ValueError, "finite"),
-        (torch.cat([GOOD, torch.zeros(1, 3, dtype=torch.float64)]), ValueError, "all-zero rows"),
-        (torch.ones(10, 3, dtype=torch.long), TypeError, "float"),
-        (np.ones((10, 3), dtype=np.uint8), TypeError, "float"),
+        (torch.cat([GOOD, torch.full((1, 3), math.nan, dtype=torch.float64)]), ValueError, "Input X contains NaN"),
+        (
+            torch.cat([GOOD, torch.full((1, 3), math.inf, dtype=torch.float64)]),
+            ValueError,
+            r"Input X contains infinity or a value too large for dtype\('float64'\)",
+        ),
+        (torch.zeros(10, 3, dtype=torch.float64), ValueError, "no row that is not all zero"),
+        (GOOD.to(torch.complex128), ValueError, "Complex data not supported"),
         ([[1.0, 2.0], [3.0]], ValueError, "2-D array of numbers"),  # ragged; rectangular lists are accepted
         ("not an array", TypeError, "numpy"),
     ],
@@ -434,11 +442,18 @@ def test_bad_data_raises(X: object, error: type, match: str) -> None:
         spherical_kmeans(X, 2, n_init=1)  # type: ignore[arg-type]
 
 
-def test_bad_constructor_arguments_raise_before_fit() -> None:
-    with pytest.raises(ValueError, match="n_init"):
-        SphericalKMeans(3, n_init=0)
-    with pytest.raises(ValueError, match="tol"):
-        SphericalKMeans(3, tol=-1.0)
+def test_bad_parameters_raise_at_fit_naming_the_value_and_leave_a_fitted_estimator_unchanged() -> None:
+    km = SphericalKMeans(3, n_init=0)  # the constructor only stores (scikit-learn's convention)
+    with pytest.raises(ValueError, match="n_init must be >= 1, got 0"):
+        km.fit(GOOD)
+    with pytest.raises(ValueError, match="n_init must be >= 1, got 0"):
+        km.check_params()
+    fitted = SphericalKMeans(3, n_init=1, random_state=0).fit(GOOD)
+    centers, labels = fitted.cluster_centers_.clone(), fitted.labels_.clone()
+    fitted.set_params(tol=-1.0)
+    with pytest.raises(ValueError, match="tol must be >= 0"):
+        fitted.fit(GOOD[:5])
+    assert torch.equal(fitted.cluster_centers_, centers) and torch.equal(fitted.labels_, labels)
 
 
 def test_predict_before_fit_raises() -> None:
@@ -449,19 +464,28 @@ def test_predict_before_fit_raises() -> None:
 
 
 def test_predict_with_a_different_number_of_features_raises() -> None:
-    km = SphericalKMeans(2, n_init=1, seed=0).fit(GOOD)
-    with pytest.raises(ValueError, match="3 features"):
+    km = SphericalKMeans(2, n_init=1, random_state=0).fit(GOOD)
+    with pytest.raises(ValueError, match="X has 5 features, but SphericalKMeans is expecting 3 features"):
         km.predict(torch.ones(4, 5, dtype=torch.float64))
-    with pytest.raises(ValueError, match="all-zero rows"):
-        km.predict(torch.zeros(2, 3, dtype=torch.float64))
+
+
+def test_integer_and_boolean_data_are_clustered_as_float64_like_kmeans() -> None:
+    X = (GOOD.abs() * 10).round().long() + 1
+    as_float = SphericalKMeans(2, random_state=0).fit(X.to(torch.float64))
+    for data in (X, X.numpy(), X.numpy().astype(np.uint8), X.numpy().astype(np.int32)):
+        km = SphericalKMeans(2, random_state=0).fit(data)
+        assert np.array_equal(np.asarray(km.labels_), as_float.labels_.numpy())
+        assert km.cluster_centers_.dtype in (torch.float64, np.float64)
+    flags = np.array([[1, 0, 1], [1, 1, 0], [0, 1, 1], [1, 0, 0]], dtype=bool)
+    assert SphericalKMeans(2, random_state=0).fit(flags).cluster_centers_.dtype == np.float64
 
 
 def test_rows_with_huge_finite_values_are_normalised_not_rejected() -> None:
     X = random_rows(20, 3, seed=19)
     huge = X.clone()
     huge[0] *= 1e306  # the norm of this row overflows float64
-    a = spherical_kmeans(X, 2, seed=0)
-    b = spherical_kmeans(huge, 2, seed=0)
+    a = spherical_kmeans(X, 2, random_state=0)
+    b = spherical_kmeans(huge, 2, random_state=0)
     assert torch.equal(a.labels, b.labels)
 
 
@@ -478,5 +502,5 @@ def test_unit_rows_are_used_as_they_are_and_other_rows_are_normalised(dtype: tor
     assert out is not stretched
     assert torch.allclose(torch.linalg.vector_norm(out, dim=1), torch.ones(50, dtype=dtype), atol=1e-6)
     # Either way the clustering sees the same directions.
-    a, b = spherical_kmeans(X, 3, seed=0), spherical_kmeans(stretched, 3, seed=0)
+    a, b = spherical_kmeans(X, 3, random_state=0), spherical_kmeans(stretched, 3, random_state=0)
     assert torch.equal(a.labels, b.labels)

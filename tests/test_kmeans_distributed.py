@@ -55,16 +55,16 @@ def worker(rank: int, init_file: str, out_dir: str) -> None:
         X = make_data()
         local = shard(X, rank)
         given = SphericalKMeans(5, init=make_init(X), tol=0.0).fit(local)
-        plus_plus = SphericalKMeans(5, n_init=4, seed=3).fit(local)
+        plus_plus = SphericalKMeans(5, n_init=4, random_state=3).fit(local)
         unseeded = SphericalKMeans(5, n_init=2).fit(local)
-        sampled = SphericalKMeans(5, n_init=3, seed=4, sample_size=60).fit(local)
+        sampled = SphericalKMeans(5, n_init=3, random_state=4, sample_size=60).fit(local)
         mismatch = {}
         for case, rows in (
             ("feature size", local[:, :5] if rank == 1 else local),  # 5 columns on rank 1, 6 on rank 0
             ("dtype", local.float() if rank == 1 else local),
         ):
             try:
-                SphericalKMeans(5, n_init=1, seed=0).fit(rows)
+                SphericalKMeans(5, n_init=1, random_state=0).fit(rows)
                 mismatch[case] = "no error"
             except ValueError as exc:
                 mismatch[case] = str(exc)
@@ -125,7 +125,7 @@ def test_distributed_k_means_plus_plus_uses_every_shard_and_reaches_single_proce
     unit = X / X.norm(dim=1, keepdim=True)
     # The reported inertia is the global one: it matches the concatenated labels and centres.
     assert results[0]["plus_plus"]["inertia"] == pytest.approx(float((1 - (unit * centers[labels]).sum(1)).sum()))
-    single = SphericalKMeans(5, n_init=4, seed=3).fit(X)
+    single = SphericalKMeans(5, n_init=4, random_state=3).fit(X)
     assert results[0]["plus_plus"]["inertia"] <= single.inertia_ * 1.05
 
 

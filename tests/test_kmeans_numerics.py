@@ -37,18 +37,31 @@ def test_rows_whose_squared_norm_under_or_overflows_are_clustered_like_unscaled_
     scale: float, dtype: torch.dtype
 ) -> None:
     X = rows(60, 5, seed=1, dtype=torch.float64)
-    reference = SphericalKMeans(3, n_init=2, seed=0).fit(X.to(dtype))
-    tiny = SphericalKMeans(3, n_init=2, seed=0).fit((X * scale).to(dtype))  # no "all-zero rows" error
+    reference = SphericalKMeans(3, n_init=2, random_state=0).fit(X.to(dtype))
+    tiny = SphericalKMeans(3, n_init=2, random_state=0).fit((X * scale).to(dtype))  # no "all-zero rows" error
     assert torch.equal(tiny.labels_, reference.labels_)
     assert tiny.inertia_ == pytest.approx(reference.inertia_, rel=1e-5)
     assert torch.equal(tiny.predict((X * scale).to(dtype)), tiny.labels_)
 
 
-def test_a_row_that_is_really_zero_is_still_an_error() -> None:
-    X = rows(10, 3, seed=2, dtype=torch.float32) * 1e-30
-    X[4] = 0
-    with pytest.raises(ValueError, match="all-zero rows \\(e.g. row 4\\)"):
-        SphericalKMeans(2, seed=0).fit(X)
+def test_a_row_that_is_really_zero_has_cosine_zero_to_every_centre_and_never_becomes_one() -> None:
+    # scikit-learn's convention for cosine similarity (normalize and cosine_similarity leave zero rows at 0):
+    # an all-zero row adds 1 to the inertia, nothing to the centres, and is never chosen as a centre.
+    X = rows(30, 3, seed=2, dtype=torch.float32) * 1e-30
+    zero = torch.zeros(6, 3, dtype=torch.float32)
+    with_zeros = torch.cat([zero[:3], X, zero[3:]])
+    for init in ("k-means++", "random"):
+        km = SphericalKMeans(4, n_init=3, random_state=0, init=init).fit(with_zeros)
+        assert torch.all(km.cluster_centers_.norm(dim=1) > 0.99)  # no centre on a zero row
+        assert torch.all(km.transform(zero) == 0)
+        assert torch.equal(km.predict(with_zeros), km.labels_)
+    # k-means++ samples rows in proportion to their potential: zero rows get probability 0,
+    # so the same draws pick the same rows, and the zero rows add exactly 1 each to the inertia.
+    km = SphericalKMeans(4, n_init=3, random_state=0).fit(with_zeros)
+    reference = SphericalKMeans(4, n_init=3, random_state=0).fit(X)
+    assert km.inertia_ == pytest.approx(reference.inertia_ + 6, rel=1e-6)
+    assert torch.equal(km.labels_[3:33], reference.labels_)
+    assert torch.allclose(km.cluster_centers_, reference.cluster_centers_, atol=1e-6)
 
 
 # --------------------------------------------------------------------------- (b) inertia >= 0
@@ -58,7 +71,7 @@ def test_a_row_that_is_really_zero_is_still_an_error() -> None:
 def test_inertia_is_never_negative_when_every_row_is_its_own_cluster(seed: int) -> None:
     # K == N: every row sits on its centre, and float32 rounding can make cos exceed 1 by an ulp.
     X = rows(12, 5, seed=seed, dtype=torch.float32)
-    km = SphericalKMeans(12, seed=0).fit(X)
+    km = SphericalKMeans(12, random_state=0).fit(X)
     assert 0.0 <= km.inertia_ < 1e-5
     assert all(value >= 0 for value in km.inertia_history_)
     assert km.score(X) <= 0.0
@@ -70,7 +83,7 @@ def test_inertia_is_never_negative_when_every_row_is_its_own_cluster(seed: int) 
 @pytest.mark.parametrize("sample_size", [None, 150, "auto"])
 def test_labels_are_the_assignment_to_the_final_centres(sample_size: object) -> None:
     X = blobs(200, 6, 8, noise=1.5, seed=3)
-    km = SphericalKMeans(6, n_init=3, seed=0, sample_size=sample_size).fit(X)
+    km = SphericalKMeans(6, n_init=3, random_state=0, sample_size=sample_size).fit(X)
     assert torch.equal(km.predict(X), km.labels_)
     assert km.inertia_ == pytest.approx(-km.score(X), rel=1e-12)
 
@@ -78,7 +91,7 @@ def test_labels_are_the_assignment_to_the_final_centres(sample_size: object) -> 
 def test_tol_zero_ends_at_a_fixed_point_also_with_subsampled_restarts() -> None:
     # No label changes any more: the centres are the normalised means of labels_, labels_ their assignment.
     X = blobs(300, 5, 6, noise=2.0, seed=4).to(torch.float64)
-    km = SphericalKMeans(5, n_init=3, seed=0, sample_size=200, tol=0.0).fit(X)
+    km = SphericalKMeans(5, n_init=3, random_state=0, sample_size=200, tol=0.0).fit(X)
     assert km.n_iter_ < 300
     assert torch.allclose(km.cluster_centers_, normalised_means(X, km.labels_, 5), atol=1e-9)
     assert torch.equal(km.predict(X), km.labels_)
@@ -99,8 +112,9 @@ def test_bounded_iterations_take_the_same_steps_as_plain_lloyd(
     unit = X / X.norm(dim=1, keepdim=True)
     start = unit[torch.randperm(unit.shape[0], generator=torch.Generator().manual_seed(seed))[:7]]
     settings = kmeans_module._Iterations(max_iter=60, tol=0.0, chunk_size=64, verbose=False)
-    plain, n_plain, history = kmeans_module._lloyd(unit, start.unsqueeze(0), settings)
-    bounded, n_bounded, bounded_history = kmeans_module._lloyd_bounded(unit, start, settings)
+    rows = kmeans_module._DenseRows(unit)
+    plain, n_plain, history = kmeans_module._lloyd(rows, start.unsqueeze(0), settings)
+    bounded, n_bounded, bounded_history = kmeans_module._lloyd_bounded(rows, start, settings)
     n = int(n_plain[0])
     assert n_bounded in (n, n - 1)  # it also stops as soon as no label changed
     assert torch.allclose(bounded, plain[0], atol=1e-12)
@@ -113,8 +127,8 @@ def test_bounded_iterations_take_the_same_steps_as_plain_lloyd(
 def test_auto_is_the_default_and_equals_the_unsampled_run_on_small_data() -> None:
     assert SphericalKMeans(3).sample_size == "auto"
     X = blobs(50, 3, 4, noise=1.0, seed=5)
-    auto = spherical_kmeans(X, 3, n_init=3, seed=1)
-    full = spherical_kmeans(X, 3, n_init=3, seed=1, sample_size=None)
+    auto = spherical_kmeans(X, 3, n_init=3, random_state=1)
+    full = spherical_kmeans(X, 3, n_init=3, random_state=1, sample_size=None)
     assert torch.equal(auto.centers, full.centers) and torch.equal(auto.labels, full.labels)
 
 
@@ -124,8 +138,8 @@ def test_auto_subsamples_large_data_with_its_documented_size() -> None:
     assert kmeans_module._auto_sample_size(10) == 5_120 and kmeans_module._auto_sample_size(100) == 25_600
     assert kmeans_module._auto_sample_size(1000) == 16_000 and kmeans_module._auto_sample_size(10_000) == 160_000
     X = blobs(700, 2, 4, noise=1.0, seed=6)
-    auto = spherical_kmeans(X, 2, n_init=3, seed=2)
-    explicit = spherical_kmeans(X, 2, n_init=3, seed=2, sample_size=size)
+    auto = spherical_kmeans(X, 2, n_init=3, random_state=2)
+    explicit = spherical_kmeans(X, 2, n_init=3, random_state=2, sample_size=size)
     assert torch.equal(auto.centers, explicit.centers) and torch.equal(auto.labels, explicit.labels)
 
 
@@ -140,4 +154,4 @@ def test_auto_does_not_subsample_given_centres() -> None:
 @pytest.mark.parametrize("value", ["Auto", "all", ""])
 def test_an_unknown_sample_size_string_is_rejected(value: str) -> None:
     with pytest.raises(ValueError, match=f"sample_size must be 'auto', None or an int >= n_clusters, got '{value}'"):
-        SphericalKMeans(3, sample_size=value)
+        SphericalKMeans(3, sample_size=value).check_params()
