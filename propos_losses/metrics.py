@@ -16,8 +16,11 @@ degenerate labelings:
   magnitude with their sign, so a 0/0 (perfect match whose expectation equals
   the maximum) gives 1.
 
-They differ from scikit-learn in two deliberate ways: empty input raises
-:class:`ValueError` (scikit-learn returns 1.0), and the expected mutual
+They differ from scikit-learn in three deliberate ways: empty input raises
+:class:`ValueError` (scikit-learn returns 1.0); float labels that are not
+integral raise :class:`ValueError` (scikit-learn warns "Clustering metrics
+expects discrete values" and uses each float as a category: such labels are
+almost always scores or probabilities passed by mistake); and the expected mutual
 information of AMI is a vectorised, grouped computation that takes well under
 a second at ImageNet-1k scale instead of ~100 s (see
 :func:`expected_mutual_information`), and is more accurate because it does not
@@ -25,14 +28,24 @@ take differences of ``log Gamma`` values of order ``N log N``.
 
 Labels may be numpy arrays, lists or torch tensors on any device (moved to the
 CPU), with any integer values, including negative and non-contiguous ones.
-Floating-point labels are accepted only when every value is integral.
+Floating-point labels are accepted only when every value is integral. As in
+scikit-learn, NumPy arrays and lists may also hold strings or other objects of
+one sortable type (e.g. class names); their sorted distinct values are the
+labels (``ContingencyTable.classes``, the keys and values of
+:func:`cluster_accuracy`'s mapping). NaN and infinity raise scikit-learn's
+``ValueError`` wording ("Input labels_true contains NaN.").
+
+Example:
+    >>> evaluate_clustering(["cat", "cat", "dog"], ["c1", "c1", "c2"])["acc"]
+    1.0
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
-from typing import Dict, Literal, Sequence, Tuple, Union, overload
+from typing import Any, Dict, Literal, Sequence, Tuple, Union, overload
 
 import numpy as np
 import scipy.sparse
@@ -54,7 +67,7 @@ __all__ = [
     "evaluate_clustering",
 ]
 
-LabelsLike = Union[np.ndarray, torch.Tensor, Sequence[int], Sequence[float]]
+LabelsLike = Union[np.ndarray, torch.Tensor, Sequence[int], Sequence[float], Sequence[str]]
 
 _EPS = float(np.finfo(np.float64).eps)
 
@@ -104,6 +117,55 @@ def _unique_inverse(labels: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         return values.astype(labels.dtype, copy=False), position[shifted]
     values, inverse = np.unique(labels, return_inverse=True)
     return values, inverse.reshape(-1).astype(np.int64, copy=False)
+
+
+def _nonfinite_check(name: str, values: np.ndarray) -> None:
+    """scikit-learn's ``check_array`` wording for NaN or infinite labels."""
+    if np.isnan(values).any():
+        raise ValueError(f"Input {name} contains NaN.")
+    if np.isinf(values).any():
+        raise ValueError(f"Input {name} contains infinity or a value too large for dtype({str(values.dtype)!r}).")
+
+
+def _labels_and_codes(name: str, labels: object) -> Tuple[np.ndarray, np.ndarray]:
+    """Sorted distinct labels ``(R,)`` and each sample's index among them ``(N,)`` int64.
+
+    Numbers (integers, booleans, integral floats; NumPy, lists, tensors on any
+    device) go through :func:`propos_losses.utils.as_label_array`. NumPy arrays
+    and lists of strings or other objects of one sortable type are accepted as
+    scikit-learn accepts them (their sorted distinct values are the labels).
+    NaN and infinity raise scikit-learn's ``ValueError`` ("contains NaN").
+    """
+    if isinstance(labels, torch.Tensor):
+        if labels.is_floating_point():
+            _nonfinite_check(name, labels.detach().to(torch.float64).cpu().numpy())
+        return _unique_inverse(as_label_array(name, labels))
+    try:
+        array = np.asarray(labels)
+    except (ValueError, TypeError) as error:  # ragged nested lists
+        raise ValueError(f"{name} must be a 1-D array of labels: {error}") from None
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be 1D: shape is {tuple(array.shape)!r}")
+    if array.dtype.kind == "O" and array.size:
+        values = array.tolist()
+        if all(isinstance(v, (numbers.Number, np.bool_)) and not isinstance(v, complex) for v in values):
+            # Numbers held as objects (e.g. pandas nullable columns): checked as numbers, NaN included.
+            if any(isinstance(v, (float, np.floating)) for v in values):
+                array = np.asarray(values, dtype=np.float64)
+                _nonfinite_check(name, array)
+            return _unique_inverse(as_label_array(name, array))
+    if array.dtype.kind in "OUS" and array.size:
+        try:
+            classes, inverse = np.unique(array, return_inverse=True)
+        except TypeError:
+            kinds = sorted({type(v).__name__ for v in array.tolist()})
+            raise TypeError(
+                f"{name} must hold labels of one sortable type (e.g. all int or all str), got a mix of {kinds}"
+            ) from None
+        return classes, inverse.reshape(-1).astype(np.int64, copy=False)
+    if array.dtype.kind == "f":
+        _nonfinite_check(name, array)
+    return _unique_inverse(as_label_array(name, array))
 
 
 @dataclass(frozen=True)
@@ -164,16 +226,17 @@ def contingency_table(labels_true: LabelsLike, labels_pred: LabelsLike) -> Conti
     labelings.
 
     Args:
-        labels_true: ``(N,)`` integer ground-truth labels (numpy, list, or
-            torch tensor on any device).
-        labels_pred: ``(N,)`` integer predicted cluster labels.
+        labels_true: ``(N,)`` ground-truth labels: integers (numpy, list, or
+            torch tensor on any device) or, in a NumPy array or list, strings
+            or other sortable objects.
+        labels_pred: ``(N,)`` predicted cluster labels, of the same kinds.
 
     Returns:
         The :class:`ContingencyTable`.
 
     Raises:
-        TypeError: non-numeric, complex labels.
-        ValueError: empty input, not 1-D, lengths differ, non-finite or
+        TypeError: complex labels, objects of types that cannot be sorted together.
+        ValueError: empty input, not 1-D, lengths differ, NaN/infinite or
             non-integral float labels.
 
     Example:
@@ -181,12 +244,13 @@ def contingency_table(labels_true: LabelsLike, labels_pred: LabelsLike) -> Conti
         >>> table.row_sums.tolist(), table.col_sums.tolist(), table.n_samples
         ([2, 2], [1, 3], 4)
     """
-    true = as_label_array("labels_true", labels_true)
-    pred = as_label_array("labels_pred", labels_pred)
-    if true.size != pred.size:
-        raise ValueError(f"labels_true and labels_pred must have the same length, got {true.size} and {pred.size}")
-    classes, row_code = _unique_inverse(true)
-    clusters, col_code = _unique_inverse(pred)
+    classes, row_code = _labels_and_codes("labels_true", labels_true)
+    clusters, col_code = _labels_and_codes("labels_pred", labels_pred)
+    if row_code.size != col_code.size:
+        raise ValueError(
+            "labels_true and labels_pred must have the same length: Found input variables with inconsistent "
+            f"numbers of samples: [{row_code.size}, {col_code.size}]"
+        )
     n_rows, n_cols = classes.size, clusters.size
     # R * C <= N^2 fits in int64 for any N that fits in memory.
     code = row_code * np.int64(n_cols) + col_code
@@ -208,7 +272,7 @@ def contingency_table(labels_true: LabelsLike, labels_pred: LabelsLike) -> Conti
         counts=counts,
         row_sums=row_sums,
         col_sums=col_sums,
-        n_samples=int(true.size),
+        n_samples=int(row_code.size),
     )
 
 
@@ -581,7 +645,7 @@ def _hungarian_matching(table: ContingencyTable) -> Tuple[np.ndarray, np.ndarray
     return (big_idx, small_idx) if transpose else (small_idx, big_idx)
 
 
-def _accuracy_from_table(table: ContingencyTable, method: str) -> Tuple[float, Dict[int, int]]:
+def _accuracy_from_table(table: ContingencyTable, method: str) -> Tuple[float, Dict[Any, Any]]:
     if method == "hungarian":
         # At most one cluster per class and one class per cluster, maximising
         # the number of matched samples.
@@ -619,9 +683,10 @@ def nmi(labels_true: LabelsLike, labels_pred: LabelsLike) -> float:
     ``MI == 0`` otherwise gives 0.
 
     Args:
-        labels_true: ``(N,)`` integer class labels (numpy, list, torch tensor
-            on any device; any integer values).
-        labels_pred: ``(N,)`` integer cluster labels.
+        labels_true: ``(N,)`` class labels (numpy, list, torch tensor on any
+            device; any integer values, or strings/objects as
+            :func:`contingency_table` takes them).
+        labels_pred: ``(N,)`` cluster labels, of the same kinds.
 
     Returns:
         NMI in ``[0, 1]``; symmetric in its arguments.
@@ -651,8 +716,8 @@ def ami(labels_true: LabelsLike, labels_pred: LabelsLike) -> float:
     Labelings identical up to renaming give exactly 1.
 
     Args:
-        labels_true: ``(N,)`` integer class labels, of any type :func:`nmi` takes.
-        labels_pred: ``(N,)`` integer cluster labels.
+        labels_true: ``(N,)`` class labels, of any kind :func:`nmi` takes.
+        labels_pred: ``(N,)`` cluster labels.
 
     Returns:
         AMI (1 for a perfect match, about 0 for chance; can be negative);
@@ -711,7 +776,7 @@ def cluster_accuracy(
     return_mapping: Literal[True],
     *,
     method: str = ...,
-) -> Tuple[float, Dict[int, int]]: ...
+) -> Tuple[float, Dict[Any, Any]]: ...
 
 
 def cluster_accuracy(
@@ -720,7 +785,7 @@ def cluster_accuracy(
     return_mapping: bool = False,
     *,
     method: str = "hungarian",
-) -> Union[float, Tuple[float, Dict[int, int]]]:
+) -> Union[float, Tuple[float, Dict[Any, Any]]]:
     """Clustering accuracy: fraction of samples whose mapped cluster is their class.
 
     ``method="hungarian"`` (default, the standard deep-clustering ACC): a
@@ -745,9 +810,10 @@ def cluster_accuracy(
     non-zero cells, so memory stays ``O(N + R + C)``. Majority stays sparse.
 
     Args:
-        labels_true: ``(N,)`` integer class labels (numpy, list, torch tensor
-            on any device; any integer values).
-        labels_pred: ``(N,)`` integer cluster labels.
+        labels_true: ``(N,)`` class labels (numpy, list, torch tensor on any
+            device; any integer values, or strings/objects as
+            :func:`contingency_table` takes them).
+        labels_pred: ``(N,)`` cluster labels, of the same kinds.
         return_mapping: also return the mapping ``{cluster label: class
             label}``. With the Hungarian method it holds the ``min(R, C)``
             matched pairs (unmatched clusters are absent; pairs that share no
@@ -787,9 +853,10 @@ def evaluate_clustering(
     table built only once.
 
     Args:
-        labels_true: ``(N,)`` integer class labels (numpy, list, torch tensor
-            on any device; any integer values).
-        labels_pred: ``(N,)`` integer cluster labels.
+        labels_true: ``(N,)`` class labels (numpy, list, torch tensor on any
+            device; any integer values, or strings/objects as
+            :func:`contingency_table` takes them).
+        labels_pred: ``(N,)`` cluster labels, of the same kinds.
         method: accuracy matching, ``"hungarian"`` or ``"majority"`` (see
             :func:`cluster_accuracy`).
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from typing import Dict, List, Tuple
 
 import numpy as np
@@ -518,13 +519,13 @@ def test_evaluate_clustering_equals_individual_metrics() -> None:
     ("true", "pred", "error", "match"),
     [
         ([], [], ValueError, "empty"),
-        (np.zeros((2, 2), dtype=int), np.zeros(4, dtype=int), ValueError, "1-D"),
-        (np.zeros(4, dtype=int), np.zeros((4, 1), dtype=int), ValueError, "labels_pred must be 1-D"),
-        (5, [5], ValueError, "1-D"),
-        ([0, 1, 2], [0, 1], ValueError, "same length"),
+        (np.zeros((2, 2), dtype=int), np.zeros(4, dtype=int), ValueError, r"labels_true must be 1D: shape is \(2, 2\)"),
+        (np.zeros(4, dtype=int), np.zeros((4, 1), dtype=int), ValueError, "labels_pred must be 1D"),
+        (5, [5], ValueError, r"must be 1D: shape is \(\)"),
+        ([0, 1, 2], [0, 1], ValueError, r"inconsistent numbers of samples: \[3, 2\]"),
         ([0.0, 1.5], [0, 1], ValueError, "non-integral"),
-        ([0, 1], [0.0, float("nan")], ValueError, "finite"),
-        (["a", "b"], [0, 1], TypeError, "integer labels"),
+        ([0, 1], [0.0, float("nan")], ValueError, "Input labels_pred contains NaN"),
+        (np.array(["a", 1, None], dtype=object), [0, 1, 2], TypeError, "one sortable type"),
         ([0, 1], np.array([1j, 2j]), TypeError, "integer labels"),
         (torch.tensor([0.5, 1.0]), [0, 1], ValueError, "labels_true must hold integral"),
     ],
@@ -541,3 +542,193 @@ def test_accuracy_rejects_bad_options() -> None:
         evaluate_clustering([0, 1], [0, 1], method="greedy")
     with pytest.raises(TypeError, match="return_mapping"):
         cluster_accuracy([0, 1], [0, 1], return_mapping=1)  # type: ignore[call-overload]
+
+
+# --------------------------------------------------------------------------- #
+# scikit-learn's metrics/cluster/tests/test_common.py and test_supervised.py,
+# adapted to nmi/ami/ari (sklearn 1.9). Documented differences (metrics module
+# docstring): empty labelings raise ValueError (sklearn: 1.0), and
+# non-integral float labels raise ValueError (sklearn warns "Clustering metrics
+# expects discrete values" and uses them as categories).
+# --------------------------------------------------------------------------- #
+
+OURS = {"nmi": nmi, "ami": ami, "ari": ari}
+SKLEARN_RNG = np.random.RandomState(0)
+Y1 = SKLEARN_RNG.randint(3, size=30)
+Y2 = SKLEARN_RNG.randint(3, size=30)
+
+
+@pytest.mark.parametrize("name", OURS)
+def test_sklearn_common_symmetry(name: str) -> None:
+    assert OURS[name](Y1, Y2) == pytest.approx(OURS[name](Y2, Y1))
+
+
+@pytest.mark.parametrize("name", OURS)
+def test_sklearn_common_normalized_output(name: str) -> None:
+    metric = OURS[name]
+    assert metric([0, 0, 0, 1, 1], [0, 0, 0, 1, 2]) > 0.0
+    assert metric([0, 0, 1, 1, 2], [0, 0, 1, 1, 1]) > 0.0
+    assert metric([0, 0, 0, 1, 2], [0, 1, 1, 1, 1]) < 1.0
+    assert metric([0, 0, 0, 1, 1, 1], [0, 0, 0, 1, 1, 1]) == pytest.approx(1.0)
+    lower_1, lower_2 = [0, 0, 0, 0, 0, 0], [0, 1, 2, 3, 4, 5]
+    assert not (np.array([metric(lower_1, lower_2), metric(lower_2, lower_1)]) < 0).any()
+
+
+@pytest.mark.parametrize("name", OURS)
+def test_sklearn_common_permute_labels(name: str) -> None:
+    metric = OURS[name]
+    y_label = np.array([0, 0, 0, 1, 1, 0, 1])
+    y_pred = np.array([1, 0, 1, 0, 1, 1, 0])
+    score = metric(y_pred, y_label)
+    for a, b in ((1 - y_pred, y_label), (1 - y_pred, 1 - y_label), (y_pred, 1 - y_label)):
+        np.testing.assert_allclose(score, metric(a, b))
+
+
+@pytest.mark.parametrize("name", [*OURS, "acc"])
+def test_sklearn_common_format_invariance_strings_objects_lists_negative_ints(name: str) -> None:
+    metric = OURS.get(name, cluster_accuracy)
+    y_true = [0, 0, 0, 0, 1, 1, 1, 1]
+    y_pred = [0, 1, 2, 3, 4, 5, 6, 7]
+
+    def formats(y: List[int]) -> List[object]:
+        array = np.array(y)
+        return [
+            array,
+            array.tolist(),
+            [f"{x}-a" for x in y],
+            np.array([f"{x}-a" for x in y], dtype=object),
+            array - 1,
+            array + 1,
+        ]
+
+    score = metric(y_true, y_pred)
+    for true, pred in zip(formats(y_true), formats(y_pred)):
+        assert metric(true, pred) == score  # exactly, as scikit-learn's test asks
+
+
+@pytest.mark.parametrize("name", OURS)
+def test_sklearn_common_single_sample(name: str) -> None:
+    for i, j in [(0, 0), (0, 1), (1, 0), (1, 1)]:
+        assert OURS[name]([i], [j]) == 1.0  # one sample: identical partitions
+
+
+@pytest.mark.parametrize("name", [*OURS, "acc"])
+@pytest.mark.parametrize("bad", [[np.inf, np.inf], [np.nan, np.nan], [np.nan, np.inf]])
+def test_sklearn_common_inf_nan_input_raises_with_scikit_learn_wording(name: str, bad: List[float]) -> None:
+    metric = OURS.get(name, cluster_accuracy)
+    with pytest.raises(ValueError, match=r"contains (NaN|infinity)"):
+        metric([0, 1], bad)
+    with pytest.raises(ValueError, match=r"contains (NaN|infinity)"):
+        metric(np.array(bad, dtype=object), [0, 1])
+    with pytest.raises(ValueError, match=r"contains (NaN|infinity)"):
+        metric(torch.tensor(bad), [0, 1])
+
+
+@pytest.mark.parametrize("name", [*OURS, "acc"])
+def test_sklearn_common_returned_value_is_a_python_float(name: str) -> None:
+    rng = np.random.RandomState(0)
+    score = OURS.get(name, cluster_accuracy)(rng.randint(0, 3, size=20), rng.randint(0, 3, size=20))
+    assert isinstance(score, float) and not isinstance(score, (np.float64, np.float32))
+
+
+@pytest.mark.parametrize("name", OURS)
+def test_sklearn_supervised_error_messages_on_wrong_input(name: str) -> None:
+    metric = OURS[name]
+    with pytest.raises(ValueError, match=r"Found input variables with inconsistent numbers of samples: \[2, 3\]"):
+        metric([0, 1], [1, 1, 1])
+    with pytest.raises(ValueError, match=r"labels_true must be 1D: shape is \(2, 2\)"):
+        metric([[0, 1], [1, 0]], [1, 1, 1])
+    with pytest.raises(ValueError, match=r"labels_pred must be 1D: shape is \(2, 2\)"):
+        metric([0, 1, 0], [[1, 1], [0, 0]])
+
+
+@pytest.mark.parametrize("name", OURS)
+def test_sklearn_supervised_perfect_matches(name: str) -> None:
+    metric = OURS[name]
+    for true, pred in [
+        ([0], [1]),
+        ([0, 0, 0], [0, 0, 0]),
+        ([0, 1, 0], [42, 7, 42]),
+        ([0.0, 1.0, 0.0], [42.0, 7.0, 42.0]),
+        (["a", "b", "a"], [42, 7, 42]),
+        ([0.0, 1.0, 2.0], [42.0, 7.0, 2.0]),
+    ]:
+        assert metric(true, pred) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="empty"):  # documented difference: scikit-learn returns 1.0
+        metric([], [])
+
+
+def test_sklearn_supervised_non_consecutive_labels_equal_scikit_learn() -> None:
+    pairs = [
+        ([0, 0, 0, 2, 2, 2], [0, 1, 0, 1, 2, 2]),
+        ([0, 0, 0, 1, 1, 1], [0, 4, 0, 4, 2, 2]),
+        ([0, 0, 0, 2, 2, 2], [0, 4, 0, 4, 2, 2]),
+        (["b", "b", "b", "z", "z", "z"], ["x", "y", "x", "y", "q", "q"]),
+    ]
+    for true, pred in pairs:
+        assert ari(true, pred) == pytest.approx(sk_ari(true, pred), abs=1e-12)
+        assert ami(true, pred) == pytest.approx(sk_ami(true, pred), abs=1e-12)
+        assert nmi(true, pred) == pytest.approx(sk_nmi(true, pred), abs=1e-12)
+
+
+def test_sklearn_supervised_adjusted_mutual_info_values() -> None:
+    labels_a = np.array([1, 1, 1, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3])
+    labels_b = np.array([1, 1, 1, 1, 2, 1, 2, 2, 2, 2, 3, 1, 3, 3, 3, 2, 2])[:14]
+    assert ami(labels_a, labels_b) == pytest.approx(sk_ami(labels_a, labels_b), abs=1e-12)
+    assert ami(labels_a, labels_a) == pytest.approx(1.0)
+    a110 = np.array([list(labels_a) * 110]).flatten()
+    b110 = np.array([list(labels_b) * 110]).flatten()
+    assert ami(a110, b110) == pytest.approx(sk_ami(a110, b110), abs=1e-10)
+
+
+def test_sklearn_supervised_exactly_zero_info_score() -> None:
+    for i in np.logspace(1, 4, 4).astype(int):
+        labels_a, labels_b = np.ones(i, dtype=int), np.arange(i, dtype=int)
+        assert nmi(labels_a, labels_b) == 0.0
+        assert ami(labels_a, labels_b) == 0.0
+
+
+def test_sklearn_supervised_int_overflow_and_large_emi() -> None:
+    # scikit-learn's overflow tests: large N where N^2 or the EMI terms exceed 32/64-bit products.
+    x = np.concatenate([np.full(52632, 0), np.full(52632, 1), np.full(52632, 2)])
+    y = np.concatenate([np.full(52632, 0), np.full(52632, 1), np.full(52632, 0)])
+    assert ari(x, y) == pytest.approx(sk_ari(x, y), abs=1e-12)
+    assert nmi(x, y) == pytest.approx(sk_nmi(x, y), abs=1e-12)
+    a = np.array([1] * 500 + [2] * 300 + [3] * 200)
+    b = np.array([1] * 300 + [2] * 200 + [3] * 500)
+    assert ami(a, b) == pytest.approx(sk_ami(a, b), abs=1e-10)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_sklearn_supervised_nmi_is_bounded(seed: int) -> None:
+    rng = np.random.RandomState(seed)
+    true, pred = rng.randint(0, 10, size=50), rng.randint(0, 4, size=50)
+    assert 0.0 <= nmi(true, pred) <= 1.0
+
+
+def test_sklearn_supervised_continuous_labels_are_refused_not_warned() -> None:
+    # Documented difference: scikit-learn warns ("expects discrete values") and uses the floats as categories.
+    with pytest.raises(ValueError, match="non-integral"):
+        nmi(np.random.RandomState(0).rand(10), [0] * 10)
+
+
+def test_string_and_object_labels_give_the_integer_result_and_accuracy_maps_names() -> None:
+    truth = ["cat", "cat", "dog", "dog", "eel"]
+    clusters = np.array(["c1", "c1", "c2", "c2", "c2"], dtype=object)
+    codes = ([0, 0, 1, 1, 2], [0, 0, 1, 1, 1])
+    assert evaluate_clustering(truth, clusters) == evaluate_clustering(*codes)
+    assert cluster_accuracy(truth, clusters, return_mapping=True) == (0.8, {"c1": "cat", "c2": "dog"})
+    assert contingency_table(truth, clusters).classes.tolist() == ["cat", "dog", "eel"]
+
+
+def test_float16_and_object_integer_labels_are_numbers_without_warnings() -> None:
+    truth = np.array([0, 1, 1, 2, 2, 2])
+    predicted = np.array([1, 1, 0, 2, 2, 0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert nmi(truth.astype(np.float16), predicted) == nmi(truth, predicted)
+    assert ami(truth.astype(object), predicted) == ami(truth, predicted)
+    with pytest.raises(ValueError, match="non-integral"):
+        nmi(np.array([0, 1.5, 1, 2, 2, 2], dtype=object), predicted)
+    with pytest.raises(TypeError, match="one sortable type"):
+        nmi(np.array([0, None, 1, 2, 2, 2], dtype=object), predicted)
