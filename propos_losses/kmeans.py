@@ -169,6 +169,7 @@ from __future__ import annotations
 import inspect
 import math
 import numbers
+import re
 import sys
 import time
 import warnings
@@ -2030,3 +2031,30 @@ class SphericalKMeans(_Base):
                 )
         prefix = type(self).__name__.lower()
         return np.asarray([f"{prefix}{k}" for k in range(int(self._centers.shape[0]))], dtype=object)
+
+
+def _plain_request_method_docs(cls: type) -> None:
+    """Rewrite the cross-references of scikit-learn's generated ``set_{fit,score}_request`` docstrings as literals.
+
+    scikit-learn adds these methods (metadata routing of ``sample_weight``, as for
+    ``KMeans``) with docstrings that refer to labels of its own documentation,
+    which this documentation's ``sphinx -W`` build cannot resolve.
+    """
+    for name, descriptor in list(vars(cls).items()):
+        if not (name.startswith("set_") and name.endswith("_request")):
+            continue
+        base = type(descriptor)
+
+        def get(self: Any, instance: Any, owner: Any, _base: type = base) -> Any:
+            method = _base.__get__(self, instance, owner)  # type: ignore[attr-defined]
+            if method.__doc__:
+                method.__doc__ = re.sub(r":[a-z]+:`~?([^`<]*?)\s*(?:<[^>]*>)?`", r"``\1``", method.__doc__)
+            return method
+
+        plain = type(f"Plain{base.__name__}", (base,), {"__get__": get})
+        replacement: Any = object.__new__(plain)
+        replacement.__dict__.update(vars(descriptor))
+        setattr(cls, name, replacement)
+
+
+_plain_request_method_docs(SphericalKMeans)

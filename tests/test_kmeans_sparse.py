@@ -208,3 +208,24 @@ def test_sample_weights_are_not_modified() -> None:
     copy = weights.copy()
     SphericalKMeans(2, random_state=0).fit(documents(50, 20, 2, seed=18, density=0.3), sample_weight=weights)
     assert np.array_equal(weights, copy)
+
+
+def test_tfidf_pipeline_recovers_the_topics_of_the_shipped_corpus() -> None:
+    pytest.importorskip("sklearn")
+    from pathlib import Path
+
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.pipeline import make_pipeline
+
+    from propos_losses import nmi
+
+    lines = (Path(__file__).parent / "data" / "text_corpus.tsv").read_text(encoding="utf-8").splitlines()
+    topics, texts = zip(*(line.split("\t", 1) for line in lines))
+    pipeline = make_pipeline(TfidfVectorizer(stop_words="english"), SphericalKMeans(3, random_state=0))
+    labels = pipeline.fit_predict(list(texts))
+    assert nmi(list(topics), labels) == 1.0
+    tfidf = pipeline[0].transform(list(texts))
+    assert scipy.sparse.issparse(tfidf)
+    dense = SphericalKMeans(3, random_state=0).fit(tfidf.toarray())
+    assert np.array_equal(dense.labels_, labels)
+    assert pipeline[1].inertia_ == pytest.approx(dense.inertia_, rel=1e-12)
