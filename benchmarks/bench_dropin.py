@@ -15,11 +15,11 @@ Usage::
     python benchmarks/bench_dropin.py --seeds 0 1 2 --jobs 2
     python benchmarks/bench_dropin.py --datasets mnist --data-dir MNIST_DIR --max-samples 10000
     python benchmarks/bench_dropin.py --datasets mnist --epochs 30 --tag mnist30   # longer MNIST budget
-    python benchmarks/bench_dropin.py --datasets digits --loops propos --psl-pairing cross --tag cross
+    python benchmarks/bench_dropin.py --datasets digits --loops propos --propos-kwargs 'psl_pairing="same"' --tag same
 
-``--psl-pairing cross`` runs a copy of ``propos_loop.py`` (in a temporary
-directory) whose ``ProPosLoss`` gets ``psl_pairing="cross"``; the committed
-loop, and the changed-line count, stay as they are.
+``--propos-kwargs`` runs a copy of ``propos_loop.py`` (in a temporary
+directory) whose ``ProPosLoss`` gets those extra keyword arguments; the
+committed loop (the library defaults), and the changed-line count, stay as they are.
 """
 
 from __future__ import annotations
@@ -60,17 +60,17 @@ def changed_lines() -> Dict[str, int]:
     return {"added": added, "removed": removed, "replaced": replaced, "total": added + removed + replaced}
 
 
-def loop_script(loop: str, pairing: str, workdir: Path) -> Path:
-    """The loop file to run: the committed one, or a copy of propos_loop.py with another PSL pairing."""
+def loop_script(loop: str, propos_kwargs: str, workdir: Path) -> Path:
+    """The loop file to run: the committed one, or a copy of propos_loop.py whose ProPosLoss gets ``propos_kwargs``."""
     path = LOOPS / f"{loop}_loop.py"
-    if loop != "propos" or pairing == "same":
+    if loop != "propos" or not propos_kwargs:
         return path
     source = path.read_text()
-    marker = "lambda_psl=1.0)"
+    marker = "PSL(num_clusters=setup.num_classes))"
     if source.count(marker) != 1:
         raise RuntimeError(f"cannot find the ProPosLoss arguments ({marker!r}) in {path}")
-    patched = workdir / f"propos_loop_{pairing}.py"
-    patched.write_text(source.replace(marker, f'lambda_psl=1.0, psl_pairing="{pairing}")'))
+    patched = workdir / "propos_loop_patched.py"
+    patched.write_text(source.replace(marker, f"PSL(num_clusters=setup.num_classes), {propos_kwargs})"))
     return patched
 
 
@@ -133,10 +133,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--tag", default="")
     parser.add_argument("--loops", nargs="+", default=["byol", "propos"], choices=["byol", "propos"])
     parser.add_argument(
-        "--psl-pairing",
-        default="same",
-        choices=["same", "cross"],
-        help="ProPosLoss(psl_pairing=...) of the propos loop (a patched copy for 'cross')",
+        "--propos-kwargs",
+        default="",
+        help="extra ProPosLoss keyword arguments for the propos loop, e.g. 'psl_pairing=\"same\", lambda_psl=0.1' "
+        "(run from a patched copy; the committed loop uses the library defaults)",
     )
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="bench_dropin_"))
@@ -144,7 +144,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     diff = changed_lines()
     print(f"changed lines byol_loop.py -> propos_loop.py: {diff}")
     jobs = [(loop, dataset, seed) for dataset in args.datasets for seed in args.seeds for loop in args.loops]
-    scripts = {loop: loop_script(loop, args.psl_pairing, workdir) for loop in args.loops}
+    scripts = {loop: loop_script(loop, args.propos_kwargs, workdir) for loop in args.loops}
     runs: List[Dict[str, Any]] = []
     with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
         futures = {
@@ -204,7 +204,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
             "max_samples": args.max_samples,
             "epochs_override": args.epochs,
-            "psl_pairing": args.psl_pairing,
+            "propos_kwargs": args.propos_kwargs,
         },
     }
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,7 @@ from propos_losses.metrics import (
     nmi,
 )
 from propos_losses.momentum import MomentumUpdater
-from propos_losses.propos_loss import ProPosLoss
+from propos_losses.propos_loss import ProPosLoss, ProPosStep
 from propos_losses.prototypes import cluster_sums, compute_prototypes
 from propos_losses.psa import PSA, PositiveSamplingAlignment, positive_sampling_alignment
 from propos_losses.psl import (
@@ -58,6 +58,7 @@ __all__ = [
     "cluster_sums",
     "compute_prototypes",
     "ProPosLoss",
+    "ProPosStep",
     # drop-in helpers
     "WithIndex",
     "extract_features",

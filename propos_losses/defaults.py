@@ -51,3 +51,10 @@ ESTEP_EVERY: Final[int] = 1
 #: Projector / predictor ``Linear(d, HIDDEN_DIM)-BN-ReLU-Linear(HIDDEN_DIM, PROJECTION_DIM)``.
 HIDDEN_DIM: Final[int] = 4096
 PROJECTION_DIM: Final[int] = 256
+
+#: How ProPos pairs PSL's online and target prototypes: ``"cross"`` scatters each
+#: view's online prototypes against the other view's target prototypes (the authors' code).
+PSL_PAIRING: Final[str] = "cross"
+#: When PSL (and the PSA noise) switches on in ``ProPosLoss``: ``"auto"``, once two
+#: successive E-steps agree with NMI >= ``PSL_AUTO_AGREEMENT``.
+PSL_START: Final[str] = "auto"

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from propos_losses import defaults
 from propos_losses._validation import check_int
-from propos_losses.distributed import broadcast_, is_distributed
+from propos_losses.distributed import broadcast_, check_on_every_rank, is_distributed
 from propos_losses.features import extract_features
 from propos_losses.kmeans import SphericalKMeans
 
@@ -126,15 +126,31 @@ class EStep:
         return self.fit_features(features)
 
     def fit_features(self, features: Tensor) -> Tensor:
-        """The E-step on precomputed features ``(N, d)`` (same bookkeeping as a call)."""
-        if not isinstance(features, Tensor) or features.dim() != 2:
-            raise ValueError(
-                f"features must be a (N, d) tensor, got {tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__}"
-            )
-        if features.shape[0] < self.num_clusters:
-            raise ValueError(
-                f"features must have at least num_clusters={self.num_clusters} rows, got {features.shape[0]}"
-            )
+        """The E-step on precomputed features ``(N, d)`` (same bookkeeping as a call).
+
+        Under ``torch.distributed`` the checks run on every rank together: bad
+        features on one rank (NaN, too few rows, another shape) raise the same
+        error on every rank instead of leaving the others blocked.
+        """
+
+        def check() -> None:
+            if not isinstance(features, Tensor) or features.dim() != 2:
+                got = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
+                raise ValueError(f"features must be a (N, d) tensor, got {got}")
+            if features.shape[0] < self.num_clusters:
+                raise ValueError(
+                    f"features must have at least num_clusters={self.num_clusters} rows, got {features.shape[0]}"
+                )
+            if not features.is_floating_point():
+                raise TypeError(f"features must be floating point, got {features.dtype}")
+            if not bool(torch.isfinite(features).all()):
+                raise ValueError("features must be finite, got NaN or Inf values")
+
+        shape = tuple(features.shape) if isinstance(features, Tensor) and features.dim() == 2 else (-1, -1)
+        device = features.device if isinstance(features, Tensor) else None
+        check_on_every_rank(
+            check, what="EStep", device=device, agree={"number of samples": shape[0], "feature size": shape[1]}
+        )
         warm = (
             self.warm_start
             and self.cluster_centers_ is not None
@@ -146,7 +162,7 @@ class EStep:
             n_init=1 if warm else self.n_init,
             max_iter=self.max_iter,
             tol=self.tol,
-            seed=seed,
+            random_state=seed,
             init=self.cluster_centers_ if warm else "k-means++",  # type: ignore[arg-type]
             sample_size=self.sample_size,
             distributed=False,  # every rank holds all N features; rank 0's result is broadcast below
@@ -184,18 +200,35 @@ class EStep:
         if (labels is None) != (centers is None) or (labels is None) != (inertia is None):
             raise ValueError("state must hold labels, cluster_centers and inertia together (or none of them)")
         if labels is not None:
-            if not isinstance(labels, Tensor) or labels.dim() != 1 or labels.dtype != torch.int64:
+            if not isinstance(labels, Tensor) or labels.dim() != 1 or labels.dtype != torch.int64 or not labels.numel():
                 raise ValueError(
-                    f"state's labels must be an (N,) int64 tensor, got {getattr(labels, 'shape', labels)!r}"
+                    f"state's labels must be a non-empty (N,) int64 tensor, got {getattr(labels, 'dtype', labels)!r} "
+                    f"of shape {tuple(getattr(labels, 'shape', ()))}"
                 )
-            if not isinstance(centers, Tensor) or centers.dim() != 2 or centers.shape[0] != self.num_clusters:
+            low, high = int(labels.min()), int(labels.max())
+            if low < 0 or high >= self.num_clusters:
                 raise ValueError(
-                    f"state's cluster_centers must be ({self.num_clusters}, d), got {getattr(centers, 'shape', centers)!r}"
+                    f"state's labels must be in [0, num_clusters={self.num_clusters}), got label {low if low < 0 else high}"
                 )
-            if isinstance(inertia, bool) or not isinstance(inertia, (int, float)):
-                raise ValueError(f"state's inertia must be a number, got {inertia!r}")
+            if (
+                not isinstance(centers, Tensor)
+                or centers.dim() != 2
+                or centers.shape[0] != self.num_clusters
+                or not centers.is_floating_point()
+            ):
+                raise ValueError(
+                    f"state's cluster_centers must be ({self.num_clusters}, d) floating point, got "
+                    f"{getattr(centers, 'dtype', centers)!r} of shape {tuple(getattr(centers, 'shape', ()))}"
+                )
+            if not bool(torch.isfinite(centers).all()):
+                raise ValueError("state's cluster_centers must be finite, got NaN or Inf values")
+            if isinstance(inertia, bool) or not isinstance(inertia, (int, float)) or not 0.0 <= inertia < float("inf"):
+                raise ValueError(f"state's inertia must be a finite number >= 0, got {inertia!r}")
         if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
             raise ValueError(f"state's history must be a list of dicts, got {type(history).__name__}")
+        # Copies: the caller's tensors stay theirs.
+        labels = None if labels is None else labels.clone()
+        centers = None if centers is None else centers.clone()
         self.labels_ = labels
         self.cluster_centers_ = centers
         self.inertia_ = None if inertia is None else float(inertia)

@@ -23,7 +23,7 @@ from torch.utils.data import (
 )
 
 from propos_losses._validation import check_int
-from propos_losses.distributed import all_gather_cat, is_distributed
+from propos_losses.distributed import all_gather_cat, check_on_every_rank, dtype_code, is_distributed
 
 __all__ = ["WithIndex", "extract_features"]
 
@@ -152,7 +152,7 @@ def extract_features(
     *,
     batch_size: int = 256,
     device: Optional[Union[str, torch.device]] = None,
-) -> Tensor:
+) -> Any:
     """Features of every sample of ``data``, in data-set order, for the E-step or an evaluation.
 
     ``module`` runs in eval mode (BatchNorm running statistics, no dropout)
@@ -162,6 +162,9 @@ def extract_features(
     Args:
         module: maps a batch of inputs ``(B, ...)`` to features; its output is
             flattened to ``(B, d)`` (a backbone's ``(B, C, 1, 1)`` included).
+            It may also return a tuple of such outputs (e.g. backbone
+            features and projections in one pass); the result is then the
+            tuple of their feature tensors.
             E.g. the target network, or ``nn.Sequential(backbone_momentum,
             nn.Flatten(), projection_head_momentum)`` for a lightly model.
         data: the un-augmented inputs: a tensor ``(N, ...)``, a map-style
@@ -175,7 +178,7 @@ def extract_features(
 
     Returns:
         ``(N, d)`` features of ``module``'s output dtype on ``device``, row
-        ``i`` for sample ``i``. Under ``torch.distributed`` with a
+        ``i`` for sample ``i`` (a tuple of them for a tuple output). Under ``torch.distributed`` with a
         ``DataLoader`` over a ``DistributedSampler``, each rank computes its
         shard and every rank receives all ``N`` rows, gathered in index order
         (the sampler's padding duplicates are dropped); without a
@@ -194,6 +197,11 @@ def extract_features(
         >>> features = extract_features(net, torch.randn(10, 3), batch_size=4)
         >>> features.shape, net.training
         (torch.Size([10, 4]), True)
+        >>> class TwoOutputs(torch.nn.Module):
+        ...     def forward(self, x):
+        ...         return x, 2 * x
+        >>> [tuple(f.shape) for f in extract_features(TwoOutputs(), torch.randn(10, 3))]
+        [(10, 3), (10, 3)]
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"module must be an nn.Module, got {type(module).__name__}")
@@ -208,33 +216,51 @@ def extract_features(
     modes = [(sub, sub.training) for sub in module.modules()]
     module.eval()
     try:
-        chunks: List[Tensor] = []
+        chunks: List[Tuple[Tensor, ...]] = []
+        single = True
         for batch in batches:
             inputs = _input_of(batch).to(target_device, non_blocking=True)
             output = module(inputs)
-            if not isinstance(output, Tensor):
-                raise TypeError(f"module must return a tensor, got {type(output).__name__}")
-            if output.dim() < 1 or output.shape[0] != inputs.shape[0]:
+            single = isinstance(output, Tensor)
+            outputs = _output_rows(output, inputs.shape[0])
+            if chunks and [o.shape[1] for o in outputs] != [c.shape[1] for c in chunks[0]]:
                 raise ValueError(
-                    f"module must return one feature row per input, got output shape {tuple(output.shape)} "
-                    f"for {inputs.shape[0]} inputs"
+                    f"module returned features of size {[o.shape[1] for o in outputs]} after "
+                    f"{[c.shape[1] for c in chunks[0]]}; it must return the same feature size for every batch"
                 )
-            output = output.reshape(output.shape[0], -1)
-            if chunks and output.shape[1] != chunks[0].shape[1]:
-                raise ValueError(
-                    f"module returned features of size {output.shape[1]} after {chunks[0].shape[1]}; "
-                    "it must return the same feature size for every batch"
-                )
-            chunks.append(output)
+            chunks.append(outputs)
     finally:
         for sub, mode in modes:
             sub.training = mode
-    features = torch.cat(chunks)
-    if shard_indices is None:
-        if features.shape[0] != n:
-            raise ValueError(f"data yielded {features.shape[0]} samples, but its data set has {n}")
-        return features
-    return _gather_in_index_order(features, shard_indices.to(features.device), n)
+    results = []
+    for parts in zip(*chunks):
+        features = torch.cat(parts)
+        if shard_indices is None:
+            if features.shape[0] != n:
+                raise ValueError(f"data yielded {features.shape[0]} samples, but its data set has {n}")
+            results.append(features)
+        else:
+            results.append(_gather_in_index_order(features, shard_indices.to(features.device), n))
+    return results[0] if single else tuple(results)
+
+
+def _output_rows(output: object, batch_size: int) -> Tuple[Tensor, ...]:
+    """A module's output as a tuple of ``(B, d)`` tensors (a tensor, or a tuple/list of tensors)."""
+    outputs = tuple(output) if isinstance(output, (tuple, list)) else (output,)
+    if not outputs or not all(isinstance(o, Tensor) for o in outputs):
+        raise TypeError(
+            f"module must return a tensor or a tuple of tensors, got {type(output).__name__}"
+            + (f" of {[type(o).__name__ for o in outputs]}" if isinstance(output, (tuple, list)) else "")
+        )
+    rows = []
+    for o in outputs:
+        if o.dim() < 1 or o.shape[0] != batch_size:
+            raise ValueError(
+                f"module must return one feature row per input, got output shape {tuple(o.shape)} "
+                f"for {batch_size} inputs"
+            )
+        rows.append(o.reshape(o.shape[0], -1))
+    return tuple(rows)
 
 
 def _gather_in_index_order(features: Tensor, indices: Tensor, n: int) -> Tensor:
@@ -245,6 +271,13 @@ def _gather_in_index_order(features: Tensor, indices: Tensor, n: int) -> Tensor:
             "(drop_last=True on the DataLoader is not supported here)"
         )
     if is_distributed():
+        # The module's output width must agree: every rank raises the same error rather than the gather failing.
+        check_on_every_rank(
+            lambda: None,
+            what="extract_features",
+            device=features.device,
+            agree={"feature size": features.shape[1], "dtype": dtype_code(features.dtype)},
+        )
         features = all_gather_cat(features)
         indices = all_gather_cat(indices)
     out = features.new_zeros((n, features.shape[1]))

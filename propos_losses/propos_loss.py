@@ -16,7 +16,9 @@ to keep a learning rate tuned for lightly, multiply this loss by ``0.5``.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Union
+import copy
+import math
+from typing import Any, Dict, Mapping, Optional, Tuple, Union, cast
 
 import numpy as np
 import torch
@@ -24,6 +26,7 @@ from torch import Tensor, nn
 
 from propos_losses import defaults
 from propos_losses._validation import (
+    check_finite,
     check_float,
     check_int,
     check_integer_dtype,
@@ -31,11 +34,12 @@ from propos_losses._validation import (
     check_tensor,
     numpy_labels_as_tensor,
 )
+from propos_losses.distributed import check_on_every_rank, is_distributed
 from propos_losses.metrics import nmi
 from propos_losses.psa import PositiveSamplingAlignment
 from propos_losses.psl import PrototypeScatteringLoss
 
-__all__ = ["ProPosLoss"]
+__all__ = ["ProPosLoss", "ProPosStep"]
 
 
 def _as_label_tensor(labels: object) -> Tensor:
@@ -107,9 +111,9 @@ class ProPosLoss(nn.Module):
         psl: PrototypeScatteringLoss,
         lambda_psl: float = defaults.LAMBDA_PSL,
         *,
-        psl_start: Union[int, str] = "auto",
+        psl_start: Union[int, str] = defaults.PSL_START,
         agreement_threshold: float = defaults.PSL_AUTO_AGREEMENT,
-        psl_pairing: str = "same",
+        psl_pairing: str = defaults.PSL_PAIRING,
     ) -> None:
         super().__init__()
         if not isinstance(psa, PositiveSamplingAlignment):
@@ -184,37 +188,43 @@ class ProPosLoss(nn.Module):
         self.pseudo_labels = labels
         self._apply_switch()
 
-    def forward(
-        self,
-        online_1: Tensor,
-        online_2: Tensor,
-        target_1: Tensor,
-        target_2: Tensor,
-        indices: Optional[Tensor] = None,
-    ) -> Tensor:
-        """Eq. 12 for one batch of two views.
+    @property
+    def validate_args(self) -> bool:
+        """Whether the value checks run (host syncs); setting it sets ``psa.validate_args`` and ``psl.validate_args``.
 
-        Args:
-            online_1: ``(B, d)`` online projections ``q`` of view 1 (PSA applies the predictor).
-            online_2: ``(B, d)`` online projections of view 2.
-            target_1: ``(B, d)`` target projections ``z'`` of view 1 (detached here).
-            target_2: ``(B, d)`` target projections of view 2.
-            indices: ``(B,)`` integer sample indices of the batch into the
-                pseudo-labels; needed once PSL is on.
-
-        Returns:
-            The 0-d loss (float32; float64 for float64 input).
-
-        Raises:
-            ValueError: PSL is on but no pseudo-labels were set or no indices
-                given, indices out of range, besides the errors of PSA and PSL.
+        Structural checks (shapes, dtypes) always run. With ``False`` a step
+        makes no host sync (the fast path of a training loop).
         """
-        forward_order: Tensor = self.psa(online_1, target_2)
-        backward_order: Tensor = self.psa(online_2, target_1)
-        alignment = 0.5 * (forward_order + backward_order)
-        if not self.psl_active or self.lambda_psl == 0.0:
-            self.last_terms = {"psa": alignment.detach(), "psl": torch.zeros_like(alignment.detach())}
-            return alignment
+        return bool(self.psl.validate_args and self.psa.validate_args)
+
+    @validate_args.setter
+    def validate_args(self, value: bool) -> None:
+        if not isinstance(value, bool):
+            raise TypeError(f"validate_args must be a bool, got {value!r}")
+        self.psa.validate_args = value
+        self.psl.validate_args = value
+
+    def _check_views(self, views: Dict[str, Tensor], indices: Optional[Tensor], scatter: bool) -> None:
+        """Every check of a call, before any module runs (the value checks only under ``validate_args``)."""
+        for name, value in views.items():
+            check_tensor(name, value, ndim=2, floating=True)
+        online_1, online_2, target_1, target_2 = views.values()
+        if online_2.shape != online_1.shape:
+            raise ValueError(
+                f"online_2 must have the shape of online_1 {tuple(online_1.shape)}, got {tuple(online_2.shape)}"
+            )
+        if target_1.shape[0] != online_1.shape[0] or target_2.shape != target_1.shape:
+            raise ValueError(
+                f"target_1 and target_2 must both have {online_1.shape[0]} rows (the batch of online_1) and one "
+                f"shape, got {tuple(target_1.shape)} and {tuple(target_2.shape)}"
+            )
+        if self.validate_args:
+            for name, value in views.items():
+                check_finite(name, value)
+        if scatter:
+            self._check_indices(online_1, indices)
+
+    def _check_indices(self, online_1: Tensor, indices: Optional[Tensor]) -> None:
         if self.pseudo_labels is None:
             raise ValueError("PSL is on but no pseudo-labels were set: call set_pseudo_labels(labels) after the E-step")
         if indices is None:
@@ -230,9 +240,60 @@ class ProPosLoss(nn.Module):
                 f"indices must be in [0, {n}) (the number of pseudo-labels), "
                 f"got {indices.min().item()}..{indices.max().item()}"
             )
+
+    def _psl_labels(self, online_1: Tensor, indices: Tensor) -> Tensor:
+        """The batch's pseudo-labels ``(B,)`` (checked by :meth:`_check_indices`)."""
+        assert self.pseudo_labels is not None
         if self.pseudo_labels.device != online_1.device:
             self.pseudo_labels = self.pseudo_labels.to(online_1.device)  # once, not every step
-        labels = self.pseudo_labels.index_select(0, indices.to(online_1.device).long())
+        return self.pseudo_labels.index_select(0, indices.to(online_1.device).long())
+
+    def forward(
+        self,
+        online_1: Tensor,
+        online_2: Tensor,
+        target_1: Tensor,
+        target_2: Tensor,
+        indices: Optional[Tensor] = None,
+    ) -> Tensor:
+        """Eq. 12 for one batch of two views.
+
+        Every argument is checked before the predictor runs, so a call that
+        raises leaves the predictor's BatchNorm statistics, the PSA noise
+        stream and the queue as they were.
+
+        Args:
+            online_1: ``(B, d)`` online projections ``q`` of view 1 (PSA applies the predictor).
+            online_2: ``(B, d)`` online projections of view 2.
+            target_1: ``(B, d)`` target projections ``z'`` of view 1 (detached here).
+            target_2: ``(B, d)`` target projections of view 2.
+            indices: ``(B,)`` integer sample indices of the batch into the
+                pseudo-labels; needed once PSL is on.
+
+        Returns:
+            The 0-d loss (float32; float64 for float64 input).
+
+        Raises:
+            ValueError: PSL is on but no pseudo-labels were set or no indices
+                given, indices out of range, besides the errors of PSA and PSL.
+                Under ``torch.distributed`` with ``validate_args`` these checks
+                run on every rank together (one small all-reduce), so all ranks
+                raise the same error; the fast path checks only locally.
+        """
+        views = {"online_1": online_1, "online_2": online_2, "target_1": target_1, "target_2": target_2}
+        scatter = self.psl_active and self.lambda_psl != 0.0
+        if self.validate_args and is_distributed():
+            # Every rank raises the same error (bad indices on one rank would leave the others in PSL's all-reduce).
+            check_on_every_rank(lambda: self._check_views(views, indices, scatter), what="ProPosLoss")
+        else:
+            self._check_views(views, indices, scatter)
+        labels = self._psl_labels(online_1, cast(Tensor, indices)) if scatter else None
+        forward_order: Tensor = self.psa(online_1, target_2)
+        backward_order: Tensor = self.psa(online_2, target_1)
+        alignment = 0.5 * (forward_order + backward_order)
+        if labels is None:
+            self.last_terms = {"psa": alignment.detach(), "psl": torch.zeros_like(alignment.detach())}
+            return alignment
         first, second = (target_1, target_2) if self.psl_pairing == "same" else (target_2, target_1)
         # Both calls see the same samples: only the second may enqueue them (once per step).
         first_term: Tensor = self.psl(online_1, first, labels, indices, enqueue=False)
@@ -240,6 +301,21 @@ class ProPosLoss(nn.Module):
         scattering = 0.5 * (first_term + second_term)
         self.last_terms = {"psa": alignment.detach(), "psl": scattering.detach()}
         return alignment + self.lambda_psl * scattering
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        """:meth:`torch.nn.Module.load_state_dict`, all or nothing.
+
+        The predictor, the PSL queue and the criterion's own state (pseudo-labels,
+        epoch, PSL switch) are checked as a whole; when anything is wrong (a
+        missing or unexpected key, a shape, a value) the error is raised and the
+        criterion is left exactly as it was. Loaded tensors are copies.
+        """
+        backup = copy.deepcopy(self.state_dict())
+        try:
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        except BaseException:
+            super().load_state_dict(backup, strict=True)
+            raise
 
     def get_extra_state(self) -> Dict[str, Any]:
         return {
@@ -251,13 +327,97 @@ class ProPosLoss(nn.Module):
         }
 
     def set_extra_state(self, state: Dict[str, Any]) -> None:
-        if not isinstance(state, dict) or not {"pseudo_labels", "agreement", "epoch", "psl_active", "sigma"} <= set(
-            state
+        keys = {"pseudo_labels", "agreement", "epoch", "psl_active", "sigma"}
+        if not isinstance(state, dict) or set(state) != keys:
+            got = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise ValueError(
+                f"ProPosLoss state must come from ProPosLoss.state_dict() (keys {sorted(keys)}), got {got}"
+            )
+        labels, agreement, epoch = state["pseudo_labels"], state["agreement"], state["epoch"]
+        active, sigma = state["psl_active"], state["sigma"]
+        if labels is not None:
+            if not isinstance(labels, Tensor) or labels.dim() != 1 or labels.dtype != torch.int64 or not labels.numel():
+                raise ValueError(
+                    f"ProPosLoss state's pseudo_labels must be a non-empty (N,) int64 tensor or None, got "
+                    f"{getattr(labels, 'dtype', type(labels).__name__)} of shape {tuple(getattr(labels, 'shape', ()))}"
+                )
+            check_labels("ProPosLoss state's pseudo_labels", labels, self.psl.num_clusters, bound="num_clusters=")
+        if agreement is not None and (
+            isinstance(agreement, bool) or not isinstance(agreement, (int, float)) or not 0.0 <= agreement <= 1.0
         ):
-            raise ValueError("ProPosLoss state must come from ProPosLoss.state_dict()")
-        self.pseudo_labels = state["pseudo_labels"]
-        self.agreement = state["agreement"]
-        self.epoch = state["epoch"]
-        self.psl_active = bool(state["psl_active"])
-        self.sigma = float(state["sigma"])
+            raise ValueError(f"ProPosLoss state's agreement must be an NMI in [0, 1] or None, got {agreement!r}")
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise ValueError(f"ProPosLoss state's epoch must be an int >= 0, got {epoch!r}")
+        if not isinstance(active, bool):
+            raise ValueError(f"ProPosLoss state's psl_active must be a bool, got {active!r}")
+        if (
+            isinstance(sigma, bool)
+            or not isinstance(sigma, (int, float))
+            or not math.isfinite(sigma)
+            or not 0.0 <= sigma <= defaults.SIGMA_MAX
+        ):
+            raise ValueError(f"ProPosLoss state's sigma must be a number in [0, {defaults.SIGMA_MAX}], got {sigma!r}")
+        self.pseudo_labels = None if labels is None else labels.clone()
+        self.agreement = None if agreement is None else float(agreement)
+        self.epoch = epoch
+        self.psl_active = active
+        self.sigma = float(sigma)
         self._apply_switch()
+
+
+class ProPosStep(nn.Module):
+    """The differentiable part of a ProPos M-step as one module: the module to wrap in DDP or compile.
+
+    ``forward`` runs the online network once on both views concatenated
+    (BatchNorm statistics over the ``2B`` images, as BYOL does), splits the
+    projections and returns ``criterion(q1, q2, z'1, z'2, indices)``. The
+    target projections come from the momentum network, computed by the caller
+    under ``no_grad``. The per-term values for logging are
+    ``criterion.last_terms`` (detached, on the device: no host sync).
+
+    Under ``torch.distributed``, wrap this module (not the online network) in
+    :class:`~torch.nn.parallel.DistributedDataParallel`: the predictor (inside
+    PSA) and the online network then have their gradients averaged together.
+
+    Args:
+        online: maps images ``(2B, ...)`` to projections ``(2B, d)``; a tuple
+            output (e.g. ``(features, projections)``) uses its last element.
+        criterion: the :class:`ProPosLoss` (it owns the predictor).
+
+    Example:
+        >>> import torch
+        >>> from propos_losses import PSA, PSL
+        >>> online = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 8))
+        >>> criterion = ProPosLoss(PSA(torch.nn.Linear(8, 8)), PSL(num_clusters=3), psl_start=0)
+        >>> criterion.set_pseudo_labels(torch.randint(0, 3, (100,)))
+        >>> step = ProPosStep(online, criterion)
+        >>> x1, x2 = torch.randn(2, 16, 3, 4).unbind(0)  # two views of 16 images
+        >>> z1, z2 = torch.randn(2, 16, 8).unbind(0)  # the target network's projections
+        >>> loss = step(x1, x2, z1, z2, torch.arange(16))
+        >>> loss.backward()
+        >>> sorted(criterion.last_terms)
+        ['psa', 'psl']
+    """
+
+    def __init__(self, online: nn.Module, criterion: ProPosLoss) -> None:
+        super().__init__()
+        if not isinstance(online, nn.Module):
+            raise TypeError(f"online must be an nn.Module, got {type(online).__name__}")
+        if not isinstance(criterion, ProPosLoss):
+            raise TypeError(f"criterion must be a ProPosLoss, got {type(criterion).__name__}")
+        self.online = online
+        self.criterion = criterion
+
+    def forward(
+        self, view_1: Tensor, view_2: Tensor, target_1: Tensor, target_2: Tensor, indices: Optional[Tensor] = None
+    ) -> Tensor:
+        """The loss of one batch: ``view_1``, ``view_2`` ``(B, ...)``, targets ``(B, d)``, ``indices`` ``(B,)``."""
+        check_tensor("view_1", view_1)
+        check_tensor("view_2", view_2)
+        if view_1.shape != view_2.shape:
+            raise ValueError(f"view_2 must have the shape of view_1 {tuple(view_1.shape)}, got {tuple(view_2.shape)}")
+        output: Union[Tensor, Tuple[Tensor, ...]] = self.online(torch.cat((view_1, view_2)))
+        projections = output[-1] if isinstance(output, (tuple, list)) else output
+        online_1, online_2 = projections.chunk(2)
+        loss: Tensor = self.criterion(online_1, online_2, target_1, target_2, indices)
+        return loss

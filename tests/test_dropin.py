@@ -529,7 +529,7 @@ def test_propos_loss_is_the_averaged_alignment_with_sigma_zero_before_psl_start(
 
 
 def test_propos_loss_adds_weighted_psl_on_the_looked_up_pseudo_labels_from_psl_start() -> None:
-    criterion = make_criterion(psl_start=2, lambda_psl=0.7).double()
+    criterion = make_criterion(psl_start=2, lambda_psl=0.7, psl_pairing="same").double()
     labels = pseudo_labels()
     criterion.set_pseudo_labels(labels)
     criterion.set_epoch(2)
@@ -588,7 +588,8 @@ def test_propos_loss_auto_respects_a_custom_agreement_threshold() -> None:
 def test_propos_loss_cross_pairing_pairs_each_views_online_prototypes_with_the_other_views_targets() -> None:
     psa = PSA(nn.Linear(D, D), sigma=0.0)
     psl = PSL(num_clusters=3)
-    criterion = ProPosLoss(psa, psl, lambda_psl=0.5, psl_start=0, psl_pairing="cross")
+    criterion = ProPosLoss(psa, psl, lambda_psl=0.5, psl_start=0)  # "cross" is the default
+    assert criterion.psl_pairing == "cross" == propos_losses.defaults.PSL_PAIRING
     labels = torch.randint(0, 3, (30,), generator=torch.Generator().manual_seed(1))
     criterion.set_pseudo_labels(labels)
     q1, q2, z1, z2 = torch.randn(4, 8, D, generator=torch.Generator().manual_seed(2), dtype=torch.float64).unbind(0)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any, Dict, List
 
+import pytest
 import torch
 
+from propos_losses.train.checkpoint import checkpoint_bytes, load_checkpoint
 from propos_losses.train.cli import EXIT_USER_ERROR, main
-from propos_losses.train.trainer import TIMING_KEYS, load_checkpoint
+from propos_losses.train.trainer import TIMING_KEYS
 
 # PSL on in epoch 2 and a queue, so that noise, prototypes and queue state all matter.
 TINY = (
@@ -20,9 +23,7 @@ TINY = (
 
 
 #: What a resumed run must reproduce exactly.
-CHECKPOINT_STATE_KEYS = (
-    "online predictor target psl optimizer momentum pseudo_labels rng epoch step log_lines scheduler"
-).split()
+CHECKPOINT_STATE_KEYS = ("online target criterion estep optimizer momentum rng epoch step log_lines scheduler").split()
 
 
 def _log(run_dir: Path) -> List[Dict[str, Any]]:
@@ -54,7 +55,7 @@ def test_one_epoch_plus_resume_equals_two_straight_epochs_bit_for_bit(tmp_path):
     assert main(["--resume", str(resumed), "--quiet", "--no-plots"]) == 0
 
     a, b = load_checkpoint(straight), load_checkpoint(resumed)
-    assert len(a["psl"]) > 0 and int(a["psl"]["queue.fill"]) > 0  # the queue really was used
+    assert int(a["criterion"]["psl.queue.fill"]) > 0  # the queue really was used
     for key in CHECKPOINT_STATE_KEYS:
         _assert_same_tensors(a[key], b[key], key)
     assert _log(straight) == _log(resumed)
@@ -67,10 +68,10 @@ def test_resume_with_warm_estep_and_automatic_psl_start_is_bit_for_bit(tmp_path)
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert main(options + ["--output-dir", str(straight)]) == 0
     assert main(options + ["--output-dir", str(resumed), "--stop-after", "2"]) == 0
-    assert load_checkpoint(resumed)["estep_centers"] is not None
+    assert load_checkpoint(resumed)["estep"]["cluster_centers"] is not None
     assert main(["--resume", str(resumed), "--quiet", "--no-plots"]) == 0
     a, b = load_checkpoint(straight), load_checkpoint(resumed)
-    for key in ("online", "target", "psl", "pseudo_labels", "estep_centers", "psl_start", "epoch"):
+    for key in ("online", "target", "criterion", "estep", "epoch"):
         _assert_same_tensors(a[key], b[key], key)
     log = _log(straight)
     assert log == _log(resumed)
@@ -136,7 +137,11 @@ def test_checkpoint_is_written_without_leftover_temporary_files(tmp_path):
     assert main(TINY + ["--output-dir", str(run_dir), "--stop-after", "1"]) == 0
     assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoint.pt", "config.json", "metrics.jsonl"]
     state = load_checkpoint(run_dir / "checkpoint.pt")
-    assert state["epoch"] == 1 and state["step"] == 3 and state["pseudo_labels"].shape == (200,)
+    assert (
+        state["epoch"] == 1
+        and state["step"] == 3
+        and state["criterion"]["_extra_state"]["pseudo_labels"].shape == (200,)
+    )
 
 
 def test_a_stop_requested_between_steps_checkpoints_mid_epoch_and_resumes_bit_for_bit(tmp_path, monkeypatch, capsys):
@@ -169,14 +174,23 @@ def test_a_stop_requested_between_steps_checkpoints_mid_epoch_and_resumes_bit_fo
     assert (straight / "assignments.csv").read_text() == (resumed / "assignments.csv").read_text()
 
 
-def test_a_checkpoint_of_format_1_without_digest_or_fingerprints_still_resumes(tmp_path):
+@pytest.mark.parametrize("old_format", [1, 2])
+def test_a_checkpoint_of_an_earlier_release_is_refused_with_the_release_that_reads_it(tmp_path, capsys, old_format):
     old = tmp_path / "old"
     assert main(TINY + ["--output-dir", str(old), "--stop-after", "1"]) == 0
     state = load_checkpoint(old)
-    for key in ("path", "mid_epoch", "log_bytes", "data_sha256", "config_sha256"):
-        del state[key]
-    state["format"] = 1
-    torch.save(state, old / "checkpoint.pt")  # the 0.1 layout: the bare state
-    assert main(["--resume", str(old), "--quiet", "--no-plots"]) == 0
-    assert [r["event"] for r in _log(old)] == ["estep", "epoch", "estep", "epoch", "final"]
-    assert load_checkpoint(old)["format"] == 2
+    del state["path"]
+    state["format"] = old_format
+    # Format 1 was the bare state (no digest, so nothing of it was verified); format 2 had the wrapper.
+    content = checkpoint_bytes(state) if old_format == 2 else None
+    if content is None:
+        torch.save(state, old / "checkpoint.pt")
+    else:
+        wrapper = torch.load(io.BytesIO(content), weights_only=True)
+        wrapper["format"] = 2
+        torch.save(wrapper, old / "checkpoint.pt")
+    before = (old / "checkpoint.pt").read_bytes()
+    assert main(["--resume", str(old), "--quiet", "--no-plots"]) == EXIT_USER_ERROR
+    err = capsys.readouterr().err
+    assert f"checkpoint format {old_format}" in err and ("0.1.0" if old_format == 1 else "0.1.x") in err
+    assert (old / "checkpoint.pt").read_bytes() == before  # kept as it was

@@ -22,9 +22,10 @@ import torch
 
 from propos_losses.train import checkpoint as checkpoint_module
 from propos_losses.train import cli
+from propos_losses.train.checkpoint import load_checkpoint
 from propos_losses.train.cli import EXIT_USER_ERROR, main
 from propos_losses.train.rundir import atomic_write_bytes
-from propos_losses.train.trainer import TIMING_KEYS, Trainer, load_checkpoint
+from propos_losses.train.trainer import TIMING_KEYS, Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 # 128 digits, 2 steps per epoch, small heads: about a second per epoch on one core.

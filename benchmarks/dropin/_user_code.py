@@ -145,6 +145,6 @@ def evaluate(backbone: nn.Module, projection_head: nn.Module, dataset: ImageFold
     projections = torch.cat([projection_head(f) for f in features.split(512)])
     out = {}
     for name, values in (("backbone", features), ("projector", projections)):
-        labels = SphericalKMeans(num_classes, n_init=10, seed=seed).fit_predict(values)
+        labels = SphericalKMeans(num_classes, n_init=10, random_state=seed).fit_predict(values)
         out.update({f"{name}_{k}": v for k, v in evaluate_clustering(dataset.labels, labels).items()})
     return out

@@ -48,7 +48,7 @@ def main():
     setup.epochs = args.epochs or setup.epochs
 
     model = BYOL(setup.backbone, setup.feature_dim, setup.hidden_dim, setup.out_dim)
-    criterion = ProPosLoss(PSA(model.prediction_head), PSL(num_clusters=setup.num_classes), lambda_psl=1.0)
+    criterion = ProPosLoss(PSA(model.prediction_head), PSL(num_clusters=setup.num_classes))
     estep = EStep(num_clusters=setup.num_classes)
     optimizer = torch.optim.SGD(model.parameters(), lr=setup.lr, momentum=0.9, weight_decay=5e-4)
     dataloader = DataLoader(WithIndex(setup.dataset), batch_size=setup.batch_size, shuffle=True, drop_last=True,

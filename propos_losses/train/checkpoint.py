@@ -1,6 +1,6 @@
 """Checkpoint files of the reference trainer: verified writing and reading, fingerprints, RNG state.
 
-A checkpoint (format 2) is the training state, saved with ``torch.save`` and
+A checkpoint (format 3) is the training state, saved with ``torch.save`` and
 wrapped with its SHA-256, so a damaged or edited file is refused instead of resumed; the
 state carries fingerprints of the data (:func:`data_fingerprint`) and of the
 settings (:func:`config_fingerprint`) that the trainer compares on resume.
@@ -27,20 +27,23 @@ __all__ = [
     "CHECKPOINT_NAME",
     "CHECKPOINT_FORMAT",
     "CheckpointError",
+    "check_resumable",
     "checkpoint_bytes",
     "config_fingerprint",
     "data_fingerprint",
     "load_checkpoint",
     "rng_state",
     "set_rng_state",
+    "to_cpu",
 ]
 
 CHECKPOINT_NAME = "checkpoint.pt"
-#: Version of the checkpoint layout; bumped when the saved keys change. Format 2 wraps the
-#: state with its SHA-256 and adds the data and settings fingerprints and the log's byte length.
-CHECKPOINT_FORMAT = 2
-#: Older formats that still load (without the integrity check and fingerprints).
-_LEGACY_FORMATS = (1,)
+#: Version of the checkpoint layout; bumped when the saved keys change. Format 3 (0.2.0) saves
+#: the library's ProPosLoss and EStep states (predictor, queue, pseudo-labels, PSL switch, E-step
+#: centres) in place of the trainer's own entries; it is wrapped with its SHA-256 like format 2.
+CHECKPOINT_FORMAT = 3
+#: Formats of earlier releases: refused with a message naming the release that reads them.
+_OLD_FORMATS = {1: "0.1.0", 2: "0.1.x"}
 
 
 class CheckpointError(ValueError):
@@ -105,8 +108,9 @@ def load_checkpoint(path: str | os.PathLike) -> Dict[str, Any]:
 
     The state is checked against the SHA-256 stored with it, so a damaged or
     edited file is refused rather than resumed; counters out of range and a
-    settings entry that is not a table are refused too. (Checkpoints of format
-    1, written before the digest existed, are read without it.)
+    settings entry that is not a table are refused too. Checkpoints of earlier
+    releases (formats 1 and 2) are refused with a message saying which release
+    resumes them.
 
     Raises:
         CheckpointError: missing, unreadable, truncated, corrupt or foreign file.
@@ -136,8 +140,12 @@ def load_checkpoint(path: str | os.PathLike) -> Dict[str, Any]:
                 f"(damaged on disk or edited); use a backup copy or start a new run"
             )
         state = _load_torch(io.BytesIO(data), where)
-    elif outer["format"] in _LEGACY_FORMATS:
-        state = outer
+    elif outer["format"] in _OLD_FORMATS:
+        raise CheckpointError(
+            f"{where!r} was written by propos-train {_OLD_FORMATS[outer['format']]} (checkpoint format "
+            f"{outer['format']}); this release reads format {CHECKPOINT_FORMAT}: resume it with propos_losses "
+            f"{_OLD_FORMATS[outer['format']]} or start a new run"
+        )
     else:
         raise CheckpointError(f"{where!r} has checkpoint format {outer['format']!r}, expected {CHECKPOINT_FORMAT}")
     required = (
@@ -149,7 +157,8 @@ def load_checkpoint(path: str | os.PathLike) -> Dict[str, Any]:
         "target",
         "optimizer",
         "momentum",
-        "pseudo_labels",
+        "criterion",
+        "estep",
         "rng",
         "log_lines",
     )
@@ -166,8 +175,11 @@ def load_checkpoint(path: str | os.PathLike) -> Dict[str, Any]:
     epochs = state["config"].get("epochs")
     if isinstance(epochs, int) and state["epoch"] > epochs:
         raise CheckpointError(f"{where!r} is damaged: it is at epoch {state['epoch']} of a {epochs}-epoch run")
-    if not isinstance(state["pseudo_labels"], Tensor) or state["pseudo_labels"].dim() != 1:
-        raise CheckpointError(f"{where!r} is damaged: its pseudo-labels are not a vector")
+    for key in ("criterion", "estep"):
+        if not isinstance(state[key], dict):
+            raise CheckpointError(
+                f"{where!r} is damaged: its {key} state is a {type(state[key]).__name__}, not a table"
+            )
     state["path"] = where
     return state
 
@@ -207,3 +219,74 @@ def set_rng_state(state: Dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def check_resumable(
+    state: Dict[str, Any],
+    *,
+    config: TrainConfig,
+    world_size: int,
+    data_sha256: str,
+    data_name: str,
+    num_samples: int,
+    steps_per_epoch: int,
+) -> None:
+    """Refuse a checkpoint of :func:`load_checkpoint` that does not belong to this run (before anything loads).
+
+    Checks the number of processes, the data fingerprint, the settings
+    fingerprint, the pseudo-labels' length and that epoch, step and a
+    mid-epoch position fit the schedule. The criterion's and E-step's own
+    states are checked by their ``load_state_dict``.
+
+    Raises:
+        CheckpointError: naming what does not match.
+    """
+    where = state.get("path", "the checkpoint")
+    if state.get("world_size", 1) != world_size:
+        raise CheckpointError(
+            f"checkpoint was written by {state.get('world_size')} process(es); resume with the same number "
+            f"(got {world_size})"
+        )
+    if state.get("data_sha256") != data_sha256:
+        raise CheckpointError(
+            f"the data set differs from the one the run in {where!r} was trained on ({data_name}, "
+            f"{num_samples} samples, fingerprint {data_sha256[:12]} instead of "
+            f"{str(state.get('data_sha256'))[:12]}); resume it with the same data files"
+        )
+    if state.get("config_sha256") != config_fingerprint(config):
+        raise CheckpointError(f"{where!r} is damaged: its settings do not match their fingerprint")
+    extra = state["criterion"].get("_extra_state")
+    labels = extra.get("pseudo_labels") if isinstance(extra, dict) else None
+    if isinstance(labels, Tensor) and labels.shape != (num_samples,):
+        raise CheckpointError(
+            f"checkpoint holds pseudo-labels for {labels.shape[0]} samples, the data set has {num_samples}"
+        )
+    epoch, step, mid_epoch = state["epoch"], state["step"], state.get("mid_epoch")
+    index = mid_epoch.get("index") if isinstance(mid_epoch, dict) else 0
+    if (
+        not 0 <= epoch <= config.epochs
+        or (mid_epoch is not None and not isinstance(mid_epoch, dict))
+        or not isinstance(index, int)
+        or step != epoch * steps_per_epoch + index
+        or (mid_epoch is not None and not (0 < index <= steps_per_epoch and epoch < config.epochs))
+    ):
+        raise CheckpointError(
+            f"{where!r} is damaged: epoch {epoch} and step {step} do not fit a {config.epochs}-epoch run of "
+            f"{steps_per_epoch} steps per epoch"
+        )
+
+
+def to_cpu(state: Any) -> Any:
+    """``state`` with every tensor moved to the CPU (nested dicts and lists), for saving.
+
+    Example:
+        >>> to_cpu({"a": [torch.ones(1)], "b": 2})
+        {'a': [tensor([1.])], 'b': 2}
+    """
+    if isinstance(state, Tensor):
+        return state.cpu()
+    if isinstance(state, dict):
+        return {key: to_cpu(value) for key, value in state.items()}
+    if isinstance(state, list):
+        return [to_cpu(value) for value in state]
+    return state

@@ -152,8 +152,9 @@ def _final_lines(final: Dict[str, Any]) -> List[str]:
 
 def _is_complete(run_dir: Path, state: Dict[str, Any]) -> bool:
     """A finished run has its final record right after the checkpoint's log lines, and its assignments."""
+    from propos_losses.train.evaluation import ASSIGNMENTS_NAME
     from propos_losses.train.plots import read_metrics
-    from propos_losses.train.trainer import ASSIGNMENTS_NAME, METRICS_NAME
+    from propos_losses.train.runlog import METRICS_NAME
 
     try:
         records = read_metrics(run_dir / METRICS_NAME)
@@ -233,7 +234,8 @@ def _run(args: argparse.Namespace, progress: _Progress) -> int:
         claim_run_dir,
         lock_run_dir,
     )
-    from propos_losses.train.trainer import METRICS_NAME, Trainer
+    from propos_losses.train.runlog import METRICS_NAME
+    from propos_losses.train.trainer import Trainer
 
     options = vars(args)
     run_keys = ("config", "resume", "print_config", "stop_after", "no_plots", "quiet")

@@ -22,6 +22,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Tuple
 
+import torch
+from torch import nn
+
+from propos_losses import PSA, PSL, EStep, ProPosLoss
 from propos_losses import defaults as D
 from propos_losses.train.augment import AUGMENTATION_KINDS
 from propos_losses.train.data import DATASET_NAMES
@@ -38,6 +42,7 @@ __all__ = [
     "ESTEP_FEATURES",
     "TARGET_BUFFERS",
     "PSL_STARTS",
+    "PSL_PAIRINGS",
     "ESTEP_INITS",
     "AUGMENTATIONS",
     "COMPILE_BACKENDS",
@@ -48,6 +53,10 @@ __all__ = [
     "validate_config",
     "config_to_dict",
     "config_from_dict",
+    "resolve_device",
+    "augmentation_settings",
+    "build_criterion",
+    "build_estep",
 ]
 
 METHODS: Tuple[str, ...] = ("propos", "byol")
@@ -58,6 +67,8 @@ ESTEP_FEATURES: Tuple[str, ...] = ("projector", "backbone")
 ESTEP_INITS: Tuple[str, ...] = ("cold", "warm")
 #: When PSL starts: after ``psl_warmup_epochs`` (``warmup``) or once successive E-steps agree (``auto``).
 PSL_STARTS: Tuple[str, ...] = ("warmup", "auto")
+#: How PSL pairs online and target prototypes (ProPosLoss's ``psl_pairing``).
+PSL_PAIRINGS: Tuple[str, ...] = ("cross", "same")
 #: What the momentum update does with the target's BatchNorm statistics (MomentumUpdater's ``buffers``).
 TARGET_BUFFERS: Tuple[str, ...] = ("none", "copy", "ema")
 #: ``torch.compile`` backend of the M-step module (``none``: eager).
@@ -216,6 +227,12 @@ class TrainConfig:
         choices=PSL_STARTS,
     )
     psl_agreement: float = _setting(D.PSL_AUTO_AGREEMENT, "NMI of successive E-steps that starts PSL under auto")
+    psl_pairing: str = _setting(
+        D.PSL_PAIRING,
+        "cross: each view's online prototypes against the other view's target prototypes (the authors' code); "
+        "same: against the same view's",
+        choices=PSL_PAIRINGS,
+    )
     lambda_psl: float = _setting(D.LAMBDA_PSL, "weight of PSL in L = L_psa + lambda_psl L_psl (Eq. 12)")
     sigma: float = _setting(D.SIGMA, "standard deviation of the PSA positive sampling noise (Eq. 9)")
     temperature: float = _setting(D.TEMPERATURE, "tau of PSL (Eq. 4)")
@@ -498,6 +515,81 @@ def resolve_config(
     config = config_from_dict({k: v for k, v in file_values.items() if k != "preset"}, base=config)
     config = config_from_dict({k: v for k, v in overrides.items() if k != "preset"}, base=config)
     return validate_config(config)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; ``"cuda"`` without CUDA is a ConfigError.
+
+    Under ``torchrun`` on CUDA, the process uses GPU ``LOCAL_RANK``.
+
+    Example:
+        >>> resolve_device("cpu")
+        device(type='cpu')
+    """
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("device 'cuda' requested but CUDA is not available")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def augmentation_settings(config: TrainConfig, channels: int) -> Tuple[str, Dict[str, Any]]:
+    """The augmentation kind (the data set's own when not set) and the keyword overrides of ``config``.
+
+    Example:
+        >>> augmentation_settings(resolve_config("digits", overrides={"translate": 0.1}), channels=1)
+        ('digits', {'translate': 0.1})
+    """
+    kind = config.augmentation or {"digits": "digits", "mnist": "mnist"}.get(
+        config.dataset, "color" if channels == 3 else "mnist"
+    )
+    overrides: Dict[str, Any] = {}
+    if config.crop_min_scale is not None:
+        overrides["crop_scale"] = (config.crop_min_scale, 1.0)
+    if config.rotation_degrees is not None:
+        overrides["degrees"] = config.rotation_degrees
+    if config.translate is not None:
+        overrides["translate"] = config.translate
+    return kind, overrides
+
+
+def build_criterion(config: TrainConfig, predictor: nn.Module, num_clusters: int) -> ProPosLoss:
+    """The library's :class:`~propos_losses.ProPosLoss` with the run's settings (it owns ``predictor``).
+
+    ``method="byol"`` is the same criterion with PSL and the PSA noise off
+    (``lambda_psl = sigma = 0``); ``psl_start="warmup"`` starts PSL at epoch
+    ``psl_warmup_epochs``.
+
+    Example:
+        >>> criterion = build_criterion(resolve_config("digits"), nn.Linear(64, 64), num_clusters=10)
+        >>> criterion.lambda_psl, criterion.psl_start, criterion.psl_pairing
+        (1.0, 20, 'cross')
+    """
+    propos = config.method == "propos"
+    psl = PSL(num_clusters, temperature=config.temperature, queue_size=config.queue_size, feature_dim=config.out_dim)
+    return ProPosLoss(
+        PSA(predictor, sigma=config.sigma if propos else 0.0),
+        psl,
+        lambda_psl=config.lambda_psl if propos else 0.0,
+        psl_start="auto" if config.psl_start == "auto" else config.effective_psl_warmup_epochs,
+        agreement_threshold=config.psl_agreement,
+        psl_pairing=config.psl_pairing,
+    )
+
+
+def build_estep(config: TrainConfig, num_clusters: int, *, seed: int) -> EStep:
+    """The library's :class:`~propos_losses.EStep` with the run's k-means settings (call ``n`` uses ``seed + n``)."""
+    return EStep(
+        num_clusters,
+        n_init=config.kmeans_n_init,
+        max_iter=config.kmeans_max_iter,
+        tol=config.kmeans_tol,
+        seed=seed,
+        warm_start=config.estep_init == "warm",
+        batch_size=1024,
+    )
 
 
 _document_settings()

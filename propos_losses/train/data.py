@@ -50,6 +50,7 @@ __all__ = [
     "DATASET_NAMES",
     "DatasetError",
     "ImageDataset",
+    "check_clusterable",
     "load_dataset",
     "read_idx",
 ]
@@ -547,3 +548,41 @@ def load_dataset(
             dataset.images[:max_samples].clone(), labels, dataset.num_classes, f"{dataset.name}[:{max_samples}]"
         )
     return dataset
+
+
+def check_clusterable(dataset: ImageDataset, num_clusters: Optional[int], eval_clusters: int) -> None:
+    """Refuse data the trainer cannot train on or cluster, before anything is written.
+
+    Args:
+        dataset: the loaded data set.
+        num_clusters: ``K`` asked for explicitly (``None``: the class count).
+        eval_clusters: clusters of the evaluations (the class count when there are labels).
+
+    Raises:
+        DatasetError: non-square images, a single class, more clusters than
+            samples, or identical images.
+    """
+    n = len(dataset)
+    _, _, height, width = dataset.images.shape
+    if height != width:
+        raise DatasetError(
+            f"the images of {dataset.name} are {width}x{height}; the trainer needs square images "
+            f"(crop or pad them to one side first)"
+        )
+    if dataset.num_classes is not None and dataset.num_classes < 2:
+        raise DatasetError(f"{dataset.name} has a single class; clustering it needs at least 2 classes")
+    if num_clusters is not None and num_clusters > n:
+        raise DatasetError(
+            f"num_clusters ({num_clusters}) is larger than the data set ({n} samples); k-means needs at "
+            f"least one sample per cluster"
+        )
+    if eval_clusters > n:
+        raise DatasetError(
+            f"{dataset.name} has {eval_clusters} classes but only {n} samples; k-means needs at least one "
+            f"sample per cluster (use more samples)"
+        )
+    # Per-pixel min and max over the set (small (C, H, W) reductions, no copy of the images).
+    if n > 1 and bool((dataset.images.amax(0) == dataset.images.amin(0)).all()):
+        raise DatasetError(
+            f"all {n} images of {dataset.name} are identical (e.g. all black); there is nothing to cluster"
+        )

@@ -34,13 +34,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
-from propos_losses.psa import PositiveSamplingAlignment
-from propos_losses.psl import PrototypeScatteringLoss
 from propos_losses.utils import check_int
 
 __all__ = [
     "Encoder",
-    "OnlineStep",
     "BACKBONE_NAMES",
     "BasicBlock",
     "CifarResNet",
@@ -436,72 +433,3 @@ class Encoder(nn.Module):
         """``(B, C, H, W)`` -> backbone features ``(B, feature_dim)``, projections ``(B, d)``."""
         features = self.backbone(images)
         return features, self.projector(features)
-
-
-class OnlineStep(nn.Module):
-    """The differentiable part of one M-step (the module that DDP wraps).
-
-    Holds the online encoder, PSA (which owns the predictor) and PSL.
-    ``forward`` returns the loss averaged over both view orders and the detached
-    PSA and PSL terms.
-
-    Args:
-        encoder: the online :class:`Encoder`.
-        predictor: the prediction head, owned by PSA.
-        num_clusters: ``K`` of PSL.
-        sigma: PSA noise (``0`` is BYOL).
-        temperature: PSL ``tau``.
-        queue_size: PSL memory queue slots (``0``: none).
-
-    Example:
-        >>> enc = Encoder(nn.Sequential(nn.Flatten(), nn.Linear(4, 6)), 6, 8, 3)
-        >>> step = OnlineStep(enc, mlp_head(3, 8, 3), num_clusters=2, sigma=0.0)
-        >>> views = torch.randn(2, 6, 1, 2, 2)
-        >>> loss, psa, psl = step(views[0], views[1], torch.randn(6, 3), torch.randn(6, 3),
-        ...                       torch.tensor([0, 1, 0, 1, 0, 1]), torch.arange(6), 0.5)
-        >>> loss.shape, bool(psl > 0)
-        (torch.Size([]), True)
-    """
-
-    def __init__(
-        self,
-        encoder: Encoder,
-        predictor: nn.Module,
-        num_clusters: int,
-        *,
-        sigma: float,
-        temperature: float = 0.5,
-        queue_size: int = 0,
-    ) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.psa = PositiveSamplingAlignment(predictor, sigma=sigma)
-        self.psl = PrototypeScatteringLoss(
-            num_clusters, temperature=temperature, queue_size=queue_size, feature_dim=encoder.out_dim
-        )
-
-    def forward(
-        self,
-        view1: Tensor,
-        view2: Tensor,
-        target1: Tensor,
-        target2: Tensor,
-        pseudo_labels: Tensor,
-        indices: Tensor,
-        lambda_psl: float,
-    ) -> Tuple[Tensor, Tensor, Tensor]:
-        # One forward for both views keeps BN statistics over the 2B images, as BYOL does.
-        _, online = self.encoder(torch.cat((view1, view2)))
-        online1, online2 = online.chunk(2)
-        # Both view orders averaged, as the authors (and ProPosLoss) do.
-        psa_loss = 0.5 * self.psa.symmetric(online1, online2, target1, target2)
-        if lambda_psl > 0.0:
-            # Each view's online prototypes against the other's target ones; a queue gets each sample once.
-            psl_loss = 0.5 * self.psl.symmetric(online1, online2, target1, target2, pseudo_labels, indices)
-            loss = psa_loss + lambda_psl * psl_loss
-        else:
-            # The loss is PSA alone (not psa + 0 * zeros: under torch.compile with inductor, PyTorch
-            # 2.13 returned that sum without its gradient graph).
-            psl_loss = psa_loss.new_zeros(())
-            loss = psa_loss
-        return loss, psa_loss.detach(), psl_loss.detach()

@@ -1,39 +1,37 @@
 """The ProPos EM training loop (Algorithm 1), checkpoints and logs.
 
-One epoch of :class:`Trainer` is
+The trainer is the library's first client: every piece of the method is a
+public object a user's own loop can use the same way. One epoch of
+:class:`Trainer` is
 
 1. **E-step** (before the first epoch and every ``estep_every`` epochs):
-   spherical k-means on the L2-normalised *target* features (projector outputs
-   by default) of the un-augmented training set gives the pseudo-labels; a
-   PSL memory queue, if any, is relabelled from them. The same features are
-   evaluated (k-means on target backbone and projector features, NMI / AMI /
-   ARI / ACC against the labels when the data set has them).
-2. **M-step**: for every mini-batch two augmented views ``x``, ``x+``;
-   ``L = mean over both view orders of (L_psa + lambda_psl * L_psl)`` (Eq. 12;
-   the authors' ``0.5 * (...)``),
-   SGD (or LARS) with a per-step linear warm-up and cosine decay of the
-   learning rate, then the EMA update of the target network (Eq. 11). During
-   the first ``psl_warmup_epochs`` epochs PSL and the PSA noise are off
-   (``lambda_psl = sigma = 0``), which is exactly BYOL; ``method="byol"``
-   keeps them off for the whole run.
+   :func:`~propos_losses.extract_features` of the *target* network over the
+   un-augmented training set, then :class:`~propos_losses.EStep` (spherical
+   k-means on the projector outputs by default) gives the pseudo-labels, which
+   :meth:`~propos_losses.ProPosLoss.set_pseudo_labels` takes (measuring their
+   agreement with the previous ones and relabelling a PSL queue). The same
+   features are evaluated (k-means on target backbone and projector features,
+   NMI / AMI / ARI / ACC against the labels when the data set has them).
+2. **M-step**: for every mini-batch two augmented views ``x``, ``x+``; the
+   loss is :class:`~propos_losses.ProPosLoss` (Eq. 12, both view orders
+   averaged) through :class:`~propos_losses.ProPosStep` (one forward of the
+   online network over both views), SGD (or LARS) with a per-step linear
+   warm-up and cosine decay of the learning rate, then
+   :class:`~propos_losses.MomentumUpdater` (Eq. 11). ``ProPosLoss`` decides
+   when PSL and the PSA noise switch on (``psl_start``); until then the step is
+   exactly BYOL, and ``method="byol"`` keeps them off for the whole run.
 
-Everything that makes a run is saved atomically at the end of every epoch in
-``checkpoint.pt`` (networks, optimizer, schedule step, momentum step, queue,
-pseudo-labels, RNG states, the length of the metrics log), so that
-``--resume`` continues bit-for-bit on CPU. Random streams are derived from
-``(seed, epoch, rank)`` so that a resumed run draws the same numbers. The
-checkpoint carries the SHA-256 of its content and fingerprints of the data and
-the settings (:func:`load_checkpoint` and resumption refuse anything else); the
-metrics log is synced before it, and cut back to the length it records on
-resume. A stop requested between two training steps (:meth:`Trainer.request_stop`,
-SIGINT/SIGTERM in ``propos-train``) checkpoints the epoch in progress.
-
-Under ``torchrun`` the global batch ``batch_size`` is split evenly over the
-processes, the online network is wrapped in
-:class:`~torch.nn.parallel.DistributedDataParallel`, every process takes its
-own slice of one shared permutation per epoch (a distributed sampler), and
-the E-step and evaluation run the library's distributed k-means on the
-per-rank shards.
+Everything that makes a run (networks, optimizer, the criterion's and the
+E-step's states, RNG states, the length of the metrics log) is saved
+atomically at the end of every epoch in ``checkpoint.pt``
+(:mod:`~propos_losses.train.checkpoint`), so that ``--resume`` continues
+bit-for-bit on CPU; random streams are derived from ``(seed, epoch, rank)``.
+A stop requested between two training steps (:meth:`Trainer.request_stop`)
+checkpoints the epoch in progress. Under ``torchrun`` the global batch is
+split evenly over the processes, :class:`~propos_losses.ProPosStep` is
+wrapped in :class:`~torch.nn.parallel.DistributedDataParallel`, and every
+process computes the features of the whole data set for the E-step (whose
+labels rank 0 broadcasts) and the evaluations.
 
 Example:
     >>> import tempfile
@@ -48,72 +46,63 @@ Example:
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import functools
-import io
 import os
 import random
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple, cast
+from typing import Any, Callable, Dict, Optional, Tuple, cast
 
 import numpy as np
 import torch
 from torch import Tensor, nn
-from typing_extensions import Unpack
 
-from propos_losses.diagnostics import cluster_size_stats
-from propos_losses.distributed import (
-    all_gather_cat,
-    all_reduce_sum_,
-    broadcast_,
-    get_rank,
-    get_world_size,
-    is_distributed,
-)
-from propos_losses.kmeans import KMeansParams, SphericalKMeans
-from propos_losses.metrics import evaluate_clustering, nmi
-from propos_losses.momentum import MomentumUpdater
+from propos_losses import MomentumUpdater, ProPosStep
+from propos_losses.distributed import all_reduce_sum_, broadcast_, get_rank, get_world_size, is_distributed
+from propos_losses.metrics import nmi
 from propos_losses.train.augment import build_augmentation, normalize
 from propos_losses.train.checkpoint import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_NAME,
     CheckpointError,
+    check_resumable,
     checkpoint_bytes,
     config_fingerprint,
     data_fingerprint,
-    load_checkpoint,  # noqa: F401  (re-exported, see __all__)
     rng_state,
     set_rng_state,
+    to_cpu,
 )
-from propos_losses.train.config import ConfigError, TrainConfig, config_to_dict
-from propos_losses.train.data import ImageDataset, load_dataset
-from propos_losses.train.models import Encoder, OnlineStep, build_backbone, fuse_batchnorm_for_inference, mlp_head
+from propos_losses.train.config import (
+    ConfigError,
+    TrainConfig,
+    augmentation_settings,
+    build_criterion,
+    build_estep,
+    config_to_dict,
+    resolve_device,
+)
+from propos_losses.train.data import ImageDataset, check_clusterable, load_dataset
+from propos_losses.train.evaluation import (
+    ANNOUNCE_FROM,
+    ASSIGNMENTS_NAME,
+    cluster,
+    cluster_stats,
+    format_record,
+    running_mean,
+    scores,
+    target_features,
+    write_assignments,
+)
+from propos_losses.train.models import Encoder, build_backbone, mlp_head
 from propos_losses.train.optim import LARS, learning_rate_factor
 from propos_losses.train.progress import Progress
-from propos_losses.train.rundir import (
-    CONFIG_NAME,  # noqa: F401  (re-exported)
-    OutputDirError,  # noqa: F401  (re-exported)
-    atomic_write_bytes,
-    remove_stale_temporaries,
-)
+from propos_losses.train.rundir import atomic_write_bytes, remove_stale_temporaries
 from propos_losses.train.runlog import METRICS_NAME, MetricsLog
-from propos_losses.utils import normalize_rows
 
-__all__ = [
-    "TrainingInterrupted",
-    "Encoder",
-    "Trainer",
-    "METRICS_NAME",
-    "ASSIGNMENTS_NAME",
-    "TIMING_KEYS",
-]
-# Also importable from here, as before the split (their homes are checkpoint.py, optim.py and
-# rundir.py): CheckpointError, load_checkpoint, config_fingerprint, data_fingerprint,
-# CHECKPOINT_NAME, LARS, learning_rate_factor, atomic_write_bytes, OutputDirError, CONFIG_NAME.
+__all__ = ["TrainingInterrupted", "Trainer", "TIMING_KEYS"]
 
-ASSIGNMENTS_NAME = "assignments.csv"
 #: Samples per forward pass when extracting features of the whole data set.
 _FEATURE_CHUNK = 1024
 #: Keys of a log record that measure wall time (they differ between identical runs).
@@ -141,24 +130,6 @@ def _seed_for(seed: int, *parts: int) -> int:
     for part in parts:
         value = (value * 1_000_003 + part + 1) % (2**63 - 1)
     return value
-
-
-def resolve_device(name: str) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; ``"cuda"`` without CUDA is a ConfigError.
-
-    Under ``torchrun`` on CUDA, the process uses GPU ``LOCAL_RANK``.
-
-    Example:
-        >>> resolve_device("cpu")
-        device(type='cpu')
-    """
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("device 'cuda' requested but CUDA is not available")
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device("cpu")
 
 
 class Trainer:
@@ -239,7 +210,7 @@ class Trainer:
             raise ConfigError("the data set has no labels: set --num-clusters")
         self.num_clusters = int(num_clusters)
         self.eval_clusters = int(self.dataset.num_classes or self.num_clusters)
-        self._check_data_fits()
+        check_clusterable(self.dataset, self.num_clusters if config.num_clusters else None, self.eval_clusters)
         self.data_sha256 = data_fingerprint(self.dataset)
         self.images = self.dataset.images.to(self.device)
         scaled = self.dataset.images.float() / 255.0
@@ -251,23 +222,15 @@ class Trainer:
         """Augmentation, online/target encoders, predictor, the M-step module (DDP-wrapped when distributed)."""
         config = self.config
         _, channels, height, _ = self.dataset.images.shape
-        kind = config.augmentation or {"digits": "digits", "mnist": "mnist"}.get(
-            config.dataset, "color" if channels == 3 else "mnist"
-        )
+        kind, overrides = augmentation_settings(config, channels)
         try:  # the library checks its arguments (translate <= 1, a temperature whose inverse is finite, ...)
-            self.augment = build_augmentation(kind, height, channels, **_augmentation_overrides(config)).to(self.device)
+            self.augment = build_augmentation(kind, height, channels, **overrides).to(self.device)
             backbone, feature_dim = build_backbone(config.backbone, channels, height)
             self.online = Encoder(backbone, feature_dim, config.hidden_dim, config.out_dim).to(self.device)
             self.predictor = mlp_head(config.out_dim, config.hidden_dim, config.out_dim).to(self.device)
             self.target = MomentumUpdater.make_target(self.online)
-            self.step_module = OnlineStep(
-                self.online,
-                self.predictor,
-                self.num_clusters,
-                sigma=config.sigma,
-                temperature=config.temperature,
-                queue_size=config.queue_size,
-            ).to(self.device)
+            self.criterion = build_criterion(config, self.predictor, self.num_clusters).to(self.device)
+            self.step_module = ProPosStep(self.online, self.criterion)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         self.model: nn.Module = self.step_module
@@ -324,13 +287,9 @@ class Trainer:
         """Epoch/step counters, pseudo-labels, the PSL start state, the metrics log and stop requests."""
         self.epoch = 0
         self.step = 0
-        self.pseudo_labels = torch.zeros(len(self.dataset), dtype=torch.int64, device=self.device)
-        # psl_start="auto": NMI between the last two E-steps' labels, and whether PSL has switched on.
-        self.label_agreement: Optional[float] = None
-        self.estep_count = 0
-        self.psl_started = False
-        # Centres of the last E-step's k-means (the start of the next one under estep_init="warm").
-        self.estep_centers: Optional[Tensor] = None
+        config = self.config
+        # Call n of the E-step uses seed + n; a resumed run continues the count (EStep's state).
+        self.estep = build_estep(config, self.num_clusters, seed=_seed_for(config.seed, 22) % 2**31)
         #: Records written so far and their bytes (rank 0), saved with the checkpoint.
         self.metrics_log = MetricsLog(self.output_dir / METRICS_NAME, write=self.is_main)
         self._resumed = False
@@ -341,33 +300,6 @@ class Trainer:
         self._mid_epoch: Optional[Dict[str, Any]] = None
 
     # ------------------------------------------------------------------ helpers
-
-    def _check_data_fits(self) -> None:
-        """Refuse data the loop cannot train or cluster, before anything is written."""
-        dataset, n = self.dataset, len(self.dataset)
-        _, _, height, width = dataset.images.shape
-        if height != width:
-            raise ConfigError(
-                f"the images of {dataset.name} are {width}x{height}; the trainer needs square images "
-                f"(crop or pad them to one side first)"
-            )
-        if dataset.num_classes is not None and dataset.num_classes < 2:
-            raise ConfigError(f"{dataset.name} has a single class; clustering it needs at least 2 classes")
-        if self.config.num_clusters is not None and self.num_clusters > n:
-            raise ConfigError(
-                f"num_clusters ({self.num_clusters}) is larger than the data set ({n} samples); k-means needs at "
-                f"least one sample per cluster"
-            )
-        if self.eval_clusters > n:
-            raise ConfigError(
-                f"{dataset.name} has {self.eval_clusters} classes but only {n} samples; k-means needs at least one "
-                f"sample per cluster (use more samples)"
-            )
-        # Per-pixel min and max over the set (small (C, H, W) reductions, no copy of the images).
-        if n > 1 and bool((dataset.images.amax(0) == dataset.images.amin(0)).all()):
-            raise ConfigError(
-                f"all {n} images of {dataset.name} are identical (e.g. all black); there is nothing to cluster"
-            )
 
     def request_stop(self, signum: int) -> bool:
         """Ask the run to stop after the training step in progress and checkpoint where it is.
@@ -414,106 +346,48 @@ class Trainer:
         blocks = used.view(self.steps_per_epoch, self.world_size, self.local_batch)
         return blocks[:, self.rank].to(self.device)
 
-    def _shard(self) -> Tensor:
-        """Indices of this rank's contiguous shard of the data set (for the E-step)."""
-        return torch.tensor_split(torch.arange(len(self.dataset)), self.world_size)[self.rank].to(self.device)
-
-    @torch.no_grad()
-    def _target_features(self) -> Tuple[Tensor, Tensor]:
-        """Target backbone ``(n_r, feature_dim)`` and projector ``(n_r, d)`` features of this rank's shard."""
-        # Eval-mode BatchNorm folded into the layers before it: the same features up to rounding,
-        # a third less time for the flat_cnn feature pass on one CPU thread (the target itself is not changed).
-        target = fuse_batchnorm_for_inference(self.target)
-        shard = self._shard()
-        backbone_parts: List[Tensor] = []
-        projector_parts: List[Tensor] = []
-        for chunk in shard.split(_FEATURE_CHUNK):
-            images = self._prepare(self.images.index_select(0, chunk).float() / 255.0)
-            backbone, projector = target(images)
-            backbone_parts.append(backbone.float())
-            projector_parts.append(projector.float())
-        return torch.cat(backbone_parts), torch.cat(projector_parts)
-
-    def _kmeans(
-        self, features: Tensor, num_clusters: int, stream: int, **params: Unpack[KMeansParams]
-    ) -> Tuple[Tensor, Tensor]:
-        """Distributed spherical k-means of the shards: labels of the whole data set and the centres.
-
-        ``params`` override the run's k-means settings, e.g. ``n_init=1, init=centres`` to start a
-        single run from the ``(K, d)`` centres of the previous E-step.
-        """
-        settings: KMeansParams = {
-            "n_init": self.config.kmeans_n_init,
-            "max_iter": self.config.kmeans_max_iter,
-            "tol": self.config.kmeans_tol,
-            "seed": _seed_for(self.config.seed, 20 + stream, self.epoch) % 2**31,
-            # Every restart on all rows, as when the documented results were measured (the
-            # library's default "auto" would subsample MNIST-sized restarts; the same quality on
-            # the k-means benchmark, but other partitions than those figures).
-            "sample_size": None,
-        }
-        settings.update(params)
-        kmeans = SphericalKMeans(num_clusters, **settings)
-        local = torch.as_tensor(kmeans.fit_predict(normalize_rows(features))).to(self.device, torch.int64)
-        return all_gather_cat(local), torch.as_tensor(kmeans.cluster_centers_).to(self.device)
-
-    def _cluster_stats(self, prefix: str, labels: Tensor, num_clusters: int) -> Dict[str, Any]:
-        stats = cluster_size_stats(labels.cpu(), num_clusters)
-        return {
-            f"{prefix}_size_min": stats["min"],
-            f"{prefix}_size_max": stats["max"],
-            f"{prefix}_empty_clusters": stats["num_empty"],
-            # Normalised entropy of the cluster sizes: 1 for equal sizes.
-            f"{prefix}_size_uniformity": stats["normalized_entropy"],
-        }
-
-    def _metrics(self, prefix: str, labels: Tensor) -> Dict[str, float]:
-        if self.dataset.labels is None:
-            return {}
-        scores = evaluate_clustering(self.dataset.labels.cpu(), labels.cpu())
-        return {f"{prefix}_{name}": float(value) for name, value in scores.items()}
+    def _cluster(self, features: Tensor, stream: int, n_init: int) -> Tensor:
+        """An evaluation's spherical k-means labels ``(N,)`` with ``eval_clusters`` clusters."""
+        config = self.config
+        seed = _seed_for(config.seed, 20 + stream, self.epoch) % 2**31
+        return cluster(
+            features,
+            self.eval_clusters,
+            seed=seed,
+            n_init=n_init,
+            max_iter=config.kmeans_max_iter,
+            tol=config.kmeans_tol,
+        )
 
     @torch.no_grad()
     def _estep_and_evaluate(self, *, update_labels: bool, final: bool = False) -> Tuple[Dict[str, Any], Tensor, Tensor]:
         """E-step (when ``update_labels``) and evaluation of the current target network."""
-        backbone, projector = self._target_features()
+        backbone, projector = target_features(self.target, self.images, self.mean, self.std, _FEATURE_CHUNK)
         record: Dict[str, Any] = {}
         n_init = self.config.final_kmeans_n_init if final else self.config.kmeans_n_init
-        begin = time.perf_counter()
-        eval_projector, eval_centers = self._kmeans(projector, self.eval_clusters, stream=1, n_init=n_init)
-        eval_seconds = time.perf_counter() - begin
-        estep_on_projector = self.config.estep_features == "projector"
+        on_projector = self.config.estep_features == "projector"
+        reusable: Optional[Tensor] = None
         if update_labels:
-            estep_features = projector if estep_on_projector else backbone
-            previous = self.estep_centers if self.config.estep_init == "warm" else None
-            if previous is not None:
-                begin = time.perf_counter()
-                labels, centers = self._kmeans(estep_features, self.num_clusters, stream=2, n_init=1, init=previous)
-                record["estep_kmeans_s"] = time.perf_counter() - begin
-                if estep_on_projector and self.num_clusters == self.eval_clusters:
-                    # How far the warm start lands from a cold run on the same features.
-                    record["pseudo_vs_cold_nmi"] = float(nmi(labels.cpu().numpy(), eval_projector.cpu().numpy()))
-            elif estep_on_projector and self.num_clusters == self.eval_clusters:
-                labels, centers = eval_projector, eval_centers  # the same k-means; run it once
-                record["estep_kmeans_s"] = eval_seconds
-            else:
-                begin = time.perf_counter()
-                labels, centers = self._kmeans(estep_features, self.num_clusters, stream=2)
-                record["estep_kmeans_s"] = time.perf_counter() - begin
-            self.estep_centers = centers
-            if self.estep_count > 0:
-                self.label_agreement = float(nmi(self.pseudo_labels.cpu().numpy(), labels.cpu().numpy()))
-                record["pseudo_agreement"] = self.label_agreement
-            self.estep_count += 1
-            self.pseudo_labels = labels
-            if self.step_module.psl.queue is not None:
-                self.step_module.psl.relabel_queue(labels)
-            record.update(self._cluster_stats("pseudo", labels, self.num_clusters))
-            record.update(self._metrics("pseudo", labels))
-        eval_backbone, _ = self._kmeans(backbone, self.eval_clusters, stream=3, n_init=n_init)
-        record.update(self._metrics("backbone", eval_backbone))
-        record.update(self._metrics("projector", eval_projector))
-        record.update(self._cluster_stats("backbone", eval_backbone, self.eval_clusters))
+            begin = time.perf_counter()
+            labels = self.estep.fit_features(projector if on_projector else backbone)
+            record["estep_kmeans_s"] = time.perf_counter() - begin
+            self.criterion.set_pseudo_labels(labels)  # measures the agreement, relabels a queue
+            if self.criterion.agreement is not None:
+                record["pseudo_agreement"] = self.criterion.agreement
+            record.update(cluster_stats("pseudo", labels, self.num_clusters))
+            record.update(scores("pseudo", self.dataset.labels, labels))
+            if on_projector and self.num_clusters == self.eval_clusters:
+                reusable = labels
+        if reusable is not None and not self.estep.history_[-1]["warm"]:
+            eval_projector = reusable  # the same k-means (cold, same restarts) as the evaluation's: run it once
+        else:
+            eval_projector = self._cluster(projector, stream=1, n_init=n_init)
+            if reusable is not None:  # how far the warm start lands from a cold run on the same features
+                record["pseudo_vs_cold_nmi"] = float(nmi(reusable.cpu().numpy(), eval_projector.cpu().numpy()))
+        eval_backbone = self._cluster(backbone, stream=3, n_init=n_init)
+        record.update(scores("backbone", self.dataset.labels, eval_backbone))
+        record.update(scores("projector", self.dataset.labels, eval_projector))
+        record.update(cluster_stats("backbone", eval_backbone, self.eval_clusters))
         return record, eval_backbone, eval_projector
 
     # ------------------------------------------------------------------ checkpoint
@@ -527,19 +401,13 @@ class Trainer:
             "step": self.step,
             "world_size": self.world_size,
             "online": self.online.state_dict(),
-            "predictor": self.predictor.state_dict(),
             "target": self.target.state_dict(),
-            "psl": self.step_module.psl.state_dict(),
+            # The predictor, the PSL queue, the pseudo-labels and the PSL switch.
+            "criterion": to_cpu(self.criterion.state_dict()),
+            "estep": to_cpu(self.estep.state_dict()),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": {"step": self.step, "total_steps": self.total_steps, "warmup_steps": self.warmup_steps},
             "momentum": self.momentum.state_dict(),
-            "pseudo_labels": self.pseudo_labels.cpu(),
-            "psl_start": {
-                "agreement": self.label_agreement,
-                "estep_count": self.estep_count,
-                "started": self.psl_started,
-            },
-            "estep_centers": None if self.estep_centers is None else self.estep_centers.cpu(),
             "rng": rng_state(),
             "log_lines": self.metrics_log.lines,
             "log_bytes": self.metrics_log.size,
@@ -563,58 +431,26 @@ class Trainer:
 
     def _restore(self, state: Dict[str, Any]) -> None:
         """Check that ``state`` belongs to this configuration and data, then load it (writes nothing)."""
-        where = state.get("path", "the checkpoint")
-        if state.get("world_size", 1) != self.world_size:
-            raise CheckpointError(
-                f"checkpoint was written by {state.get('world_size')} process(es); resume with the same number "
-                f"(got {self.world_size})"
-            )
-        if "data_sha256" in state and state["data_sha256"] != self.data_sha256:
-            raise CheckpointError(
-                f"the data set differs from the one the run in {where!r} was trained on ({self.dataset.name}, "
-                f"{len(self.dataset)} samples, fingerprint {self.data_sha256[:12]} instead of "
-                f"{str(state['data_sha256'])[:12]}); resume it with the same data files"
-            )
-        if "config_sha256" in state and state["config_sha256"] != config_fingerprint(self.config):
-            raise CheckpointError(f"{where!r} is damaged: its settings do not match their fingerprint")
-        n = len(self.dataset)
-        labels = state["pseudo_labels"]
-        if labels.shape != (n,):
-            raise CheckpointError(f"checkpoint holds pseudo-labels for {labels.shape[0]} samples, the data set has {n}")
-        if labels.dtype != torch.int64 or (n and not 0 <= int(labels.min()) <= int(labels.max()) < self.num_clusters):
-            raise CheckpointError(
-                f"{where!r} is damaged: its pseudo-labels are not cluster indices < {self.num_clusters}"
-            )
-        epoch, step = int(state["epoch"]), int(state["step"])
-        mid_epoch = state.get("mid_epoch")
-        index = mid_epoch.get("index") if isinstance(mid_epoch, dict) else 0
-        if (
-            not 0 <= epoch <= self.config.epochs
-            or (mid_epoch is not None and not isinstance(mid_epoch, dict))
-            or not isinstance(index, int)
-            or step != epoch * self.steps_per_epoch + index
-            or (mid_epoch is not None and not (0 < index <= self.steps_per_epoch and epoch < self.config.epochs))
-        ):
-            raise CheckpointError(
-                f"{where!r} is damaged: epoch {epoch} and step {step} do not fit a {self.config.epochs}-epoch run of "
-                f"{self.steps_per_epoch} steps per epoch"
-            )
+        check_resumable(
+            state,
+            config=self.config,
+            world_size=self.world_size,
+            data_sha256=self.data_sha256,
+            data_name=self.dataset.name,
+            num_samples=len(self.dataset),
+            steps_per_epoch=self.steps_per_epoch,
+        )
+        epoch, step, mid_epoch = int(state["epoch"]), int(state["step"]), state.get("mid_epoch")
+        index = mid_epoch["index"] if mid_epoch is not None else 0
         # Raises (CheckpointError) when the log holds fewer records than the checkpoint covers.
         self.metrics_log.restore(int(state["log_lines"]), state.get("log_bytes"))
         try:
             self.online.load_state_dict(state["online"])
-            self.predictor.load_state_dict(state["predictor"])
             self.target.load_state_dict(state["target"])
-            self.step_module.psl.load_state_dict(state["psl"])
+            self.criterion.load_state_dict(state["criterion"])  # checks the pseudo-labels (< K) and the switch
+            self.estep.load_state_dict(_to_device(state["estep"], self.device))
             self.optimizer.load_state_dict(state["optimizer"])
             self.momentum.load_state_dict(state["momentum"])
-            # Checkpoints from 0.1.0 have no psl_start entry: they used the fixed warm-up.
-            psl_start = state.get("psl_start", {"agreement": None, "estep_count": epoch, "started": False})
-            self.label_agreement = psl_start["agreement"]
-            self.estep_count = int(psl_start["estep_count"])
-            self.psl_started = bool(psl_start["started"])
-            centers = state.get("estep_centers")
-            self.estep_centers = None if centers is None else centers.to(self.device)
             set_rng_state(state["rng"])
             if mid_epoch is not None:
                 self._mid_epoch = {
@@ -627,7 +463,6 @@ class Trainer:
         except (RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError) as exc:
             raise CheckpointError(f"checkpoint does not match this configuration: {exc}") from None
         self.epoch, self.step = epoch, step
-        self.pseudo_labels = labels.to(self.device)
         self._resumed = True
 
     def _prepare_resumed_outputs(self) -> None:
@@ -644,26 +479,13 @@ class Trainer:
             group["lr"] = self.config.lr * group["lr_scale"] * factor
         return self.config.lr * factor
 
-    def _psl_on(self) -> bool:
-        """Whether PSL (and the PSA noise) is on this epoch; under ``psl_start="auto"`` it stays on once on."""
-        config = self.config
-        if config.method == "byol":
-            return False
-        if config.psl_start == "auto":
-            agreed = self.label_agreement is not None and self.label_agreement >= config.psl_agreement
-            self.psl_started = self.psl_started or agreed
-            return self.psl_started
-        return self.epoch >= config.effective_psl_warmup_epochs
-
     def _train_epoch(self) -> Dict[str, Any]:
         config = self.config
-        psl_on = self._psl_on()
-        lambda_psl = config.lambda_psl if psl_on else 0.0
-        sigma = config.sigma if psl_on else 0.0
+        self.criterion.set_epoch(self.epoch)  # switches PSL (and the PSA noise) on at psl_start
         # Fresh per-(epoch, rank) streams: a resumed run draws exactly the same numbers.
         generator = torch.Generator(device=self.device).manual_seed(_seed_for(config.seed, 30 + self.rank, self.epoch))
-        self.step_module.psa.sigma = sigma
-        self.step_module.psa.generator = torch.Generator(device=self.device).manual_seed(
+        psa = self.criterion.psa
+        psa.generator = torch.Generator(device=self.device).manual_seed(
             _seed_for(config.seed, 40 + self.rank, self.epoch)
         )
         self.model.train()
@@ -673,17 +495,17 @@ class Trainer:
         mid_epoch, self._mid_epoch = self._mid_epoch, None
         if mid_epoch is not None:  # resumed from a checkpoint written between two steps of this epoch
             generator.set_state(mid_epoch["generator"])
-            self.step_module.psa.generator.set_state(mid_epoch["psa_generator"])
+            psa.generator.set_state(mid_epoch["psa_generator"])
             totals += mid_epoch["totals"]
             lr, start, done = mid_epoch["lr"], mid_epoch["index"], mid_epoch["index"]
         self._in_steps = True
         self.progress.start_epoch(self.epoch, start)
         try:
             for index, batch in enumerate(self._epoch_indices(self.epoch)[start:], start):
-                lr = self._step(index, batch, generator, lambda_psl, totals)
+                lr = self._step(index, batch, generator, totals)
                 done = index + 1
                 # The running loss is read back (a host sync) only when the bar refreshes.
-                self.progress.step(functools.partial(_running_mean, totals, done))
+                self.progress.step(functools.partial(running_mean, totals, done))
                 if self._stop_signal is not None:
                     break
         finally:
@@ -697,18 +519,18 @@ class Trainer:
                     "index": done,
                     "totals": totals.cpu(),
                     "generator": generator.get_state(),
-                    "psa_generator": self.step_module.psa.generator.get_state(),
+                    "psa_generator": psa.generator.get_state(),
                     "lr": lr,
                 }
             )
             raise TrainingInterrupted(signum)
-        return self._epoch_stats(totals, lr, lambda_psl, sigma)
+        return self._epoch_stats(totals, lr)
 
-    def _step(self, index: int, batch: Tensor, generator: torch.Generator, lambda_psl: float, totals: Tensor) -> float:
+    def _step(self, index: int, batch: Tensor, generator: torch.Generator, totals: Tensor) -> float:
         """One M-step on ``batch`` (this rank's indices); adds the loss terms to ``totals``; returns the lr."""
         # Value checks (host syncs) on the first step of every epoch, the sync-free fast path after.
         checked = index == 0
-        self.step_module.psl.validate_args = self.step_module.psa.validate_args = checked
+        self.criterion.validate_args = checked
         lr = self._set_learning_rate()
         with torch.no_grad():
             images = self.images.index_select(0, batch).float() / 255.0
@@ -716,18 +538,17 @@ class Trainer:
             view2 = self._prepare(self.augment(images, generator=generator))
             _, target_both = self.target(torch.cat((view1, view2)))
             target1, target2 = target_both.chunk(2)
-        loss, psa_loss, psl_loss = (self.checked_model if checked else self.model)(
-            view1, view2, target1, target2, self.pseudo_labels.index_select(0, batch), batch, lambda_psl
-        )
+        loss = (self.checked_model if checked else self.model)(view1, view2, target1, target2, batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         self.momentum.update(self.online, self.target)
-        totals += torch.stack((loss.detach(), psa_loss, psl_loss)).double()
+        terms = self.criterion.last_terms  # detached, on the device: no host sync
+        totals += torch.stack((loss.detach(), terms["psa"], terms["psl"])).double()
         self.step += 1
         return lr
 
-    def _epoch_stats(self, totals: Tensor, lr: float, lambda_psl: float, sigma: float) -> Dict[str, Any]:
+    def _epoch_stats(self, totals: Tensor, lr: float) -> Dict[str, Any]:
         all_reduce_sum_(totals)
         totals /= max(self.steps_per_epoch, 1) * self.world_size
         if not bool(torch.isfinite(totals).all()):
@@ -736,8 +557,9 @@ class Trainer:
             "loss": float(totals[0]),
             "psa": float(totals[1]),
             "psl": float(totals[2]),
-            "lambda_psl": lambda_psl,
-            "sigma": sigma,
+            "lambda_psl": self.criterion.lambda_psl if self.criterion.psl_active else 0.0,
+            "sigma": self.criterion.psa.sigma,
+            "psl_active": self.criterion.psl_active,
             "lr": lr,
             "momentum": self.momentum.momentum,
         }
@@ -769,100 +591,63 @@ class Trainer:
             estep_due = self.epoch % config.estep_every == 0 and not resumed_mid_epoch
             eval_due = config.eval_every > 0 and self.epoch % config.eval_every == 0 and not resumed_mid_epoch
             if estep_due or eval_due:
-                self._sync_target_buffers()
-                if len(self.dataset) >= _ANNOUNCE_ESTEP_FROM:
-                    self.info(
-                        f"{'E-step' if estep_due else 'eval'} before epoch {self.epoch + 1}: features and "
-                        f"k-means on {len(self.dataset):,} samples ..."
-                    )
-                begin = time.perf_counter()
-                record, _, _ = self._estep_and_evaluate(update_labels=estep_due)
-                seconds = time.perf_counter() - begin
-                self._record(
-                    {"event": "estep" if estep_due else "eval", "epoch": self.epoch, **record, "time_s": seconds}
-                )
-                self.info(f"{_format('E-step' if estep_due else 'eval', self.epoch, record)}  ({seconds:.1f}s)")
+                self._evaluate("estep" if estep_due else "eval")
             begin = time.perf_counter()
             stats = self._train_epoch()
             self.epoch += 1
-            record = {
-                "event": "epoch",
-                "epoch": self.epoch,
-                "step": self.step,
-                **stats,
-                "time_s": time.perf_counter() - begin,
-            }
-            self._record(record)
+            seconds = time.perf_counter() - begin
+            self._record({"event": "epoch", "epoch": self.epoch, "step": self.step, **stats, "time_s": seconds})
             self.info(
                 f"epoch {self.epoch}/{config.epochs}  loss {stats['loss']:.4f}  psa {stats['psa']:.4f}  "
-                f"psl {stats['psl']:.4f}  lr {stats['lr']:.4g}  m {stats['momentum']:.5f}  "
-                f"({record['time_s']:.1f}s)"
+                f"psl {stats['psl']:.4f}  lr {stats['lr']:.4g}  m {stats['momentum']:.5f}  ({seconds:.1f}s)"
             )
             self.save_checkpoint()
         if self.epoch < config.epochs:
             self.info(f"stopped after epoch {self.epoch}; resume with --resume {self.output_dir}")
             return {"epoch": self.epoch, "final": None, "output_dir": str(self.output_dir)}
-
-        self._sync_target_buffers()
-        if len(self.dataset) >= _ANNOUNCE_ESTEP_FROM:
-            self.info(f"final evaluation: features and k-means on {len(self.dataset):,} samples ...")
-        begin = time.perf_counter()
-        record, backbone_labels, projector_labels = self._estep_and_evaluate(update_labels=False, final=True)
-        record.update(self._cluster_stats("projector", projector_labels, self.eval_clusters))
-        self._record(
-            {
-                "event": "final",
-                "epoch": self.epoch,
-                **record,
-                "time_s": time.perf_counter() - begin,
-                "elapsed_s": time.perf_counter() - start_time,
-            }
-        )
-        if self.is_main:
-            self._write_assignments(backbone_labels, projector_labels)
+        record = self._evaluate("final", start_time=start_time)
         return {"epoch": self.epoch, "final": record, "output_dir": str(self.output_dir)}
 
-    def _write_assignments(self, backbone_labels: Tensor, projector_labels: Tensor) -> None:
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["index", "label", "cluster_backbone", "cluster_projector", "pseudo_label"])
-        labels = self.dataset.labels.tolist() if self.dataset.labels is not None else [""] * len(self.dataset)
-        rows = zip(
-            range(len(self.dataset)),
-            labels,
-            backbone_labels.tolist(),
-            projector_labels.tolist(),
-            self.pseudo_labels.tolist(),
+    def _evaluate(self, event: str, start_time: Optional[float] = None) -> Dict[str, Any]:
+        """An ``"estep"``, ``"eval"`` or ``"final"`` pass: logged, and the final one's assignments written."""
+        self._sync_target_buffers()
+        final = event == "final"
+        name = {"estep": "E-step", "eval": "eval", "final": "final evaluation"}[event]
+        if len(self.dataset) >= ANNOUNCE_FROM:
+            self.info(
+                f"{name} before epoch {self.epoch + 1}: features and k-means on {len(self.dataset):,} samples ..."
+            )
+        begin = time.perf_counter()
+        record, backbone_labels, projector_labels = self._estep_and_evaluate(
+            update_labels=event == "estep", final=final
         )
-        writer.writerows(rows)
-        atomic_write_bytes(self.output_dir / ASSIGNMENTS_NAME, buffer.getvalue().encode("utf-8"))
+        seconds = time.perf_counter() - begin
+        if not final:
+            self._record({"event": event, "epoch": self.epoch, **record, "time_s": seconds})
+            self.info(f"{format_record(name, self.epoch, record)}  ({seconds:.1f}s)")
+            return record
+        record.update(cluster_stats("projector", projector_labels, self.eval_clusters))
+        record["psl_active"] = self.criterion.psl_active
+        if self.config.method == "propos" and not self.criterion.psl_active:
+            # A run too short for the pseudo-labels to settle (psl_start="auto") trained plain BYOL.
+            self.info(
+                "warning: PSL never switched on, so this run trained BYOL only (psl_start "
+                f"{self.criterion.psl_start!r}, last pseudo-label agreement {self.criterion.agreement}); "
+                "train longer, or start PSL at a fixed epoch (--psl-start warmup --psl-warmup-epochs N)"
+            )
+        elapsed = time.perf_counter() - cast(float, start_time)
+        self._record({"event": "final", "epoch": self.epoch, **record, "time_s": seconds, "elapsed_s": elapsed})
+        if self.is_main:
+            pseudo = cast(Tensor, self.criterion.pseudo_labels)
+            write_assignments(
+                self.output_dir / ASSIGNMENTS_NAME,
+                self.dataset.labels,
+                backbone=backbone_labels,
+                projector=projector_labels,
+                pseudo=pseudo,
+            )
+        return record
 
 
-def _augmentation_overrides(config: TrainConfig) -> Dict[str, Any]:
-    overrides: Dict[str, Any] = {}
-    if config.crop_min_scale is not None:
-        overrides["crop_scale"] = (config.crop_min_scale, 1.0)
-    if config.rotation_degrees is not None:
-        overrides["degrees"] = config.rotation_degrees
-    if config.translate is not None:
-        overrides["translate"] = config.translate
-    return overrides
-
-
-def _running_mean(totals: Tensor, steps: int) -> float:
-    """The epoch's mean loss so far (reads ``totals[0]`` back to the host)."""
-    return float(totals[0]) / steps
-
-
-#: From this many samples on, a line announces each E-step and evaluation before it starts
-#: (they take seconds to minutes there, and print nothing while they run).
-_ANNOUNCE_ESTEP_FROM = 10_000
-
-
-def _format(event: str, epoch: int, record: Dict[str, Any]) -> str:
-    parts = [f"{event} before epoch {epoch + 1}:"]
-    for key in ("backbone_nmi", "backbone_acc", "projector_nmi", "projector_acc", "pseudo_size_min", "pseudo_size_max"):
-        if key in record:
-            value = record[key]
-            parts.append(f"{key} {value:.4f}" if isinstance(value, float) else f"{key} {value}")
-    return "  ".join(parts)
+def _to_device(state: Dict[str, Any], device: torch.device) -> Dict[str, Any]:
+    return {key: value.to(device) if isinstance(value, Tensor) else value for key, value in state.items()}
