@@ -95,7 +95,9 @@ class EStep:
         self.batch_size = check_int("batch_size", batch_size, minimum=1)
         self.seed = None if seed is None else check_int("seed", seed, minimum=0)
         # Validates n_init, max_iter, tol, sample_size now rather than at the first call.
-        SphericalKMeans(self.num_clusters, n_init=n_init, max_iter=max_iter, tol=tol, sample_size=sample_size)
+        SphericalKMeans(
+            self.num_clusters, n_init=n_init, max_iter=max_iter, tol=tol, sample_size=sample_size
+        ).check_params()
         self.n_init, self.max_iter, self.tol, self.sample_size = int(n_init), int(max_iter), float(tol), sample_size
         self.warm_start = warm_start
         self.device = None if device is None else torch.device(device)

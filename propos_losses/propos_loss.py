@@ -421,3 +421,47 @@ class ProPosStep(nn.Module):
         online_1, online_2 = projections.chunk(2)
         loss: Tensor = self.criterion(online_1, online_2, target_1, target_2, indices)
         return loss
+
+    def for_training(
+        self,
+        *,
+        device: Optional[Union[str, torch.device]] = None,
+        compile_backend: Optional[str] = None,
+        ddp: Optional[nn.Module] = None,
+    ) -> nn.Module:
+        """This step ready to train: in DistributedDataParallel under ``torch.distributed``, compiled when asked.
+
+        Args:
+            device: the step's device (a CUDA device gives DDP its ``device_ids``).
+            compile_backend: ``torch.compile`` backend (``"inductor"``, ``"aot_eager"``, ...);
+                ``None``: eager.
+            ddp: an existing DDP wrapper of this step to compile instead of wrapping again
+                (e.g. an eager one for checked steps and a compiled one for the fast path).
+
+        Returns:
+            The module to call like the step. Under ``torch.distributed`` before
+            torch 2.13, compiling turns off dynamo's DDP graph splitting, which
+            rejects PSL's differentiable all-reduce ("Found a higher order op");
+            the compiled graph is then one DDP bucket.
+
+        Example:
+            >>> import torch
+            >>> from propos_losses import PSA, PSL
+            >>> step = ProPosStep(torch.nn.Linear(4, 8), ProPosLoss(PSA(torch.nn.Linear(8, 8)), PSL(num_clusters=2)))
+            >>> step.for_training() is step  # a single process, eager
+            True
+        """
+        model: nn.Module = ddp if ddp is not None else self
+        if ddp is None and is_distributed():
+            from torch.nn.parallel import DistributedDataParallel
+
+            where = torch.device(device) if device is not None else None
+            model = DistributedDataParallel(
+                self, device_ids=[where.index] if where is not None and where.type == "cuda" else None
+            )
+        if compile_backend is None:
+            return model
+        release = tuple(int(part) for part in torch.__version__.split("+")[0].split(".")[:2])
+        if is_distributed() and release < (2, 13):
+            torch._dynamo.config.optimize_ddp = False
+        return cast(nn.Module, torch.compile(model, backend=compile_backend))

@@ -7,13 +7,17 @@ NMI / AMI / ARI / ACC last. Every field of
 ``--lambda-psl``); ``--config FILE`` reads a JSON or TOML table of the same
 names; explicit flags win over the file, which wins over the preset.
 
-User errors (a bad flag value, missing, corrupt or unusable data, a damaged or
-foreign checkpoint, an output directory that holds another run) print one line
-on stderr and exit with status 2, without a traceback, before anything is
-written and without touching anything already written. A run directory is
-claimed atomically (:mod:`propos_losses.train.rundir`), so two runs never share
-one. SIGINT and SIGTERM keep the last checkpoint, print the command that
-continues the run and exit with status 130 / 143.
+User errors (a bad flag value, a name longer than the file system allows,
+missing, corrupt or unusable data, a damaged, foreign or non-finite checkpoint,
+an output directory that holds another run) print one line on stderr and exit
+with status 2, without a traceback, before anything is written and without
+touching anything already written. A run directory is claimed atomically
+(:mod:`propos_losses.train.rundir`), so two runs never share one. Failures
+during a run print one line too and keep the last checkpoint: training that
+diverged exits with status 3, a full disk with 4, any other file-system error
+(a read-only or no longer writable output directory) with 5. SIGINT and
+SIGTERM keep the last checkpoint, print the command that continues the run and
+exit with status 130 / 143.
 
 Example:
     >>> main(["--preset", "nope"])  # prints "propos-train: error: unknown preset 'nope'; ..." on stderr
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import gc
 import json
 import os
@@ -61,16 +66,38 @@ from propos_losses.train.config import (
 )
 from propos_losses.train.rundir import CONFIG_NAME
 
-__all__ = ["main", "build_parser", "EXIT_USER_ERROR"]
+__all__ = [
+    "main",
+    "build_parser",
+    "EXIT_USER_ERROR",
+    "EXIT_DIVERGED",
+    "EXIT_DISK_FULL",
+    "EXIT_FILE_SYSTEM_ERROR",
+    "EXIT_INTERRUPTED",
+]
 
 #: Exit status for user errors (argparse uses the same).
 EXIT_USER_ERROR = 2
+#: Exit status when training diverged (a non-finite loss, an optimiser step that overflowed).
+EXIT_DIVERGED = 3
+#: Exit status when the disk (or quota) holding the run is full.
+EXIT_DISK_FULL = 4
+#: Exit status for any other file-system error while the run reads or writes its files (read-only, permissions).
+EXIT_FILE_SYSTEM_ERROR = 5
+#: Exit status after SIGINT (Ctrl-C); SIGTERM gives ``128 + 15``.
+EXIT_INTERRUPTED = 128 + int(signal.SIGINT)
+#: errno values of a full disk or quota.
+_DISK_FULL = frozenset(code for code in (errno.ENOSPC, getattr(errno, "EDQUOT", None)) if code is not None)
 #: Files plot_run draws.
 _PLOT_NAMES = ("metrics.png", "cluster_sizes.png")
 
 
 class _UserError(Exception):
     """Raised inside :func:`main` for errors reported without a traceback."""
+
+
+class _Diverged(Exception):
+    """Training produced non-finite values; reported with :data:`EXIT_DIVERGED`."""
 
 
 def _flag(name: str) -> str:
@@ -222,6 +249,99 @@ class _Progress:
         self.run_dir: Optional[Path] = None
         self.trainer: Any = None
         self.epochs = 0
+
+
+def _check_name_lengths(paths: Sequence[tuple[str, Optional[str]]]) -> None:
+    """Refuse a path of a flag with a name longer than the file system allows, naming the flag.
+
+    Raises:
+        ConfigError: ``os.stat`` of a path fails with ``ENAMETOOLONG``.
+    """
+    for flag, value in paths:
+        if value is None:
+            continue
+        try:
+            os.stat(value)
+        except OSError as exc:
+            if exc.errno == errno.ENAMETOOLONG:
+                raise ConfigError(f"{flag}: {_name_too_long(value)}") from None
+        except ValueError:  # an embedded NUL: left to the code that uses the path
+            pass
+
+
+def _name_too_long(path: str | os.PathLike) -> str:
+    """Which part of ``path`` is too long, without printing hundreds of characters."""
+    parts = Path(path).parts or (str(path),)
+    longest = max(parts, key=lambda part: len(os.fsencode(part)))
+    size = len(os.fsencode(longest))
+    shown = longest if len(longest) <= 40 else longest[:20] + "..." + longest[-10:]
+    return (
+        f"the name {shown!r} in {_shorten(path)!r} is {size} bytes long, longer than the file system "
+        f"allows (usually 255); choose a shorter path"
+    )
+
+
+def _shorten(path: str | os.PathLike, limit: int = 120) -> str:
+    text = str(path)
+    return text if len(text) <= limit else text[: limit // 2] + "..." + text[-limit // 4 :]
+
+
+def _divergence(exc: Exception, trainer: Any) -> Optional[str]:
+    """The one-line report when ``exc``, raised by :meth:`Trainer.fit`, means that training diverged, else None.
+
+    A non-finite loss (``FloatingPointError``), an optimiser step that overflowed
+    (``RuntimeError: value cannot be converted to type float without overflow``)
+    or any error raised while the online network holds non-finite weights.
+    """
+    if trainer is None:
+        return None
+    epoch = int(trainer.epoch) + 1  # the epoch in progress: fit counts it only once it is done
+    if isinstance(exc, FloatingPointError):
+        cause = f"non-finite loss in epoch {epoch}"
+    else:
+        finite = all(bool(torch.isfinite(p).all()) for p in trainer.online.parameters() if p.is_floating_point())
+        if "overflow" not in str(exc) and finite:
+            return None
+        detail = " ".join(str(exc).split())
+        cause = f"non-finite {'weights' if not finite else 'optimiser step'} in epoch {epoch}: {detail}"
+    base_lr = trainer.config.base_lr
+    return (
+        f"training diverged ({cause}); lower --base-lr (this run has {base_lr:g}) and start a new run; "
+        f"{_checkpoint_status(trainer.output_dir, kept=True)}"
+    )
+
+
+def _checkpoint_status(run_dir: Optional[Path], kept: bool = False) -> str:
+    """What a run that stopped on an error left: its last checkpoint (and how to continue it), or nothing."""
+    from propos_losses.train.checkpoint import CheckpointError, load_checkpoint
+
+    if run_dir is None:
+        return "nothing was written"
+    try:  # what is on disk now
+        state = load_checkpoint(run_dir)
+    except (CheckpointError, OSError):
+        return f"no checkpoint was written in {_shorten(run_dir)!r}"
+    where = f"its last checkpoint (epoch {state['epoch']}) in {_shorten(run_dir)!r} is intact"
+    if kept:
+        return where
+    return f"{where}: continue the run from it with: propos-train --resume {shlex.quote(str(run_dir))}"
+
+
+def _file_system_error(exc: OSError, run_dir: Optional[Path]) -> tuple[int, str]:
+    """Exit status and one-line message for an ``OSError`` raised while preparing or running a run."""
+    if exc.errno == errno.ENAMETOOLONG:
+        return EXIT_USER_ERROR, _name_too_long(exc.filename if exc.filename is not None else str(exc))
+    reason = exc.strerror or type(exc).__name__
+    code = errno.errorcode.get(exc.errno, str(exc.errno)) if isinstance(exc.errno, int) else "no errno"
+    target = exc.filename if exc.filename is not None else run_dir
+    what = f"cannot write {_shorten(target)!r}" if target is not None else "file-system error"
+    status = _checkpoint_status(run_dir)
+    if exc.errno in _DISK_FULL:
+        return EXIT_DISK_FULL, f"{what}: {reason} ({code}); free some space; {status}"
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        fix = "make the output directory writable again (the file system turned read-only or permissions changed)"
+        return EXIT_FILE_SYSTEM_ERROR, f"{what}: {reason} ({code}); {fix}; {status}"
+    return EXIT_FILE_SYSTEM_ERROR, f"{what}: {reason} ({code}); {status}"
 
 
 def _run(args: argparse.Namespace, progress: _Progress) -> int:

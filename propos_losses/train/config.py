@@ -57,6 +57,7 @@ __all__ = [
     "augmentation_settings",
     "build_criterion",
     "build_estep",
+    "check_batch_split",
 ]
 
 METHODS: Tuple[str, ...] = ("propos", "byol")
@@ -93,15 +94,7 @@ _QUICK_GRAY: Dict[str, Any] = {
 #: Preset table: only the fields that differ from :class:`TrainConfig`'s defaults
 #: (which are the paper's CIFAR settings from :mod:`propos_losses.defaults`).
 PRESETS: Dict[str, Dict[str, Any]] = {
-    # Laptop-CPU demo on scikit-learn's 1,797 8x8 digits (a few minutes on 2 cores).
-    # Small data needs many steps: batch 32 (56 steps per epoch) and a faster target
-    # (m_0 = 0.99). PSL starts after 20 epochs, once the k-means pseudo-labels are good
-    # (backbone NMI ~0.78), with lambda_psl = 1 (10 clusters of ~180 images: PSL at the
-    # paper's 0.1 barely moves the result); see benchmarks/bench_train.py. Tuned when the
-    # trainer summed the two view orders with base_lr 0.4 and weight decay 5e-4; the loss is
-    # now their mean, so base_lr 0.8 and weight decay 2.5e-4 give exactly the same SGD steps.
-    # tiny_cnn (small_cnn narrower in its 4x4 blocks): 1.5x less CPU per run at the same NMI
-    # (0.925 +- 0.027 vs 0.922 +- 0.008 over 3 seeds; bench_train.py throughput, issue 19).
+    # How these values were found: docs/trainer.rst, "How the presets were tuned".
     "digits": {
         **_QUICK_GRAY,
         "dataset": "digits",
@@ -118,18 +111,6 @@ PRESETS: Dict[str, Dict[str, Any]] = {
         "out_dim": 64,
         "kmeans_n_init": 3,
     },
-    # MNIST / any IDX set (70,000 28x28 digits), sized for 60 minutes on one CPU thread
-    # (ProPos and BYOL side by side on 2 cores). Found on the first 10,000 images (seed 0,
-    # 20 epochs; benchmarks/bench_train.py and docs/trainer.rst): the flat_cnn backbone
-    # (small_cnn's global average pooling loses where strokes are: NMI ~0.3) and the
-    # "mnist" augmentation with shear, elastic distortion and stroke thickness (affine
-    # jitter alone: backbone NMI 0.61 -> 0.69); PSL after 8 of 20 epochs with lambda 1 then
-    # adds ~0.05 NMI (0.694 -> 0.742 backbone). base_lr 0.4 was worse than 0.1 (projector
-    # NMI 0.64 vs 0.76). On all 70,000 images (seed 0) the pseudo-labels reach NMI ~0.86
-    # by epoch 5, and this preset gives backbone NMI 0.932 +- 0.002 / ACC 0.972 +- 0.001
-    # (seeds 0, 1; 52-56 minutes) against 0.867 +- 0.007 / 0.936 +- 0.007 for BYOL. (Those
-    # learning rates and figures are from the summed two-view loss; with the mean, base_lr
-    # 0.2 and weight decay 2.5e-4 give the same SGD steps as base_lr 0.1 and 5e-4 did.)
     "mnist": {
         **_QUICK_GRAY,
         "dataset": "mnist",
@@ -593,3 +574,22 @@ def build_estep(config: TrainConfig, num_clusters: int, *, seed: int) -> EStep:
 
 
 _document_settings()
+
+
+def check_batch_split(config: TrainConfig, num_samples: int, world_size: int) -> int:
+    """The per-process batch of ``config.batch_size`` over ``world_size`` processes, or a ConfigError.
+
+    Example:
+        >>> check_batch_split(resolve_config("digits"), num_samples=1797, world_size=2)
+        16
+    """
+    if config.batch_size > num_samples:
+        raise ConfigError(f"batch_size ({config.batch_size}) is larger than the data set ({num_samples} samples)")
+    if config.batch_size % world_size:
+        raise ConfigError(
+            f"batch_size ({config.batch_size}) must be divisible by the number of processes ({world_size})"
+        )
+    local_batch = config.batch_size // world_size
+    if local_batch < 2:
+        raise ConfigError(f"each process needs at least 2 samples per batch for BatchNorm, got {local_batch}")
+    return local_batch

@@ -28,6 +28,7 @@ __all__ = [
     "ASSIGNMENTS_NAME",
     "cluster",
     "cluster_stats",
+    "evaluate_features",
     "format_record",
     "running_mean",
     "scores",
@@ -96,6 +97,40 @@ def scores(prefix: str, true_labels: Optional[Tensor], labels: Tensor) -> Dict[s
         return {}
     values = evaluate_clustering(true_labels.cpu(), labels.cpu())
     return {f"{prefix}_{name}": float(value) for name, value in values.items()}
+
+
+def evaluate_features(
+    backbone: Tensor,
+    projector: Tensor,
+    true_labels: Optional[Tensor],
+    num_clusters: int,
+    *,
+    seeds: Tuple[int, int],
+    n_init: int,
+    max_iter: int,
+    tol: float,
+    projector_labels: Optional[Tensor] = None,
+) -> Tuple[Dict[str, Any], Tensor, Tensor]:
+    """k-means of the backbone and projector features, scored: ``(record, backbone labels, projector labels)``.
+
+    Args:
+        backbone, projector: ``(N, d)`` features of the whole data set.
+        true_labels: the data set's labels (``None``: no scores).
+        num_clusters: clusters of the evaluation (the class count).
+        seeds: seeds of the projector's and the backbone's k-means.
+        n_init, max_iter, tol: k-means settings.
+        projector_labels: a clustering of ``projector`` to reuse instead of running k-means on it.
+    """
+    settings = {"n_init": n_init, "max_iter": max_iter, "tol": tol}
+    if projector_labels is None:
+        projector_labels = cluster(projector, num_clusters, seed=seeds[0], **settings)  # type: ignore[arg-type]
+    backbone_labels = cluster(backbone, num_clusters, seed=seeds[1], **settings)  # type: ignore[arg-type]
+    record = {
+        **scores("backbone", true_labels, backbone_labels),
+        **scores("projector", true_labels, projector_labels),
+        **cluster_stats("backbone", backbone_labels, num_clusters),
+    }
+    return record, backbone_labels, projector_labels
 
 
 def format_record(event: str, epoch: int, record: Dict[str, Any]) -> str:

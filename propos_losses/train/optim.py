@@ -6,11 +6,11 @@ import math
 from typing import Any, Callable, Optional
 
 import torch
-from torch import nn  # noqa: F401  (used by the doctest)
+from torch import nn
 
 from propos_losses import defaults as D
 
-__all__ = ["LARS", "learning_rate_factor"]
+__all__ = ["LARS", "build_optimizer", "learning_rate_factor"]
 
 
 class LARS(torch.optim.Optimizer):
@@ -88,3 +88,17 @@ def learning_rate_factor(step: int, total_steps: int, warmup_steps: int) -> floa
         return (step + 1) / warmup_steps
     decay_steps = max(total_steps - warmup_steps, 1)
     return 0.5 * (1.0 + math.cos(math.pi * (step - warmup_steps) / decay_steps))
+
+
+def build_optimizer(config: Any, online: nn.Module, predictor: nn.Module) -> torch.optim.Optimizer:
+    """SGD (or LARS around it) over the online network and the predictor, whose group gets the lr multiplier.
+
+    ``config`` is a :class:`~propos_losses.train.config.TrainConfig`; each
+    group's ``lr_scale`` multiplies the scheduled learning rate.
+    """
+    groups = [
+        {"params": list(online.parameters()), "lr_scale": 1.0},
+        {"params": list(predictor.parameters()), "lr_scale": config.predictor_lr_multiplier},
+    ]
+    optimizer = LARS if config.optimizer == "lars" else torch.optim.SGD
+    return optimizer(groups, lr=config.lr, momentum=config.sgd_momentum, weight_decay=config.weight_decay)

@@ -1,37 +1,24 @@
-"""The ProPos EM training loop (Algorithm 1), checkpoints and logs.
+"""The ProPos EM training loop (Algorithm 1) on the library's public objects, with checkpoints and logs.
 
-The trainer is the library's first client: every piece of the method is a
-public object a user's own loop can use the same way. One epoch of
-:class:`Trainer` is
+One epoch of :class:`Trainer`: an **E-step** (before the first epoch and every
+``estep_every`` epochs) runs :class:`~propos_losses.EStep` on the target
+network's features of the un-augmented data (:func:`~propos_losses.extract_features`)
+and hands the labels to :meth:`~propos_losses.ProPosLoss.set_pseudo_labels`;
+the same features are evaluated (k-means of backbone and projector features,
+NMI / AMI / ARI / ACC). The **M-step** trains on two augmented views per
+batch with :class:`~propos_losses.ProPosLoss` through
+:class:`~propos_losses.ProPosStep` (SGD or LARS, linear warm-up and cosine
+decay), then :class:`~propos_losses.MomentumUpdater`. ``ProPosLoss`` switches
+PSL and the PSA noise on at ``psl_start``; until then, and for
+``method="byol"`` always, the step is BYOL.
 
-1. **E-step** (before the first epoch and every ``estep_every`` epochs):
-   :func:`~propos_losses.extract_features` of the *target* network over the
-   un-augmented training set, then :class:`~propos_losses.EStep` (spherical
-   k-means on the projector outputs by default) gives the pseudo-labels, which
-   :meth:`~propos_losses.ProPosLoss.set_pseudo_labels` takes (measuring their
-   agreement with the previous ones and relabelling a PSL queue). The same
-   features are evaluated (k-means on target backbone and projector features,
-   NMI / AMI / ARI / ACC against the labels when the data set has them).
-2. **M-step**: for every mini-batch two augmented views ``x``, ``x+``; the
-   loss is :class:`~propos_losses.ProPosLoss` (Eq. 12, both view orders
-   averaged) through :class:`~propos_losses.ProPosStep` (one forward of the
-   online network over both views), SGD (or LARS) with a per-step linear
-   warm-up and cosine decay of the learning rate, then
-   :class:`~propos_losses.MomentumUpdater` (Eq. 11). ``ProPosLoss`` decides
-   when PSL and the PSA noise switch on (``psl_start``); until then the step is
-   exactly BYOL, and ``method="byol"`` keeps them off for the whole run.
-
-Everything that makes a run (networks, optimizer, the criterion's and the
-E-step's states, RNG states, the length of the metrics log) is saved
-atomically at the end of every epoch in ``checkpoint.pt``
-(:mod:`~propos_losses.train.checkpoint`), so that ``--resume`` continues
-bit-for-bit on CPU; random streams are derived from ``(seed, epoch, rank)``.
-A stop requested between two training steps (:meth:`Trainer.request_stop`)
-checkpoints the epoch in progress. Under ``torchrun`` the global batch is
-split evenly over the processes, :class:`~propos_losses.ProPosStep` is
-wrapped in :class:`~torch.nn.parallel.DistributedDataParallel`, and every
-process computes the features of the whole data set for the E-step (whose
-labels rank 0 broadcasts) and the evaluations.
+Every epoch ends with an atomic ``checkpoint.pt`` (:mod:`~propos_losses.train.checkpoint`)
+from which ``--resume`` continues bit-for-bit on CPU (random streams derive
+from ``(seed, epoch, rank)``); a stop requested between two steps
+(:meth:`Trainer.request_stop`) checkpoints the epoch in progress. Under
+``torchrun`` the global batch is split over the processes and ``ProPosStep``
+is wrapped in DDP; every process computes the whole data set's features, and
+the E-step's labels come from rank 0.
 
 Example:
     >>> import tempfile
@@ -56,10 +43,10 @@ from typing import Any, Callable, Dict, Optional, Tuple, cast
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from propos_losses import MomentumUpdater, ProPosStep
-from propos_losses.distributed import all_reduce_sum_, broadcast_, get_rank, get_world_size, is_distributed
+from propos_losses.distributed import all_reduce_sum_, broadcast_, get_rank, get_world_size
 from propos_losses.metrics import nmi
 from propos_losses.train.augment import build_augmentation, normalize
 from propos_losses.train.checkpoint import (
@@ -80,6 +67,7 @@ from propos_losses.train.config import (
     augmentation_settings,
     build_criterion,
     build_estep,
+    check_batch_split,
     config_to_dict,
     resolve_device,
 )
@@ -87,8 +75,8 @@ from propos_losses.train.data import ImageDataset, check_clusterable, load_datas
 from propos_losses.train.evaluation import (
     ANNOUNCE_FROM,
     ASSIGNMENTS_NAME,
-    cluster,
     cluster_stats,
+    evaluate_features,
     format_record,
     running_mean,
     scores,
@@ -96,7 +84,7 @@ from propos_losses.train.evaluation import (
     write_assignments,
 )
 from propos_losses.train.models import Encoder, build_backbone, mlp_head
-from propos_losses.train.optim import LARS, learning_rate_factor
+from propos_losses.train.optim import build_optimizer, learning_rate_factor
 from propos_losses.train.progress import Progress
 from propos_losses.train.rundir import atomic_write_bytes, remove_stale_temporaries
 from propos_losses.train.runlog import METRICS_NAME, MetricsLog
@@ -121,9 +109,6 @@ class TrainingInterrupted(KeyboardInterrupt):
         self.signum = signum
 
 
-# --------------------------------------------------------------------------- trainer
-
-
 def _seed_for(seed: int, *parts: int) -> int:
     """A 63-bit seed derived from ``seed`` and ``parts`` (epoch, rank, stream)."""
     value = seed
@@ -141,7 +126,7 @@ class Trainer:
             ``config.json``, ``metrics.jsonl``, ``checkpoint.pt``,
             ``assignments.csv`` and plots.
         dataset: the data, loaded from ``config`` when ``None``.
-        resume: a checkpoint from :func:`load_checkpoint` to continue from.
+        resume: a checkpoint from :func:`~propos_losses.train.checkpoint.load_checkpoint` to continue from.
         log: receives progress lines (rank 0 only); ``print`` by default.
         progress_bar: draw the in-epoch progress bar (rank 0, on stderr):
             ``None`` (default) when stderr is a terminal, ``False`` never
@@ -150,9 +135,6 @@ class Trainer:
     Raises:
         ConfigError: settings that do not fit the data (batch larger than the
             data set, no class count to pick ``num_clusters`` from, ...).
-
-    Example:
-        See the module docstring.
     """
 
     def __init__(
@@ -185,8 +167,6 @@ class Trainer:
         if resume is not None:
             self._restore(resume)
 
-    # ------------------------------------------------------------------ construction
-
     def _init_data(self, dataset: Optional[ImageDataset]) -> None:
         """The data set (loaded unless given), batch split, cluster counts, images on the device."""
         config = self.config
@@ -195,16 +175,7 @@ class Trainer:
             if dataset is not None
             else load_dataset(config.dataset, config.data_dir, max_samples=config.max_samples)
         )
-        n = len(self.dataset)
-        if config.batch_size > n:
-            raise ConfigError(f"batch_size ({config.batch_size}) is larger than the data set ({n} samples)")
-        if config.batch_size % self.world_size:
-            raise ConfigError(
-                f"batch_size ({config.batch_size}) must be divisible by the number of processes ({self.world_size})"
-            )
-        self.local_batch = config.batch_size // self.world_size
-        if self.local_batch < 2:
-            raise ConfigError(f"each process needs at least 2 samples per batch for BatchNorm, got {self.local_batch}")
+        self.local_batch = check_batch_split(config, len(self.dataset), self.world_size)
         num_clusters = config.num_clusters or self.dataset.num_classes
         if num_clusters is None:
             raise ConfigError("the data set has no labels: set --num-clusters")
@@ -233,24 +204,16 @@ class Trainer:
             self.step_module = ProPosStep(self.online, self.criterion)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-        self.model: nn.Module = self.step_module
-        if is_distributed():
-            from torch.nn.parallel import DistributedDataParallel
-
-            self.model = DistributedDataParallel(
-                self.step_module, device_ids=[self.device.index] if self.device.type == "cuda" else None
+        # The checked steps run eagerly (their value checks read values back: graph breaks under
+        # torch.compile); the fast-path steps run self.model, compiled when asked.
+        self.checked_model = self.step_module.for_training(device=self.device)
+        self.model = (
+            self.checked_model
+            if config.compile == "none"
+            else self.step_module.for_training(
+                device=self.device, compile_backend=config.compile, ddp=self.checked_model
             )
-        # The module of the checked steps: their value checks read values back (graph breaks under
-        # torch.compile), so they run eagerly; the fast-path steps run self.model, compiled when asked.
-        self.checked_model = self.model
-        if config.compile != "none":
-            release = tuple(int(part) for part in torch.__version__.split("+")[0].split(".")[:2])
-            if is_distributed() and release < (2, 13):
-                # torch 2.4's DDP graph splitter rejects the higher-order op of PSL's differentiable
-                # all-reduce ("DDPOptimizer backend: Found a higher order op"); 2.13 accepts it. Without
-                # the splitter the compiled graph is one DDP bucket (the documented workaround).
-                torch._dynamo.config.optimize_ddp = False
-            self.model = cast(nn.Module, torch.compile(self.model, backend=config.compile))
+        )
 
     def _init_schedule(self, progress_bar: Optional[bool]) -> None:
         """Steps, progress display, optimiser (SGD or LARS, predictor lr multiplier) and momentum schedule."""
@@ -265,14 +228,7 @@ class Trainer:
         )
         self.total_steps = self.steps_per_epoch * config.epochs
         self.warmup_steps = self.steps_per_epoch * config.warmup_epochs
-        groups = [
-            {"params": list(self.online.parameters()), "lr_scale": 1.0},
-            {"params": list(self.predictor.parameters()), "lr_scale": config.predictor_lr_multiplier},
-        ]
-        optimizer = LARS if config.optimizer == "lars" else torch.optim.SGD
-        self.optimizer: torch.optim.Optimizer = optimizer(
-            groups, lr=config.lr, momentum=config.sgd_momentum, weight_decay=config.weight_decay
-        )
+        self.optimizer = build_optimizer(config, self.online, self.predictor)
         try:
             self.momentum = MomentumUpdater(
                 base_momentum=config.base_momentum,
@@ -298,8 +254,6 @@ class Trainer:
         self._in_steps = False
         # Where a checkpoint written mid-epoch left the epoch (index, loss totals, random streams).
         self._mid_epoch: Optional[Dict[str, Any]] = None
-
-    # ------------------------------------------------------------------ helpers
 
     def request_stop(self, signum: int) -> bool:
         """Ask the run to stop after the training step in progress and checkpoint where it is.
@@ -346,51 +300,42 @@ class Trainer:
         blocks = used.view(self.steps_per_epoch, self.world_size, self.local_batch)
         return blocks[:, self.rank].to(self.device)
 
-    def _cluster(self, features: Tensor, stream: int, n_init: int) -> Tensor:
-        """An evaluation's spherical k-means labels ``(N,)`` with ``eval_clusters`` clusters."""
-        config = self.config
-        seed = _seed_for(config.seed, 20 + stream, self.epoch) % 2**31
-        return cluster(
-            features,
-            self.eval_clusters,
-            seed=seed,
-            n_init=n_init,
-            max_iter=config.kmeans_max_iter,
-            tol=config.kmeans_tol,
-        )
-
     @torch.no_grad()
     def _estep_and_evaluate(self, *, update_labels: bool, final: bool = False) -> Tuple[Dict[str, Any], Tensor, Tensor]:
         """E-step (when ``update_labels``) and evaluation of the current target network."""
+        config = self.config
         backbone, projector = target_features(self.target, self.images, self.mean, self.std, _FEATURE_CHUNK)
         record: Dict[str, Any] = {}
-        n_init = self.config.final_kmeans_n_init if final else self.config.kmeans_n_init
-        on_projector = self.config.estep_features == "projector"
-        reusable: Optional[Tensor] = None
+        labels: Optional[Tensor] = None
         if update_labels:
             begin = time.perf_counter()
-            labels = self.estep.fit_features(projector if on_projector else backbone)
+            labels = self.estep.fit_features(projector if config.estep_features == "projector" else backbone)
             record["estep_kmeans_s"] = time.perf_counter() - begin
             self.criterion.set_pseudo_labels(labels)  # measures the agreement, relabels a queue
             if self.criterion.agreement is not None:
                 record["pseudo_agreement"] = self.criterion.agreement
             record.update(cluster_stats("pseudo", labels, self.num_clusters))
             record.update(scores("pseudo", self.dataset.labels, labels))
-            if on_projector and self.num_clusters == self.eval_clusters:
-                reusable = labels
-        if reusable is not None and not self.estep.history_[-1]["warm"]:
-            eval_projector = reusable  # the same k-means (cold, same restarts) as the evaluation's: run it once
-        else:
-            eval_projector = self._cluster(projector, stream=1, n_init=n_init)
-            if reusable is not None:  # how far the warm start lands from a cold run on the same features
-                record["pseudo_vs_cold_nmi"] = float(nmi(reusable.cpu().numpy(), eval_projector.cpu().numpy()))
-        eval_backbone = self._cluster(backbone, stream=3, n_init=n_init)
-        record.update(scores("backbone", self.dataset.labels, eval_backbone))
-        record.update(scores("projector", self.dataset.labels, eval_projector))
-        record.update(cluster_stats("backbone", eval_backbone, self.eval_clusters))
+        comparable = (
+            labels is not None and config.estep_features == "projector" and self.num_clusters == self.eval_clusters
+        )
+        warm = comparable and self.estep.history_[-1]["warm"]
+        evaluation, eval_backbone, eval_projector = evaluate_features(
+            backbone,
+            projector,
+            self.dataset.labels,
+            self.eval_clusters,
+            seeds=(_seed_for(config.seed, 21, self.epoch) % 2**31, _seed_for(config.seed, 23, self.epoch) % 2**31),
+            n_init=config.final_kmeans_n_init if final else config.kmeans_n_init,
+            max_iter=config.kmeans_max_iter,
+            tol=config.kmeans_tol,
+            # A cold E-step on the projector features is the evaluation's k-means (same restarts): run it once.
+            projector_labels=labels if comparable and not warm else None,
+        )
+        if warm:  # how far the warm start lands from a cold run on the same features
+            record["pseudo_vs_cold_nmi"] = float(nmi(cast(Tensor, labels).cpu().numpy(), eval_projector.cpu().numpy()))
+        record.update(evaluation)
         return record, eval_backbone, eval_projector
-
-    # ------------------------------------------------------------------ checkpoint
 
     def _state(self, mid_epoch: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
         return {
@@ -470,8 +415,6 @@ class Trainer:
         remove_stale_temporaries(self.output_dir)
         if self._resumed:
             self.metrics_log.truncate()
-
-    # ------------------------------------------------------------------ loop
 
     def _set_learning_rate(self) -> float:
         factor = learning_rate_factor(self.step, self.total_steps, self.warmup_steps)
