@@ -280,6 +280,12 @@ _ONE_HOT_MAX_WIDTH: int = 128
 #: more than this fraction of (row, restart) labels switched in the last pass.
 _INCREMENTAL_MAX_FRACTION: float = 0.25
 
+#: The batched restarts continue one by one with the bounded iterations (:func:`_lloyd_bounded`) once at
+#: most this fraction of their labels switched in an iteration, when ``K`` is at least
+#: :data:`_BOUNDED_MIN_CLUSTERS` (below it, one product with ``R * K`` centres beats ``R`` narrow ones).
+_BOUNDED_SWITCH_FRACTION: float = 0.05
+_BOUNDED_MIN_CLUSTERS: int = 32
+
 #: Default of ``sample_size``: the restarts run on :func:`_auto_sample_size` rows.
 AUTO_SAMPLE_SIZE: str = "auto"
 
@@ -653,6 +659,11 @@ def _rescale_extreme_rows(X: Tensor, norms: Tensor) -> Tuple[Tensor, Tensor]:
 
 def _normalise_rows(name: str, X: Tensor, allow_zero: bool = False) -> Tensor:
     """L2-normalise the rows; raise on NaN/Inf, and on all-zero rows unless ``allow_zero`` (they stay zero)."""
+    return _normalise_dense(name, X, allow_zero)[0]
+
+
+def _normalise_dense(name: str, X: Tensor, allow_zero: bool) -> Tuple[Tensor, Optional[Tensor]]:
+    """:func:`_normalise_rows` and the ``(N,)`` bool mask of the non-zero rows (``None`` when none is zero)."""
     # NaN/Inf make the row norm non-finite, so only such rows need the element-wise check
     # (a full isfinite pass over X costs as much as a k-means iteration).
     norms = torch.linalg.vector_norm(X, dim=1)
@@ -669,11 +680,11 @@ def _normalise_rows(name: str, X: Tensor, allow_zero: bool = False) -> Tensor:
                 f"{name} has all-zero rows (e.g. row {first}); their direction, hence their cosine similarity, "
                 f"is undefined"
             )
-        return X / torch.where(zero, torch.ones_like(norms), norms).unsqueeze(1)
+        return X / torch.where(zero, torch.ones_like(norms), norms).unsqueeze(1), ~zero
     if X.shape[0] and float((norms - 1).abs().max()) <= _unit_norm_tolerance(X):
         # Already unit rows (e.g. normalised features): dividing would only copy X.
-        return X
-    return X / norms.unsqueeze(1)
+        return X, None
+    return X / norms.unsqueeze(1), None
 
 
 def _normalise_sparse(name: str, X: _SparseRows) -> _SparseRows:
@@ -696,17 +707,15 @@ def _normalise_sparse(name: str, X: _SparseRows) -> _SparseRows:
 
 def _unit_rows(name: str, data: Union[Tensor, _SparseRows]) -> _Rows:
     """The unit rows of ``X`` (zero rows stay zero; they may not become centres)."""
-    rows: _Rows
     if isinstance(data, _SparseRows):
-        rows = _normalise_sparse(name, data)
-        nonzero = torch.zeros(rows.n, dtype=torch.bool, device=rows.device)
-        nonzero[rows.row[rows.val != 0]] = True
-    else:
-        rows = _DenseRows(_normalise_rows(name, data, allow_zero=True))
-        nonzero = rows.X.abs().amax(dim=1) > 0 if rows.n else torch.zeros(0, dtype=torch.bool, device=rows.device)
-    if not bool(nonzero.all()):
-        rows.pick = nonzero
-    return rows
+        sparse = _normalise_sparse(name, data)
+        nonzero = torch.zeros(sparse.n, dtype=torch.bool, device=sparse.device)
+        nonzero[sparse.row[sparse.val != 0]] = True
+        if not bool(nonzero.all()):
+            sparse.pick = nonzero
+        return sparse
+    unit, nonzero_rows = _normalise_dense(name, data, allow_zero=True)
+    return _DenseRows(unit, pick=nonzero_rows)
 
 
 def _unit_unweighted(name: str, X: object) -> Tuple[_Rows, bool]:
@@ -1137,8 +1146,23 @@ def _lloyd(X: _Rows, centers: Tensor, settings: _Iterations) -> Tuple[Tensor, Te
                 f"best inertia {float(inertia.min()):.6g}",
                 flush=True,
             )
+        n_running = active.numel()
         active = active[~done]
         if active.numel() == 0:
+            break
+        if K >= _BOUNDED_MIN_CLUSTERS and it > 0 and switched <= _BOUNDED_SWITCH_FRACTION * n_total * n_running:
+            # Few rows move any more: each remaining restart goes on alone with the bounded iterations,
+            # which re-examine only the rows whose label can change (the same steps, up to near-ties).
+            for r in active.tolist():
+                done_iter = int(n_iter[r])
+                if done_iter >= max_iter:
+                    continue
+                more_centers, more_iter, more_history = _lloyd_bounded(
+                    X, centers[r], _Iterations(max_iter - done_iter, tol, chunk_size, False), float(previous[r])
+                )
+                centers[r] = more_centers
+                history[r, done_iter : done_iter + more_iter] = torch.tensor(more_history, dtype=torch.float64)
+                n_iter[r] += more_iter
             break
     return centers, n_iter, history
 
@@ -1146,7 +1170,9 @@ def _lloyd(X: _Rows, centers: Tensor, settings: _Iterations) -> Tuple[Tensor, Te
 # --------------------------------------------------------------------------- bounded Lloyd (one restart)
 
 
-def _lloyd_bounded(X: _Rows, centers: Tensor, settings: _Iterations) -> Tuple[Tensor, int, List[float]]:
+def _lloyd_bounded(
+    X: _Rows, centers: Tensor, settings: _Iterations, previous_inertia: Optional[float] = None
+) -> Tuple[Tensor, int, List[float]]:
     """Lloyd iterations of ONE restart that re-examine only the rows whose label can change.
 
     The same iterations as :func:`_lloyd` with one restart (up to the
@@ -1171,6 +1197,9 @@ def _lloyd_bounded(X: _Rows, centers: Tensor, settings: _Iterations) -> Tuple[Te
     Args:
         X: ``(N, d)`` unit rows (this rank's).
         centers: ``(K, d)`` initial unit centres.
+        previous_inertia: the inertia of the iteration before ``centers``
+            when continuing a restart of :func:`_lloyd` (its first pass may
+            then stop on ``tol``), else ``None``.
 
     Returns:
         Final centres ``(K, d)``, iterations run and the inertia history.
@@ -1192,7 +1221,7 @@ def _lloyd_bounded(X: _Rows, centers: Tensor, settings: _Iterations) -> Tuple[Te
     sums = torch.zeros(K, d, dtype=torch.float64, device=device)
     counts = torch.zeros(K, dtype=torch.long, device=device)
     history: List[float] = []
-    previous = math.inf
+    previous = math.inf if previous_inertia is None else previous_inertia
     n_total = float(all_reduce_sum_(X.total_weight().reshape(1)).item())
     for it in range(max_iter):
         hi = upper.amax(dim=1) if elkan else upper
@@ -1260,7 +1289,9 @@ def _lloyd_bounded(X: _Rows, centers: Tensor, settings: _Iterations) -> Tuple[Te
                 f"{n_rows} rows re-examined on this rank, {n_switched} moved",
                 flush=True,
             )
-        if not first and (previous - inertia <= tol * previous or n_switched == 0):
+        # (A continued restart, given its previous inertia, may stop after its first pass here.)
+        converged = previous - inertia <= tol * previous
+        if (not first and (converged or n_switched == 0)) or (first and previous_inertia is not None and converged):
             break
         previous = inertia
         lo -= delta[labels]

@@ -155,3 +155,23 @@ def test_auto_does_not_subsample_given_centres() -> None:
 def test_an_unknown_sample_size_string_is_rejected(value: str) -> None:
     with pytest.raises(ValueError, match=f"sample_size must be 'auto', None or an int >= n_clusters, got '{value}'"):
         SphericalKMeans(3, sample_size=value).check_params()
+
+
+def test_restarts_continued_alone_with_bounds_take_the_same_steps_as_the_batched_iterations(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # With K >= 32 the batched restarts go on one by one with the bounded iterations once few rows move.
+    X = blobs(60, 40, 6, noise=1.5, seed=8).to(torch.float64)
+    unit = kmeans_module._DenseRows(X / X.norm(dim=1, keepdim=True))
+    start = kmeans_module._kmeans_plus_plus(unit, 40, 3, torch.Generator().manual_seed(0), None)
+    settings = kmeans_module._Iterations(max_iter=100, tol=1e-6, chunk_size=None, verbose=False)
+    assert 40 >= kmeans_module._BOUNDED_MIN_CLUSTERS
+    hybrid = kmeans_module._lloyd(unit, start, settings)
+    monkeypatch.setattr(kmeans_module, "_BOUNDED_SWITCH_FRACTION", -1.0)  # never switch: batched to the end
+    batched = kmeans_module._lloyd(unit, start, settings)
+    # The bounded iterations also stop as soon as no label changed (the batched ones need one more pass).
+    assert torch.all((batched[1] - hybrid[1] >= 0) & (batched[1] - hybrid[1] <= 1))
+    assert torch.allclose(hybrid[0], batched[0], atol=1e-10)
+    for r in range(3):
+        n = int(hybrid[1][r])
+        assert torch.allclose(hybrid[2][r, :n], batched[2][r, :n], rtol=1e-12)
