@@ -163,7 +163,9 @@ def run_ours(
     """``SphericalKMeans(k, n_init=10, seed)`` with its defaults, or ``sample_size = rows_per_cluster * k``."""
     data = torch.from_numpy(X).to(device)
     options: Dict[str, Any] = {} if rows_per_cluster is None else {"sample_size": rows_per_cluster * k}
-    km = SphericalKMeans(k, n_init=KMEANS_N_INIT, max_iter=KMEANS_MAX_ITER, tol=KMEANS_TOL, seed=args.seed, **options)
+    km = SphericalKMeans(
+        k, n_init=KMEANS_N_INIT, max_iter=KMEANS_MAX_ITER, tol=KMEANS_TOL, random_state=args.seed, **options
+    )
     _, wall, cpu, other = timed(lambda: km.fit(data), device)
     predict_s = min(timed(lambda: km.predict(data), device)[1] for _ in range(3))
     sample_size = km.sample_size if km.sample_size != "auto" else _auto_sample_size(k)
@@ -407,7 +409,9 @@ def bench_synthetic(args: argparse.Namespace, results: Dict[str, Any], info: Dic
             if args.device.startswith("cuda"):
                 torch.cuda.reset_peak_memory_stats()
             if method == "ours":
-                km = SphericalKMeans(k, n_init=KMEANS_N_INIT, max_iter=KMEANS_MAX_ITER, tol=KMEANS_TOL, seed=args.seed)
+                km = SphericalKMeans(
+                    k, n_init=KMEANS_N_INIT, max_iter=KMEANS_MAX_ITER, tol=KMEANS_TOL, random_state=args.seed
+                )
                 _, wall, cpu, other = timed(functools.partial(km.fit, X), args.device)
                 centers, assigned, n_iter = km.cluster_centers_.cpu().numpy(), km.labels_.cpu().numpy(), km.n_iter_
                 device = args.device
@@ -443,6 +447,177 @@ def bench_synthetic(args: argparse.Namespace, results: Dict[str, Any], info: Dic
         del X, X_host, truth, labels
         if args.device.startswith("cuda"):
             torch.cuda.empty_cache()
+
+
+# --------------------------------------------------------------------------- sparse text (--text)
+
+#: (N documents, vocabulary size, K) of the ``--text`` benchmark, and the word draws per document
+#: (about 50 distinct terms of 20,000: ~0.25% density, as TF-IDF rows of short documents).
+TEXT_SHAPE = (30_000, 20_000, 20)
+TEXT_TERMS_PER_DOC = 64
+#: Share of a document's words drawn from its topic's words (the rest from the whole vocabulary).
+TEXT_TOPIC_SHARE = 0.15
+TEXT_METHODS = ("ours", "sklearn", "ours-dense")
+TEXT_RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "bench_kmeans_text.json")
+
+
+def tfidf_like(n: int, d: int, n_topics: int, terms: int, seed: int) -> Tuple[Any, np.ndarray]:
+    """A TF-IDF-like CSR matrix ``(n, d)`` float64 with L2-normalised rows (as ``TfidfVectorizer`` gives) and topics.
+
+    Each document has a topic; its ``terms`` word draws come with probability
+    ``TEXT_TOPIC_SHARE`` from its topic's Zipf-distributed words (``d / n_topics`` of them) and
+    otherwise from a Zipf distribution over the whole vocabulary (shared
+    stop-word-like terms). Counts are weighted ``(1 + log tf) * idf`` with the
+    smooth idf of scikit-learn, then rows are L2-normalised.
+    """
+    import scipy.sparse
+    from sklearn.preprocessing import normalize
+
+    rng = np.random.default_rng(seed)
+    topic = rng.integers(0, n_topics, size=n)
+    block = d // n_topics
+    ranks = np.arange(1, block + 1, dtype=np.float64)
+    topic_p = (1.0 / ranks) / (1.0 / ranks).sum()
+    global_ranks = np.arange(1, d + 1, dtype=np.float64)
+    global_p = (1.0 / global_ranks**1.1) / (1.0 / global_ranks**1.1).sum()
+    own = topic[:, None] * block + rng.choice(block, size=(n, terms), p=topic_p)
+    shared = rng.permutation(d)[rng.choice(d, size=(n, terms), p=global_p)]
+    words = np.where(rng.random((n, terms)) < TEXT_TOPIC_SHARE, own, shared)
+    rows = np.repeat(np.arange(n), terms)
+    counts = scipy.sparse.csr_matrix((np.ones(n * terms), (rows, words.reshape(-1))), shape=(n, d))
+    counts.sum_duplicates()
+    df = np.bincount(counts.indices, minlength=d)
+    idf = np.log((1 + n) / (1 + df)) + 1
+    counts.data = (1 + np.log(counts.data)) * idf[counts.indices]
+    return normalize(counts, norm="l2", copy=False), topic
+
+
+def sparse_cosine_inertia(X: Any, centers: np.ndarray, labels: np.ndarray) -> float:
+    """``sum_i (1 - cos(x_i, c_{a_i}))`` of unit sparse rows without densifying them."""
+    unit_centers = centers / np.linalg.norm(centers, axis=1, keepdims=True)
+    cos = np.asarray(X @ unit_centers.T)[np.arange(X.shape[0]), labels]
+    return float((1.0 - cos).sum())
+
+
+def peak_rss_gib() -> float:
+    """Peak resident memory of this process so far (GiB; Linux reports KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def text_run_one(args: argparse.Namespace) -> None:
+    """One method of ``--text`` in this (fresh) process, so that its peak memory is its own; writes ``--text-out``."""
+    n, d, k = args.text_shape
+    X, _ = tfidf_like(n, d, k, TEXT_TERMS_PER_DOC, args.seed)
+    method = args.text_one
+    if method == "ours-dense":
+        X = X.toarray()
+    baseline = peak_rss_gib()
+    load_before = os.getloadavg()
+    if method == "sklearn":
+        from sklearn.cluster import KMeans
+
+        km = KMeans(k, n_init=KMEANS_N_INIT, max_iter=KMEANS_MAX_ITER, tol=KMEANS_TOL, random_state=args.seed)
+        _, wall, cpu, other = timed(lambda: km.fit(X), "cpu")
+        centers, labels, n_iter = km.cluster_centers_, km.labels_.astype(np.int64), int(km.n_iter_)
+    else:
+        ours = SphericalKMeans(k, random_state=args.seed)  # the defaults: n_init=10, max_iter=300, tol=1e-4
+        _, wall, cpu, other = timed(lambda: ours.fit(X), "cpu")
+        centers, labels, n_iter = np.asarray(ours.cluster_centers_), np.asarray(ours.labels_), ours.n_iter_
+    out = {
+        "method": method,
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "other_cpu_s": other,
+        "n_iter": n_iter,
+        "threads": torch.get_num_threads(),
+        "data_gib": (X.data.nbytes + X.indices.nbytes + X.indptr.nbytes) / 2**30
+        if hasattr(X, "indptr")
+        else X.nbytes / 2**30,
+        "peak_extra_gib": peak_rss_gib() - baseline,
+        "loadavg_before": [round(x, 2) for x in load_before],
+        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+    }
+    np.savez(args.text_out + ".npz", centers=centers, labels=labels)
+    with open(args.text_out + ".json", "w") as handle:
+        json.dump(out, handle)
+
+
+def bench_text(args: argparse.Namespace, results: Dict[str, Any], info: Dict[str, Any]) -> None:
+    """Sparse TF-IDF-like documents: ours on CSR, scikit-learn's KMeans on CSR, ours on the densified matrix.
+
+    Each method runs in a fresh process (``--threads`` each; generation not timed) that reports its wall
+    and CPU seconds and its peak memory above the data it was given.
+    """
+    import subprocess
+    import tempfile
+
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    n, d, k = args.text_shape
+    X, topics = tfidf_like(n, d, k, TEXT_TERMS_PER_DOC, args.seed)
+    print(f"TF-IDF-like {n} x {d}, {X.nnz} stored values ({100 * X.nnz / (n * d):.3f}% density), K = {k}", flush=True)
+    runs: Dict[str, Dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for method in [m for m in TEXT_METHODS if m not in args.skip]:
+            stem = os.path.join(folder, method)
+            command = [
+                sys.executable,
+                os.path.abspath(__file__),
+                "--text-one",
+                method,
+                "--text-out",
+                stem,
+                "--text-shape",
+                f"{n}x{d}x{k}",
+                "--seed",
+                str(args.seed),
+                "--threads",
+                str(args.threads or 1),
+            ]
+            env = {**os.environ, "OMP_NUM_THREADS": str(args.threads or 1), "MKL_NUM_THREADS": str(args.threads or 1)}
+            subprocess.run(command, check=True, env=env)
+            with open(stem + ".json") as handle:
+                run = json.load(handle)
+            arrays = np.load(stem + ".npz")
+            run["cosine_inertia"] = sparse_cosine_inertia(X, arrays["centers"], arrays["labels"])
+            run["nmi"] = float(normalized_mutual_info_score(topics, arrays["labels"]))
+            run["labels"] = arrays["labels"]
+            runs[method] = run
+            print(
+                f"{method}: {run['wall_s']:.2f} s (CPU {run['cpu_s']:.2f} s, other processes {run['other_cpu_s']:.2f} s, "
+                f"{run['threads']} thread(s)), cosine inertia {run['cosine_inertia']:.3f}, {run['n_iter']} iterations, "
+                f"NMI {run['nmi']:.4f}, data {run['data_gib']:.3f} GiB, peak extra {run['peak_extra_gib']:.3f} GiB, "
+                f"load {run['loadavg_before'][0]} -> {run['loadavg_after'][0]}",
+                flush=True,
+            )
+    if "ours-dense" in runs and "ours" in runs:
+        same = runs["ours"]["labels"] == runs["ours-dense"]["labels"]
+        runs["ours"]["same_labels_as_dense"] = float(same.mean())
+        runs["ours"]["ari_vs_dense"] = float(adjusted_rand_score(runs["ours"]["labels"], runs["ours-dense"]["labels"]))
+    if "sklearn" in runs and "ours" in runs:
+        runs["ours"]["speedup_vs_sklearn"] = runs["sklearn"]["wall_s"] / runs["ours"]["wall_s"]
+        runs["ours"]["inertia_ratio_vs_sklearn"] = runs["ours"]["cosine_inertia"] / runs["sklearn"]["cosine_inertia"]
+    for run in runs.values():
+        entry = {key: value for key, value in run.items() if key != "labels"}
+        entry.update(
+            {
+                "data": f"tfidf-like-{n}x{d}",
+                "n": n,
+                "d": d,
+                "k": k,
+                "nnz": int(X.nnz),
+                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "machine": info,
+            }
+        )
+        save(results, args.text_output, "text", entry, ("data", "k", "method"))
+    ours = runs.get("ours", {})
+    print()
+    for key in ("speedup_vs_sklearn", "inertia_ratio_vs_sklearn", "same_labels_as_dense", "ari_vs_dense"):
+        if key in ours:
+            print(f"{key}: {ours[key]:.4f}")
 
 
 def save(results: Dict[str, Any], path: str, section: str, entry: Dict[str, Any], keys: Tuple[str, ...]) -> None:
@@ -524,10 +699,22 @@ def main(argv: Optional[List[str]] = None) -> None:
         "machine one thread each makes the CPU seconds comparable (no spinning waits)",
     )
     parser.add_argument("--output", default=RESULTS, help="JSON file to merge the results into")
+    parser.add_argument(
+        "--text",
+        action="store_true",
+        help="the sparse text benchmark: TF-IDF-like CSR rows, ours vs scikit-learn's KMeans (see the docstring)",
+    )
+    parser.add_argument("--text-shape", type=parse_size, default=TEXT_SHAPE, metavar="NxDxK", help="of --text")
+    parser.add_argument("--text-output", default=TEXT_RESULTS, help="JSON file of the --text results")
+    parser.add_argument("--text-one", choices=TEXT_METHODS, help=argparse.SUPPRESS)  # a --text child process
+    parser.add_argument("--text-out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.threads is not None:
         set_threads(args.threads)
+    if args.text_one:
+        text_run_one(args)
+        return
     results = load_results(args.output)
     info = kmeans_machine_info(args.device)
     print(
@@ -535,7 +722,9 @@ def main(argv: Optional[List[str]] = None) -> None:
         f"{info['cpu_count']} CPUs, torch {info['torch']}, device {args.device}",
         flush=True,
     )
-    if args.synthetic_large:
+    if args.text:
+        bench_text(args, load_results(args.text_output), info)
+    elif args.synthetic_large:
         bench_synthetic(args, results, info)
     else:
         bench_cpu(args, results, info)
