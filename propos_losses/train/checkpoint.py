@@ -27,6 +27,7 @@ __all__ = [
     "CHECKPOINT_NAME",
     "CHECKPOINT_FORMAT",
     "CheckpointError",
+    "check_finite_state",
     "check_resumable",
     "checkpoint_bytes",
     "config_fingerprint",
@@ -290,3 +291,46 @@ def to_cpu(state: Any) -> Any:
     if isinstance(state, list):
         return [to_cpu(value) for value in state]
     return state
+
+
+#: Entries of a checkpoint whose floating-point tensors must all be finite (the RNG states are bytes).
+FINITE_STATE_KEYS = ("online", "target", "criterion", "estep", "optimizer", "momentum", "mid_epoch")
+
+
+def check_finite_state(state: Dict[str, Any]) -> None:
+    """Refuse a checkpoint of :func:`load_checkpoint` whose weights or optimiser state hold NaN or infinity.
+
+    The SHA-256 only proves that the file is what was written (or that whoever
+    edited it recomputed the digest); a run resumed from non-finite weights
+    would diverge at once. Every floating-point tensor under
+    :data:`FINITE_STATE_KEYS` (nested tables and lists) is checked.
+
+    Raises:
+        CheckpointError: naming the first entry that is not finite.
+
+    Example:
+        >>> check_finite_state({"online": {"w": torch.ones(2)}, "path": "x.pt"})
+        >>> try:
+        ...     check_finite_state({"online": {"w": torch.tensor([1.0, float("nan")])}, "path": "x.pt"})
+        ... except CheckpointError as exc:
+        ...     print(exc)
+        'x.pt' is damaged: online.w holds NaN or infinite values; use a backup copy or start a new run
+    """
+    where = state.get("path", "the checkpoint")
+
+    def check(value: Any, name: str) -> None:
+        if isinstance(value, Tensor):
+            if (value.is_floating_point() or value.is_complex()) and not bool(torch.isfinite(value).all()):
+                raise CheckpointError(
+                    f"{where!r} is damaged: {name} holds NaN or infinite values; use a backup copy or start a new run"
+                )
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                check(item, f"{name}.{key}")
+        elif isinstance(value, (list, tuple)):
+            for index, item in enumerate(value):
+                check(item, f"{name}[{index}]")
+
+    for key in FINITE_STATE_KEYS:
+        if key in state:
+            check(state[key], key)

@@ -300,7 +300,7 @@ def _divergence(exc: Exception, trainer: Any) -> Optional[str]:
         cause = f"non-finite loss in epoch {epoch}"
     else:
         finite = all(bool(torch.isfinite(p).all()) for p in trainer.online.parameters() if p.is_floating_point())
-        if "overflow" not in str(exc) and finite:
+        if finite and not (isinstance(exc, RuntimeError) and "overflow" in str(exc)):
             return None
         detail = " ".join(str(exc).split())
         cause = f"non-finite {'weights' if not finite else 'optimiser step'} in epoch {epoch}: {detail}"
@@ -345,7 +345,7 @@ def _file_system_error(exc: OSError, run_dir: Optional[Path]) -> tuple[int, str]
 
 
 def _run(args: argparse.Namespace, progress: _Progress) -> int:
-    from propos_losses.train.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
+    from propos_losses.train.checkpoint import CHECKPOINT_NAME, CheckpointError, check_finite_state, load_checkpoint
     from propos_losses.train.data import DatasetError
     from propos_losses.train.rundir import (
         OutputDirError,
@@ -357,6 +357,7 @@ def _run(args: argparse.Namespace, progress: _Progress) -> int:
     from propos_losses.train.runlog import METRICS_NAME
     from propos_losses.train.trainer import Trainer
 
+    _USER_ERRORS = (ConfigError, DatasetError, CheckpointError, OutputDirError, _UserError)
     options = vars(args)
     run_keys = ("config", "resume", "print_config", "stop_after", "no_plots", "quiet")
     overrides = {k: v for k, v in options.items() if k not in run_keys}
@@ -365,6 +366,7 @@ def _run(args: argparse.Namespace, progress: _Progress) -> int:
     restart = False  # --resume of a run killed before its first checkpoint: start it again
     lock: Optional[RunDirLock] = None
     try:
+        _check_name_lengths([(_flag(key), options.get(key)) for key in ("resume", "config", "output_dir", "data_dir")])
         if "resume" in options:
             if "config" in options:
                 raise ConfigError("--config cannot be combined with --resume (the run's own config is used)")
@@ -373,6 +375,7 @@ def _run(args: argparse.Namespace, progress: _Progress) -> int:
                 saved, run_dir, restart = _unstarted_run_config(target), target, True
             else:
                 resume_state = load_checkpoint(target)
+                check_finite_state(resume_state)  # a recomputed SHA-256 does not make NaN weights resumable
                 try:
                     saved = config_from_dict(resume_state["config"])
                 except ConfigError as exc:
@@ -404,6 +407,7 @@ def _run(args: argparse.Namespace, progress: _Progress) -> int:
         else:
             file_values = load_config_file(options["config"]) if "config" in options else {}
             config = resolve_config(overrides.get("preset"), file_values=file_values, overrides=overrides)
+            _check_name_lengths([("--output-dir", config.output_dir), ("--data-dir", config.data_dir)])
         if options.get("print_config"):
             print(json.dumps(config_to_dict(config), indent=2, sort_keys=True))
             return 0
@@ -468,7 +472,13 @@ def _run(args: argparse.Namespace, progress: _Progress) -> int:
                 log(f"resuming {resume_state['path']} at epoch {resume_state['epoch']}{within}")
             elif restart:
                 log(f"restarting the run in {run_dir} from the beginning (it was stopped before its first checkpoint)")
-            result = trainer.fit(stop_after=options.get("stop_after"))
+            try:
+                result = trainer.fit(stop_after=options.get("stop_after"))
+            except (FloatingPointError, RuntimeError, ValueError) as exc:
+                diverged = None if isinstance(exc, _USER_ERRORS) else _divergence(exc, trainer)
+                if diverged is None:
+                    raise
+                raise _Diverged(diverged) from None
             if get_rank() == 0 and result["final"] is not None:
                 if not options.get("no_plots"):
                     _draw_plots(run_dir, log)
@@ -484,10 +494,17 @@ def _run(args: argparse.Namespace, progress: _Progress) -> int:
                 progress.trainer = trainer = None
                 gc.collect()
                 destroy_process_group()
-    except (ConfigError, DatasetError, CheckpointError, OutputDirError, _UserError) as exc:
+    except _USER_ERRORS as exc:
         message = " ".join(str(exc).split())  # one line, whatever the exception's text holds
         print(f"propos-train: error: {message}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except _Diverged as exc:
+        print(f"propos-train: error: {exc}", file=sys.stderr)
+        return EXIT_DIVERGED
+    except OSError as exc:  # disk full, a read-only file system, a name too long: the last checkpoint is kept
+        status, message = _file_system_error(exc, progress.run_dir)
+        print(f"propos-train: error: {' '.join(message.split())}", file=sys.stderr)
+        return status
     finally:
         if lock is not None:
             lock.release()

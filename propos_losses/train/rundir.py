@@ -108,13 +108,28 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         b'hello'
     """
     path = Path(path)
-    tmp_name = _temporary(path, data)
+    try:
+        tmp_name = _temporary(path, data)
+    except OSError as exc:
+        _name_target(exc, path)
+        raise
     try:
         os.replace(tmp_name, path)
-    except BaseException:
+    except BaseException as exc:
         _quietly(os.unlink, tmp_name)
+        if isinstance(exc, OSError):
+            _name_target(exc, path)
         raise
     fsync_dir(path.parent)
+
+
+def _name_target(exc: OSError, path: Path) -> None:
+    """Make ``exc`` name ``path``, the file being written, rather than its temporary (or nothing).
+
+    A full disk or a read-only file system then reads ``... : 'run/checkpoint.pt'``.
+    """
+    if exc.filename is None or os.path.basename(os.fspath(exc.filename)).startswith(f".{path.name}."):
+        exc.filename, exc.filename2 = str(path), None
 
 
 def exclusive_write_bytes(path: str | os.PathLike, data: bytes) -> None:
