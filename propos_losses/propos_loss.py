@@ -284,7 +284,11 @@ class ProPosLoss(nn.Module):
         scatter = self.psl_active and self.lambda_psl != 0.0
         if self.validate_args and is_distributed():
             # Every rank raises the same error (bad indices on one rank would leave the others in PSL's all-reduce).
-            check_on_every_rank(lambda: self._check_views(views, indices, scatter), what="ProPosLoss")
+            check_on_every_rank(
+                lambda: self._check_views(views, indices, scatter),
+                what="ProPosLoss",
+                device=getattr(online_1, "device", None),
+            )
         else:
             self._check_views(views, indices, scatter)
         labels = self._psl_labels(online_1, cast(Tensor, indices)) if scatter else None
