@@ -12,7 +12,7 @@ Data sets (rows L2-normalised):
 Every method uses ``n_init = 10``, ``max_iter = 300``, ``tol = 1e-4``:
 
 * ``ours``: what a user gets with the defaults,
-  ``SphericalKMeans(K, n_init=10, seed=0)`` (float32, on ``--device``; the
+  ``SphericalKMeans(K, n_init=10, random_state=0)`` (float32, on ``--device``; the
   default ``sample_size="auto"`` runs the restarts on a subsample);
 * ``ours-tuned``: the same with ``sample_size = --rows-per-cluster * K``
   (128 rows per cluster on MNIST, 8 on the synthetic set: cheaper restarts);
@@ -46,6 +46,21 @@ information and the date.
 K = 10, ``ours`` (defaults) against faiss on the GPU when faiss has GPU
 support (else ours only); on a CPU-only machine it runs on the CPU.
 
+Each entry also records the threads each method used (``threads``: torch's
+for ours, ``faiss.omp_get_max_threads()`` for faiss) and the 1-minute load
+average before and after it (``loadavg_before``/``loadavg_after``): on a shared
+machine compare entries of the same run only.
+
+``--text`` runs the sparse text benchmark instead: a TF-IDF-like CSR matrix of
+30,000 documents x 20,000 terms (about 50 distinct terms per document, 0.24%
+density, 20 topics; ``(1 + log tf) * idf`` weights and L2-normalised rows, as
+``TfidfVectorizer(sublinear_tf=True)`` gives), ``K = 20``: ours with its
+defaults on the CSR matrix, scikit-learn's ``KMeans(n_init=10)`` on the same
+CSR matrix, and ours on the densified matrix (to check that the labels are
+the same). Each runs in a fresh process with ``--threads`` threads (default
+1) that reports its wall and CPU seconds and its peak resident memory above
+the data it was given; results go to ``results/bench_kmeans_text.json``.
+
 Examples::
 
     python benchmarks/bench_kmeans.py                      # everything (sklearn at K=100 takes minutes)
@@ -53,6 +68,8 @@ Examples::
     python benchmarks/bench_kmeans.py --skip sklearn faiss # only ours, keeping the stored baselines
     python benchmarks/bench_kmeans.py --datasets synthetic-200000x128
     python benchmarks/bench_kmeans.py --synthetic-large --device cuda
+    python benchmarks/bench_kmeans.py --text --threads 1   # sparse TF-IDF-like rows vs scikit-learn
+    python benchmarks/bench_kmeans.py --datasets mnist-784 --k 100 --skip sklearn ours-tuned --threads 1
 """
 
 from __future__ import annotations
@@ -179,6 +196,7 @@ def run_ours(
         "reported_inertia": km.inertia_,
         "predict_s": predict_s,
         "sample_size": int(sample_size) if sample_size < X.shape[0] else None,
+        "threads": torch.get_num_threads(),
     }
 
 
@@ -225,6 +243,7 @@ def run_faiss(X: np.ndarray, k: int, device: str, args: argparse.Namespace) -> D
         "labels": labels.astype(np.int64),
         "n_iter": len(km.iteration_stats),
         "train_rows": min(X.shape[0], k * km.cp.max_points_per_centroid),
+        "threads": int(faiss.omp_get_max_threads()),
     }
 
 
@@ -347,7 +366,9 @@ def bench_cpu(args: argparse.Namespace, results: Dict[str, Any], info: Dict[str,
                 if method == "sklearn" and name == SYNTHETIC_NAME:
                     continue  # hours on 2 cores
                 device = args.device if method.startswith("ours") else "cpu"
+                load_before = [round(x, 2) for x in os.getloadavg()]
                 out = RUNNERS[method](X, k, device, args)
+                out["loadavg_before"], out["loadavg_after"] = load_before, [round(x, 2) for x in os.getloadavg()]
                 entry = {
                     "data": name,
                     "n": int(X.shape[0]),
@@ -364,14 +385,15 @@ def bench_cpu(args: argparse.Namespace, results: Dict[str, Any], info: Dict[str,
                     "machine": info,
                     "other_cpu_s": out["other_cpu_s"],
                 }
-                for key in ("predict_s", "sample_size", "train_rows"):
+                for key in ("predict_s", "sample_size", "train_rows", "threads", "loadavg_before", "loadavg_after"):
                     if out.get(key) is not None:
                         entry[key] = out[key]
                 save(results, args.output, "mnist", entry, ("data", "k", "method"))
                 print(
                     f"{name} K={k} {method}: {entry['wall_s']:.2f} s (CPU {entry['cpu_s']:.2f} s, other processes "
                     f"{entry['other_cpu_s']:.2f} s), cosine inertia {entry['cosine_inertia']:.2f}, "
-                    f"NMI {entry['nmi']:.4f}",
+                    f"NMI {entry['nmi']:.4f}, {entry['n_iter']} iterations, {entry.get('threads')} thread(s), "
+                    f"load {entry['loadavg_before'][0]} -> {entry['loadavg_after'][0]}",
                     flush=True,
                 )
     print()

@@ -23,8 +23,12 @@ How it is computed (and why it is fast):
   with the rows that switched cluster (``index_add_``), which after a few
   iterations is a small fraction of the data.
 * A restart stops on its own (see *Stopping rule*); converged restarts are
-  dropped from the batch so the remaining ones run faster.
-* The winner's iterations on every row re-examine only the rows whose label
+  dropped from the batch so the remaining ones run faster. Once at most 5% of
+  the labels switch in an iteration (and ``K >= 32``, where ``R`` products
+  with ``K`` centres cost about as much as one with ``R * K``), the remaining
+  restarts go on one by one with the bounded iterations described next: the
+  same steps, but only the rows whose label can change are re-examined.
+* The winner's iterations on every row also re-examine only the rows whose label
   can change: each row keeps a lower bound of its similarity to its own
   centre and upper bounds of its similarity to the others (Elkan's bounds,
   or Hamerly's single bound when ``N x K`` of them do not fit in
