@@ -278,11 +278,6 @@ else:
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
-@pytest.mark.xfail(
-    strict=True,
-    reason="torch is imported by propos_losses/__init__.py before any code of the trainer runs: needs the "
-    "console script on propos_losses.train.__main__:launch and lazy package imports (issue 26, item 8)",
-)
 @pytest.mark.parametrize("how", ["console script", "-m"])
 def test_sigint_while_torch_is_imported_at_start_up_exits_130_without_a_traceback(how, tmp_path):
     code = _INTERRUPTED_START.replace("sys.argv_how", repr("-m" if how == "-m" else _console_script()))

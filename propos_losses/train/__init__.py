@@ -9,11 +9,27 @@ of :mod:`propos_losses`; nothing in the library imports this package.
 Run ``propos-train --help`` or ``python -m propos_losses.train --help``.
 """
 
-from propos_losses.train.checkpoint import CheckpointError, load_checkpoint
-from propos_losses.train.cli import main
-from propos_losses.train.config import PRESETS, ConfigError, TrainConfig, resolve_config
-from propos_losses.train.trainer import Trainer
+# Imported on first use (PEP 562): the console script (propos_losses.train.__main__.launch)
+# imports torch itself, inside its Ctrl-C guard.
+import importlib
+from typing import TYPE_CHECKING, Any, Dict, List
 
+if TYPE_CHECKING:
+    from propos_losses.train.checkpoint import CheckpointError, load_checkpoint
+    from propos_losses.train.cli import main
+    from propos_losses.train.config import PRESETS, ConfigError, TrainConfig, resolve_config
+    from propos_losses.train.trainer import Trainer
+
+_EXPORTS: Dict[str, str] = {
+    "main": "cli",
+    "PRESETS": "config",
+    "ConfigError": "config",
+    "TrainConfig": "config",
+    "resolve_config": "config",
+    "CheckpointError": "checkpoint",
+    "Trainer": "trainer",
+    "load_checkpoint": "checkpoint",
+}
 __all__ = [
     "main",
     "PRESETS",
@@ -24,3 +40,15 @@ __all__ = [
     "Trainer",
     "load_checkpoint",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f"propos_losses.train.{_EXPORTS[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'propos_losses.train' has no attribute {name!r}")
+
+
+def __dir__() -> List[str]:
+    return sorted(set(globals()) | set(__all__))
