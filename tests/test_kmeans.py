@@ -9,7 +9,7 @@ from typing import Tuple
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
@@ -121,13 +121,17 @@ def test_inertia_never_increases_across_iterations(n: int, k: int, dim: int, see
 
 @FAST
 @given(n=st.integers(6, 50), k=st.integers(1, 5), seed=st.integers(0, 2**16), chunk=st.integers(1, 60))
+@example(n=8, k=5, seed=3600, chunk=2)  # two restarts tied at one optimum, numbered differently when chunked
 def test_chunked_and_unchunked_runs_give_the_same_clustering(n: int, k: int, seed: int, chunk: int) -> None:
     X = random_rows(n, 4, seed)
     whole = SphericalKMeans(k, n_init=3, random_state=seed).fit(X)
     chunked = SphericalKMeans(k, n_init=3, random_state=seed, chunk_size=chunk).fit(X)
-    assert torch.equal(whole.labels_, chunked.labels_)
-    assert torch.allclose(whole.cluster_centers_, chunked.cluster_centers_, atol=1e-10)
-    assert whole.n_iter_ == chunked.n_iter_
+    # The same partition; when two restarts reach the same optimum with their clusters in another
+    # order (tied within rounding, which chunking changes), the numbering may differ (n=8, K=5, seed=3600).
+    assert adjusted_rand_score(whole.labels_, chunked.labels_) == pytest.approx(1.0)
+    order = {int(a): int(b) for a, b in zip(whole.labels_, chunked.labels_)}
+    used = sorted(order)
+    assert torch.allclose(whole.cluster_centers_[used], chunked.cluster_centers_[[order[c] for c in used]], atol=1e-10)
     assert whole.inertia_ == pytest.approx(chunked.inertia_, rel=1e-10)
 
 
