@@ -29,6 +29,13 @@ __all__ = [
 ]
 
 
+def check_bool(name: str, value: object) -> bool:
+    """Return ``value`` if it is a ``bool`` (e.g. ``validate_args``), else raise a TypeError naming ``name``."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+    return value
+
+
 def check_int(name: str, value: object, *, minimum: Optional[int] = None) -> int:
     """Return ``value`` as an ``int`` if it is an integral number ``>= minimum``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from propos_losses import defaults
 from propos_losses._validation import (
+    check_bool,
     check_finite,
     check_float,
     check_int,
@@ -199,8 +200,7 @@ class ProPosLoss(nn.Module):
 
     @validate_args.setter
     def validate_args(self, value: bool) -> None:
-        if not isinstance(value, bool):
-            raise TypeError(f"validate_args must be a bool, got {value!r}")
+        check_bool("validate_args", value)
         self.psa.validate_args = value
         self.psl.validate_args = value
 

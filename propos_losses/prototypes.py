@@ -68,14 +68,14 @@ def normalize_features(features: Tensor) -> Tensor:
     return scaled * inverse_norm
 
 
-def _weight_scale(weights: Tensor) -> Tensor:
+def weight_scale(weights: Tensor) -> Tensor:
     """The largest soft weight as a 0-d float64 tensor (0 for an empty tensor), without gradient."""
     if weights.numel() == 0:
         return torch.zeros((), dtype=torch.float64, device=weights.device)
     return weights.detach().amax().to(torch.float64)
 
 
-def _rescale_weights(weights: Tensor, scale: Tensor, dtype: torch.dtype) -> Tensor:
+def rescale_weights(weights: Tensor, scale: Tensor, dtype: torch.dtype) -> Tensor:
     """``weights / scale`` cast to ``dtype``, the division done in the wider of the two dtypes.
 
     Prototypes (normalised sums) and the non-empty mask are invariant to a
@@ -93,20 +93,20 @@ def _rescale_weights(weights: Tensor, scale: Tensor, dtype: torch.dtype) -> Tens
     return (weights.to(work) / divisor).to(dtype)
 
 
-def _cluster_sums(features: Tensor, assignments: Tensor, num_clusters: int) -> Tuple[Tensor, Tensor]:
+def cluster_sums_unchecked(features: Tensor, assignments: Tensor, num_clusters: int) -> Tuple[Tensor, Tensor]:
     """Unchecked core of :func:`cluster_sums` (callers validate first)."""
-    return _sums_only(features, assignments, num_clusters), _counts(features, assignments, num_clusters)
+    return cluster_sums_only(features, assignments, num_clusters), _counts(features, assignments, num_clusters)
 
 
-def _sums_only(features: Tensor, assignments: Tensor, num_clusters: int) -> Tensor:
-    """The ``(K, d)`` sums of :func:`_cluster_sums` without the counts."""
+def cluster_sums_only(features: Tensor, assignments: Tensor, num_clusters: int) -> Tensor:
+    """The ``(K, d)`` sums of :func:`cluster_sums_unchecked` without the counts."""
     if assignments.dim() == 1:
         return features.new_zeros((num_clusters, features.shape[1])).index_add(0, assignments.long(), features)
     return assignments.to(features.dtype).t() @ features
 
 
 def _counts(features: Tensor, assignments: Tensor, num_clusters: int) -> Tensor:
-    """The ``(K,)`` total weights of :func:`_cluster_sums`, in ``features``' dtype and device."""
+    """The ``(K,)`` total weights of :func:`cluster_sums_unchecked`, in ``features``' dtype and device."""
     if assignments.dim() == 1:
         # index_add rather than bincount: a fixed (K,) output shape (bincount's depends on the data,
         # which breaks torch.compile graphs); integer counts are exact in float up to 2**24.
@@ -115,11 +115,11 @@ def _counts(features: Tensor, assignments: Tensor, num_clusters: int) -> Tensor:
     return assignments.to(features.dtype).sum(dim=0)
 
 
-def _as_assignments(assignments: object, device: torch.device) -> object:
+def as_assignments(assignments: object, device: torch.device) -> object:
     """NumPy labels ``(B,)`` (any integer dtype) or weights ``(B, K)`` (float) as a tensor on ``device``.
 
     Tensors and other objects are returned unchanged (they are checked by
-    :func:`_check_assignments`), so a NumPy array is accepted exactly where
+    :func:`check_assignments`), so a NumPy array is accepted exactly where
     the equivalent tensor is.
     """
     if not isinstance(assignments, np.ndarray):
@@ -134,7 +134,7 @@ def _as_assignments(assignments: object, device: torch.device) -> object:
     )
 
 
-def _check_assignments(
+def check_assignments(
     assignments: Tensor, batch_size: int, num_clusters: int, *, allow_all_zero: bool = False, values: bool = True
 ) -> None:
     """Validate hard labels ``(N,)`` or soft weights ``(N, K)`` (raises ValueError/TypeError).
@@ -208,8 +208,8 @@ def cluster_sums(features: Tensor, assignments: Tensor, num_clusters: int) -> Tu
     """
     num_clusters = check_int("num_clusters", num_clusters, minimum=1)
     check_tensor("features", features, ndim=2, floating=True)
-    _check_assignments(assignments, features.shape[0], num_clusters)
-    return _cluster_sums(features, assignments, num_clusters)
+    check_assignments(assignments, features.shape[0], num_clusters)
+    return cluster_sums_unchecked(features, assignments, num_clusters)
 
 
 def normalize_prototypes(sums: Tensor) -> Tensor:
@@ -257,10 +257,10 @@ def compute_prototypes(features: Tensor, assignments: Tensor, num_clusters: int)
     """
     num_clusters = check_int("num_clusters", num_clusters, minimum=1)
     check_tensor("features", features, ndim=2, floating=True)
-    _check_assignments(assignments, features.shape[0], num_clusters)
+    check_assignments(assignments, features.shape[0], num_clusters)
     z = normalize_features(features)
     if assignments.dim() == 2:
         # Prototypes do not depend on a common scale of the weights; extreme ones would overflow the sums.
-        assignments = _rescale_weights(assignments, _weight_scale(assignments), z.dtype)
-    sums, _ = _cluster_sums(z, assignments, num_clusters)
+        assignments = rescale_weights(assignments, weight_scale(assignments), z.dtype)
+    sums, _ = cluster_sums_unchecked(z, assignments, num_clusters)
     return normalize_features(sums)

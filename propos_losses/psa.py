@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from propos_losses import defaults
-from propos_losses._validation import check_float, check_tensor
+from propos_losses._validation import check_bool, check_float, check_tensor
 from propos_losses.prototypes import normalize_features
 
 __all__ = ["PositiveSamplingAlignment", "PSA", "positive_sampling_alignment"]
@@ -251,8 +251,7 @@ def positive_sampling_alignment(
         raise ValueError(f"generator is on {generator.device} but online_projection is on {online_projection.device}")
     if not isinstance(training, bool):
         raise TypeError(f"training must be a bool, got {training!r}")
-    if not isinstance(validate_args, bool):
-        raise TypeError(f"validate_args must be a bool, got {validate_args!r}")
+    check_bool("validate_args", validate_args)
     if validate_args:
         # One host synchronisation for both finiteness checks.
         finite = torch.isfinite(online_projection).all() & torch.isfinite(target_projection).all()
@@ -401,8 +400,7 @@ class PositiveSamplingAlignment(nn.Module):
         validate_args: bool = True,
     ) -> None:
         super().__init__()
-        if not isinstance(validate_args, bool):
-            raise TypeError(f"validate_args must be a bool, got {validate_args!r}")
+        check_bool("validate_args", validate_args)
         self.validate_args = validate_args
         if not isinstance(predictor, nn.Module):
             raise TypeError(f"predictor must be an nn.Module, got {type(predictor).__name__}")

@@ -61,6 +61,7 @@ from typing_extensions import deprecated, overload
 
 from propos_losses import defaults
 from propos_losses._validation import (
+    check_bool,
     check_finite,
     check_float,
     check_int,
@@ -78,13 +79,13 @@ from propos_losses.distributed import (
     is_distributed,
 )
 from propos_losses.prototypes import (
-    _as_assignments,
-    _check_assignments,
-    _cluster_sums,
-    _rescale_weights,
-    _sums_only,
-    _weight_scale,
+    as_assignments,
+    check_assignments,
+    cluster_sums_only,
+    cluster_sums_unchecked,
     normalize_features,
+    rescale_weights,
+    weight_scale,
 )
 from propos_losses.queue import PrototypeQueue
 
@@ -351,10 +352,10 @@ def _psl(
         if assignments.dim() == 2:
             # Exact rescaling by the largest weight (the prototypes do not depend on a common scale)
             # before the cast; the global maximum, so that every rank keeps the same relative weights.
-            scale = all_reduce_max_(_weight_scale(assignments))
-            assignments = _rescale_weights(assignments, scale, dtype)
-        online_sums, counts = _cluster_sums(z_online, assignments, num_clusters)
-        target_sums = _sums_only(z_target, assignments, num_clusters)
+            scale = all_reduce_max_(weight_scale(assignments))
+            assignments = rescale_weights(assignments, scale, dtype)
+        online_sums, counts = cluster_sums_unchecked(z_online, assignments, num_clusters)
+        target_sums = cluster_sums_only(z_target, assignments, num_clusters)
         # Differentiable all-reduce for the online side (its backward sums gradients over ranks);
         # one gradient-free all-reduce for target sums and counts together.
         distributed = is_distributed()
@@ -409,7 +410,7 @@ def _tensor_queue_sums(queue_features: Tensor, queue_labels: Tensor, num_cluster
     """Queue sums of user-given features (normalised here) and labels."""
 
     def sums(dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
-        return _cluster_sums(normalize_features(queue_features.detach().to(dtype)), queue_labels, num_clusters)
+        return cluster_sums_unchecked(normalize_features(queue_features.detach().to(dtype)), queue_labels, num_clusters)
 
     return sums
 
@@ -418,7 +419,7 @@ def _buffer_queue_sums(queue: PrototypeQueue, num_clusters: int) -> QueueSource:
     """Queue sums read straight from the queue's buffers (:meth:`PrototypeQueue.cluster_sums`, unchecked)."""
 
     def sums(dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
-        return queue._cluster_sums(num_clusters, dtype)
+        return queue.unchecked_cluster_sums(num_clusters, dtype)
 
     return sums
 
@@ -503,17 +504,16 @@ def _functional_scores(
     num_clusters = check_int("num_clusters", num_clusters, minimum=2)
     temperature = _check_temperature(temperature)
     if isinstance(online, Tensor):
-        assignments = _as_assignments(assignments, online.device)  # type: ignore[assignment]
+        assignments = as_assignments(assignments, online.device)  # type: ignore[assignment]
     # Under torch.distributed a rank may hold no samples or all-zero weights: only the global total counts.
     distributed = is_distributed()
 
-    if not isinstance(validate_args, bool):
-        raise TypeError(f"validate_args must be a bool, got {validate_args!r}")
+    check_bool("validate_args", validate_args)
 
     def check() -> None:
         _check_features(online, target, allow_empty=distributed, values=validate_args)
         _check_assignments_device(assignments, online)
-        _check_assignments(assignments, online.shape[0], num_clusters, allow_all_zero=distributed, values=validate_args)
+        check_assignments(assignments, online.shape[0], num_clusters, allow_all_zero=distributed, values=validate_args)
         _check_queue(queue_features, queue_labels, online.shape[1], num_clusters, values=validate_args)
 
     _validate_on_every_rank(check, online, assignments, collective=validate_args)
@@ -685,8 +685,7 @@ class PrototypeScatteringLoss(nn.Module):
         validate_args: bool = True,
     ) -> None:
         super().__init__()
-        if not isinstance(validate_args, bool):
-            raise TypeError(f"validate_args must be a bool, got {validate_args!r}")
+        check_bool("validate_args", validate_args)
         self.num_clusters = check_int("num_clusters", num_clusters, minimum=2)
         self.temperature = _check_temperature(temperature)
         self.queue_size = check_int("queue_size", queue_size, minimum=0)
@@ -708,8 +707,7 @@ class PrototypeScatteringLoss(nn.Module):
 
     @validate_args.setter
     def validate_args(self, value: bool) -> None:
-        if not isinstance(value, bool):
-            raise TypeError(f"validate_args must be a bool, got {value!r}")
+        check_bool("validate_args", value)
         self._validate_args = value
         if self.queue is not None:
             self.queue.validate_args = value
@@ -786,7 +784,7 @@ class PrototypeScatteringLoss(nn.Module):
         if enqueue is not None and not isinstance(enqueue, bool):
             raise TypeError(f"enqueue must be None or a bool, got {enqueue!r}")
         if isinstance(online, Tensor):
-            assignments = _as_assignments(assignments, online.device)  # type: ignore[assignment]
+            assignments = as_assignments(assignments, online.device)  # type: ignore[assignment]
         validate = self._validate_args
         _validate_on_every_rank(
             lambda: self._check_forward(online, target, assignments, indices),
@@ -870,7 +868,7 @@ class PrototypeScatteringLoss(nn.Module):
                 f"{' (the queue feature size)' if self.queue is not None else ''}, got shape {tuple(online.shape)}"
             )
         _check_assignments_device(assignments, online)
-        _check_assignments(assignments, batch_size, self.num_clusters, allow_all_zero=distributed, values=values)
+        check_assignments(assignments, batch_size, self.num_clusters, allow_all_zero=distributed, values=values)
         if indices is not None:
             check_tensor("indices", indices, ndim=1)
             check_integer_dtype("indices", indices)

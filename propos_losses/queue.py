@@ -24,9 +24,9 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from propos_losses._validation import check_finite, check_int, check_tensor, checked_state_dict
+from propos_losses._validation import check_bool, check_finite, check_int, check_tensor, checked_state_dict
 from propos_losses.distributed import all_gather_cat, all_gather_cat_equal, check_on_every_rank, dtype_code
-from propos_losses.prototypes import _cluster_sums as cluster_sums_unchecked
+from propos_losses.prototypes import cluster_sums_unchecked
 
 __all__ = ["PrototypeQueue"]
 
@@ -111,8 +111,7 @@ class PrototypeQueue(nn.Module):
         self, size: int, feature_dim: int, *, dtype: torch.dtype = torch.float32, validate_args: bool = True
     ) -> None:
         super().__init__()
-        if not isinstance(validate_args, bool):
-            raise TypeError(f"validate_args must be a bool, got {validate_args!r}")
+        check_bool("validate_args", validate_args)
         self.validate_args = validate_args
         size = check_int("size", size, minimum=1)
         feature_dim = check_int("feature_dim", feature_dim, minimum=1)
@@ -189,9 +188,9 @@ class PrototypeQueue(nn.Module):
                     f"the queue holds label {high}, not below num_clusters={num_clusters}; "
                     "relabel() or reset() the queue after changing the number of clusters"
                 )
-        return self._cluster_sums(num_clusters, dtype)
+        return self.unchecked_cluster_sums(num_clusters, dtype)
 
-    def _cluster_sums(self, num_clusters: int, dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
+    def unchecked_cluster_sums(self, num_clusters: int, dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
         """Unchecked core of :meth:`cluster_sums` (static shapes, no host sync)."""
         index = torch.where(self.labels >= 0, self.labels, num_clusters)
         summed, counts = cluster_sums_unchecked(self.features.detach().to(dtype), index, num_clusters + 1)
