@@ -130,7 +130,7 @@ def raw_kmeans(dataset: Any, seed: int) -> Dict[str, float]:
     out = {}
     euclid = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(pixels)
     out.update({f"euclidean_{m}": v for m, v in evaluate_clustering(labels, euclid).items()})
-    spherical = SphericalKMeans(k, n_init=10, seed=seed).fit_predict(pixels)
+    spherical = SphericalKMeans(k, n_init=10, random_state=seed).fit_predict(pixels)
     out.update({f"spherical_{m}": v for m, v in evaluate_clustering(labels, spherical).items()})
     return out
 

@@ -152,7 +152,7 @@ def test_spherical_kmeans_on_cuda_finds_the_cpu_partition() -> None:
     centres = torch.nn.functional.normalize(torch.randn(K, D, generator=gen, dtype=torch.float64), dim=1)
     truth = torch.arange(2000) % K
     X = centres[truth] + 0.05 * torch.randn(2000, D, generator=gen, dtype=torch.float64)
-    cpu = SphericalKMeans(K, seed=0).fit(X)
-    gpu = SphericalKMeans(K, seed=0).fit(X.to(CUDA))
+    cpu = SphericalKMeans(K, random_state=0).fit(X)
+    gpu = SphericalKMeans(K, random_state=0).fit(X.to(CUDA))
     assert torch.equal(torch.as_tensor(gpu.labels_).cpu(), torch.as_tensor(cpu.labels_))
     assert abs(gpu.inertia_ - cpu.inertia_) <= 1e-9 * max(1.0, abs(cpu.inertia_))

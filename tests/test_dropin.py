@@ -375,7 +375,7 @@ def test_estep_seed_makes_calls_reproducible_and_call_n_uses_seed_plus_n() -> No
     assert torch.equal(first_a, first_b)
     second_a = a.fit_features(X)
     assert torch.equal(second_a, EStep(4, n_init=1, seed=4).fit_features(X))
-    direct = SphericalKMeans(4, n_init=1, seed=3).fit(X)
+    direct = SphericalKMeans(4, n_init=1, random_state=3).fit(X)
     assert torch.equal(first_a, direct.labels_)
 
 
@@ -387,7 +387,7 @@ def test_estep_warm_start_starts_from_the_previous_centres() -> None:
     previous = estep.cluster_centers_.clone()  # type: ignore[union-attr]
     labels = estep.fit_features(Y)
     assert [h["warm"] for h in estep.history_] == [False, True]
-    expected = SphericalKMeans(4, n_init=1, init=previous, seed=1).fit(Y)
+    expected = SphericalKMeans(4, n_init=1, init=previous, random_state=1).fit(Y)
     assert torch.equal(labels, expected.labels_)
     torch.testing.assert_close(estep.cluster_centers_, expected.cluster_centers_)
 
@@ -1057,13 +1057,13 @@ def test_psl_with_a_queue_enqueues_numpy_labels_as_int64() -> None:
 
 def test_spherical_kmeans_distributed_true_needs_a_process_group() -> None:
     with pytest.raises(ValueError, match="distributed=True needs an initialised torch.distributed process group"):
-        SphericalKMeans(3, distributed=True)
+        SphericalKMeans(3, distributed=True).check_params()
 
 
 @pytest.mark.parametrize("value", ["yes", 1, 0.0])
 def test_spherical_kmeans_rejects_a_non_bool_distributed(value: Any) -> None:
     with pytest.raises(TypeError, match="distributed must be None, True or False"):
-        SphericalKMeans(3, distributed=value)  # type: ignore[arg-type]
+        SphericalKMeans(3, distributed=value).check_params()  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="distributed must be None, True or False"):
         propos_losses.spherical_kmeans(blobs(), 3, distributed=value)  # type: ignore[arg-type]
 
@@ -1071,8 +1071,8 @@ def test_spherical_kmeans_rejects_a_non_bool_distributed(value: Any) -> None:
 @pytest.mark.parametrize("distributed", [None, False])
 def test_spherical_kmeans_without_a_process_group_is_the_same_for_none_and_false(distributed: Any) -> None:
     X = blobs(seed=3)
-    reference = SphericalKMeans(3, n_init=2, seed=5).fit(X)
-    got = SphericalKMeans(3, n_init=2, seed=5, distributed=distributed).fit(X)
+    reference = SphericalKMeans(3, n_init=2, random_state=5).fit(X)
+    got = SphericalKMeans(3, n_init=2, random_state=5, distributed=distributed).fit(X)
     assert torch.equal(got.labels_, reference.labels_)
     assert torch.equal(got.cluster_centers_, reference.cluster_centers_)
 

@@ -46,7 +46,7 @@ def make_kmeans_data() -> torch.Tensor:
 
 
 def local_kmeans() -> SphericalKMeans:
-    return SphericalKMeans(4, n_init=3, seed=2, distributed=False).fit(make_kmeans_data())
+    return SphericalKMeans(4, n_init=3, random_state=2, distributed=False).fit(make_kmeans_data())
 
 
 def sharded_loader(data: Any, rank: int, shuffle: bool) -> DataLoader:
