@@ -64,7 +64,7 @@ from propos_losses.train.config import (
     setting_help,
     validate_config,
 )
-from propos_losses.train.rundir import CONFIG_NAME
+from propos_losses.train.rundir import CONFIG_NAME, check_name_lengths, name_too_long, shorten_path
 
 __all__ = [
     "main",
@@ -251,41 +251,6 @@ class _Progress:
         self.epochs = 0
 
 
-def _check_name_lengths(paths: Sequence[tuple[str, Optional[str]]]) -> None:
-    """Refuse a path of a flag with a name longer than the file system allows, naming the flag.
-
-    Raises:
-        ConfigError: ``os.stat`` of a path fails with ``ENAMETOOLONG``.
-    """
-    for flag, value in paths:
-        if value is None:
-            continue
-        try:
-            os.stat(value)
-        except OSError as exc:
-            if exc.errno == errno.ENAMETOOLONG:
-                raise ConfigError(f"{flag}: {_name_too_long(value)}") from None
-        except ValueError:  # an embedded NUL: left to the code that uses the path
-            pass
-
-
-def _name_too_long(path: str | os.PathLike) -> str:
-    """Which part of ``path`` is too long, without printing hundreds of characters."""
-    parts = Path(path).parts or (str(path),)
-    longest = max(parts, key=lambda part: len(os.fsencode(part)))
-    size = len(os.fsencode(longest))
-    shown = longest if len(longest) <= 40 else longest[:20] + "..." + longest[-10:]
-    return (
-        f"the name {shown!r} in {_shorten(path)!r} is {size} bytes long, longer than the file system "
-        f"allows (usually 255); choose a shorter path"
-    )
-
-
-def _shorten(path: str | os.PathLike, limit: int = 120) -> str:
-    text = str(path)
-    return text if len(text) <= limit else text[: limit // 2] + "..." + text[-limit // 4 :]
-
-
 def _divergence(exc: Exception, trainer: Any) -> Optional[str]:
     """The one-line report when ``exc``, raised by :meth:`Trainer.fit`, means that training diverged, else None.
 
@@ -320,8 +285,8 @@ def _checkpoint_status(run_dir: Optional[Path], kept: bool = False) -> str:
     try:  # what is on disk now
         state = load_checkpoint(run_dir)
     except (CheckpointError, OSError):
-        return f"no checkpoint was written in {_shorten(run_dir)!r}"
-    where = f"its last checkpoint (epoch {state['epoch']}) in {_shorten(run_dir)!r} is intact"
+        return f"no checkpoint was written in {shorten_path(run_dir)!r}"
+    where = f"its last checkpoint (epoch {state['epoch']}) in {shorten_path(run_dir)!r} is intact"
     if kept:
         return where
     return f"{where}: continue the run from it with: propos-train --resume {shlex.quote(str(run_dir))}"
@@ -330,11 +295,11 @@ def _checkpoint_status(run_dir: Optional[Path], kept: bool = False) -> str:
 def _file_system_error(exc: OSError, run_dir: Optional[Path]) -> tuple[int, str]:
     """Exit status and one-line message for an ``OSError`` raised while preparing or running a run."""
     if exc.errno == errno.ENAMETOOLONG:
-        return EXIT_USER_ERROR, _name_too_long(exc.filename if exc.filename is not None else str(exc))
+        return EXIT_USER_ERROR, name_too_long(exc.filename if exc.filename is not None else str(exc))
     reason = exc.strerror or type(exc).__name__
     code = errno.errorcode.get(exc.errno, str(exc.errno)) if isinstance(exc.errno, int) else "no errno"
     target = exc.filename if exc.filename is not None else run_dir
-    what = f"cannot write {_shorten(target)!r}" if target is not None else "file-system error"
+    what = f"cannot write {shorten_path(target)!r}" if target is not None else "file-system error"
     status = _checkpoint_status(run_dir)
     if exc.errno in _DISK_FULL:
         return EXIT_DISK_FULL, f"{what}: {reason} ({code}); free some space; {status}"
@@ -366,7 +331,7 @@ def _run(args: argparse.Namespace, progress: _Progress) -> int:
     restart = False  # --resume of a run killed before its first checkpoint: start it again
     lock: Optional[RunDirLock] = None
     try:
-        _check_name_lengths([(_flag(key), options.get(key)) for key in ("resume", "config", "output_dir", "data_dir")])
+        check_name_lengths([(_flag(key), options.get(key)) for key in ("resume", "config", "output_dir", "data_dir")])
         if "resume" in options:
             if "config" in options:
                 raise ConfigError("--config cannot be combined with --resume (the run's own config is used)")
@@ -407,7 +372,7 @@ def _run(args: argparse.Namespace, progress: _Progress) -> int:
         else:
             file_values = load_config_file(options["config"]) if "config" in options else {}
             config = resolve_config(overrides.get("preset"), file_values=file_values, overrides=overrides)
-            _check_name_lengths([("--output-dir", config.output_dir), ("--data-dir", config.data_dir)])
+            check_name_lengths([("--output-dir", config.output_dir), ("--data-dir", config.data_dir)])
         if options.get("print_config"):
             print(json.dumps(config_to_dict(config), indent=2, sort_keys=True))
             return 0

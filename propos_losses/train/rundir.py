@@ -21,10 +21,11 @@ Example:
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable, Optional, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 __all__ = [
     "OutputDirError",
@@ -36,6 +37,9 @@ __all__ = [
     "lock_run_dir",
     "remove_stale_temporaries",
     "CONFIG_NAME",
+    "check_name_lengths",
+    "name_too_long",
+    "shorten_path",
 ]
 
 CONFIG_NAME = "config.json"
@@ -350,3 +354,39 @@ def _mkdir_new(path: Path) -> Optional[bool]:
         if path.is_dir() and not any(path.iterdir()):
             return False
         return None
+
+
+def check_name_lengths(paths: Sequence[tuple[str, Optional[str]]]) -> None:
+    """Refuse a path of a flag with a name longer than the file system allows, naming the flag.
+
+    Raises:
+        OutputDirError: ``os.stat`` of a path fails with ``ENAMETOOLONG``.
+    """
+    for flag, value in paths:
+        if value is None:
+            continue
+        try:
+            os.stat(value)
+        except OSError as exc:
+            if exc.errno == errno.ENAMETOOLONG:
+                raise OutputDirError(f"{flag}: {name_too_long(value)}") from None
+        except ValueError:  # an embedded NUL: left to the code that uses the path
+            pass
+
+
+def name_too_long(path: str | os.PathLike) -> str:
+    """Which part of ``path`` is too long, without printing hundreds of characters."""
+    parts = Path(path).parts or (str(path),)
+    longest = max(parts, key=lambda part: len(os.fsencode(part)))
+    size = len(os.fsencode(longest))
+    shown = longest if len(longest) <= 40 else longest[:20] + "..." + longest[-10:]
+    return (
+        f"the name {shown!r} in {shorten_path(path)!r} is {size} bytes long, longer than the file system "
+        f"allows (usually 255); choose a shorter path"
+    )
+
+
+def shorten_path(path: str | os.PathLike, limit: int = 120) -> str:
+    """``path`` as text, its middle elided when longer than ``limit`` characters (for one-line messages)."""
+    text = str(path)
+    return text if len(text) <= limit else text[: limit // 2] + "..." + text[-limit // 4 :]
