@@ -5,9 +5,12 @@ from __future__ import annotations
 import contextlib
 import datetime
 import time
-from typing import Callable, Iterator, Sequence
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Sequence
 
 import pytest
+import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import Tensor
@@ -73,3 +76,42 @@ def terms_of(module: PrototypeScatteringLoss) -> PSLTerms:
     """The detached terms of the last forward (asserted to exist)."""
     assert module.last_terms is not None
     return module.last_terms
+
+
+def outcome(call: Callable[[], object]) -> Dict[str, Any]:
+    """What ``call`` did on this rank: its error (type and message), or ``{"error": None, "result": ...}``."""
+    try:
+        result = call()
+    except (TypeError, ValueError) as exc:
+        return {"error": type(exc).__name__, "message": str(exc)}
+    return {"error": None, "result": result}
+
+
+def _scenario_worker(
+    rank: int, init_file: str, out_dir: str, scenarios: Callable[[int], Dict[str, Any]], collective_timeout_s: float
+) -> None:
+    torch.set_num_threads(1)
+    with gloo_group(rank, init_file, timeout_s=collective_timeout_s):
+        try:
+            torch.save(scenarios(rank), Path(out_dir) / f"rank{rank}.pt")
+        except BaseException:
+            traceback.print_exc()
+            raise
+
+
+def run_scenarios(
+    scenarios: Callable[[int], Dict[str, Any]],
+    directory: Path,
+    *,
+    timeout_s: float = 150.0,
+    collective_timeout_s: float = 30.0,
+) -> List[Dict[str, Any]]:
+    """Run ``scenarios(rank)`` on every gloo rank and return each rank's outcomes (rank order).
+
+    A scenario that hangs fails the caller: collectives time out after
+    ``collective_timeout_s`` and the processes are killed after ``timeout_s``.
+    ``scenarios`` must be a module-level function (it is pickled for the spawned processes).
+    """
+    args = (str(directory / "init"), str(directory), scenarios, collective_timeout_s)
+    spawn_and_wait(_scenario_worker, args, timeout_s=timeout_s)
+    return [torch.load(directory / f"rank{rank}.pt", weights_only=False) for rank in range(WORLD_SIZE)]

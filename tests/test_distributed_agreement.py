@@ -8,9 +8,7 @@ after ``COLLECTIVE_TIMEOUT_S`` and the processes are killed after ``TIMEOUT_S``.
 
 from __future__ import annotations
 
-import traceback
-from pathlib import Path
-from typing import Any, Callable, Dict, List
+from typing import Any, Dict, List
 
 import pytest
 import torch
@@ -20,20 +18,11 @@ from propos_losses.distributed import all_gather_cat, all_gather_cat_autograd
 from propos_losses.psl import PSL
 from propos_losses.queue import PrototypeQueue
 
-from helpers import WORLD_SIZE, gloo_group, queue_of, spawn_and_wait
+from helpers import WORLD_SIZE, outcome, queue_of, run_scenarios
 
 TIMEOUT_S = 150.0
 COLLECTIVE_TIMEOUT_S = 30.0
 K, DIM, QUEUE_SIZE = 3, 4, 8
-
-
-def _outcome(call: Callable[[], object]) -> Dict[str, Any]:
-    """What ``call`` did on this rank: its error (type and message) or its result."""
-    try:
-        result = call()
-    except (TypeError, ValueError) as exc:
-        return {"error": type(exc).__name__, "message": str(exc)}
-    return {"error": None, "result": result}
 
 
 def _queue_state(queue: PrototypeQueue) -> Dict[str, torch.Tensor]:
@@ -45,26 +34,24 @@ def _scenarios(rank: int) -> Dict[str, Dict[str, Any]]:
     generator = torch.Generator().manual_seed(rank)
     outcomes: Dict[str, Dict[str, Any]] = {}
 
-    outcomes["gather dtype"] = _outcome(
-        lambda: all_gather_cat(torch.ones(2, 3, dtype=torch.float64 if other else None))
-    )
-    outcomes["gather trailing size"] = _outcome(lambda: all_gather_cat(torch.ones(2, 4 if other else 3)))
-    outcomes["gather rank"] = _outcome(lambda: all_gather_cat(torch.ones(2, 3, 1) if other else torch.ones(2, 3)))
-    outcomes["gather autograd trailing size"] = _outcome(
+    outcomes["gather dtype"] = outcome(lambda: all_gather_cat(torch.ones(2, 3, dtype=torch.float64 if other else None)))
+    outcomes["gather trailing size"] = outcome(lambda: all_gather_cat(torch.ones(2, 4 if other else 3)))
+    outcomes["gather rank"] = outcome(lambda: all_gather_cat(torch.ones(2, 3, 1) if other else torch.ones(2, 3)))
+    outcomes["gather autograd trailing size"] = outcome(
         lambda: all_gather_cat_autograd(torch.ones(2, 4 if other else 3, requires_grad=True))
     )
-    outcomes["gather uneven rows"] = _outcome(lambda: all_gather_cat(torch.full((1 + 2 * rank, 3), float(rank))))
+    outcomes["gather uneven rows"] = outcome(lambda: all_gather_cat(torch.full((1 + 2 * rank, 3), float(rank))))
 
     # A queue whose feature size differs between ranks; each rank's input fits its own queue.
     queue = PrototypeQueue(QUEUE_SIZE, DIM + 1 if other else DIM)
-    outcomes["queue feature size"] = _outcome(
+    outcomes["queue feature size"] = outcome(
         lambda: queue.push(torch.randn(2, queue.feature_dim, generator=generator), torch.tensor([0, 1]))
     )
     outcomes["queue feature size"]["length"] = len(queue)
 
     # A queue whose dtype differs between ranks (the pushed rows are cast to it before the gather).
     queue = PrototypeQueue(QUEUE_SIZE, DIM, dtype=torch.float64 if other else torch.float32)
-    outcomes["queue dtype"] = _outcome(
+    outcomes["queue dtype"] = outcome(
         lambda: queue.push(torch.randn(2, DIM, generator=generator), torch.tensor([0, 1]))
     )
     outcomes["queue dtype"]["length"] = len(queue)
@@ -74,7 +61,7 @@ def _scenarios(rank: int) -> Dict[str, Dict[str, Any]]:
     if other:
         psl.double()
     online, target = torch.randn(2, 3, DIM, generator=generator).unbind(0)
-    outcomes["psl queue dtype"] = _outcome(lambda: psl(online, target, torch.tensor([0, 1, 2]), torch.arange(3)))
+    outcomes["psl queue dtype"] = outcome(lambda: psl(online, target, torch.tensor([0, 1, 2]), torch.arange(3)))
     outcomes["psl queue dtype"]["length"] = len(queue_of(psl))
     outcomes["psl queue dtype"]["last_terms"] = psl.last_terms is None
 
@@ -83,13 +70,13 @@ def _scenarios(rank: int) -> Dict[str, Dict[str, Any]]:
     psl(online, target, torch.tensor([0, 1, 2]), torch.arange(3) + 3 * rank)
     before = _queue_state(queue_of(psl))
     indices = torch.tensor([0, -1, 2]) if other else torch.arange(3)
-    outcomes["psl bad indices"] = _outcome(lambda: psl(online, target, torch.tensor([0, 1, 2]), indices))
+    outcomes["psl bad indices"] = outcome(lambda: psl(online, target, torch.tensor([0, 1, 2]), indices))
     outcomes["psl bad indices"]["unchanged"] = all(
         torch.equal(tensor, before[name]) for name, tensor in queue_of(psl).state_dict().items()
     )
 
     # PSL (checked path) with a label out of range on one rank only, soft weights on the other.
-    outcomes["psl bad labels"] = _outcome(
+    outcomes["psl bad labels"] = outcome(
         lambda: PSL(K)(online, target, torch.tensor([0, 1, K]) if other else torch.tensor([0, 1, 2]))
     )
 
@@ -100,21 +87,14 @@ def _scenarios(rank: int) -> Dict[str, Dict[str, Any]]:
     return outcomes
 
 
-def _worker(rank: int, init_file: str, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    with gloo_group(rank, init_file, timeout_s=COLLECTIVE_TIMEOUT_S):
-        try:
-            torch.save(_scenarios(rank), Path(out_dir) / f"rank{rank}.pt")
-        except BaseException:
-            traceback.print_exc()
-            raise
-
-
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory: pytest.TempPathFactory) -> List[Dict[str, Dict[str, Any]]]:
-    directory = tmp_path_factory.mktemp("agreement")
-    spawn_and_wait(_worker, (str(directory / "init"), str(directory)), timeout_s=TIMEOUT_S)
-    return [torch.load(directory / f"rank{rank}.pt", weights_only=False) for rank in range(WORLD_SIZE)]
+    return run_scenarios(
+        _scenarios,
+        tmp_path_factory.mktemp("agreement"),
+        timeout_s=TIMEOUT_S,
+        collective_timeout_s=COLLECTIVE_TIMEOUT_S,
+    )
 
 
 def _same_error_everywhere(outcomes: List[Dict[str, Dict[str, Any]]], case: str, *needles: str) -> str:

@@ -9,9 +9,7 @@ fails.
 from __future__ import annotations
 
 import copy
-import traceback
-from pathlib import Path
-from typing import Any, Callable, Dict, List
+from typing import Any, Dict, List
 
 import pytest
 import torch
@@ -20,7 +18,7 @@ from torch import Tensor, nn
 
 from propos_losses import PSA, PSL, EStep, ProPosLoss, extract_features
 
-from helpers import WORLD_SIZE, gloo_group, spawn_and_wait
+from helpers import WORLD_SIZE, outcome, run_scenarios
 
 B, D, K, N = 8, 6, 3, 40
 
@@ -208,56 +206,41 @@ TIMEOUT_S = 150.0
 COLLECTIVE_TIMEOUT_S = 30.0
 
 
-def _outcome(call: Callable[[], object]) -> Dict[str, Any]:
-    try:
-        call()
-    except (TypeError, ValueError) as exc:
-        return {"error": type(exc).__name__, "message": str(exc)}
-    return {"error": None}
-
-
 def _scenarios(rank: int) -> Dict[str, Dict[str, Any]]:
     other = rank == 1
     outcomes: Dict[str, Dict[str, Any]] = {}
     criterion = make_criterion()
     q1, q2, z1, z2 = views()
     bad = torch.arange(B) + (100 if other else 0)
-    outcomes["propos bad indices"] = _outcome(lambda: criterion(q1, q2, z1, z2, bad))
-    outcomes["propos missing indices"] = _outcome(lambda: criterion(q1, q2, z1, z2, None if other else torch.arange(B)))
+    outcomes["propos bad indices"] = outcome(lambda: criterion(q1, q2, z1, z2, bad))
+    outcomes["propos missing indices"] = outcome(lambda: criterion(q1, q2, z1, z2, None if other else torch.arange(B)))
     features = torch.randn(N, 3)
     if other:
         features[0, 0] = float("nan")
-    outcomes["estep nan"] = _outcome(lambda: EStep(num_clusters=K, n_init=1).fit_features(features))
+    outcomes["estep nan"] = outcome(lambda: EStep(num_clusters=K, n_init=1).fit_features(features))
     few = torch.randn(2 if other else N, 3)
-    outcomes["estep few rows"] = _outcome(lambda: EStep(num_clusters=K, n_init=1).fit_features(few))
+    outcomes["estep few rows"] = outcome(lambda: EStep(num_clusters=K, n_init=1).fit_features(few))
     net = nn.Linear(4, 5 if other else 3)
     loader = torch.utils.data.DataLoader(
         torch.utils.data.TensorDataset(torch.randn(N, 4)),
         batch_size=8,
         sampler=torch.utils.data.DistributedSampler(torch.arange(N), shuffle=False),
     )
-    outcomes["features width"] = _outcome(lambda: extract_features(net, loader))
+    outcomes["features width"] = outcome(lambda: extract_features(net, loader))
     check = torch.ones(1)
     dist.all_reduce(check)
     outcomes["after"] = {"sum": float(check)}
     return outcomes
 
 
-def _worker(rank: int, init_file: str, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    with gloo_group(rank, init_file, timeout_s=COLLECTIVE_TIMEOUT_S):
-        try:
-            torch.save(_scenarios(rank), Path(out_dir) / f"rank{rank}.pt")
-        except BaseException:
-            traceback.print_exc()
-            raise
-
-
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory: pytest.TempPathFactory) -> List[Dict[str, Dict[str, Any]]]:
-    directory = tmp_path_factory.mktemp("dropin_agreement")
-    spawn_and_wait(_worker, (str(directory / "init"), str(directory)), timeout_s=TIMEOUT_S)
-    return [torch.load(directory / f"rank{rank}.pt", weights_only=False) for rank in range(WORLD_SIZE)]
+    return run_scenarios(
+        _scenarios,
+        tmp_path_factory.mktemp("dropin_agreement"),
+        timeout_s=TIMEOUT_S,
+        collective_timeout_s=COLLECTIVE_TIMEOUT_S,
+    )
 
 
 @pytest.mark.parametrize(
