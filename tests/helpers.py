@@ -93,7 +93,12 @@ def _scenario_worker(
     torch.set_num_threads(1)
     with gloo_group(rank, init_file, timeout_s=collective_timeout_s):
         try:
-            torch.save(scenarios(rank), Path(out_dir) / f"rank{rank}.pt")
+            outcomes = scenarios(rank)
+            # The process group still works afterwards: no rank was left inside a collective.
+            check = torch.ones(1)
+            dist.all_reduce(check)
+            outcomes["after"] = {"sum": float(check)}
+            torch.save(outcomes, Path(out_dir) / f"rank{rank}.pt")
         except BaseException:
             traceback.print_exc()
             raise
@@ -107,6 +112,9 @@ def run_scenarios(
     collective_timeout_s: float = 30.0,
 ) -> List[Dict[str, Any]]:
     """Run ``scenarios(rank)`` on every gloo rank and return each rank's outcomes (rank order).
+
+    Each rank's outcomes also get ``"after": {"sum": ...}``, an all-reduce of ones run after the
+    scenarios: ``WORLD_SIZE`` when the process group still works.
 
     A scenario that hangs fails the caller: collectives time out after
     ``collective_timeout_s`` and the processes are killed after ``timeout_s``.
