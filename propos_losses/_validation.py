@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections import OrderedDict
-from typing import Any, List, Mapping, Optional
+from typing import Any, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -18,21 +18,31 @@ from torch import Tensor, nn
 
 __all__ = [
     "as_label_array",
+    "check_bool",
     "check_int",
     "check_float",
     "check_tensor",
     "check_finite",
     "check_integer_dtype",
     "check_labels",
+    "check_label_range",
+    "check_indices",
     "numpy_labels_as_tensor",
+    "label_codes",
+    "unique_inverse",
     "checked_state_dict",
 ]
 
 
-def check_bool(name: str, value: object) -> bool:
-    """Return ``value`` if it is a ``bool`` (e.g. ``validate_args``), else raise a TypeError naming ``name``."""
+def check_bool(name: str, value: object, *, allow_none: bool = False) -> Optional[bool]:
+    """Return ``value`` if it is a ``bool`` (or ``None`` when allowed), else raise a TypeError naming ``name``.
+
+    The one type check of every flag (``validate_args``, ``training``, ``strict``, ...).
+    """
+    if allow_none and value is None:
+        return None
     if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {value!r}")
+        raise TypeError(f"{name} must be {'None or ' if allow_none else ''}a bool, got {value!r}")
     return value
 
 
@@ -96,20 +106,50 @@ def check_integer_dtype(name: str, value: Tensor) -> None:
         raise TypeError(f"{name} must have an integer dtype, got {value.dtype}")
 
 
-def check_labels(name: str, labels: Tensor, num_classes: int, *, bound: str = "") -> None:
-    """Check a 1-D integer label tensor with values in ``[0, num_classes)`` (one host sync).
+def check_label_range(name: str, low: int, high: int, num_classes: int, *, bound: str = "") -> None:
+    """Raise a ValueError unless the smallest label ``low`` and the largest ``high`` lie in ``[0, num_classes)``.
 
-    ``bound`` names the limit in the message, e.g. ``"num_clusters="`` gives
-    ``"[0, num_clusters=10)"``.
+    The one label range check of the package (tensors, NumPy arrays, stored
+    queue labels). ``bound`` names the limit in the message, e.g.
+    ``"num_clusters="`` gives ``"[0, num_clusters=10)"``.
+    """
+    if low < 0 or high >= num_classes:
+        bad = low if low < 0 else high
+        raise ValueError(f"{name} must be in [0, {bound}{num_classes}), got label {bad}")
+
+
+def check_labels(name: str, labels: Tensor, num_classes: int, *, bound: str = "") -> None:
+    """Check an integer label tensor with values in ``[0, num_classes)`` (one host sync).
+
+    ``bound`` as in :func:`check_label_range`.
     """
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         raise TypeError(f"{name} must hold integer labels, got dtype {labels.dtype}")
     if labels.numel():
-        low = int(labels.min())
-        high = int(labels.max())
-        if low < 0 or high >= num_classes:
-            bad = low if low < 0 else high
-            raise ValueError(f"{name} must be in [0, {bound}{num_classes}), got label {bad}")
+        check_label_range(name, int(labels.min()), int(labels.max()), num_classes, bound=bound)
+
+
+def check_indices(
+    name: str, value: object, length: int, *, values: bool = True, upper: Optional[int] = None, upper_name: str = ""
+) -> Tensor:
+    """The one index check: a ``(length,)`` tensor of any integer dtype, ``>= 0`` (and ``< upper``) when ``values``.
+
+    ``values=False`` keeps the structural checks (type, rank, dtype, length),
+    which read nothing back from the device. ``upper_name`` says what
+    ``upper`` counts, e.g. ``" (the number of pseudo-labels)"``.
+    """
+    tensor = check_tensor(name, value, ndim=1)
+    check_integer_dtype(name, tensor)
+    if tensor.shape[0] != length:
+        raise ValueError(f"{name} must have shape ({length},), got {tuple(tensor.shape)}")
+    if values and tensor.numel():
+        low = int(tensor.min())
+        high = int(tensor.max()) if upper is not None else low
+        if upper is not None and (low < 0 or high >= upper):
+            raise ValueError(f"{name} must be in [0, {upper}){upper_name}, got {low}..{high}")
+        if low < 0:
+            raise ValueError(f"{name} must be >= 0, got {low}")
+    return tensor
 
 
 def numpy_labels_as_tensor(name: str, labels: np.ndarray, device: Optional[torch.device] = None) -> Tensor:
@@ -195,6 +235,78 @@ def as_label_array(name: str, labels: object) -> np.ndarray:
     raise TypeError(f"{name} must hold integer labels, got dtype {array.dtype}")
 
 
+def unique_inverse(labels: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Sorted distinct values of ``labels`` and each label's index among them."""
+    low = int(labels.min())
+    high = int(labels.max())
+    span = high - low + 1  # a Python int: no overflow whatever the dtype
+    # Counting beats sorting when the label range is comparable to N, which is
+    # the usual case (cluster ids in [0, K)); np.unique sorts otherwise.
+    if span <= 2 * labels.size + 1024:
+        # Subtract in a 64-bit type that holds both labels and `low` (uint64 for
+        # unsigned labels, which may exceed int64), never in the labels' own
+        # dtype: int8 labels - (-128) would wrap. Every difference lies in
+        # [0, span), so the result fits int64 exactly.
+        wide = np.uint64 if labels.dtype.kind == "u" else np.int64
+        shifted = np.subtract(labels, wide(low), dtype=wide).astype(np.int64, copy=False)
+        present = np.bincount(shifted, minlength=span) > 0
+        offsets = np.flatnonzero(present)
+        position = np.cumsum(present) - 1
+        values = np.add(offsets.astype(wide, copy=False), wide(low), dtype=wide)
+        return values.astype(labels.dtype, copy=False), position[shifted]
+    values, inverse = np.unique(labels, return_inverse=True)
+    return values, inverse.reshape(-1).astype(np.int64, copy=False)
+
+
+def _nonfinite_check(name: str, values: np.ndarray) -> None:
+    """scikit-learn's ``check_array`` wording for NaN or infinite labels."""
+    if np.isnan(values).any():
+        raise ValueError(f"Input {name} contains NaN.")
+    if np.isinf(values).any():
+        raise ValueError(f"Input {name} contains infinity or a value too large for dtype({str(values.dtype)!r}).")
+
+
+def label_codes(name: str, labels: object) -> Tuple[np.ndarray, np.ndarray]:
+    """Sorted distinct labels ``(R,)`` and each sample's index among them ``(N,)`` int64.
+
+    Numbers (integers, booleans, integral floats; NumPy, lists, tensors on any
+    device) go through :func:`propos_losses.utils.as_label_array`. NumPy arrays
+    and lists of strings or other objects of one sortable type are accepted as
+    scikit-learn accepts them (their sorted distinct values are the labels).
+    NaN and infinity raise scikit-learn's ``ValueError`` ("contains NaN").
+    """
+    if isinstance(labels, torch.Tensor):
+        if labels.is_floating_point():
+            _nonfinite_check(name, labels.detach().to(torch.float64).cpu().numpy())
+        return unique_inverse(as_label_array(name, labels))
+    try:
+        array = np.asarray(labels)
+    except (ValueError, TypeError) as error:  # ragged nested lists
+        raise ValueError(f"{name} must be a 1-D array of labels: {error}") from None
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be 1D: shape is {tuple(array.shape)!r}")
+    if array.dtype.kind == "O" and array.size:
+        values = array.tolist()
+        if all(isinstance(v, (numbers.Number, np.bool_)) and not isinstance(v, complex) for v in values):
+            # Numbers held as objects (e.g. pandas nullable columns): checked as numbers, NaN included.
+            if any(isinstance(v, (float, np.floating)) for v in values):
+                array = np.asarray(values, dtype=np.float64)
+                _nonfinite_check(name, array)
+            return unique_inverse(as_label_array(name, array))
+    if array.dtype.kind in "OUS" and array.size:
+        try:
+            classes, inverse = np.unique(array, return_inverse=True)
+        except TypeError:
+            kinds = sorted({type(v).__name__ for v in array.tolist()})
+            raise TypeError(
+                f"{name} must hold labels of one sortable type (e.g. all int or all str), got a mix of {kinds}"
+            ) from None
+        return classes, inverse.reshape(-1).astype(np.int64, copy=False)
+    if array.dtype.kind == "f":
+        _nonfinite_check(name, array)
+    return unique_inverse(as_label_array(name, array))
+
+
 def _key_list(keys: List[str]) -> str:
     return ", ".join(f'"{key}"' for key in keys)
 
@@ -233,8 +345,7 @@ def checked_state_dict(module: nn.Module, state_dict: object, *, strict: bool, a
     if not isinstance(state_dict, Mapping):
         raise TypeError(f"state_dict must be a mapping of names to tensors, got {type(state_dict).__name__}")
     for name, flag in (("strict", strict), ("assign", assign)):
-        if not isinstance(flag, bool):
-            raise TypeError(f"{name} must be a bool, got {flag!r}")
+        check_bool(name, flag)
     errors: List[str] = []
     if strict:
         expected = list(module.state_dict(keep_vars=True))

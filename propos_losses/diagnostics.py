@@ -30,7 +30,15 @@ import torch
 from torch import Tensor
 
 from propos_losses._deprecation import deprecated_alias
-from propos_losses._validation import as_label_array, check_finite, check_float, check_int, check_tensor
+from propos_losses._numerics import compute_dtype
+from propos_losses._validation import (
+    as_label_array,
+    check_finite,
+    check_float,
+    check_int,
+    check_label_range,
+    check_tensor,
+)
 from propos_losses.metrics import LabelsLike
 from propos_losses.prototypes import normalize_features
 
@@ -91,9 +99,7 @@ def cluster_size_stats(
         _, sizes = np.unique(array, return_counts=True)
     else:
         num_clusters = check_int("num_clusters", num_clusters, minimum=1)
-        low, high = int(array.min()), int(array.max())
-        if low < 0 or high >= num_clusters:
-            raise ValueError(f"labels must be in [0, {num_clusters}), got label {low if low < 0 else high}")
+        check_label_range("labels", int(array.min()), int(array.max()), num_clusters)
         sizes = np.bincount(array.astype(np.int64, copy=False), minlength=num_clusters)
     sizes = sizes.astype(np.int64)
     nonempty = sizes[sizes > 0]
@@ -110,20 +116,6 @@ def cluster_size_stats(
         "entropy": entropy,
         "normalized_entropy": entropy / math.log(k) if k > 1 else 1.0,
     }
-
-
-def _compute_dtype(tensor: Tensor) -> torch.dtype:
-    """float64 stays float64; every other floating dtype is computed in float32."""
-    return torch.float64 if tensor.dtype == torch.float64 else torch.float32
-
-
-def _normalize_rows(features: Tensor) -> Tensor:
-    """L2-normalise rows in the compute dtype with the package's one rule (:func:`propos_losses.utils.normalize_rows`).
-
-    All-zero rows stay zero; rows whose squared norm would under- or overflow
-    (e.g. 1e-30 or 1e30 in float32) are scaled by their largest entry first.
-    """
-    return normalize_features(features.detach().to(_compute_dtype(features)))
 
 
 def _check_features(name: str, features: object) -> Tensor:
@@ -165,8 +157,8 @@ def wang_isola_alignment(z1: Tensor, z2: Tensor, alpha: float = 2.0) -> float:
     if z1.shape != z2.shape:
         raise ValueError(f"z1 and z2 must have the same shape, got {tuple(z1.shape)} and {tuple(z2.shape)}")
     alpha = check_float("alpha", alpha, minimum=0.0, strict_minimum=True)
-    x = _normalize_rows(z1)
-    y = _normalize_rows(z2).to(x.dtype)
+    x = normalize_features(z1.detach().to(compute_dtype(z1.dtype)))
+    y = normalize_features(z2.detach().to(compute_dtype(z2.dtype))).to(x.dtype)
     squared = (x - y).pow(2).sum(dim=1)
     distances = squared if alpha == 2.0 else squared.sqrt().pow(alpha)
     return float(distances.to(torch.float64).mean())
@@ -209,7 +201,7 @@ def wang_isola_uniformity(z: Tensor, t: float = 2.0, chunk_size: int = DEFAULT_C
         raise ValueError(f"z must have at least 2 rows to form a pair, got shape {tuple(z.shape)}")
     t = check_float("t", t, minimum=0.0, strict_minimum=True)
     chunk_size = check_int("chunk_size", chunk_size, minimum=1)
-    x = _normalize_rows(z)
+    x = normalize_features(z.detach().to(compute_dtype(z.dtype)))
     squared_norms = x.pow(2).sum(dim=1)
     n = x.shape[0]
     block_lse: List[Tensor] = []
@@ -301,7 +293,7 @@ def representation_diagnostics(
         generator = torch.Generator().manual_seed(seed)
         index = torch.randperm(z1.shape[0], generator=generator)[:max_samples].to(z1.device)
         subset = z1.index_select(0, index)
-    normalized = _normalize_rows(z1)
+    normalized = normalize_features(z1.detach().to(compute_dtype(z1.dtype)))
     result: Dict[str, Union[int, float, List[int]]] = {
         "uniformity": wang_isola_uniformity(subset, t=t, chunk_size=chunk_size),
         "feature_norm_mean": float(torch.linalg.vector_norm(z1.detach().to(normalized.dtype), dim=1).mean()),

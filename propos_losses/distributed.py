@@ -22,6 +22,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from propos_losses._validation import check_bool
+
 __all__ = [
     "is_distributed",
     "local_only",
@@ -408,8 +410,7 @@ def any_rank(flag: bool, *, group: Optional[ProcessGroup] = None) -> bool:
         >>> any_rank(False), any_rank(True)
         (False, True)
     """
-    if not isinstance(flag, bool):
-        raise TypeError(f"flag must be a bool, got {flag!r}")
+    check_bool("flag", flag)
     if not is_distributed(group):
         return flag
     value = torch.tensor([int(flag)], dtype=torch.int64, device=collective_device(group))

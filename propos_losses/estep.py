@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from propos_losses import defaults
-from propos_losses._validation import check_int
+from propos_losses._validation import check_bool, check_int
 from propos_losses.distributed import broadcast_, check_on_every_rank, is_distributed
 from propos_losses.features import extract_features
 from propos_losses.kmeans import SphericalKMeans
@@ -90,8 +90,7 @@ class EStep:
         sample_size: Optional[int] = None,
     ) -> None:
         self.num_clusters = check_int("num_clusters", num_clusters, minimum=2)
-        if not isinstance(warm_start, bool):
-            raise TypeError(f"warm_start must be a bool, got {warm_start!r}")
+        check_bool("warm_start", warm_start)
         self.batch_size = check_int("batch_size", batch_size, minimum=1)
         self.seed = None if seed is None else check_int("seed", seed, minimum=0)
         # Validates n_init, max_iter, tol, sample_size now rather than at the first call.

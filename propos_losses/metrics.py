@@ -43,7 +43,6 @@ Example:
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 from typing import Any, Dict, Literal, Sequence, Tuple, Union, overload
 
@@ -52,9 +51,9 @@ import scipy.sparse
 import torch
 from scipy.optimize import linear_sum_assignment
 from scipy.sparse.csgraph import min_weight_full_bipartite_matching
-from scipy.special import gammaln
 
-from propos_losses._validation import as_label_array
+from propos_losses._emi import EPS, emi_from_sizes
+from propos_losses._validation import check_bool, label_codes
 
 __all__ = [
     "ContingencyTable",
@@ -69,23 +68,6 @@ __all__ = [
 
 LabelsLike = Union[np.ndarray, torch.Tensor, Sequence[int], Sequence[float], Sequence[str]]
 
-_EPS = float(np.finfo(np.float64).eps)
-
-# Window of the hypergeometric pmf evaluated per (a, b) pair, before the
-# log-concavity check widens it: mode +- (_WINDOW_SDS * sd + _WINDOW_SLACK).
-# At ImageNet scale the tail budget is ~e^-51, i.e. ~10 sd in the Gaussian
-# regime; the slack covers the Poisson-like regime of tiny means. These only set
-# the first guess: correctness comes from the tail check, which doubles the
-# window of every pair that fails it.
-_WINDOW_SDS = 12.0
-_WINDOW_SLACK = 16
-# Nats subtracted from the tail budget to absorb the rounding error of the
-# log-pmf computed from log Gamma values (|error| <~ 10 * N log N * eps, far
-# below one nat for any N that fits in memory).
-_TAIL_SAFETY_NATS = 1.0
-# Elements per evaluation block of the EMI (pairs x window), which bounds the
-# temporary memory to a few tens of MiB whatever the input.
-_EMI_BLOCK_ELEMENTS = 1 << 20
 # Largest R * C for which the Hungarian accuracy uses scipy's dense solver
 # (64 MiB as int64); larger tables use the sparse LAPJVsp solver.
 _DENSE_MATCHING_MAX_CELLS = 1 << 23
@@ -94,78 +76,6 @@ _DENSE_MATCHING_MAX_CELLS = 1 << 23
 # --------------------------------------------------------------------------- #
 # Input conversion and the contingency table
 # --------------------------------------------------------------------------- #
-
-
-def _unique_inverse(labels: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """Sorted distinct values of ``labels`` and each label's index among them."""
-    low = int(labels.min())
-    high = int(labels.max())
-    span = high - low + 1  # a Python int: no overflow whatever the dtype
-    # Counting beats sorting when the label range is comparable to N, which is
-    # the usual case (cluster ids in [0, K)); np.unique sorts otherwise.
-    if span <= 2 * labels.size + 1024:
-        # Subtract in a 64-bit type that holds both labels and `low` (uint64 for
-        # unsigned labels, which may exceed int64), never in the labels' own
-        # dtype: int8 labels - (-128) would wrap. Every difference lies in
-        # [0, span), so the result fits int64 exactly.
-        wide = np.uint64 if labels.dtype.kind == "u" else np.int64
-        shifted = np.subtract(labels, wide(low), dtype=wide).astype(np.int64, copy=False)
-        present = np.bincount(shifted, minlength=span) > 0
-        offsets = np.flatnonzero(present)
-        position = np.cumsum(present) - 1
-        values = np.add(offsets.astype(wide, copy=False), wide(low), dtype=wide)
-        return values.astype(labels.dtype, copy=False), position[shifted]
-    values, inverse = np.unique(labels, return_inverse=True)
-    return values, inverse.reshape(-1).astype(np.int64, copy=False)
-
-
-def _nonfinite_check(name: str, values: np.ndarray) -> None:
-    """scikit-learn's ``check_array`` wording for NaN or infinite labels."""
-    if np.isnan(values).any():
-        raise ValueError(f"Input {name} contains NaN.")
-    if np.isinf(values).any():
-        raise ValueError(f"Input {name} contains infinity or a value too large for dtype({str(values.dtype)!r}).")
-
-
-def _labels_and_codes(name: str, labels: object) -> Tuple[np.ndarray, np.ndarray]:
-    """Sorted distinct labels ``(R,)`` and each sample's index among them ``(N,)`` int64.
-
-    Numbers (integers, booleans, integral floats; NumPy, lists, tensors on any
-    device) go through :func:`propos_losses.utils.as_label_array`. NumPy arrays
-    and lists of strings or other objects of one sortable type are accepted as
-    scikit-learn accepts them (their sorted distinct values are the labels).
-    NaN and infinity raise scikit-learn's ``ValueError`` ("contains NaN").
-    """
-    if isinstance(labels, torch.Tensor):
-        if labels.is_floating_point():
-            _nonfinite_check(name, labels.detach().to(torch.float64).cpu().numpy())
-        return _unique_inverse(as_label_array(name, labels))
-    try:
-        array = np.asarray(labels)
-    except (ValueError, TypeError) as error:  # ragged nested lists
-        raise ValueError(f"{name} must be a 1-D array of labels: {error}") from None
-    if array.ndim != 1:
-        raise ValueError(f"{name} must be 1D: shape is {tuple(array.shape)!r}")
-    if array.dtype.kind == "O" and array.size:
-        values = array.tolist()
-        if all(isinstance(v, (numbers.Number, np.bool_)) and not isinstance(v, complex) for v in values):
-            # Numbers held as objects (e.g. pandas nullable columns): checked as numbers, NaN included.
-            if any(isinstance(v, (float, np.floating)) for v in values):
-                array = np.asarray(values, dtype=np.float64)
-                _nonfinite_check(name, array)
-            return _unique_inverse(as_label_array(name, array))
-    if array.dtype.kind in "OUS" and array.size:
-        try:
-            classes, inverse = np.unique(array, return_inverse=True)
-        except TypeError:
-            kinds = sorted({type(v).__name__ for v in array.tolist()})
-            raise TypeError(
-                f"{name} must hold labels of one sortable type (e.g. all int or all str), got a mix of {kinds}"
-            ) from None
-        return classes, inverse.reshape(-1).astype(np.int64, copy=False)
-    if array.dtype.kind == "f":
-        _nonfinite_check(name, array)
-    return _unique_inverse(as_label_array(name, array))
 
 
 @dataclass(frozen=True)
@@ -244,8 +154,8 @@ def contingency_table(labels_true: LabelsLike, labels_pred: LabelsLike) -> Conti
         >>> table.row_sums.tolist(), table.col_sums.tolist(), table.n_samples
         ([2, 2], [1, 3], 4)
     """
-    classes, row_code = _labels_and_codes("labels_true", labels_true)
-    clusters, col_code = _labels_and_codes("labels_pred", labels_pred)
+    classes, row_code = label_codes("labels_true", labels_true)
+    clusters, col_code = label_codes("labels_pred", labels_pred)
     if row_code.size != col_code.size:
         raise ValueError(
             "labels_true and labels_pred must have the same length: Found input variables with inconsistent "
@@ -302,148 +212,8 @@ def _mutual_information(table: ContingencyTable) -> float:
     terms = (nij / n) * (np.log(nij) - np.log(outer.astype(np.float64)) + math.log(n))
     # Terms that are zero up to rounding are set to zero (as scikit-learn does)
     # so that independent labelings give MI = 0 exactly, and NMI = 0.
-    terms = np.where(np.abs(terms) < _EPS, 0.0, terms)
+    terms = np.where(np.abs(terms) < EPS, 0.0, terms)
     return float(max(terms.sum(), 0.0))
-
-
-def _hypergeom_logpmf(n: np.ndarray, a: np.ndarray, b: np.ndarray, n_samples: int) -> np.ndarray:
-    """log P(n_ij = n) for row sum ``a``, column sum ``b``: log Gamma form.
-
-    Used only for the tail bounds: it is a difference of terms of order
-    ``N log N`` and loses ~``N log N * eps`` absolute accuracy.
-    """
-    big_n = float(n_samples)
-    result: np.ndarray = (
-        gammaln(a + 1.0)
-        + gammaln(b + 1.0)
-        + gammaln(big_n - a + 1.0)
-        + gammaln(big_n - b + 1.0)
-        - gammaln(big_n + 1.0)
-        - gammaln(n + 1.0)
-        - gammaln(a - n + 1.0)
-        - gammaln(b - n + 1.0)
-        - gammaln(big_n - a - b + n + 1.0)
-    )
-    return result
-
-
-def _log_ratio(n: np.ndarray, a: np.ndarray, b: np.ndarray, n_samples: int) -> np.ndarray:
-    """log r(n) = log P(n + 1) / P(n) = log (a-n)(b-n) / ((n+1)(N-a-b+n+1)).
-
-    The two products are integers below ``(N + 1)^2``, exact in float64 for
-    ``N < 2^26`` and correctly rounded beyond, so one log of their quotient
-    is accurate to a few ulps absolute, better than a sum of four logs.
-    """
-    numerator = (a - n) * (b - n)
-    denominator = (n + 1.0) * (float(n_samples) - a - b + n + 1.0)
-    result: np.ndarray = np.log(numerator / denominator)
-    return result
-
-
-def _emi_windows(
-    a: np.ndarray, b: np.ndarray, n_samples: int, log_budget: float
-) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per pair, the range [low, high] of n_ij to evaluate and the mode.
-
-    Proof that the skipped terms are negligible: the hypergeometric ratio
-    ``r(n) = P(n+1)/P(n) = (a-n)(b-n) / ((n+1)(N-a-b+n+1))`` is a product of
-    positive factors that do not increase with ``n``, so the pmf is log-concave
-    and ``P(high + k) <= P(high) r(high)^k`` for ``k >= 1``. When
-    ``r(high) < 1`` the right tail therefore sums to at most
-    ``P(high) r / (1 - r)``; symmetrically the left tail is at most
-    ``P(low) s / (1 - s)`` with ``s = P(low-1)/P(low) = 1/r(low-1) < 1``. A
-    window is accepted once both bounds are below ``exp(log_budget)`` (with a
-    safety margin of ``_TAIL_SAFETY_NATS`` for the rounding of the log-pmf);
-    otherwise its half-width is doubled, which terminates because the window
-    is clipped to the support ``[max(0, a+b-N), min(a, b)]``.
-    """
-    big_n = np.int64(n_samples)
-    support_low = np.maximum(0, a + b - big_n)
-    support_high = np.minimum(a, b)
-    # Mode of the hypergeometric distribution, floor((a+1)(b+1)/(N+2)), in
-    # exact integer arithmetic ((a+1)(b+1) <= (N+1)^2 fits in int64).
-    mode = np.clip((a + 1) * (b + 1) // (big_n + 2), support_low, support_high)
-    af, bf, nf = a.astype(np.float64), b.astype(np.float64), float(n_samples)
-    variance = af * bf * (nf - af) * (nf - bf) / (nf * nf * (nf - 1.0))
-    half = np.ceil(_WINDOW_SDS * np.sqrt(variance)).astype(np.int64) + _WINDOW_SLACK
-    low = np.empty_like(mode)
-    high = np.empty_like(mode)
-    pending = np.arange(a.size)
-    threshold = log_budget - _TAIL_SAFETY_NATS
-    while pending.size:
-        pa, pb, pm, ph = a[pending], b[pending], mode[pending], half[pending]
-        lo = np.maximum(support_low[pending], pm - ph)
-        hi = np.minimum(support_high[pending], pm + ph)
-        low[pending], high[pending] = lo, hi
-        paf, pbf = pa.astype(np.float64), pb.astype(np.float64)
-        ok = np.ones(pending.size, dtype=bool)
-
-        open_right = hi < support_high[pending]
-        if open_right.any():
-            n = hi[open_right].astype(np.float64)
-            aa, bb = paf[open_right], pbf[open_right]
-            log_r = _log_ratio(n, aa, bb, n_samples)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                bound = _hypergeom_logpmf(n, aa, bb, n_samples) + log_r - np.log(-np.expm1(log_r))
-            ok[open_right] &= (log_r < 0) & (bound <= threshold)
-
-        open_left = lo > support_low[pending]
-        if open_left.any():
-            n = lo[open_left].astype(np.float64)
-            aa, bb = paf[open_left], pbf[open_left]
-            log_s = -_log_ratio(n - 1.0, aa, bb, n_samples)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                bound = _hypergeom_logpmf(n, aa, bb, n_samples) + log_s - np.log(-np.expm1(log_s))
-            ok[open_left] &= (log_s < 0) & (bound <= threshold)
-
-        half[pending[~ok]] *= 2
-        pending = pending[~ok]
-    return low, high, mode
-
-
-def _emi_block(
-    a: np.ndarray,
-    b: np.ndarray,
-    low: np.ndarray,
-    high: np.ndarray,
-    mode: np.ndarray,
-    n_samples: int,
-    width: int,
-) -> np.ndarray:
-    """Sum over the window of ``w(n) P(n)`` for a block of pairs, shape ``(P,)``.
-
-    The pmf is rebuilt from the mode outward as cumulative sums of
-    ``log r(n)`` (numbers of order one, so the sums stay accurate near the
-    mode where the mass is), then normalised over the window; the skipped
-    tail mass is below the budget, so the normalisation changes each value by
-    a relative amount of at most twice the budget.
-    """
-    valid = np.arange(width)[None, :] <= (high - low)[:, None]  # (P, W)
-    nf = low.astype(np.float64)[:, None] + np.arange(width, dtype=np.float64)[None, :]
-    af = a.astype(np.float64)[:, None]
-    bf = b.astype(np.float64)[:, None]
-    # log r(t) for t in [low, high - 1]; entries past high are set to 0 so they
-    # add nothing to the cumulative sums (their q is zeroed below anyway).
-    t = nf[:, :-1]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        log_r = _log_ratio(t, af, bf, n_samples)
-    log_r[~valid[:, 1:]] = 0.0
-    # log P(n) - log P(mode): sum_{t=mode}^{n-1} log r(t) above the mode and
-    # -sum_{t=n}^{mode-1} log r(t) below it ("left" is exactly log_r - right).
-    right = np.where(t >= mode.astype(np.float64)[:, None], log_r, 0.0)
-    left = log_r - right
-    log_q = np.zeros(nf.shape, dtype=np.float64)
-    np.cumsum(right, axis=1, out=log_q[:, 1:])
-    log_q[:, :-1] -= np.cumsum(left[:, ::-1], axis=1)[:, ::-1]
-    q = np.exp(log_q)
-    q[~valid] = 0.0
-    # w(n) = (n / N) log(N n / (a b)) (exact integer products, one log); the
-    # n = 0 term is 0 whatever its probability.
-    with np.errstate(divide="ignore", invalid="ignore"):
-        weight = (nf / n_samples) * np.log((nf * float(n_samples)) / (af * bf))
-    weight[nf == 0] = 0.0
-    result: np.ndarray = (q * weight).sum(axis=1) / q.sum(axis=1)
-    return result
 
 
 def expected_mutual_information(
@@ -495,7 +265,7 @@ def expected_mutual_information(
     n_samples = int(a.sum())
     if n_samples != int(b.sum()):
         raise ValueError(f"row_sums and col_sums must have the same total, got {n_samples} and {int(b.sum())}")
-    return _expected_mutual_information(a, b, n_samples)
+    return emi_from_sizes(a, b, n_samples)
 
 
 def _as_sizes(name: str, sizes: object) -> np.ndarray:
@@ -507,33 +277,6 @@ def _as_sizes(name: str, sizes: object) -> np.ndarray:
     if array.min() <= 0:
         raise ValueError(f"{name} must be positive, got {array.min()!r}")
     return array.astype(np.int64)
-
-
-def _expected_mutual_information(a: np.ndarray, b: np.ndarray, n_samples: int) -> float:
-    """EMI from positive int64 sizes; see :func:`expected_mutual_information`."""
-    if a.size == 1 or b.size == 1:
-        return 0.0
-    values_a, mult_a = np.unique(a, return_counts=True)
-    values_b, mult_b = np.unique(b, return_counts=True)
-    pair_a = np.repeat(values_a, values_b.size)
-    pair_b = np.tile(values_b, values_a.size)
-    multiplicity = np.outer(mult_a, mult_b).ravel().astype(np.float64)
-    log_budget = math.log(_EPS) - math.log(float(a.size) * float(b.size))
-    low, high, mode = _emi_windows(pair_a, pair_b, n_samples, log_budget)
-    widths = high - low + 1
-    # Pairs are bucketed by window width rounded up to a power of two, so the
-    # padding of a block wastes at most half of it.
-    bucket = np.ceil(np.log2(widths)).astype(np.int64)
-    total = 0.0
-    for level in np.unique(bucket):
-        members = np.flatnonzero(bucket == level)
-        width = int(widths[members].max())
-        rows_per_block = max(1, _EMI_BLOCK_ELEMENTS // width)
-        for start in range(0, members.size, rows_per_block):
-            idx = members[start : start + rows_per_block]
-            values = _emi_block(pair_a[idx], pair_b[idx], low[idx], high[idx], mode[idx], n_samples, width)
-            total += float(np.dot(multiplicity[idx], values))
-    return total
 
 
 def _nmi_from_table(table: ContingencyTable) -> float:
@@ -551,7 +294,7 @@ def _nmi_from_table(table: ContingencyTable) -> float:
 
 def _clamp_away_from_zero(value: float) -> float:
     """Keep ``value``'s sign but at least ``eps`` in magnitude (0 counts as +)."""
-    return min(value, -_EPS) if value < 0 else max(value, _EPS)
+    return min(value, -EPS) if value < 0 else max(value, EPS)
 
 
 def _is_relabelling(table: ContingencyTable) -> bool:
@@ -572,7 +315,7 @@ def _ami_from_table(table: ContingencyTable) -> float:
         # way scikit-learn's clamping does, without depending on rounding.
         return 1.0
     mi = _mutual_information(table)
-    emi = _expected_mutual_information(table.row_sums, table.col_sums, table.n_samples)
+    emi = emi_from_sizes(table.row_sums, table.col_sums, table.n_samples)
     h_true = _entropy(table.row_sums, table.n_samples)
     h_pred = _entropy(table.col_sums, table.n_samples)
     denominator = _clamp_away_from_zero((h_true + h_pred) / 2.0 - emi)
@@ -834,8 +577,7 @@ def cluster_accuracy(
         >>> cluster_accuracy([0, 0, 1, 1, 2], [7, 7, 3, 3, 3], return_mapping=True)
         (0.8, {3: 1, 7: 0})
     """
-    if not isinstance(return_mapping, bool):
-        raise TypeError(f"return_mapping must be a bool, got {return_mapping!r}")
+    check_bool("return_mapping", return_mapping)
     method = _check_method(method)
     accuracy, mapping = _accuracy_from_table(contingency_table(labels_true, labels_pred), method)
     if return_mapping:

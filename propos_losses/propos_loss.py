@@ -25,10 +25,12 @@ import torch
 from torch import Tensor, nn
 
 from propos_losses import defaults
+from propos_losses._psl_checks import agreement
 from propos_losses._validation import (
     check_bool,
     check_finite,
     check_float,
+    check_indices,
     check_int,
     check_integer_dtype,
     check_labels,
@@ -204,8 +206,15 @@ class ProPosLoss(nn.Module):
         self.psa.validate_args = value
         self.psl.validate_args = value
 
-    def _check_views(self, views: Dict[str, Tensor], indices: Optional[Tensor], scatter: bool) -> None:
-        """Every check of a call, before any module runs (the value checks only under ``validate_args``)."""
+    def _check_call(
+        self, views: Dict[str, Tensor], indices: Optional[Tensor], scatter: bool, finite: bool
+    ) -> Optional[Tensor]:
+        """The spec of :meth:`forward`, PSA's and PSL's included, before any module runs; the batch's labels.
+
+        Each check runs once: the views' finiteness here (for PSA and PSL
+        both), then PSA's and PSL's structural checks, whose unchecked cores
+        :meth:`forward` calls.
+        """
         for name, value in views.items():
             check_tensor(name, value, ndim=2, floating=True)
         online_1, online_2, target_1, target_2 = views.values()
@@ -218,31 +227,39 @@ class ProPosLoss(nn.Module):
                 f"target_1 and target_2 must both have {online_1.shape[0]} rows (the batch of online_1) and one "
                 f"shape, got {tuple(target_1.shape)} and {tuple(target_2.shape)}"
             )
-        if self.validate_args:
+        for name, value in views.items():
+            if value.device != online_1.device:
+                raise ValueError(f"{name} is on {value.device} but online_1 is on {online_1.device}")
+        if finite:
             for name, value in views.items():
                 check_finite(name, value)
-        if scatter:
-            self._check_indices(online_1, indices)
-
-    def _check_indices(self, online_1: Tensor, indices: Optional[Tensor]) -> None:
+        self.psa.check_forward(online_1, target_2, finite=False)
+        self.psa.check_forward(online_2, target_1, finite=False)
+        if not scatter:
+            return None
         if self.pseudo_labels is None:
             raise ValueError("PSL is on but no pseudo-labels were set: call set_pseudo_labels(labels) after the E-step")
         if indices is None:
             raise ValueError("PSL is on: pass the batch's sample indices (e.g. from WithIndex) as indices")
-        check_tensor("indices", indices, ndim=1)
-        check_integer_dtype("indices", indices)
-        if indices.shape[0] != online_1.shape[0]:
-            raise ValueError(f"indices must have shape ({online_1.shape[0]},), got {tuple(indices.shape)}")
         n = self.pseudo_labels.shape[0]
         # A value check (host sync): only when PSL validates its values too (validate_args).
-        if self.psl.validate_args and indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= n):
-            raise ValueError(
-                f"indices must be in [0, {n}) (the number of pseudo-labels), "
-                f"got {indices.min().item()}..{indices.max().item()}"
-            )
+        check_indices(
+            "indices",
+            indices,
+            online_1.shape[0],
+            values=self.psl.validate_args,
+            upper=n,
+            upper_name=" (the number of pseudo-labels)",
+        )
+        labels = self._psl_labels(online_1, indices)
+        # Labels in [0, K) (set_pseudo_labels), indices and finite views checked above; the second
+        # pairing has the shapes and device of the first.
+        first = target_1 if self.psl_pairing == "same" else target_2
+        self.psl.check_forward(online_1, first, labels, indices, values=self.psl.validate_args, inputs_checked=True)
+        return labels
 
     def _psl_labels(self, online_1: Tensor, indices: Tensor) -> Tensor:
-        """The batch's pseudo-labels ``(B,)`` (checked by :meth:`_check_indices`)."""
+        """The batch's pseudo-labels ``(B,)`` (indices checked by :meth:`_check_call`)."""
         assert self.pseudo_labels is not None
         if self.pseudo_labels.device != online_1.device:
             self.pseudo_labels = self.pseudo_labels.to(online_1.device)  # once, not every step
@@ -282,26 +299,30 @@ class ProPosLoss(nn.Module):
         """
         views = {"online_1": online_1, "online_2": online_2, "target_1": target_1, "target_2": target_2}
         scatter = self.psl_active and self.lambda_psl != 0.0
-        if self.validate_args and is_distributed():
-            # Every rank raises the same error (bad indices on one rank would leave the others in PSL's all-reduce).
-            check_on_every_rank(
-                lambda: self._check_views(views, indices, scatter),
+        psl_values = scatter and self.psl.validate_args
+        finite = self.psa.validate_args or psl_values
+        if self.validate_args or psl_values:
+            # Every rank raises the same error (bad indices on one rank would leave the others in PSL's
+            # all-reduce), and the inputs of PSL's all-reduces agree between ranks.
+            agree = agreement(online_1, indices, self.psl.queue) if scatter else None
+            labels = check_on_every_rank(
+                lambda: self._check_call(views, indices, scatter, finite),
                 what="ProPosLoss",
                 device=getattr(online_1, "device", None),
+                agree=agree,
             )
         else:
-            self._check_views(views, indices, scatter)
-        labels = self._psl_labels(online_1, cast(Tensor, indices)) if scatter else None
-        forward_order: Tensor = self.psa(online_1, target_2)
-        backward_order: Tensor = self.psa(online_2, target_1)
+            labels = self._check_call(views, indices, scatter, finite)
+        forward_order: Tensor = self.psa.unchecked_forward(online_1, target_2)
+        backward_order: Tensor = self.psa.unchecked_forward(online_2, target_1)
         alignment = 0.5 * (forward_order + backward_order)
         if labels is None:
             self.last_terms = {"psa": alignment.detach(), "psl": torch.zeros_like(alignment.detach())}
             return alignment
         first, second = (target_1, target_2) if self.psl_pairing == "same" else (target_2, target_1)
         # Both calls see the same samples: only the second may enqueue them (once per step).
-        first_term: Tensor = self.psl(online_1, first, labels, indices, enqueue=False)
-        second_term: Tensor = self.psl(online_2, second, labels, indices)
+        first_term = self.psl.unchecked_forward(online_1, first, labels, indices, enqueue=False)
+        second_term = self.psl.unchecked_forward(online_2, second, labels, indices)
         scattering = 0.5 * (first_term + second_term)
         self.last_terms = {"psa": alignment.detach(), "psl": scattering.detach()}
         return alignment + self.lambda_psl * scattering

@@ -17,7 +17,6 @@ calling it a second time with the two views swapped (see
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import weakref
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -26,10 +25,13 @@ import torch
 from torch import Tensor, nn
 
 from propos_losses import defaults
+from propos_losses._numerics import autocast_enabled, compute_dtype, no_autocast
 from propos_losses._validation import check_bool, check_float, check_tensor
 from propos_losses.prototypes import normalize_features
 
 __all__ = ["PositiveSamplingAlignment", "PSA", "positive_sampling_alignment"]
+
+# check_projections and alignment_core are the spec and the core of the functional form (used by the module).
 
 
 def _check_sigma(sigma: object) -> float:
@@ -217,6 +219,28 @@ def positive_sampling_alignment(
         (torch.Size([]), True)
         >>> loss.backward()
     """
+    sigma = _check_sigma(sigma)
+    generator = _check_generator(generator)
+    check_bool("training", training)
+    check_bool("validate_args", validate_args)
+    check_projections(online_projection, target_projection, predictor, generator, finite=validate_args)
+    return alignment_core(online_projection, target_projection, predictor, sigma, generator, training)
+
+
+def check_projections(
+    online_projection: Tensor,
+    target_projection: Tensor,
+    predictor: Callable[[Tensor], Tensor],
+    generator: Optional[torch.Generator],
+    *,
+    finite: bool,
+) -> None:
+    """The spec of the projections of :func:`positive_sampling_alignment` (``sigma``, ``generator`` typed already).
+
+    Everything that can be checked before the predictor runs: ranks, batch
+    sizes, the predictor's input and output widths, a BatchNorm batch of one,
+    the generator's device and, when ``finite``, finite values (one host sync).
+    """
     online_projection = check_tensor("online_projection", online_projection, ndim=2, floating=True)
     target_projection = check_tensor("target_projection", target_projection, ndim=2, floating=True)
     if online_projection.shape[0] != target_projection.shape[0]:
@@ -230,14 +254,14 @@ def positive_sampling_alignment(
         raise TypeError(f"predictor must be callable (an nn.Module), got {type(predictor).__name__}")
     # Skipped inside torch.compile (module traversal is not traceable in every release): a width
     # mismatch then fails inside the predictor, as any shape error of compiled code does.
-    expected = None if torch.compiler.is_compiling() else _expected_width(predictor)
-    if expected is not None and expected[0] != online_projection.shape[1]:
-        raise ValueError(
-            f"online_projection has width {online_projection.shape[1]} but the predictor's first layer, "
-            f"{expected[1]}, takes {expected[0]} features: online_projection must be the projector output q "
-            f"(shape {tuple(online_projection.shape)})"
-        )
     if not torch.compiler.is_compiling():
+        expected = _expected_width(predictor)
+        if expected is not None and expected[0] != online_projection.shape[1]:
+            raise ValueError(
+                f"online_projection has width {online_projection.shape[1]} but the predictor's first layer, "
+                f"{expected[1]}, takes {expected[0]} features: online_projection must be the projector output q "
+                f"(shape {tuple(online_projection.shape)})"
+            )
         width = _output_width(predictor)
         if width is not None and width != target_projection.shape[1]:
             raise ValueError(
@@ -245,28 +269,32 @@ def positive_sampling_alignment(
                 f"got width {width} (the predictor's last layer)"
             )
         _check_batchnorm_batch_size(predictor, online_projection.shape[0])
-    sigma = _check_sigma(sigma)
-    generator = _check_generator(generator)
     if generator is not None and not _same_device(generator.device, online_projection.device):
         raise ValueError(f"generator is on {generator.device} but online_projection is on {online_projection.device}")
-    if not isinstance(training, bool):
-        raise TypeError(f"training must be a bool, got {training!r}")
-    check_bool("validate_args", validate_args)
-    if validate_args:
+    if finite:
         # One host synchronisation for both finiteness checks.
-        finite = torch.isfinite(online_projection).all() & torch.isfinite(target_projection).all()
-        if not bool(finite):
+        both = torch.isfinite(online_projection).all() & torch.isfinite(target_projection).all()
+        if not bool(both):
             raise ValueError("online_projection and target_projection must be finite, got NaN or Inf values")
 
+
+def alignment_core(
+    online_projection: Tensor,
+    target_projection: Tensor,
+    predictor: Callable[[Tensor], Tensor],
+    sigma: float,
+    generator: Optional[torch.Generator],
+    training: bool,
+) -> Tensor:
+    """Unchecked core of :func:`positive_sampling_alignment` (the caller ran :func:`check_projections`)."""
     # float32 at least: sigma = 1e-3 is below half precision's resolution around 1.
-    compute_dtype = torch.promote_types(online_projection.dtype, torch.float32)
-    v = online_projection.to(compute_dtype)
+    dtype = compute_dtype(online_projection.dtype)
+    v = online_projection.to(dtype)
     if training and sigma > 0:
-        eps = torch.randn(v.shape, generator=generator, dtype=compute_dtype, device=v.device)
+        eps = torch.randn(v.shape, generator=generator, dtype=dtype, device=v.device)
         v = v + sigma * eps
 
-    device_type = v.device.type
-    if not torch.is_autocast_enabled(device_type):
+    if not autocast_enabled(v.device):
         # Without autocast, feed the predictor its own dtype (e.g. a .half() predictor).
         predictor_dtype = _module_dtype(predictor)
         if predictor_dtype is not None:
@@ -279,13 +307,8 @@ def positive_sampling_alignment(
         )
 
     # The cosine itself always runs in (at least) float32, outside autocast.
-    autocast_off = (
-        torch.autocast(device_type, enabled=False)
-        if torch.is_autocast_enabled(device_type)
-        else contextlib.nullcontext()
-    )
-    with autocast_off:
-        out_dtype = torch.promote_types(prediction.dtype, compute_dtype)
+    with no_autocast(v.device):
+        out_dtype = torch.promote_types(prediction.dtype, dtype)
         # Exact normalisation (no eps clamp): the loss is invariant to the scale of the prediction and
         # of the target however small, and zero vectors give a cosine of 0 with zero gradient.
         p = normalize_features(prediction.to(out_dtype))
@@ -457,6 +480,11 @@ class PositiveSamplingAlignment(nn.Module):
                 projection, so the predictor would run twice), besides the
                 errors of :func:`positive_sampling_alignment`.
         """
+        self.check_forward(online_projection, target_projection, finite=self.validate_args)
+        return self.unchecked_forward(online_projection, target_projection)
+
+    def check_forward(self, online_projection: Tensor, target_projection: Tensor, *, finite: bool) -> None:
+        """The spec of :meth:`forward`, run before the predictor (``finite``: also the finiteness check, a host sync)."""
         seen = None if torch.compiler.is_compiling() else self._predictions.get(id(online_projection))
         if seen is not None and seen() is online_projection:
             raise ValueError(
@@ -464,14 +492,12 @@ class PositiveSamplingAlignment(nn.Module):
                 "prediction g(q) (PSA applies the predictor itself; a model that owns its prediction head "
                 "should return the projection, see the drop-in guide)"
             )
-        return positive_sampling_alignment(
-            online_projection,
-            target_projection,
-            self.predictor,
-            sigma=self._sigma,
-            generator=self._generator,
-            training=self.training,
-            validate_args=self.validate_args,
+        check_projections(online_projection, target_projection, self.predictor, self._generator, finite=finite)
+
+    def unchecked_forward(self, online_projection: Tensor, target_projection: Tensor) -> Tensor:
+        """Unchecked core of :meth:`forward`: the caller ran :meth:`check_forward` (e.g. :class:`~propos_losses.ProPosLoss`)."""
+        return alignment_core(
+            online_projection, target_projection, self.predictor, self._sigma, self._generator, self.training
         )
 
     def symmetric(

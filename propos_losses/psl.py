@@ -49,379 +49,36 @@ batch has zero total weight. Soft weights are rescaled by their global maximum
 
 from __future__ import annotations
 
-import contextlib
 import warnings
-from typing import Any, Callable, ContextManager, Literal, Mapping, NamedTuple, Optional, Tuple, Union
+from typing import Any, Literal, Mapping, Optional, Union
 
-import torch
 from torch import Tensor, nn
 
 # typing_extensions' overload registers the overloads for get_overloads() on Python 3.10 as well.
 from typing_extensions import deprecated, overload
 
 from propos_losses import defaults
+from propos_losses._psl_checks import (
+    check_assignments_device,
+    check_features,
+    check_queue_arguments,
+    check_temperature,
+    validate_on_every_rank,
+)
+from propos_losses._psl_core import PSLTerms, Scores, buffer_queue_sums, psl_core, tensor_queue_sums
 from propos_losses._validation import (
     check_bool,
-    check_finite,
-    check_float,
+    check_indices,
     check_int,
-    check_integer_dtype,
     check_labels,
     check_tensor,
     checked_state_dict,
 )
-from propos_losses.distributed import (
-    all_reduce_max_,
-    all_reduce_sum,
-    all_reduce_sum_,
-    check_on_every_rank,
-    dtype_code,
-    is_distributed,
-)
-from propos_losses.prototypes import (
-    as_assignments,
-    check_assignments,
-    cluster_sums_only,
-    cluster_sums_unchecked,
-    normalize_features,
-    rescale_weights,
-    weight_scale,
-)
+from propos_losses.distributed import is_distributed
+from propos_losses.prototypes import as_assignments, check_assignments
 from propos_losses.queue import PrototypeQueue
 
 __all__ = ["PSLTerms", "prototype_scattering_loss", "prototype_scattering_terms", "PrototypeScatteringLoss", "PSL"]
-
-
-class PSLTerms(NamedTuple):
-    """The loss and its Eq. 5 terms, all 0-d tensors identical on every rank.
-
-    ``uniformity`` is defined as ``0`` when fewer than two clusters are
-    non-empty (no negatives, nothing to repel; the log of the empty sum would
-    be ``-inf``), with a zero gradient; the loss is then exactly 0 as well.
-
-    Example:
-        >>> import torch
-        >>> online = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-        >>> terms = prototype_scattering_terms(online, online, torch.tensor([0, 2]), 3)
-        >>> round(terms.alignment.item(), 4), round(terms.uniformity.item(), 4), int(terms.num_active)
-        (-2.0, 0.0, 2)
-    """
-
-    #: ``L_psl`` (Eq. 4), floating point.
-    loss: Tensor
-    #: ``mean_{k in A} -mu_k.mu'_k / tau`` (Eq. 5).
-    alignment: Tensor
-    #: ``mean_{k in A} log sum_{j in A, j != k} exp(mu_k.mu_j / tau)`` (Eq. 5); ``0`` when ``|A| < 2``.
-    uniformity: Tensor
-    #: ``|A|``, the number of non-empty clusters (int64).
-    num_active: Tensor
-
-
-def _autocast_supported(device_type: str) -> bool:
-    """Whether ``torch.is_autocast_enabled(device_type)`` can be asked (it raises for e.g. ``"meta"``)."""
-    try:
-        torch.is_autocast_enabled(device_type)
-    except RuntimeError:
-        return False
-    return True
-
-
-# Answered once per device type, outside any torch.compile trace: the query itself is not
-# traceable in every torch release (a graph break in 2.4), a lookup in this dict is.
-_AUTOCAST_SUPPORTED = {t: _autocast_supported(t) for t in ("cpu", "cuda", "xpu", "mps", "hpu", "meta")}
-
-
-def _no_autocast(device: torch.device) -> ContextManager[object]:
-    """Context that disables autocast on ``device`` where it is on (a no-op elsewhere)."""
-    supported = _AUTOCAST_SUPPORTED.get(device.type)
-    if supported is None:
-        supported = _AUTOCAST_SUPPORTED.setdefault(device.type, _autocast_supported(device.type))
-    if supported and torch.is_autocast_enabled(device.type):
-        return torch.autocast(device_type=device.type, enabled=False)
-    return contextlib.nullcontext()
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    # float64 stays float64 (gradcheck, oracles); half, bfloat16 and float32 run in float32.
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _check_temperature(temperature: object) -> float:
-    """``tau`` as a float, at least float32's smallest normal number so that ``1 / tau`` is finite in float32."""
-    temperature = check_float("temperature", temperature, minimum=0.0, strict_minimum=True)
-    tiny = torch.finfo(torch.float32).tiny
-    if temperature < tiny:
-        raise ValueError(
-            f"temperature must be >= {tiny} (float32's smallest normal number, so that 1 / temperature "
-            f"is finite in float32), got {temperature}"
-        )
-    return temperature
-
-
-def _check_features(online: Tensor, target: Tensor, *, allow_empty: bool = False, values: bool = True) -> None:
-    """``allow_empty`` accepts ``B = 0`` (a rank without samples under ``torch.distributed``).
-
-    ``values=False`` skips the finiteness checks (the only ones that sync with the device).
-    """
-    check_tensor("online", online, ndim=2, floating=True)
-    check_tensor("target", target, ndim=2, floating=True)
-    if online.shape != target.shape:
-        raise ValueError(
-            f"online and target must have the same shape (B, d), got {tuple(online.shape)} and {tuple(target.shape)}"
-        )
-    if online.shape[1] < 1:
-        raise ValueError(f"online must be (B, d) with d >= 1, got shape {tuple(online.shape)}")
-    if online.shape[0] < 1 and not allow_empty:
-        raise ValueError(f"online must be (B, d) with B >= 1, got shape {tuple(online.shape)}")
-    if online.device != target.device:
-        raise ValueError(f"online and target must be on the same device, got {online.device} and {target.device}")
-    if values:
-        check_finite("online", online)
-        check_finite("target", target)
-
-
-def _check_assignments_device(assignments: object, online: Tensor) -> None:
-    """Structural: labels or weights on the features' device (a raw torch error otherwise)."""
-    if isinstance(assignments, Tensor) and assignments.device != online.device:
-        raise ValueError(f"assignments are on {assignments.device} but online is on {online.device}")
-
-
-def _check_queue(
-    queue_features: Optional[Tensor],
-    queue_labels: Optional[Tensor],
-    feature_dim: int,
-    num_clusters: int,
-    values: bool = True,
-) -> None:
-    if (queue_features is None) != (queue_labels is None):
-        raise ValueError(
-            "queue_features and queue_labels must be given together, got "
-            f"queue_features={'None' if queue_features is None else 'a tensor'} and "
-            f"queue_labels={'None' if queue_labels is None else 'a tensor'}"
-        )
-    if queue_features is None or queue_labels is None:
-        return
-    check_tensor("queue_features", queue_features, ndim=2, floating=True)
-    check_tensor("queue_labels", queue_labels, ndim=1)
-    if queue_features.shape[1] != feature_dim:
-        raise ValueError(
-            f"queue_features must have feature size d={feature_dim} like online, got shape {tuple(queue_features.shape)}"
-        )
-    if queue_labels.shape[0] != queue_features.shape[0]:
-        raise ValueError(
-            f"queue_labels must have one label per queue_features row ({queue_features.shape[0]}), "
-            f"got shape {tuple(queue_labels.shape)}"
-        )
-    if queue_labels.is_floating_point() or queue_labels.is_complex() or queue_labels.dtype == torch.bool:
-        raise TypeError(f"queue_labels must hold integer labels, got dtype {queue_labels.dtype}")
-    if values:
-        check_labels("queue_labels", queue_labels, num_clusters)
-        check_finite("queue_features", queue_features)
-
-
-def _validate_on_every_rank(
-    check: Callable[[], None],
-    online: object,
-    assignments: object,
-    *,
-    collective: bool = True,
-    queue: Optional[PrototypeQueue] = None,
-) -> None:
-    """Run the local checks; under ``torch.distributed`` make every rank raise if any rank failed.
-
-    The checks are local, so a rank with bad data would raise alone and leave
-    the other ranks blocked in the all-reduce of the prototype sums, and a
-    feature size or dtype that differs between ranks would make that
-    all-reduce abort the process (gloo). One tiny all-reduce
-    (:func:`~propos_losses.distributed.check_on_every_rank`) lets every rank
-    raise instead. ``collective=False`` (``validate_args=False``) skips it and
-    its host sync: a rank with bad input then raises alone. With a
-    ``queue``, its feature size and dtype must agree as well (the batch is
-    gathered into it after the loss).
-    """
-    if not collective:
-        check()
-        return
-    well_formed = isinstance(online, Tensor) and online.dim() == 2
-    agree = {
-        "the feature size (online.shape[1])": online.shape[1] if isinstance(online, Tensor) and well_formed else -1,
-        "the feature dtype (code)": dtype_code(online),
-        "assignments.dim() (1 for hard labels, 2 for soft weights)": (
-            assignments.dim() if isinstance(assignments, Tensor) else -1
-        ),
-    }
-    if queue is not None:
-        agree["the queue's feature size (feature_dim)"] = queue.feature_dim
-        agree["the queue's dtype (code)"] = dtype_code(queue.features)
-    device = online.device if isinstance(online, Tensor) else None
-    check_on_every_rank(check, what="the prototype scattering loss", device=device, agree=agree)
-
-
-class _Scores(NamedTuple):
-    """One evaluation of Eq. 4: the loss and what the Eq. 5 terms are read from (all ``K`` clusters)."""
-
-    loss: Tensor
-    #: ``(K,)`` ``mu_k.mu'_k / tau`` (0 for empty clusters).
-    positive: Tensor
-    #: ``(K, K)`` row ``k``: ``mu_k.mu'_k / tau`` on the diagonal, ``mu_k.mu_j / tau`` at non-empty
-    #: ``j != k``, ``-inf`` at empty ``j != k``.
-    logits: Tensor
-    #: ``(K,)`` bool, the non-empty clusters ``A``.
-    active: Tensor
-    #: ``max(|A|, 1)`` in the compute dtype.
-    rows: Tensor
-    #: ``|A|`` (int64).
-    num_active: Tensor
-
-    def detach(self) -> "_Scores":
-        return _Scores(*(t.detach() for t in self))
-
-    def terms(self) -> PSLTerms:
-        """:class:`PSLTerms` (attached to the graph when the scores are)."""
-        positive, logits, active, rows = self.positive, self.logits, self.active, self.rows
-        alignment = torch.where(active, -positive, 0.0).sum() / rows
-        eye = torch.eye(logits.shape[0], dtype=torch.bool, device=logits.device)
-        # Rows without any negative (empty clusters, or |A| < 2) would give log(0) = -inf, whose backward
-        # is NaN even when masked afterwards: feed them zeros, then drop them. Their uniformity is 0 by
-        # convention (nothing to repel), attached to the graph with zero gradient.
-        has_negative = active & (self.num_active >= 2)
-        negative = torch.where(has_negative[:, None], logits.masked_fill(eye, float("-inf")), 0.0)
-        uniformity = torch.where(has_negative, torch.logsumexp(negative, dim=1), 0.0).sum() / rows
-        return PSLTerms(self.loss, alignment, uniformity, self.num_active)
-
-
-def _scattering_scores(
-    online_sums: Tensor, target_sums: Tensor, counts: Tensor, temperature: float, select: bool = False
-) -> _Scores:
-    """Eq. 4 from global per-cluster sums ``(K, d)`` and total weights ``(K,)``, with static shapes.
-
-    ``select=True`` first keeps only the non-empty clusters (one host sync,
-    which the value checks pay anyway), so the similarity matrix is
-    ``|A| x |A|`` rather than ``K x K``: far less work when ``K`` is much larger
-    than the batch. Both give the same values (to rounding).
-
-    All ``K`` clusters are computed; the empty ones are masked out exactly:
-    ``-inf`` logits (``exp(-inf) == 0``) as negatives of every other row, and
-    zero weight in the averages over ``A``. Nothing reads a value back to the
-    host. With no non-empty cluster at all (which validation rules out) the
-    averages are over zero rows and give 0. The Eq. 5 terms are left to
-    :meth:`_Scores.terms` (a training step needs the loss alone).
-    """
-    if select:
-        chosen = (counts > 0).nonzero().squeeze(1)
-        online_sums, target_sums, counts = (t.index_select(0, chosen) for t in (online_sums, target_sums, counts))
-    active = counts > 0  # (K,) mask of A
-    num_active = active.sum()  # |A|, a 0-d int64 tensor
-    rows = num_active.clamp_min(1).to(online_sums.dtype)
-    mu = normalize_features(online_sums)  # empty clusters: zero rows, zero gradient
-    scaled = mu / temperature
-    positive = (scaled * normalize_features(target_sums)).sum(dim=1)  # (K,)
-    # One (K, K) table per row k: the positive on the diagonal (never -inf, so every row's log-sum-exp
-    # and its gradient are finite; a lone cluster: log_partition == positive) and the negatives off it,
-    # -inf at empty columns: removed exactly. The diagonal replaces the self-similarity, which is no
-    # negative. Empty rows are dropped from the average below.
-    eye = torch.eye(mu.shape[0], dtype=torch.bool, device=mu.device)
-    logits = torch.where(eye, positive[:, None], (scaled @ mu.t()).masked_fill(~active, float("-inf")))
-    loss = torch.where(active, torch.logsumexp(logits, dim=1) - positive, 0.0).sum() / rows
-    return _Scores(loss, positive, logits, active, rows, num_active)
-
-
-QueueSource = Callable[[torch.dtype], Tuple[Tensor, Tensor]]
-
-
-def _psl(
-    online: Tensor,
-    target: Tensor,
-    assignments: Tensor,
-    num_clusters: int,
-    temperature: float,
-    queue_sums: Optional[QueueSource],
-    validate_args: bool = True,
-) -> Tuple[_Scores, Tensor]:
-    """Unchecked core; returns the scores and the normalised, detached target features ``(B, d)``.
-
-    ``queue_sums(dtype)`` gives the per-cluster sums ``(K, d)`` and counts ``(K,)``
-    of the queue's (normalised) features, without gradient.
-    """
-    dtype = _compute_dtype(online.dtype)
-    with _no_autocast(online.device):
-        z_online = normalize_features(online.to(dtype))
-        z_target = normalize_features(target.detach().to(dtype))
-        # Pseudo-labels are constants: like the target side, they receive no gradient.
-        assignments = assignments.detach()
-        if assignments.dim() == 2:
-            # Exact rescaling by the largest weight (the prototypes do not depend on a common scale)
-            # before the cast; the global maximum, so that every rank keeps the same relative weights.
-            scale = all_reduce_max_(weight_scale(assignments))
-            assignments = rescale_weights(assignments, scale, dtype)
-        online_sums, counts = cluster_sums_unchecked(z_online, assignments, num_clusters)
-        target_sums = cluster_sums_only(z_target, assignments, num_clusters)
-        # Differentiable all-reduce for the online side (its backward sums gradients over ranks);
-        # one gradient-free all-reduce for target sums and counts together.
-        distributed = is_distributed()
-        if distributed:
-            online_sums = all_reduce_sum(online_sums)
-            statistics = all_reduce_sum_(torch.cat([target_sums, counts[:, None]], dim=1))
-            target_sums, counts = statistics[:, :-1], statistics[:, -1]
-        if validate_args and distributed and not bool((counts > 0).any()):
-            # The counts are global, so every rank takes this branch together (no rank is left in a collective).
-            raise ValueError(
-                "assignments give zero total weight over all ranks (every local batch is empty or has "
-                "all-zero weights): no sample is assigned to any cluster"
-            )
-        if queue_sums is not None:
-            # The queue is identical on every rank: add it after the all-reduce, or it counts world_size times.
-            extra_sums, extra_counts = queue_sums(dtype)
-            online_sums = online_sums + extra_sums
-            target_sums = target_sums + extra_sums
-            counts = counts + extra_counts
-        if (
-            not validate_args
-            and queue_sums is None
-            and assignments.dim() == 1
-            and assignments.shape[0] < num_clusters
-            and not distributed
-        ):
-            # Fast path, K above the batch: only the batch's own labels can be non-empty, so keep B slots
-            # (each present cluster once, duplicates pointing at an all-zero row) instead of all K rows.
-            slots = _present_clusters(assignments, num_clusters)
-            online_sums, target_sums, counts = (
-                torch.cat([t, t.new_zeros((1,) + t.shape[1:])]).index_select(0, slots)
-                for t in (online_sums, target_sums, counts)
-            )
-        # The checked path reads values back anyway: selecting the non-empty clusters then costs nothing
-        # extra and shrinks the K x K similarities to |A| x |A|. The fast path stays sync-free.
-        scores = _scattering_scores(online_sums, target_sums, counts, temperature, select=validate_args)
-    return scores, z_target
-
-
-def _present_clusters(labels: Tensor, num_clusters: int) -> Tensor:
-    """``(B,)`` slots with static shape: each cluster present in ``labels`` once, the other slots ``K``.
-
-    Sorted labels, keeping the first of each run; row ``K`` of the padded sums is all zero (an empty
-    cluster, masked out by the loss), so the slots give exactly the clusters of the batch.
-    """
-    ordered = torch.sort(labels.long()).values
-    first = torch.cat([torch.ones(1, dtype=torch.bool, device=ordered.device), ordered[1:] != ordered[:-1]])
-    return torch.where(first, ordered, num_clusters)
-
-
-def _tensor_queue_sums(queue_features: Tensor, queue_labels: Tensor, num_clusters: int) -> QueueSource:
-    """Queue sums of user-given features (normalised here) and labels."""
-
-    def sums(dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
-        return cluster_sums_unchecked(normalize_features(queue_features.detach().to(dtype)), queue_labels, num_clusters)
-
-    return sums
-
-
-def _buffer_queue_sums(queue: PrototypeQueue, num_clusters: int) -> QueueSource:
-    """Queue sums read straight from the queue's buffers (:meth:`PrototypeQueue.cluster_sums`, unchecked)."""
-
-    def sums(dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
-        return queue.unchecked_cluster_sums(num_clusters, dtype)
-
-    return sums
 
 
 def prototype_scattering_terms(
@@ -499,28 +156,27 @@ def _functional_scores(
     queue_features: Optional[Tensor],
     queue_labels: Optional[Tensor],
     validate_args: bool,
-) -> _Scores:
-    """Checked core of the functional forms (arguments as in :func:`prototype_scattering_terms`)."""
+) -> Scores:
+    """The functional forms' one check (arguments as in :func:`prototype_scattering_terms`), then the core."""
     num_clusters = check_int("num_clusters", num_clusters, minimum=2)
-    temperature = _check_temperature(temperature)
+    temperature = check_temperature(temperature)
+    check_bool("validate_args", validate_args)
     if isinstance(online, Tensor):
         assignments = as_assignments(assignments, online.device)  # type: ignore[assignment]
     # Under torch.distributed a rank may hold no samples or all-zero weights: only the global total counts.
     distributed = is_distributed()
 
-    check_bool("validate_args", validate_args)
-
     def check() -> None:
-        _check_features(online, target, allow_empty=distributed, values=validate_args)
-        _check_assignments_device(assignments, online)
+        check_features(online, target, allow_empty=distributed, values=validate_args)
+        check_assignments_device(assignments, online)
         check_assignments(assignments, online.shape[0], num_clusters, allow_all_zero=distributed, values=validate_args)
-        _check_queue(queue_features, queue_labels, online.shape[1], num_clusters, values=validate_args)
+        check_queue_arguments(queue_features, queue_labels, online.shape[1], num_clusters, values=validate_args)
 
-    _validate_on_every_rank(check, online, assignments, collective=validate_args)
+    validate_on_every_rank(check, online, assignments, collective=validate_args)
     queue_sums = None
     if queue_features is not None and queue_labels is not None:
-        queue_sums = _tensor_queue_sums(queue_features, queue_labels, num_clusters)
-    scores, _ = _psl(online, target, assignments, num_clusters, temperature, queue_sums, validate_args)
+        queue_sums = tensor_queue_sums(queue_features, queue_labels, num_clusters)
+    scores, _ = psl_core(online, target, assignments, num_clusters, temperature, queue_sums, validate_args)
     return scores
 
 
@@ -604,9 +260,7 @@ def prototype_scattering_loss(
         >>> loss.shape
         torch.Size([])
     """
-    if return_terms is not False:
-        if not isinstance(return_terms, bool):
-            raise TypeError(f"return_terms must be a bool, got {return_terms!r}")
+    if check_bool("return_terms", return_terms):
         warnings.warn(_RETURN_TERMS_DEPRECATED, FutureWarning, stacklevel=2)
     scores = _functional_scores(
         online, target, assignments, num_clusters, temperature, queue_features, queue_labels, validate_args
@@ -672,7 +326,7 @@ class PrototypeScatteringLoss(nn.Module):
     """
 
     queue: Optional[PrototypeQueue]
-    _last_scores: Optional[_Scores]
+    _last_scores: Optional[Scores]
     _last_terms: Optional[PSLTerms]
 
     def __init__(
@@ -687,7 +341,7 @@ class PrototypeScatteringLoss(nn.Module):
         super().__init__()
         check_bool("validate_args", validate_args)
         self.num_clusters = check_int("num_clusters", num_clusters, minimum=2)
-        self.temperature = _check_temperature(temperature)
+        self.temperature = check_temperature(temperature)
         self.queue_size = check_int("queue_size", queue_size, minimum=0)
         if feature_dim is not None:
             feature_dim = check_int("feature_dim", feature_dim, minimum=1)
@@ -738,6 +392,7 @@ class PrototypeScatteringLoss(nn.Module):
             RuntimeError: any problem above; nothing was changed.
 
         Example:
+            >>> import torch
             >>> larger = PrototypeScatteringLoss(5, queue_size=4, feature_dim=2)  # another K
             >>> _ = larger(torch.ones(1, 2), torch.ones(1, 2), torch.tensor([4]))
             >>> psl = PrototypeScatteringLoss(3, queue_size=4, feature_dim=2)
@@ -781,23 +436,41 @@ class PrototypeScatteringLoss(nn.Module):
         Returns:
             0-d loss tensor (float32, float64 for float64 input).
         """
-        if enqueue is not None and not isinstance(enqueue, bool):
-            raise TypeError(f"enqueue must be None or a bool, got {enqueue!r}")
+        check_bool("enqueue", enqueue, allow_none=True)
         if isinstance(online, Tensor):
             assignments = as_assignments(assignments, online.device)  # type: ignore[assignment]
         validate = self._validate_args
-        _validate_on_every_rank(
-            lambda: self._check_forward(online, target, assignments, indices),
+        validate_on_every_rank(
+            lambda: self.check_forward(online, target, assignments, indices, values=validate),
             online,
             assignments,
             collective=validate,
             queue=self.queue,
         )
-        queue_sums = None if self.queue is None else _buffer_queue_sums(self.queue, self.num_clusters)
-        scores, z_target = _psl(online, target, assignments, self.num_clusters, self.temperature, queue_sums, validate)
+        return self.unchecked_forward(online, target, assignments, indices, enqueue=enqueue)
+
+    def unchecked_forward(
+        self,
+        online: Tensor,
+        target: Tensor,
+        assignments: Tensor,
+        indices: Optional[Tensor] = None,
+        *,
+        enqueue: Optional[bool] = None,
+    ) -> Tensor:
+        """Unchecked core of :meth:`forward`: the caller ran :meth:`check_forward` (e.g. :class:`~propos_losses.ProPosLoss`).
+
+        Assignments must be a tensor (NumPy arrays are converted by :meth:`forward`).
+        """
+        validate = self._validate_args
+        queue_sums = None if self.queue is None else buffer_queue_sums(self.queue, self.num_clusters)
+        scores, z_target = psl_core(
+            online, target, assignments, self.num_clusters, self.temperature, queue_sums, validate
+        )
         self._last_scores, self._last_terms = scores.detach(), None
         if self.queue is not None and (self.training if enqueue is None else enqueue):
-            self.queue.push(z_target, assignments.long(), indices)
+            # Checked above as push would check it; uneven batches between ranks only on the checked path.
+            self.queue.push_unchecked(z_target, assignments.long(), indices, uneven=validate)
         return scores.loss
 
     @property
@@ -841,6 +514,7 @@ class PrototypeScatteringLoss(nn.Module):
             authors' average, as :class:`~propos_losses.ProPosLoss` does).
 
         Example:
+            >>> import torch
             >>> psl = PrototypeScatteringLoss(num_clusters=3)
             >>> o1, o2, t1, t2 = torch.randn(4, 6, 8).unbind(0)  # four (6, 8) batches
             >>> labels = torch.tensor([0, 0, 1, 1, 2, 2])
@@ -851,31 +525,37 @@ class PrototypeScatteringLoss(nn.Module):
         second: Tensor = self(online_2, target_1, assignments, indices)
         return first + second
 
-    def _check_forward(
+    def check_forward(
         self,
         online: Tensor,
         target: Tensor,
         assignments: Tensor,
         indices: Optional[Tensor],
+        *,
+        values: bool,
+        inputs_checked: bool = False,
     ) -> None:
+        """The spec of :meth:`forward` on this rank (its push into the queue included), before anything changes.
+
+        ``values=False`` keeps the structural checks only (no host sync).
+        ``inputs_checked=True``: the caller has checked the values of the
+        inputs already (finite features, labels in ``[0, K)``, indices
+        ``>= 0``, as :class:`~propos_losses.ProPosLoss` does); the loss's own
+        state (the queue's labels) is still checked under ``values``.
+        """
         distributed = is_distributed()
-        values = self._validate_args
-        _check_features(online, target, allow_empty=distributed, values=values)
+        input_values = values and not inputs_checked
+        check_features(online, target, allow_empty=distributed, values=input_values)
         batch_size, feature_dim = online.shape
         if self.feature_dim is not None and feature_dim != self.feature_dim:
             raise ValueError(
                 f"online must have feature size feature_dim={self.feature_dim}"
                 f"{' (the queue feature size)' if self.queue is not None else ''}, got shape {tuple(online.shape)}"
             )
-        _check_assignments_device(assignments, online)
-        check_assignments(assignments, batch_size, self.num_clusters, allow_all_zero=distributed, values=values)
+        check_assignments_device(assignments, online)
+        check_assignments(assignments, batch_size, self.num_clusters, allow_all_zero=distributed, values=input_values)
         if indices is not None:
-            check_tensor("indices", indices, ndim=1)
-            check_integer_dtype("indices", indices)
-            if indices.shape[0] != batch_size:
-                raise ValueError(f"indices must have shape ({batch_size},), got {tuple(indices.shape)}")
-            if values and indices.numel() and int(indices.min()) < 0:
-                raise ValueError(f"indices must be >= 0, got {int(indices.min())}")
+            check_indices("indices", indices, batch_size, values=input_values)
         if self.queue is not None and assignments.dim() != 1:
             raise ValueError(
                 f"assignments must be (B,) hard labels when queue_size > 0 (the queue stores hard labels), "
@@ -886,14 +566,9 @@ class PrototypeScatteringLoss(nn.Module):
                 f"online is on {online.device} but the queue is on {self.queue.features.device}; "
                 "move the loss with .to(device)"
             )
-        if values and self.queue is not None and self.queue.labels.numel():
+        if values and self.queue is not None:
             # Labels may have been relabelled or loaded from a checkpoint made with another K.
-            high = int(self.queue.labels.max())
-            if high >= self.num_clusters:
-                raise ValueError(
-                    f"queue labels must be in [0, num_clusters={self.num_clusters}), got label {high}; "
-                    "relabel_queue() or reset_queue() after changing the number of clusters"
-                )
+            self.queue.check_labels_below(self.num_clusters, remedy="relabel_queue() or reset_queue()")
 
     def relabel_queue(self, new_labels: Tensor) -> None:
         """Relabel the queue after an E-step: ``label[slot] = new_labels[index[slot]]``.
@@ -917,7 +592,9 @@ class PrototypeScatteringLoss(nn.Module):
             raise ValueError("relabel_queue needs a queue, but this loss has queue_size=0")
         check_tensor("new_labels", new_labels, ndim=1)
         check_labels("new_labels", new_labels, self.num_clusters)
-        self.queue.relabel(new_labels)
+        if self.queue.validate_args:
+            self.queue.check_relabel(new_labels, labels_checked=True)
+        self.queue.relabel_unchecked(new_labels)
 
     def reset_queue(self) -> None:
         """Empty the queue (no-op without one), e.g. when the number of clusters changes.

@@ -24,7 +24,15 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from propos_losses._validation import check_bool, check_finite, check_int, check_tensor, checked_state_dict
+from propos_losses._validation import (
+    check_bool,
+    check_finite,
+    check_indices,
+    check_int,
+    check_integer_dtype,
+    check_tensor,
+    checked_state_dict,
+)
 from propos_losses.distributed import all_gather_cat, all_gather_cat_equal, check_on_every_rank, dtype_code
 from propos_losses.prototypes import cluster_sums_unchecked
 
@@ -33,20 +41,6 @@ __all__ = ["PrototypeQueue"]
 # Value of ``labels`` / ``indices`` in an empty slot, or of ``indices`` for a
 # sample pushed without its dataset index. Valid labels and indices are >= 0.
 _UNKNOWN = -1
-
-
-def _check_index_tensor(name: str, value: object, batch_size: int, values: bool = True) -> Tensor:
-    """Check a 1-D integer tensor of ``batch_size`` entries, non-negative when ``values``."""
-    tensor = check_tensor(name, value, ndim=1)
-    if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
-        raise TypeError(f"{name} must have an integer dtype, got {tensor.dtype}")
-    if tensor.shape[0] != batch_size:
-        raise ValueError(f"{name} must have {batch_size} entries (one per row of features), got {tensor.shape[0]}")
-    if values and tensor.numel():
-        low = int(tensor.min())
-        if low < 0:
-            raise ValueError(f"{name} must be >= 0, got {low}")
-    return tensor
 
 
 class PrototypeQueue(nn.Module):
@@ -181,14 +175,23 @@ class PrototypeQueue(nn.Module):
             dtype = self.features.dtype
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
             raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
-        if self.validate_args and self.labels.numel():
+        if self.validate_args:
+            self.check_labels_below(num_clusters)
+        return self.unchecked_cluster_sums(num_clusters, dtype)
+
+    def check_labels_below(self, num_clusters: int, *, remedy: str = "relabel() or reset() the queue") -> None:
+        """Raise a ValueError if a stored label is not below ``num_clusters`` (one host sync).
+
+        Labels go stale when the number of clusters changes (or a queue from
+        another ``K`` is used); ``remedy`` tells the caller what to call.
+        """
+        if self.labels.numel():
             high = int(self.labels.max())
             if high >= num_clusters:
                 raise ValueError(
-                    f"the queue holds label {high}, not below num_clusters={num_clusters}; "
-                    "relabel() or reset() the queue after changing the number of clusters"
+                    f"queue labels must be in [0, num_clusters={num_clusters}): the queue holds label {high}, "
+                    f"not below num_clusters={num_clusters}; {remedy} after changing the number of clusters"
                 )
-        return self.unchecked_cluster_sums(num_clusters, dtype)
 
     def unchecked_cluster_sums(self, num_clusters: int, dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
         """Unchecked core of :meth:`cluster_sums` (static shapes, no host sync)."""
@@ -220,6 +223,7 @@ class PrototypeQueue(nn.Module):
     def _validate_push(
         self, features: object, labels: object, indices: object
     ) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+        """The spec of :meth:`push` (value checks only under ``validate_args``)."""
         features = check_tensor("features", features, ndim=2, floating=True)
         if features.shape[1] != self.feature_dim:
             raise ValueError(
@@ -229,9 +233,9 @@ class PrototypeQueue(nn.Module):
         if self.validate_args:
             check_finite("features", features)
         batch_size = features.shape[0]
-        labels = _check_index_tensor("labels", labels, batch_size, self.validate_args)
+        labels = check_indices("labels", labels, batch_size, values=self.validate_args)
         if indices is not None:
-            indices = _check_index_tensor("indices", indices, batch_size, self.validate_args)
+            indices = check_indices("indices", indices, batch_size, values=self.validate_args)
         return features, labels, indices
 
     def push(self, features: Tensor, labels: Tensor, indices: Optional[Tensor] = None) -> None:
@@ -284,15 +288,21 @@ class PrototypeQueue(nn.Module):
             )
         else:
             features, labels, indices = check()
+        self.push_unchecked(features, labels, indices, uneven=self.validate_args)
 
+    def push_unchecked(self, features: Tensor, labels: Tensor, indices: Optional[Tensor], *, uneven: bool) -> None:
+        """Unchecked core of :meth:`push` (the caller checked its arguments as :meth:`push` does).
+
+        ``uneven=True`` exchanges the ranks' row counts before the gather
+        (batches of different sizes allowed; one host sync); ``False``
+        requires the same count on every rank and reads nothing back.
+        """
         features = features.detach().to(dtype=self.features.dtype)
         if indices is None:
             indices = torch.full_like(labels, _UNKNOWN, dtype=torch.int64)
-        # Labels and indices travel together: one gather instead of two. The checked path exchanges the
-        # ranks' row counts (uneven batches allowed; one host sync); the fast path requires equal counts
-        # and gathers without reading anything back.
+        # Labels and indices travel together: one gather instead of two.
         meta = torch.stack((labels.to(torch.int64), indices.to(device=labels.device, dtype=torch.int64)), dim=1)
-        gather = all_gather_cat if self.validate_args else all_gather_cat_equal
+        gather = all_gather_cat if uneven else all_gather_cat_equal
         features = gather(features)
         meta = gather(meta.to(features.device))
         self._enqueue(features, meta[:, 0], meta[:, 1])
@@ -343,15 +353,18 @@ class PrototypeQueue(nn.Module):
             [9, 6]
         """
         new_labels = check_tensor("new_labels", new_labels, ndim=1)
-        if new_labels.is_floating_point() or new_labels.is_complex() or new_labels.dtype == torch.bool:
-            raise TypeError(f"new_labels must have an integer dtype, got {new_labels.dtype}")
-        if not self.validate_args:
-            # No host sync: every slot with a label and a known index is relabelled in place (empty
-            # slots and slots pushed without indices keep their label); indices are not range-checked.
-            known = (self.labels >= 0) & (self.indices >= 0)
-            gathered = new_labels.to(self.indices.device).index_select(0, self.indices.clamp_min(0)).long()
-            self.labels.copy_(torch.where(known, gathered, self.labels))
-            return
+        check_integer_dtype("new_labels", new_labels)
+        if self.validate_args:
+            self.check_relabel(new_labels)
+        self.relabel_unchecked(new_labels)
+
+    def check_relabel(self, new_labels: Tensor, *, labels_checked: bool = False) -> None:
+        """The value checks of :meth:`relabel` against the stored indices (host syncs).
+
+        Every filled slot needs a known index below ``len(new_labels)``; and,
+        unless the caller checked ``new_labels`` already (``labels_checked``),
+        the new labels of the queued samples must be ``>= 0``.
+        """
         slots = self._filled_slots()
         if slots.numel() == 0:
             return
@@ -364,10 +377,23 @@ class PrototypeQueue(nn.Module):
             )
         if high >= new_labels.shape[0]:
             raise ValueError(f"new_labels has {new_labels.shape[0]} entries but the queue holds dataset index {high}")
-        labels = new_labels.to(device=indices.device).index_select(0, indices).to(torch.int64)
-        if int(labels.min()) < 0:
-            raise ValueError(f"new_labels must be >= 0 for queued samples, got {int(labels.min())}")
-        self.labels.index_copy_(0, slots, labels)
+        if not labels_checked:
+            lowest = int(new_labels.to(device=indices.device).index_select(0, indices).min())
+            if lowest < 0:
+                raise ValueError(f"new_labels must be >= 0 for queued samples, got {lowest}")
+
+    @torch.no_grad()
+    def relabel_unchecked(self, new_labels: Tensor) -> None:
+        """Unchecked core of :meth:`relabel`: no host sync.
+
+        Every slot with a label and a known index is relabelled in place;
+        empty slots and slots pushed without indices keep their label.
+        """
+        if new_labels.shape[0] == 0:
+            return  # nothing to look up (a queue with a known index would need a longer vector)
+        known = (self.labels >= 0) & (self.indices >= 0)
+        gathered = new_labels.to(self.indices.device).index_select(0, self.indices.clamp_min(0)).long()
+        self.labels.copy_(torch.where(known, gathered, self.labels))
 
     @torch.no_grad()
     def reset(self) -> None:

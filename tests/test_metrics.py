@@ -19,9 +19,9 @@ from sklearn.metrics import normalized_mutual_info_score as sk_nmi
 from sklearn.metrics.cluster import contingency_matrix as sk_contingency_matrix
 
 import propos_losses.metrics as metrics_module
+from propos_losses._emi import emi_from_sizes as _expected_mutual_information
+from propos_losses._emi import emi_windows as _emi_windows
 from propos_losses.metrics import (
-    _emi_windows,
-    _expected_mutual_information,
     ami,
     ari,
     cluster_accuracy,

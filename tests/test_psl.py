@@ -435,7 +435,7 @@ def test_uniformity_is_zero_with_zero_gradient_when_fewer_than_two_clusters_are_
 
 def test_scattering_terms_without_a_non_empty_cluster_give_zero_not_nan() -> None:
     # The static-shape core never averages over an empty set (validation rules this input out anyway).
-    from propos_losses.psl import _scattering_scores
+    from propos_losses._psl_core import scattering_scores as _scattering_scores
 
     sums = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
     terms = _scattering_scores(sums, sums.detach(), torch.zeros(3, dtype=torch.float64), 0.5).terms()
