@@ -142,7 +142,7 @@ def test_a_full_disk_while_writing_a_checkpoint_keeps_the_last_one_and_the_run_r
 
     monkeypatch.undo()  # space freed: the command printed continues the run
     assert main(["--resume", str(run_dir)] + QUIET) == 0
-    assert load_checkpoint(run_dir)["epoch"] == 2 and (run_dir / "assignments.csv").is_file()
+    assert load_checkpoint(run_dir).epoch == 2 and (run_dir / "assignments.csv").is_file()
 
 
 @pytest.mark.parametrize(
@@ -207,13 +207,12 @@ def test_a_checkpoint_with_nan_weights_and_a_recomputed_digest_is_refused(
 ):
     run_dir = _copy_run(stopped_run, tmp_path / "run")
     state = load_checkpoint(run_dir)
-    del state["path"]
     if entry == "online":
-        name = next(k for k, v in state["online"].items() if v.is_floating_point())
-        state["online"][name][0] = float("nan")
+        name = next(k for k, v in state.online.items() if v.is_floating_point())
+        state.online[name][0] = float("nan")
         where = f"online.{name}"
     else:
-        buffers = state["optimizer"]["state"]
+        buffers = state.optimizer["state"]
         key = next(k for k, v in buffers.items() if "momentum_buffer" in v)
         buffers[key]["momentum_buffer"].view(-1)[0] = float("inf")
         where = f"optimizer.state.{key}.momentum_buffer"

@@ -57,16 +57,16 @@ def test_torchrun_two_gloo_processes_train_and_agree_on_one_run(eager_run):
     assert result.stdout.strip().splitlines()[-1] == final_lines[-1]
 
     state = load_checkpoint(run_dir)
-    assert state["world_size"] == 2 and state["epoch"] == 2
-    assert state["step"] == 2 * (200 // 64)
+    assert state.world_size == 2 and state.epoch == 2
+    assert state.step == 2 * (200 // 64)
     # Every rank pushed into the queue; the gathered global batches (64 per step) filled it.
-    assert int(state["criterion"]["psl.queue.fill"]) == 64
+    assert int(state.criterion["psl.queue.fill"]) == 64
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["event"] for r in records] == ["estep", "epoch", "estep", "epoch", "final"]
     assert records[3]["psl"] > 0.0 and records[3]["lambda_psl"] > 0.0
     assignments = (run_dir / "assignments.csv").read_text().splitlines()
     assert len(assignments) == 1 + 200
-    labels = state["criterion"]["_extra_state"]["pseudo_labels"]
+    labels = state.criterion["_extra_state"]["pseudo_labels"]
     assert labels.shape == (200,) and int(labels.min()) >= 0 and int(labels.max()) < 10
     # Rank 0's E-step labels were broadcast: the ranks' checkpointed E-step states agree (rank 0 saved
     # this one), and the log's pseudo-label sizes cover the whole data set.

@@ -51,13 +51,13 @@ def test_one_epoch_plus_resume_equals_two_straight_epochs_bit_for_bit(tmp_path):
     assert main(TINY + ["--output-dir", str(straight)]) == 0
     assert main(TINY + ["--output-dir", str(resumed), "--stop-after", "1"]) == 0
     interrupted = load_checkpoint(resumed)
-    assert interrupted["epoch"] == 1 and not (resumed / "assignments.csv").exists()
+    assert interrupted.epoch == 1 and not (resumed / "assignments.csv").exists()
     assert main(["--resume", str(resumed), "--quiet", "--no-plots"]) == 0
 
     a, b = load_checkpoint(straight), load_checkpoint(resumed)
-    assert int(a["criterion"]["psl.queue.fill"]) > 0  # the queue really was used
+    assert int(a.criterion["psl.queue.fill"]) > 0  # the queue really was used
     for key in CHECKPOINT_STATE_KEYS:
-        _assert_same_tensors(a[key], b[key], key)
+        _assert_same_tensors(getattr(a, key), getattr(b, key), key)
     assert _log(straight) == _log(resumed)
     assert (straight / "assignments.csv").read_text() == (resumed / "assignments.csv").read_text()
 
@@ -68,11 +68,11 @@ def test_resume_with_warm_estep_and_automatic_psl_start_is_bit_for_bit(tmp_path)
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert main(options + ["--output-dir", str(straight)]) == 0
     assert main(options + ["--output-dir", str(resumed), "--stop-after", "2"]) == 0
-    assert load_checkpoint(resumed)["estep"]["cluster_centers"] is not None
+    assert load_checkpoint(resumed).estep["cluster_centers"] is not None
     assert main(["--resume", str(resumed), "--quiet", "--no-plots"]) == 0
     a, b = load_checkpoint(straight), load_checkpoint(resumed)
     for key in ("online", "target", "criterion", "estep", "epoch"):
-        _assert_same_tensors(a[key], b[key], key)
+        _assert_same_tensors(getattr(a, key), getattr(b, key), key)
     log = _log(straight)
     assert log == _log(resumed)
     esteps = [r for r in log if r["event"] == "estep"]
@@ -119,7 +119,7 @@ def test_resume_accepts_its_own_output_dir_and_a_new_device(tmp_path):
     assert main(TINY + ["--output-dir", str(run_dir), "--stop-after", "1", "--quiet"]) == 0
     argv = ["--resume", str(run_dir), "--output-dir", str(run_dir), "--device", "cpu", "--quiet", "--no-plots"]
     assert main(argv) == 0
-    assert load_checkpoint(run_dir)["epoch"] == 2
+    assert load_checkpoint(run_dir).epoch == 2
 
 
 def test_resuming_a_finished_run_changes_nothing(tmp_path, capsys):
@@ -138,9 +138,9 @@ def test_checkpoint_is_written_without_leftover_temporary_files(tmp_path):
     assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoint.pt", "config.json", "metrics.jsonl"]
     state = load_checkpoint(run_dir / "checkpoint.pt")
     assert (
-        state["epoch"] == 1
-        and state["step"] == 3
-        and state["criterion"]["_extra_state"]["pseudo_labels"].shape == (200,)
+        state.epoch == 1
+        and state.step == 3
+        and state.criterion["_extra_state"]["pseudo_labels"].shape == (200,)
     )
 
 
@@ -164,12 +164,12 @@ def test_a_stop_requested_between_steps_checkpoints_mid_epoch_and_resumes_bit_fo
         assert main(TINY + ["--output-dir", str(resumed)]) == 143
     assert "1 of 2 epochs and 1 steps of epoch 2 are saved" in capsys.readouterr().err
     interrupted = load_checkpoint(resumed)
-    assert (interrupted["epoch"], interrupted["step"], interrupted["mid_epoch"]["index"]) == (1, 4, 1)
+    assert (interrupted.epoch, interrupted.step, interrupted.mid_epoch["index"]) == (1, 4, 1)
     assert main(["--resume", str(resumed), "--quiet", "--no-plots"]) == 0
 
     a, b = load_checkpoint(straight), load_checkpoint(resumed)
     for key in CHECKPOINT_STATE_KEYS:
-        _assert_same_tensors(a[key], b[key], key)
+        _assert_same_tensors(getattr(a, key), getattr(b, key), key)
     assert _log(straight) == _log(resumed)
     assert (straight / "assignments.csv").read_text() == (resumed / "assignments.csv").read_text()
 
@@ -179,12 +179,11 @@ def test_a_checkpoint_of_an_earlier_release_is_refused_with_the_release_that_rea
     old = tmp_path / "old"
     assert main(TINY + ["--output-dir", str(old), "--stop-after", "1"]) == 0
     state = load_checkpoint(old)
-    del state["path"]
-    state["format"] = old_format
+    state.format = old_format
     # Format 1 was the bare state (no digest, so nothing of it was verified); format 2 had the wrapper.
     content = checkpoint_bytes(state) if old_format == 2 else None
     if content is None:
-        torch.save(state, old / "checkpoint.pt")
+        torch.save(state.to_dict(), old / "checkpoint.pt")
     else:
         wrapper = torch.load(io.BytesIO(content), weights_only=True)
         wrapper["format"] = 2

@@ -318,7 +318,6 @@ def test_resume_draws_the_plots_of_a_finished_run_that_was_stopped_before_drawin
 def _rewrite_checkpoint(run_dir: Path, change: Any) -> None:
     """Edit the state and store it with a valid digest (as a tool that knows the format would)."""
     state = load_checkpoint(run_dir)
-    del state["path"]
     change(state)
     atomic_write_bytes(run_dir / "checkpoint.pt", checkpoint_module.checkpoint_bytes(state))
 
@@ -355,13 +354,13 @@ def test_a_damaged_or_edited_checkpoint_is_refused_and_nothing_changes(damage, m
         data[len(data) // 2] ^= 0x10  # in the middle of the weights
         (run_dir / "checkpoint.pt").write_bytes(bytes(data))
     elif damage == "epoch_99":
-        _rewrite_checkpoint(run_dir, lambda state: state.update(epoch=99))
+        _rewrite_checkpoint(run_dir, lambda state: setattr(state, "epoch", 99))
     elif damage == "epoch_minus_3":
-        _rewrite_checkpoint(run_dir, lambda state: state.update(epoch=-3))
+        _rewrite_checkpoint(run_dir, lambda state: setattr(state, "epoch", -3))
     elif damage == "step":
-        _rewrite_checkpoint(run_dir, lambda state: state.update(step=1))
+        _rewrite_checkpoint(run_dir, lambda state: setattr(state, "step", 1))
     elif damage == "config_string":
-        _rewrite_checkpoint(run_dir, lambda state: state.update(config="x"))
+        _rewrite_checkpoint(run_dir, lambda state: setattr(state, "config", "x"))
     else:
         config = json.loads((run_dir / "config.json").read_text())
         (run_dir / "config.json").write_text(json.dumps({**config, "seed": 7}))
@@ -388,8 +387,8 @@ def test_resume_refuses_a_different_data_set_of_the_same_size(tmp_path, capsys):
 
 def test_checkpoints_hold_the_fingerprints_of_their_data_and_settings(stopped_run):
     state = load_checkpoint(stopped_run)
-    assert len(state["data_sha256"]) == len(state["config_sha256"]) == 64
-    assert state["log_bytes"] == (stopped_run / "metrics.jsonl").stat().st_size
+    assert len(state.data_sha256) == len(state.config_sha256) == 64
+    assert state.log_bytes == (stopped_run / "metrics.jsonl").stat().st_size
 
 
 # ---------------------------------------------------------------- header
@@ -449,7 +448,7 @@ def test_sigterm_and_sigint_keep_the_checkpoint_and_print_the_real_resume_comman
     assert err.strip().splitlines()[-1].endswith(f"continue with: propos-train --resume {run_dir}"), err
     assert "SIGTERM" in err and "Traceback" not in err
     first = load_checkpoint(run_dir)
-    assert 1 <= first["epoch"] < 40
+    assert 1 <= first.epoch < 40
 
     before = (run_dir / "checkpoint.pt").stat().st_mtime_ns
     process = _start(["--resume", str(run_dir), "--quiet", "--no-plots"], tmp_path)
@@ -461,9 +460,9 @@ def test_sigterm_and_sigint_keep_the_checkpoint_and_print_the_real_resume_comman
     assert process.returncode == 130, err
     assert f"continue with: propos-train --resume {run_dir}" in err and "Traceback" not in err
     state = load_checkpoint(run_dir)  # a complete, verified checkpoint, further on
-    assert first["step"] < state["step"] and state["epoch"] < 40
+    assert first.step < state.step and state.epoch < 40
     lines = (run_dir / "metrics.jsonl").read_bytes().splitlines(keepends=True)
-    assert len(lines) >= state["log_lines"] and all(json.loads(line) for line in lines[: state["log_lines"]])
+    assert len(lines) >= state.log_lines and all(json.loads(line) for line in lines[: state.log_lines])
 
 
 def test_an_interrupt_before_the_run_directory_exists_says_nothing_was_written(tmp_path, monkeypatch, capsys):

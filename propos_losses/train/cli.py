@@ -1,23 +1,10 @@
 """Command line of the reference trainer: ``propos-train`` / ``python -m propos_losses.train``.
 
-With no arguments it trains the ``digits`` preset on scikit-learn's 8x8
-digits, writes everything under ``./runs/<timestamp>/`` and prints the final
-NMI / AMI / ARI / ACC last. Every field of
-:class:`~propos_losses.train.config.TrainConfig` has a flag (``lambda_psl`` ->
-``--lambda-psl``); ``--config FILE`` reads a JSON or TOML table of the same
-names; explicit flags win over the file, which wins over the preset.
-
-User errors (a bad flag value, a name longer than the file system allows,
-missing, corrupt or unusable data, a damaged, foreign or non-finite checkpoint,
-an output directory that holds another run) print one line on stderr and exit
-with status 2, without a traceback, before anything is written and without
-touching anything already written. A run directory is claimed atomically
-(:mod:`propos_losses.train.rundir`), so two runs never share one. Failures
-during a run print one line too and keep the last checkpoint: training that
-diverged exits with status 3, a full disk with 4, any other file-system error
-(a read-only or no longer writable output directory) with 5. SIGINT and
-SIGTERM keep the last checkpoint, print the command that continues the run and
-exit with status 130 / 143.
+Every field of :class:`~propos_losses.train.config.TrainConfig` has a flag
+(``lambda_psl`` -> ``--lambda-psl``). User errors print one line on stderr and
+exit with :data:`EXIT_USER_ERROR` before anything is written; failures during a
+run print one line and keep the last checkpoint (exit statuses and signals:
+:doc:`trainer`).
 
 Example:
     >>> main(["--preset", "nope"])  # prints "propos-train: error: unknown preset 'nope'; ..." on stderr
@@ -53,6 +40,7 @@ from propos_losses.distributed import (
     get_rank,
     init_from_torchrun,
 )
+from propos_losses.train.checkpoint import Checkpoint, CheckpointError, config_fingerprint, load_checkpoint
 from propos_losses.train.config import (
     RUN_ONLY_KEYS,
     ConfigError,
@@ -64,7 +52,20 @@ from propos_losses.train.config import (
     setting_help,
     validate_config,
 )
-from propos_losses.train.rundir import CONFIG_NAME, check_name_lengths, name_too_long, shorten_path
+from propos_losses.train.data import DatasetError
+from propos_losses.train.rundir import (
+    CHECKPOINT_NAME,
+    CONFIG_NAME,
+    METRICS_NAME,
+    OutputDirError,
+    RunDirLock,
+    check_name_lengths,
+    check_output_dir,
+    claim_run_dir,
+    lock_run_dir,
+    name_too_long,
+    shorten_path,
+)
 
 __all__ = [
     "main",
@@ -90,6 +91,8 @@ EXIT_INTERRUPTED = 128 + int(signal.SIGINT)
 _DISK_FULL = frozenset(code for code in (errno.ENOSPC, getattr(errno, "EDQUOT", None)) if code is not None)
 #: Files plot_run draws.
 _PLOT_NAMES = ("metrics.png", "cluster_sizes.png")
+#: Flags that control the run rather than set a TrainConfig field.
+_RUN_FLAGS = ("config", "resume", "print_config", "stop_after", "no_plots", "quiet")
 
 
 class _UserError(Exception):
@@ -98,6 +101,9 @@ class _UserError(Exception):
 
 class _Diverged(Exception):
     """Training produced non-finite values; reported with :data:`EXIT_DIVERGED`."""
+
+
+_USER_ERRORS = (ConfigError, DatasetError, CheckpointError, OutputDirError, _UserError)
 
 
 def _flag(name: str) -> str:
@@ -132,10 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
         annotation = str(field.type)
         if "int" in annotation:
             kind: Any = _parse_optional_int if annotation.startswith("Optional") else int
-        elif "float" in annotation:
-            kind = float
         else:
-            kind = str
+            kind = float if "float" in annotation else str
         settings.add_argument(
             _flag(field.name), dest=field.name, type=kind, metavar=field.name.upper(), help=setting_help(field.name)
         )
@@ -172,27 +176,7 @@ def _final_lines(final: Dict[str, Any]) -> List[str]:
                 f"final NMI {final[prefix + '_nmi']:.4f}  AMI {final[prefix + '_ami']:.4f}  "
                 f"ARI {final[prefix + '_ari']:.4f}  ACC {final[prefix + '_acc']:.4f}  (k-means on {where} features)"
             )
-    if not lines:
-        lines.append("final: the data set has no labels; cluster assignments written to assignments.csv")
-    return lines
-
-
-def _is_complete(run_dir: Path, state: Dict[str, Any]) -> bool:
-    """A finished run has its final record right after the checkpoint's log lines, and its assignments."""
-    from propos_losses.train.evaluation import ASSIGNMENTS_NAME
-    from propos_losses.train.plots import read_metrics
-    from propos_losses.train.runlog import METRICS_NAME
-
-    try:
-        records = read_metrics(run_dir / METRICS_NAME)
-    except ValueError:  # a torn last line: the final evaluation did not finish
-        return False
-    return (
-        state["epoch"] >= state["config"]["epochs"]
-        and len(records) == state["log_lines"] + 1
-        and records[-1].get("event") == "final"
-        and (run_dir / ASSIGNMENTS_NAME).is_file()
-    )
+    return lines or ["final: the data set has no labels; cluster assignments written to assignments.csv"]
 
 
 def _config_json(config: TrainConfig) -> bytes:
@@ -201,8 +185,6 @@ def _config_json(config: TrainConfig) -> bytes:
 
 def _unstarted_run_config(run_dir: Path) -> TrainConfig:
     """The settings of a run killed before its first checkpoint (its ``config.json``)."""
-    from propos_losses.train.checkpoint import CHECKPOINT_NAME, CheckpointError
-
     path = run_dir / CONFIG_NAME
     if not path.is_file():
         raise CheckpointError(
@@ -217,16 +199,14 @@ def _unstarted_run_config(run_dir: Path) -> TrainConfig:
 
 def _check_config_json(run_dir: Path, config: TrainConfig, checkpoint: str) -> None:
     """A checkpoint resumes only the run whose ``config.json`` sits next to it."""
-    from propos_losses.train.checkpoint import CheckpointError, config_fingerprint
-
     path = run_dir / CONFIG_NAME
     if not path.is_file():
         return
     try:
-        saved = config_from_dict(load_config_file(path))
+        same = config_fingerprint(config_from_dict(load_config_file(path))) == config_fingerprint(config)
     except ConfigError:
-        saved = None
-    if saved is None or config_fingerprint(saved) != config_fingerprint(config):
+        same = False
+    if not same:
         raise CheckpointError(f"{checkpoint!r} and {str(path)!r} hold different settings: they are not one run")
 
 
@@ -252,11 +232,9 @@ class _Progress:
 
 
 def _divergence(exc: Exception, trainer: Any) -> Optional[str]:
-    """The one-line report when ``exc``, raised by :meth:`Trainer.fit`, means that training diverged, else None.
+    """The one-line report when ``exc`` from :meth:`Trainer.fit` means that training diverged, else ``None``.
 
-    A non-finite loss (``FloatingPointError``), an optimiser step that overflowed
-    (``RuntimeError: value cannot be converted to type float without overflow``)
-    or any error raised while the online network holds non-finite weights.
+    A non-finite loss, an optimiser step that overflowed, or any error while the weights are not finite.
     """
     if trainer is None:
         return None
@@ -269,24 +247,21 @@ def _divergence(exc: Exception, trainer: Any) -> Optional[str]:
             return None
         detail = " ".join(str(exc).split())
         cause = f"non-finite {'weights' if not finite else 'optimiser step'} in epoch {epoch}: {detail}"
-    base_lr = trainer.config.base_lr
     return (
-        f"training diverged ({cause}); lower --base-lr (this run has {base_lr:g}) and start a new run; "
-        f"{_checkpoint_status(trainer.output_dir, kept=True)}"
+        f"training diverged ({cause}); lower --base-lr (this run has {trainer.config.base_lr:g}) and start a new "
+        f"run; {_checkpoint_status(trainer.output_dir, kept=True)}"
     )
 
 
 def _checkpoint_status(run_dir: Optional[Path], kept: bool = False) -> str:
     """What a run that stopped on an error left: its last checkpoint (and how to continue it), or nothing."""
-    from propos_losses.train.checkpoint import CheckpointError, load_checkpoint
-
     if run_dir is None:
         return "nothing was written"
     try:  # what is on disk now
-        state = load_checkpoint(run_dir)
+        checkpoint = load_checkpoint(run_dir)
     except (CheckpointError, OSError):
         return f"no checkpoint was written in {shorten_path(run_dir)!r}"
-    where = f"its last checkpoint (epoch {state['epoch']}) in {shorten_path(run_dir)!r} is intact"
+    where = f"its last checkpoint (epoch {checkpoint.epoch}) in {shorten_path(run_dir)!r} is intact"
     if kept:
         return where
     return f"{where}: continue the run from it with: propos-train --resume {shlex.quote(str(run_dir))}"
@@ -309,66 +284,56 @@ def _file_system_error(exc: OSError, run_dir: Optional[Path]) -> tuple[int, str]
     return EXIT_FILE_SYSTEM_ERROR, f"{what}: {reason} ({code}); {status}"
 
 
+def _resume_config(options: Dict[str, Any], overrides: Dict[str, Any], progress: _Progress) -> tuple:
+    """``(config, run_dir, checkpoint)`` of ``--resume``; ``checkpoint`` is ``None`` for a run killed before its first."""
+    if "config" in options:
+        raise ConfigError("--config cannot be combined with --resume (the run's own config is used)")
+    target = Path(options["resume"])
+    checkpoint: Optional[Checkpoint] = None
+    if target.is_dir() and not (target / CHECKPOINT_NAME).exists():
+        saved, run_dir = _unstarted_run_config(target), target
+    else:
+        checkpoint = load_checkpoint(target)
+        checkpoint.check_finite()  # a recomputed SHA-256 does not make NaN weights resumable
+        try:
+            saved = config_from_dict(checkpoint.config)
+        except ConfigError as exc:
+            raise CheckpointError(f"{checkpoint.path!r} is damaged: {exc}") from None
+        run_dir = Path(checkpoint.path).parent
+    for key, value in overrides.items():
+        if key not in RUN_ONLY_KEYS and value != getattr(saved, key):
+            raise ConfigError(
+                f"cannot change {key} when resuming (checkpoint has {getattr(saved, key)!r}, got {value!r}); "
+                f"only {list(RUN_ONLY_KEYS)} may change"
+            )
+    progress.run_dir = run_dir
+    if "output_dir" in overrides and Path(overrides["output_dir"]).resolve() != run_dir.resolve():
+        raise ConfigError(f"a resumed run continues in its own directory {str(run_dir)!r}; drop --output-dir")
+    run_only = {key: overrides[key] for key in RUN_ONLY_KEYS if key in overrides and key != "output_dir"}
+    try:
+        config = validate_config(dataclasses.replace(saved, **run_only, output_dir=str(run_dir)))
+    except ConfigError as exc:
+        if checkpoint is None:
+            raise
+        raise CheckpointError(f"{checkpoint.path!r} is damaged: {exc}") from None
+    if checkpoint is not None:
+        _check_config_json(run_dir, config, checkpoint.path)
+    return config, run_dir, checkpoint
+
+
 def _run(args: argparse.Namespace, progress: _Progress) -> int:
-    from propos_losses.train.checkpoint import CHECKPOINT_NAME, CheckpointError, check_finite_state, load_checkpoint
-    from propos_losses.train.data import DatasetError
-    from propos_losses.train.rundir import (
-        OutputDirError,
-        RunDirLock,
-        check_output_dir,
-        claim_run_dir,
-        lock_run_dir,
-    )
-    from propos_losses.train.runlog import METRICS_NAME
     from propos_losses.train.trainer import Trainer
 
-    _USER_ERRORS = (ConfigError, DatasetError, CheckpointError, OutputDirError, _UserError)
     options = vars(args)
-    run_keys = ("config", "resume", "print_config", "stop_after", "no_plots", "quiet")
-    overrides = {k: v for k, v in options.items() if k not in run_keys}
+    overrides = {k: v for k, v in options.items() if k not in _RUN_FLAGS}
     log = (lambda message: None) if options.get("quiet") else (lambda message: print(message, flush=True))
-    resume_state: Optional[Dict[str, Any]] = None
-    restart = False  # --resume of a run killed before its first checkpoint: start it again
+    checkpoint: Optional[Checkpoint] = None
     lock: Optional[RunDirLock] = None
     try:
         check_name_lengths([(_flag(key), options.get(key)) for key in ("resume", "config", "output_dir", "data_dir")])
-        if "resume" in options:
-            if "config" in options:
-                raise ConfigError("--config cannot be combined with --resume (the run's own config is used)")
-            target = Path(options["resume"])
-            if target.is_dir() and not (target / CHECKPOINT_NAME).exists():
-                saved, run_dir, restart = _unstarted_run_config(target), target, True
-            else:
-                resume_state = load_checkpoint(target)
-                check_finite_state(resume_state)  # a recomputed SHA-256 does not make NaN weights resumable
-                try:
-                    saved = config_from_dict(resume_state["config"])
-                except ConfigError as exc:
-                    raise CheckpointError(f"{resume_state['path']!r} is damaged: {exc}") from None
-                run_dir = Path(resume_state["path"]).parent
-            for key, value in overrides.items():
-                if key not in RUN_ONLY_KEYS and value != getattr(saved, key):
-                    raise ConfigError(
-                        f"cannot change {key} when resuming (checkpoint has {getattr(saved, key)!r}, got {value!r}); "
-                        f"only {list(RUN_ONLY_KEYS)} may change"
-                    )
-            progress.run_dir = run_dir
-            if "output_dir" in overrides and Path(overrides["output_dir"]).resolve() != run_dir.resolve():
-                raise ConfigError(f"a resumed run continues in its own directory {str(run_dir)!r}; drop --output-dir")
-            try:
-                config = validate_config(
-                    dataclasses.replace(
-                        saved,
-                        **{key: overrides[key] for key in RUN_ONLY_KEYS if key in overrides and key != "output_dir"},
-                        output_dir=str(run_dir),
-                    )
-                )
-            except ConfigError as exc:
-                if resume_state is None:
-                    raise
-                raise CheckpointError(f"{resume_state['path']!r} is damaged: {exc}") from None
-            if resume_state is not None:
-                _check_config_json(run_dir, config, resume_state["path"])
+        resuming = "resume" in options
+        if resuming:
+            config, run_dir, checkpoint = _resume_config(options, overrides, progress)
         else:
             file_values = load_config_file(options["config"]) if "config" in options else {}
             config = resolve_config(overrides.get("preset"), file_values=file_values, overrides=overrides)
@@ -382,18 +347,18 @@ def _run(args: argparse.Namespace, progress: _Progress) -> int:
         distributed = _init_distributed(config.device)
         trainer: Any = None
         try:
-            resuming = resume_state is not None or restart
+            error: Optional[Exception] = None
             if resuming:
-                error: Optional[Exception] = None
                 if get_rank() == 0:
                     try:
                         lock = lock_run_dir(run_dir)  # before reading the log: no other process may write it
                     except OutputDirError as exc:
                         error = exc
                 _agree(error)
-            if resume_state is not None and _is_complete(run_dir, resume_state):
+            if checkpoint is not None and checkpoint.is_complete(run_dir):
                 if get_rank() == 0:
-                    _plot_if_missing(run_dir, options, log)
+                    if not all((run_dir / name).is_file() for name in _PLOT_NAMES):  # stopped before drawing them
+                        _draw_plots(run_dir, options, log)
                     log(f"the run in {run_dir} already finished all {config.epochs} epochs; nothing to do")
                 return 0
             if not resuming:
@@ -403,11 +368,10 @@ def _run(args: argparse.Namespace, progress: _Progress) -> int:
                 config = dataclasses.replace(config, output_dir=str(run_dir))
             # Data and settings are checked (Trainer.__init__) before the directory is touched.
             trainer = Trainer(
-                config, run_dir, resume=resume_state, log=log, progress_bar=False if options.get("quiet") else None
+                config, run_dir, resume=checkpoint, log=log, progress_bar=False if options.get("quiet") else None
             )
             progress.trainer = trainer
             if not resuming:
-                error = None
                 claimed = ""
                 if get_rank() == 0:
                     try:
@@ -425,17 +389,17 @@ def _run(args: argparse.Namespace, progress: _Progress) -> int:
                 trainer.use_output_dir(run_dir)
                 config = trainer.config
                 progress.run_dir = run_dir
-            elif restart and get_rank() == 0:
+            elif checkpoint is None and get_rank() == 0:
                 (run_dir / METRICS_NAME).unlink(missing_ok=True)  # the log of the attempt that was killed
             barrier()
             if get_rank() == 0:
                 log(_header(config, trainer))
                 log(json.dumps(config_to_dict(config), sort_keys=True))
-            if resume_state is not None:
-                mid_epoch = resume_state.get("mid_epoch")
-                within = f", step {mid_epoch['index']} of epoch {resume_state['epoch'] + 1}" if mid_epoch else ""
-                log(f"resuming {resume_state['path']} at epoch {resume_state['epoch']}{within}")
-            elif restart:
+            if checkpoint is not None:
+                step = checkpoint.steps_into_epoch
+                within = f", step {step} of epoch {checkpoint.epoch + 1}" if step else ""
+                log(f"resuming {checkpoint.path} at epoch {checkpoint.epoch}{within}")
+            elif resuming:
                 log(f"restarting the run in {run_dir} from the beginning (it was stopped before its first checkpoint)")
             try:
                 result = trainer.fit(stop_after=options.get("stop_after"))
@@ -445,8 +409,7 @@ def _run(args: argparse.Namespace, progress: _Progress) -> int:
                     raise
                 raise _Diverged(diverged) from None
             if get_rank() == 0 and result["final"] is not None:
-                if not options.get("no_plots"):
-                    _draw_plots(run_dir, log)
+                _draw_plots(run_dir, options, log)
                 log(f"outputs in {run_dir}")
                 for line in _final_lines(result["final"]):
                     print(line, flush=True)
@@ -475,17 +438,12 @@ def _run(args: argparse.Namespace, progress: _Progress) -> int:
             lock.release()
 
 
-def _plot_if_missing(run_dir: Path, options: Dict[str, Any], log: Any) -> None:
-    """Draw the plots of a finished run that was stopped before drawing them."""
-    if options.get("no_plots") or all((run_dir / name).is_file() for name in _PLOT_NAMES):
-        return
-    _draw_plots(run_dir, log)
-
-
-def _draw_plots(run_dir: Path, log: Any) -> None:
-    """Plots are a convenience: a failure to draw them is reported, and the finished run still succeeds."""
+def _draw_plots(run_dir: Path, options: Dict[str, Any], log: Any) -> None:
+    """Plots (unless ``--no-plots``) are a convenience: a failure to draw them is reported, the run still succeeds."""
     from propos_losses.train.plots import plot_run
 
+    if options.get("no_plots"):
+        return
     try:
         written = plot_run(run_dir)
     except (ValueError, OSError, RuntimeError, KeyError) as exc:
@@ -499,45 +457,26 @@ def _draw_plots(run_dir: Path, log: Any) -> None:
 
 
 def _interrupt_message(signum: int, progress: _Progress) -> str:
-    from propos_losses.train.checkpoint import CheckpointError, load_checkpoint
-
     name = signal.Signals(signum).name
     run_dir = progress.run_dir
     if run_dir is None:
         return f"propos-train: interrupted by {name} before the run directory was created; nothing was written"
     command = "propos-train --resume " + shlex.quote(str(run_dir))
     try:  # what is on disk, whatever the moment of the signal
-        state = load_checkpoint(run_dir)
+        checkpoint = load_checkpoint(run_dir)
     except CheckpointError:
         return f"propos-train: interrupted by {name} before the first checkpoint; start the run again with: {command}"
-    saved, epochs = state["epoch"], state["config"].get("epochs", progress.epochs)
+    saved, epochs, steps = (
+        checkpoint.epoch,
+        checkpoint.config.get("epochs", progress.epochs),
+        checkpoint.steps_into_epoch,
+    )
     if saved >= epochs:
         return (
             f"propos-train: interrupted by {name} after all {saved} epochs were saved; finish the run with: {command}"
         )
-    steps = state["mid_epoch"]["index"] if isinstance(state.get("mid_epoch"), dict) else 0
     where = f"{saved} of {epochs} epochs" + (f" and {steps} steps of epoch {saved + 1}" if steps else "")
     return f"propos-train: interrupted by {name}; {where} are saved; continue with: {command}"
-
-
-class _Interrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM, raised where the main thread is."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
-def _signal_handler(progress: _Progress) -> Any:
-    """Between training steps: stop after the step and checkpoint there; elsewhere: stop at once."""
-
-    def handle(signum: int, frame: Any) -> None:
-        trainer = progress.trainer
-        if trainer is not None and trainer.request_stop(signum):
-            return
-        raise _Interrupted(signum)
-
-    return handle
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -565,14 +504,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except SystemExit as exc:  # argparse already printed the message
         return int(exc.code or 0)
     progress = _Progress()
+
+    def handle(signum: int, frame: Any) -> None:
+        """Between training steps: stop after the step and checkpoint there; elsewhere: stop at once."""
+        if progress.trainer is None or not progress.trainer.request_stop(signum):
+            raise KeyboardInterrupt(signum)
+
     previous = {}
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGINT, signal.SIGTERM):
-            previous[signum] = signal.signal(signum, _signal_handler(progress))
+            previous[signum] = signal.signal(signum, handle)
     try:
         return _run(args, progress)
-    except KeyboardInterrupt as exc:
-        signum = getattr(exc, "signum", signal.SIGINT)
+    except KeyboardInterrupt as exc:  # from handle() or TrainingInterrupted: args[0] is the signal
+        signum = exc.args[0] if exc.args and isinstance(exc.args[0], int) else signal.SIGINT
         if get_rank() == 0:
             print(_interrupt_message(signum, progress), file=sys.stderr, flush=True)
         return 128 + int(signum)

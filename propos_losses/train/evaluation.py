@@ -1,9 +1,7 @@
 """Evaluation passes of the reference trainer: target features, k-means, scores, the assignments file.
 
-The trainer's E-step is the library's :class:`~propos_losses.EStep`; the
-evaluations around it use the same public pieces
-(:func:`~propos_losses.extract_features`, :class:`~propos_losses.SphericalKMeans`,
-:func:`~propos_losses.evaluate_clustering`, :func:`~propos_losses.cluster_size_stats`).
+Built on the library's :func:`~propos_losses.extract_features`, :class:`~propos_losses.SphericalKMeans`
+and metrics, like the E-step (:class:`~propos_losses.EStep`) they accompany.
 """
 
 from __future__ import annotations
@@ -25,26 +23,21 @@ from propos_losses.train.rundir import atomic_write_bytes
 
 __all__ = [
     "ANNOUNCE_FROM",
-    "ASSIGNMENTS_NAME",
     "cluster",
     "cluster_stats",
     "evaluate_features",
     "format_record",
-    "running_mean",
     "scores",
     "target_features",
     "write_assignments",
 ]
 
-ASSIGNMENTS_NAME = "assignments.csv"
 #: From this many samples on, a line announces each E-step and evaluation before it starts
 #: (they take seconds to minutes there, and print nothing while they run).
 ANNOUNCE_FROM = 10_000
 
 
 class _Standardize(nn.Module):
-    """uint8 images ``(B, C, H, W)`` -> floats in [0, 1] standardised per channel."""
-
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         self.mean, self.std = mean, std
@@ -59,10 +52,8 @@ def target_features(
 ) -> Tuple[Tensor, Tensor]:
     """Backbone ``(N, feature_dim)`` and projector ``(N, d)`` float32 features of uint8 ``images`` ``(N, C, H, W)``.
 
-    ``target`` returns ``(features, projections)``. Its eval-mode BatchNorms
-    are folded into the layers before them (the same features up to rounding,
-    a third less time for the ``flat_cnn`` pass on one CPU thread); ``target``
-    itself is not changed.
+    ``target`` returns ``(features, projections)``; a copy with its BatchNorms folded
+    (:func:`~propos_losses.train.models.fuse_batchnorm_for_inference`) computes them.
     """
     network = nn.Sequential(_Standardize(mean, std), fuse_batchnorm_for_inference(target))
     backbone, projector = extract_features(network, images, batch_size=batch_size)
@@ -70,10 +61,7 @@ def target_features(
 
 
 def cluster(features: Tensor, num_clusters: int, *, seed: int, n_init: int, max_iter: int, tol: float) -> Tensor:
-    """Spherical k-means labels ``(N,)`` int64 on the features' device, every restart on all rows.
-
-    Every process holds all features, so no collective runs (``distributed=False``).
-    """
+    """Spherical k-means labels ``(N,)`` int64 on the features' device (every process holds all features)."""
     kmeans = SphericalKMeans(
         num_clusters, n_init=n_init, max_iter=max_iter, tol=tol, random_state=seed, sample_size=None, distributed=False
     )
@@ -141,11 +129,6 @@ def format_record(event: str, epoch: int, record: Dict[str, Any]) -> str:
             value = record[key]
             parts.append(f"{key} {value:.4f}" if isinstance(value, float) else f"{key} {value}")
     return "  ".join(parts)
-
-
-def running_mean(totals: Tensor, steps: int) -> float:
-    """The epoch's mean loss so far (reads ``totals[0]`` back to the host)."""
-    return float(totals[0]) / steps
 
 
 def write_assignments(

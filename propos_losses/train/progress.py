@@ -1,14 +1,8 @@
 """What a person watching ``propos-train`` sees: an in-epoch progress bar on a terminal, plain lines otherwise.
 
-On a terminal (stderr is a TTY), each epoch shows a tqdm bar with the step
-count, the running loss, samples per second and the time left for the epoch
-and for the whole run. Anywhere else (a log file, a pipe, CI) and under
-``--quiet`` no bar is drawn: the trainer's per-epoch lines are all there is,
-so logs stay free of carriage returns and bar characters. Only rank 0 shows
-anything. The JSONL log does not depend on any of this.
-
-Reading the running loss back from the device is a host sync, so it is done
-at most every ``refresh_s`` seconds (the bar's refresh), never per step.
+The bar (tqdm, rank 0, only when stderr is a terminal) shows the step count, the
+running loss, samples per second and the time left for the epoch and the run; the
+running loss (a host sync) is read at most every ``refresh_s`` seconds, never per step.
 """
 
 from __future__ import annotations
@@ -96,9 +90,11 @@ class Progress:
             return
         from tqdm import tqdm  # the train extra's dependency, imported only for a terminal
 
-        columns, lines = self._terminal_size()
-        sized = columns > 0 and lines > 0
-
+        try:
+            size = os.get_terminal_size(self.stream.fileno())
+            sized = size.columns > 0 and size.lines > 0
+        except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+            sized = False
         self._bar = tqdm(
             total=self.steps_per_epoch,
             initial=first_step,
@@ -115,14 +111,6 @@ class Progress:
             miniters=1,
             bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]",
         )
-
-    def _terminal_size(self) -> tuple[int, int]:
-        """(columns, lines) of the stream's terminal; (0, 0) when it reports none."""
-        try:
-            size = os.get_terminal_size(self.stream.fileno())
-        except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
-            return 0, 0
-        return size.columns, size.lines
 
     def step(self, running_loss: Callable[[], float]) -> None:
         """One step done; ``running_loss()`` (a host sync) is called only when the bar refreshes."""

@@ -1,22 +1,8 @@
-"""Run directories of the reference trainer: claimed exclusively, locked while in use, written atomically.
+"""Run directories of the reference trainer: file names, exclusive claims, locks and atomic writes.
 
-A run directory belongs to one run. :func:`claim_run_dir` creates it with
-``os.mkdir`` (which fails when the name exists) and writes ``config.json``
-with ``os.link`` (which fails when the file exists), so two runs started at
-the same moment can never share a directory: a default name gets a numbered
-suffix, an explicit one is refused. While a run (or its resumption) works in
-a directory it holds an advisory ``flock`` on it (:func:`lock_run_dir`), so a
-second ``--resume`` of the same run is refused instead of mixing two writers.
-
-Every file is written with the permissions a plain ``open()`` would give
-(``0o666`` less the umask), whether it is replaced atomically or appended to.
-
-Example:
-    >>> import tempfile, pathlib
-    >>> with tempfile.TemporaryDirectory() as tmp:
-    ...     atomic_write_bytes(pathlib.Path(tmp) / "a.txt", b"hello")
-    ...     oct((pathlib.Path(tmp) / "a.txt").stat().st_mode & 0o777) == oct(0o666 & ~_umask())
-    True
+A run directory belongs to one run (:func:`claim_run_dir`); while a run works in
+it, it holds a lock on it (:func:`lock_run_dir`). Files are written with the
+permissions a plain ``open()`` gives (``0o666`` less the umask).
 """
 
 from __future__ import annotations
@@ -36,15 +22,17 @@ __all__ = [
     "exclusive_write_bytes",
     "lock_run_dir",
     "remove_stale_temporaries",
-    "CONFIG_NAME",
     "check_name_lengths",
     "name_too_long",
     "shorten_path",
 ]
 
+CHECKPOINT_NAME = "checkpoint.pt"
 CONFIG_NAME = "config.json"
+METRICS_NAME = "metrics.jsonl"
+ASSIGNMENTS_NAME = "assignments.csv"
 #: Files the trainer replaces atomically; their interrupted temporaries are ``.<name>.<random>.tmp``.
-ATOMIC_NAMES = ("checkpoint.pt", "config.json", "metrics.jsonl", "assignments.csv")
+ATOMIC_NAMES = (CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME, ASSIGNMENTS_NAME)
 #: Numbered suffixes tried for a default run directory name taken by another run.
 _MAX_SUFFIX = 1000
 
@@ -54,8 +42,7 @@ class OutputDirError(ValueError):
 
 
 def _umask() -> int:
-    # os.umask can only be read by setting it; set it straight back.
-    mask = os.umask(0o022)
+    mask = os.umask(0o022)  # os.umask can only be read by setting it; set it straight back
     os.umask(mask)
     return mask
 
@@ -77,7 +64,6 @@ def _temporary(path: Path, data: bytes) -> str:
 
 
 def _quietly(remove: Callable[[str], None], path: str | os.PathLike) -> None:
-    """``remove(path)`` (``os.unlink``, ``os.rmdir``), ignoring an ``OSError`` (already gone, not empty, ...)."""
     try:
         remove(os.fspath(path))
     except OSError:
@@ -102,7 +88,6 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically: temp file in the same folder, fsync, ``os.replace``.
 
     A reader (or a crash) sees either the old file or the complete new one.
-    The file gets the permissions of a plain ``open()`` (``0o666`` less the umask).
 
     Example:
         >>> import tempfile, pathlib
@@ -112,28 +97,20 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         b'hello'
     """
     path = Path(path)
+    tmp_name = None
     try:
         tmp_name = _temporary(path, data)
-    except OSError as exc:
-        _name_target(exc, path)
-        raise
-    try:
         os.replace(tmp_name, path)
     except BaseException as exc:
-        _quietly(os.unlink, tmp_name)
-        if isinstance(exc, OSError):
-            _name_target(exc, path)
+        if tmp_name is not None:
+            _quietly(os.unlink, tmp_name)
+        # Name the file being written, not its temporary: "... : 'run/checkpoint.pt'".
+        if isinstance(exc, OSError) and (
+            exc.filename is None or os.path.basename(os.fspath(exc.filename)).startswith(f".{path.name}.")
+        ):
+            exc.filename, exc.filename2 = str(path), None
         raise
     fsync_dir(path.parent)
-
-
-def _name_target(exc: OSError, path: Path) -> None:
-    """Make ``exc`` name ``path``, the file being written, rather than its temporary (or nothing).
-
-    A full disk or a read-only file system then reads ``... : 'run/checkpoint.pt'``.
-    """
-    if exc.filename is None or os.path.basename(os.fspath(exc.filename)).startswith(f".{path.name}."):
-        exc.filename, exc.filename2 = str(path), None
 
 
 def exclusive_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -142,16 +119,6 @@ def exclusive_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     ``os.link`` of a fsynced temporary both refuses an existing name and
     publishes the whole content at once; where hard links are not supported
     an ``O_EXCL`` create is used instead.
-
-    Example:
-        >>> import tempfile, pathlib
-        >>> with tempfile.TemporaryDirectory() as tmp:
-        ...     exclusive_write_bytes(pathlib.Path(tmp) / "a", b"1")
-        ...     try:
-        ...         exclusive_write_bytes(pathlib.Path(tmp) / "a", b"2")
-        ...     except FileExistsError:
-        ...         print((pathlib.Path(tmp) / "a").read_bytes())
-        b'1'
     """
     path = Path(path)
     tmp_name = _temporary(path, data)
@@ -170,21 +137,11 @@ def exclusive_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
-def remove_stale_temporaries(run_dir: str | os.PathLike) -> list[Path]:
-    """Delete the temporaries of atomic writes that a kill interrupted; returns what was removed.
-
-    Only call it while holding the directory's lock (no write can be in flight).
-    """
-    removed = []
-    run_dir = Path(run_dir)
+def remove_stale_temporaries(run_dir: str | os.PathLike) -> None:
+    """Delete the temporaries of atomic writes that a kill interrupted (call it holding the directory's lock)."""
     for name in ATOMIC_NAMES:
-        for path in run_dir.glob(f".{name}.*.tmp"):
-            try:
-                path.unlink()
-                removed.append(path)
-            except FileNotFoundError:
-                pass
-    return removed
+        for path in Path(run_dir).glob(f".{name}.*.tmp"):
+            path.unlink(missing_ok=True)
 
 
 def check_output_dir(path: str | os.PathLike, *, default_name: bool = False) -> None:
@@ -193,8 +150,7 @@ def check_output_dir(path: str | os.PathLike, *, default_name: bool = False) -> 
     Args:
         path: the directory wanted.
         default_name: ``path`` is a default name, which :func:`claim_run_dir`
-            replaces by a numbered one when taken: only where it would be
-            created is checked.
+            replaces by a numbered one when taken: only where it would be created is checked.
 
     Raises:
         OutputDirError: ``path`` is a file, a non-empty directory, lies under
@@ -280,10 +236,9 @@ def claim_run_dir(
 ) -> Tuple[Path, RunDirLock]:
     """Create the run directory ``path`` (or, for a default name, ``path-2``, ``path-3``, ...) with its config.
 
-    The directory is created with ``os.mkdir`` (parents as needed), locked,
-    and ``config.json`` is created with :func:`exclusive_write_bytes`, so the
-    claim is atomic: of two processes claiming one name, exactly one succeeds.
-    A name the user chose may also be an existing *empty* directory.
+    The directory is created with ``os.mkdir``, locked, and ``config.json`` is
+    created with :func:`exclusive_write_bytes`, so of two processes claiming one
+    name exactly one succeeds. A name the user chose may also be an existing *empty* directory.
 
     Args:
         path: the directory wanted.
@@ -315,9 +270,8 @@ def claim_run_dir(
             created = _mkdir_new(candidate)
         except OSError as exc:
             raise OutputDirError(f"cannot create output directory {str(candidate)!r}: {exc.strerror or exc}") from None
+        # Taken; an existing empty directory counts as taken for a default name (another run may have just made it).
         if not created and (exclusive_name is False or created is None):
-            # Taken; an existing empty directory counts as taken for a default name (another run may
-            # have just created it).
             if exclusive_name:
                 raise OutputDirError(taken)
             continue
@@ -351,9 +305,7 @@ def _mkdir_new(path: Path) -> Optional[bool]:
         os.mkdir(path)
         return True
     except FileExistsError:
-        if path.is_dir() and not any(path.iterdir()):
-            return False
-        return None
+        return False if path.is_dir() and not any(path.iterdir()) else None
 
 
 def check_name_lengths(paths: Sequence[tuple[str, Optional[str]]]) -> None:
@@ -363,10 +315,9 @@ def check_name_lengths(paths: Sequence[tuple[str, Optional[str]]]) -> None:
         OutputDirError: ``os.stat`` of a path fails with ``ENAMETOOLONG``.
     """
     for flag, value in paths:
-        if value is None:
-            continue
         try:
-            os.stat(value)
+            if value is not None:
+                os.stat(value)
         except OSError as exc:
             if exc.errno == errno.ENAMETOOLONG:
                 raise OutputDirError(f"{flag}: {name_too_long(value)}") from None
@@ -376,13 +327,11 @@ def check_name_lengths(paths: Sequence[tuple[str, Optional[str]]]) -> None:
 
 def name_too_long(path: str | os.PathLike) -> str:
     """Which part of ``path`` is too long, without printing hundreds of characters."""
-    parts = Path(path).parts or (str(path),)
-    longest = max(parts, key=lambda part: len(os.fsencode(part)))
-    size = len(os.fsencode(longest))
+    longest = max(Path(path).parts or (str(path),), key=lambda part: len(os.fsencode(part)))
     shown = longest if len(longest) <= 40 else longest[:20] + "..." + longest[-10:]
     return (
-        f"the name {shown!r} in {shorten_path(path)!r} is {size} bytes long, longer than the file system "
-        f"allows (usually 255); choose a shorter path"
+        f"the name {shown!r} in {shorten_path(path)!r} is {len(os.fsencode(longest))} bytes long, longer than the "
+        f"file system allows (usually 255); choose a shorter path"
     )
 
 

@@ -11,78 +11,11 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 from propos_losses.train.checkpoint import CheckpointError
 
-__all__ = ["METRICS_NAME", "MetricsLog", "append_record", "sync_log", "checked_log_length", "truncate_log"]
-
-METRICS_NAME = "metrics.jsonl"
-
-
-def append_record(path: Path, record: Dict[str, Any]) -> int:
-    """Append ``record`` as one JSON line (sorted keys) to ``path``; returns the bytes written.
-
-    Example:
-        >>> import tempfile
-        >>> with tempfile.TemporaryDirectory() as tmp:
-        ...     append_record(Path(tmp) / METRICS_NAME, {"epoch": 1})
-        13
-    """
-    line = (json.dumps(record, sort_keys=True) + "\n").encode("utf-8")
-    with open(path, "ab") as fh:
-        fh.write(line)
-    return len(line)
-
-
-def sync_log(path: Path) -> None:
-    """Make what was appended to ``path`` durable (``fsync``); nothing to do when it does not exist."""
-    if path.exists():
-        with open(path, "ab") as fh:
-            os.fsync(fh.fileno())
-
-
-def checked_log_length(path: Path, keep_lines: int, keep_bytes: Optional[int]) -> int:
-    """Bytes of the log that a checkpoint covers; anything after them is an interrupted epoch's.
-
-    ``keep_bytes`` is ``None`` for checkpoints of format 1, which counted lines
-    only. A torn last line (killed mid-write) lies after the covered bytes and
-    is dropped on resume.
-
-    Raises:
-        CheckpointError: the log holds fewer complete records than the
-            checkpoint covers (lost or edited).
-    """
-    data = path.read_bytes() if path.exists() else b""
-    if keep_bytes is None:  # format 1: count complete lines
-        keep_bytes = 0
-        for _ in range(keep_lines):
-            end = data.find(b"\n", keep_bytes)
-            if end < 0:
-                keep_bytes = -1
-                break
-            keep_bytes = end + 1
-    complete = data.count(b"\n")
-    if (
-        keep_bytes < 0
-        or len(data) < keep_bytes
-        or data.count(b"\n", 0, keep_bytes) != keep_lines
-        or (keep_bytes and data[keep_bytes - 1 : keep_bytes] != b"\n")
-    ):
-        raise CheckpointError(
-            f"{str(path)!r} holds {complete} complete records but the checkpoint expects {keep_lines} "
-            f"({keep_bytes} bytes); the log was lost or edited"
-        )
-    return keep_bytes
-
-
-def truncate_log(path: Path, size: int) -> None:
-    """Cut ``path`` back to ``size`` bytes (durably) when it is longer."""
-    if path.exists() and path.stat().st_size > size:
-        with open(path, "r+b") as fh:
-            fh.truncate(size)
-            fh.flush()
-            os.fsync(fh.fileno())
+__all__ = ["MetricsLog"]
 
 
 class MetricsLog:
@@ -100,7 +33,7 @@ class MetricsLog:
     Example:
         >>> import tempfile
         >>> with tempfile.TemporaryDirectory() as tmp:
-        ...     log = MetricsLog(Path(tmp) / METRICS_NAME, write=True)
+        ...     log = MetricsLog(Path(tmp) / "metrics.jsonl", write=True)
         ...     log.append({"epoch": 1})
         ...     log.lines, log.size
         (1, 13)
@@ -113,27 +46,40 @@ class MetricsLog:
         self.size = 0
 
     def append(self, record: Dict[str, Any]) -> None:
-        """Count ``record`` and, on the writing rank, append it as one JSON line."""
+        """Count ``record`` and, on the writing rank, append it as one JSON line (sorted keys)."""
         self.lines += 1
         if self.write:
-            self.size += append_record(self.path, record)
+            line = (json.dumps(record, sort_keys=True) + "\n").encode("utf-8")
+            with open(self.path, "ab") as fh:
+                fh.write(line)
+            self.size += len(line)
 
     def sync(self) -> None:
         """Make the appended records durable (before the checkpoint that counts them is written)."""
-        if self.write:
-            sync_log(self.path)
+        if self.write and self.path.exists():
+            with open(self.path, "ab") as fh:
+                os.fsync(fh.fileno())
 
-    def restore(self, lines: int, size: Optional[int]) -> None:
-        """Take a checkpoint's counts (``size`` is ``None`` for format 1); the writer checks the file holds them.
+    def restore(self, lines: int, size: int) -> None:
+        """Take a checkpoint's counts; the writer checks that the file holds them (a torn last line lies after).
 
         Raises:
-            CheckpointError: the file holds fewer complete records than ``lines``.
+            CheckpointError: the file holds fewer complete records than ``lines`` (lost or edited).
         """
         if self.write:
-            size = checked_log_length(self.path, int(lines), size)
-        self.lines, self.size = int(lines), int(size or 0)
+            data = self.path.read_bytes() if self.path.exists() else b""
+            complete = data.count(b"\n")
+            if len(data) < size or data.count(b"\n", 0, size) != lines or (size and data[size - 1 : size] != b"\n"):
+                raise CheckpointError(
+                    f"{str(self.path)!r} holds {complete} complete records but the checkpoint expects "
+                    f"{lines} ({size} bytes); the log was lost or edited"
+                )
+        self.lines, self.size = lines, size
 
     def truncate(self) -> None:
-        """Drop what was written after the restored counts (an interrupted epoch, a torn line)."""
-        if self.write:
-            truncate_log(self.path, self.size)
+        """Drop what was written after the restored counts (an interrupted epoch, a torn line), durably."""
+        if self.write and self.path.exists() and self.path.stat().st_size > self.size:
+            with open(self.path, "r+b") as fh:
+                fh.truncate(self.size)
+                fh.flush()
+                os.fsync(fh.fileno())

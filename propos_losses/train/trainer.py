@@ -1,24 +1,9 @@
 """The ProPos EM training loop (Algorithm 1) on the library's public objects, with checkpoints and logs.
 
-One epoch of :class:`Trainer`: an **E-step** (before the first epoch and every
-``estep_every`` epochs) runs :class:`~propos_losses.EStep` on the target
-network's features of the un-augmented data (:func:`~propos_losses.extract_features`)
-and hands the labels to :meth:`~propos_losses.ProPosLoss.set_pseudo_labels`;
-the same features are evaluated (k-means of backbone and projector features,
-NMI / AMI / ARI / ACC). The **M-step** trains on two augmented views per
-batch with :class:`~propos_losses.ProPosLoss` through
-:class:`~propos_losses.ProPosStep` (SGD or LARS, linear warm-up and cosine
-decay), then :class:`~propos_losses.MomentumUpdater`. ``ProPosLoss`` switches
-PSL and the PSA noise on at ``psl_start``; until then, and for
-``method="byol"`` always, the step is BYOL.
-
-Every epoch ends with an atomic ``checkpoint.pt`` (:mod:`~propos_losses.train.checkpoint`)
-from which ``--resume`` continues bit-for-bit on CPU (random streams derive
-from ``(seed, epoch, rank)``); a stop requested between two steps
-(:meth:`Trainer.request_stop`) checkpoints the epoch in progress. Under
-``torchrun`` the global batch is split over the processes and ``ProPosStep``
-is wrapped in DDP; every process computes the whole data set's features, and
-the E-step's labels come from rank 0.
+Each epoch of :class:`Trainer` is an E-step (:class:`~propos_losses.EStep` on the target's
+features, every ``estep_every`` epochs) with an evaluation, then the M-step
+(:class:`~propos_losses.ProPosStep`, :class:`~propos_losses.MomentumUpdater`) and a
+checkpoint; :doc:`trainer` describes the loop, resume and ``torchrun``.
 
 Example:
     >>> import tempfile
@@ -34,7 +19,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import random
 import time
@@ -51,9 +35,8 @@ from propos_losses.metrics import nmi
 from propos_losses.train.augment import build_augmentation, normalize
 from propos_losses.train.checkpoint import (
     CHECKPOINT_FORMAT,
-    CHECKPOINT_NAME,
+    Checkpoint,
     CheckpointError,
-    check_resumable,
     checkpoint_bytes,
     config_fingerprint,
     data_fingerprint,
@@ -74,11 +57,9 @@ from propos_losses.train.config import (
 from propos_losses.train.data import ImageDataset, check_clusterable, load_dataset
 from propos_losses.train.evaluation import (
     ANNOUNCE_FROM,
-    ASSIGNMENTS_NAME,
     cluster_stats,
     evaluate_features,
     format_record,
-    running_mean,
     scores,
     target_features,
     write_assignments,
@@ -86,8 +67,14 @@ from propos_losses.train.evaluation import (
 from propos_losses.train.models import Encoder, build_backbone, mlp_head
 from propos_losses.train.optim import build_optimizer, learning_rate_factor
 from propos_losses.train.progress import Progress
-from propos_losses.train.rundir import atomic_write_bytes, remove_stale_temporaries
-from propos_losses.train.runlog import METRICS_NAME, MetricsLog
+from propos_losses.train.rundir import (
+    ASSIGNMENTS_NAME,
+    CHECKPOINT_NAME,
+    METRICS_NAME,
+    atomic_write_bytes,
+    remove_stale_temporaries,
+)
+from propos_losses.train.runlog import MetricsLog
 
 __all__ = ["TrainingInterrupted", "Trainer", "TIMING_KEYS"]
 
@@ -110,7 +97,7 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 
 def _seed_for(seed: int, *parts: int) -> int:
-    """A 63-bit seed derived from ``seed`` and ``parts`` (epoch, rank, stream)."""
+    """A 63-bit seed derived from ``seed`` and ``parts`` (stream, epoch, rank)."""
     value = seed
     for part in parts:
         value = (value * 1_000_003 + part + 1) % (2**63 - 1)
@@ -143,7 +130,7 @@ class Trainer:
         output_dir: str | os.PathLike,
         *,
         dataset: Optional[ImageDataset] = None,
-        resume: Optional[Dict[str, Any]] = None,
+        resume: Optional[Checkpoint] = None,
         log: Optional[Callable[[str], None]] = None,
         progress_bar: Optional[bool] = None,
     ) -> None:
@@ -155,12 +142,38 @@ class Trainer:
         self._log = log if log is not None else print
         self.device = resolve_device(config.device)
         self._init_data(dataset)
-        # Model initialisation is identical on every rank (DDP also broadcasts it).
-        torch.manual_seed(_seed_for(config.seed, 0))
+        torch.manual_seed(_seed_for(config.seed, 0))  # the model initialisation is the same on every rank
         self._init_networks()
-        self._init_schedule(progress_bar)
-        self._init_loop_state()
-        # Per-rank stream for the PSA noise (the global torch RNG); the model init above is shared.
+        self.steps_per_epoch = len(self.dataset) // config.batch_size
+        self.progress = Progress(
+            total_epochs=config.epochs,
+            steps_per_epoch=self.steps_per_epoch,
+            samples_per_step=config.batch_size,
+            enabled=self.is_main,
+            bar=None if progress_bar is None else (progress_bar and self.is_main),
+        )
+        self.total_steps = self.steps_per_epoch * config.epochs
+        self.warmup_steps = self.steps_per_epoch * config.warmup_epochs
+        self.optimizer = build_optimizer(config, self.online, self.predictor)
+        self.momentum = MomentumUpdater(
+            base_momentum=config.base_momentum,
+            final_momentum=config.final_momentum,
+            total_steps=max(self.total_steps, 1),
+            buffers=config.target_buffers,  # type: ignore[arg-type]
+        )
+        self.epoch = 0
+        self.step = 0
+        # Call n of the E-step uses seed + n; a resumed run continues the count (EStep's state).
+        self.estep = build_estep(config, self.num_clusters, seed=_seed_for(config.seed, 22) % 2**31)
+        #: Records written so far and their bytes (rank 0), saved with the checkpoint.
+        self.metrics_log = MetricsLog(self.output_dir / METRICS_NAME, write=self.is_main)
+        self._resumed = False
+        # A stop requested (by a signal) while training steps run: honoured after the step in progress.
+        self._stop_signal: Optional[int] = None
+        self._in_steps = False
+        # Where a checkpoint written mid-epoch left the epoch (index, loss totals, random streams).
+        self._mid_epoch: Optional[Dict[str, Any]] = None
+        # Per-rank streams for the PSA noise (the global torch RNG) and the rest; the model init above is shared.
         torch.manual_seed(_seed_for(config.seed, 1, self.rank))
         np.random.seed(_seed_for(config.seed, 2, self.rank) % 2**32)
         random.seed(_seed_for(config.seed, 3, self.rank))
@@ -170,21 +183,19 @@ class Trainer:
     def _init_data(self, dataset: Optional[ImageDataset]) -> None:
         """The data set (loaded unless given), batch split, cluster counts, images on the device."""
         config = self.config
-        self.dataset = (
-            dataset
-            if dataset is not None
-            else load_dataset(config.dataset, config.data_dir, max_samples=config.max_samples)
-        )
-        self.local_batch = check_batch_split(config, len(self.dataset), self.world_size)
-        num_clusters = config.num_clusters or self.dataset.num_classes
+        if dataset is None:
+            dataset = load_dataset(config.dataset, config.data_dir, max_samples=config.max_samples)
+        self.dataset = dataset
+        self.local_batch = check_batch_split(config, len(dataset), self.world_size)
+        num_clusters = config.num_clusters or dataset.num_classes
         if num_clusters is None:
             raise ConfigError("the data set has no labels: set --num-clusters")
         self.num_clusters = int(num_clusters)
-        self.eval_clusters = int(self.dataset.num_classes or self.num_clusters)
-        check_clusterable(self.dataset, self.num_clusters if config.num_clusters else None, self.eval_clusters)
-        self.data_sha256 = data_fingerprint(self.dataset)
-        self.images = self.dataset.images.to(self.device)
-        scaled = self.dataset.images.float() / 255.0
+        self.eval_clusters = int(dataset.num_classes or self.num_clusters)
+        check_clusterable(dataset, self.num_clusters if config.num_clusters else None, self.eval_clusters)
+        self.data_sha256 = data_fingerprint(dataset)
+        self.images = dataset.images.to(self.device)
+        scaled = dataset.images.float() / 255.0
         self.mean = scaled.mean(dim=(0, 2, 3)).tolist()
         # A constant channel would give std 0; the finfo floor keeps normalisation finite.
         self.std = scaled.std(dim=(0, 2, 3)).clamp_min(torch.finfo(scaled.dtype).eps).tolist()
@@ -207,53 +218,11 @@ class Trainer:
         # The checked steps run eagerly (their value checks read values back: graph breaks under
         # torch.compile); the fast-path steps run self.model, compiled when asked.
         self.checked_model = self.step_module.for_training(device=self.device)
-        self.model = (
-            self.checked_model
-            if config.compile == "none"
-            else self.step_module.for_training(
+        self.model = self.checked_model
+        if config.compile != "none":
+            self.model = self.step_module.for_training(
                 device=self.device, compile_backend=config.compile, ddp=self.checked_model
             )
-        )
-
-    def _init_schedule(self, progress_bar: Optional[bool]) -> None:
-        """Steps, progress display, optimiser (SGD or LARS, predictor lr multiplier) and momentum schedule."""
-        config = self.config
-        self.steps_per_epoch = len(self.dataset) // config.batch_size
-        self.progress = Progress(
-            total_epochs=config.epochs,
-            steps_per_epoch=self.steps_per_epoch,
-            samples_per_step=config.batch_size,
-            enabled=self.is_main,
-            bar=None if progress_bar is None else (progress_bar and self.is_main),
-        )
-        self.total_steps = self.steps_per_epoch * config.epochs
-        self.warmup_steps = self.steps_per_epoch * config.warmup_epochs
-        self.optimizer = build_optimizer(config, self.online, self.predictor)
-        try:
-            self.momentum = MomentumUpdater(
-                base_momentum=config.base_momentum,
-                final_momentum=config.final_momentum,
-                total_steps=max(self.total_steps, 1),
-                buffers=config.target_buffers,  # type: ignore[arg-type]
-            )
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-
-    def _init_loop_state(self) -> None:
-        """Epoch/step counters, pseudo-labels, the PSL start state, the metrics log and stop requests."""
-        self.epoch = 0
-        self.step = 0
-        config = self.config
-        # Call n of the E-step uses seed + n; a resumed run continues the count (EStep's state).
-        self.estep = build_estep(config, self.num_clusters, seed=_seed_for(config.seed, 22) % 2**31)
-        #: Records written so far and their bytes (rank 0), saved with the checkpoint.
-        self.metrics_log = MetricsLog(self.output_dir / METRICS_NAME, write=self.is_main)
-        self._resumed = False
-        # A stop requested (by a signal) while training steps run: honoured after the step in progress.
-        self._stop_signal: Optional[int] = None
-        self._in_steps = False
-        # Where a checkpoint written mid-epoch left the epoch (index, loss totals, random streams).
-        self._mid_epoch: Optional[Dict[str, Any]] = None
 
     def request_stop(self, signum: int) -> bool:
         """Ask the run to stop after the training step in progress and checkpoint where it is.
@@ -279,20 +248,10 @@ class Trainer:
         if self.is_main:
             self._log(message)
 
-    def _record(self, record: Dict[str, Any]) -> None:
-        """Append one JSON line to the metrics log (rank 0 writes; every rank counts)."""
-        self.metrics_log.append(record)
-
-    def _prepare(self, images: Tensor) -> Tensor:
-        return normalize(images, self.mean, self.std)
-
     def _epoch_indices(self, epoch: int) -> Tensor:
-        """This rank's sample indices for ``epoch``: ``(steps_per_epoch, local_batch)`` int64.
+        """This rank's ``(steps_per_epoch, local_batch)`` sample indices: its slice of each block of one permutation.
 
-        One permutation per epoch, identical on every rank (seeded by
-        ``(seed, epoch)``); global batch ``s`` is its ``s``-th block of
-        ``batch_size`` and rank ``r`` takes the ``r``-th slice of that block.
-        The incomplete last batch is dropped.
+        The permutation is seeded by ``(seed, epoch)``, the same on every rank; the incomplete last batch is dropped.
         """
         generator = torch.Generator().manual_seed(_seed_for(self.config.seed, 10, epoch))
         perm = torch.randperm(len(self.dataset), generator=generator)
@@ -337,29 +296,6 @@ class Trainer:
         record.update(evaluation)
         return record, eval_backbone, eval_projector
 
-    def _state(self, mid_epoch: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-        return {
-            "mid_epoch": mid_epoch,
-            "format": CHECKPOINT_FORMAT,
-            "config": config_to_dict(self.config),
-            "epoch": self.epoch,
-            "step": self.step,
-            "world_size": self.world_size,
-            "online": self.online.state_dict(),
-            "target": self.target.state_dict(),
-            # The predictor, the PSL queue, the pseudo-labels and the PSL switch.
-            "criterion": to_cpu(self.criterion.state_dict()),
-            "estep": to_cpu(self.estep.state_dict()),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": {"step": self.step, "total_steps": self.total_steps, "warmup_steps": self.warmup_steps},
-            "momentum": self.momentum.state_dict(),
-            "rng": rng_state(),
-            "log_lines": self.metrics_log.lines,
-            "log_bytes": self.metrics_log.size,
-            "data_sha256": self.data_sha256,
-            "config_sha256": config_fingerprint(self.config),
-        }
-
     def save_checkpoint(self, mid_epoch: Optional[Dict[str, Any]] = None) -> None:
         """Write ``checkpoint.pt`` atomically (rank 0), after making the metrics log it counts durable.
 
@@ -370,36 +306,53 @@ class Trainer:
         """
         if not self.is_main:
             return
-        # The checkpoint promises log_bytes bytes of log: they must survive an OS crash too.
-        self.metrics_log.sync()
-        atomic_write_bytes(self.output_dir / CHECKPOINT_NAME, checkpoint_bytes(self._state(mid_epoch)))
-
-    def _restore(self, state: Dict[str, Any]) -> None:
-        """Check that ``state`` belongs to this configuration and data, then load it (writes nothing)."""
-        check_resumable(
-            state,
-            config=self.config,
+        checkpoint = Checkpoint(
+            mid_epoch=mid_epoch,
+            format=CHECKPOINT_FORMAT,
+            config=config_to_dict(self.config),
+            epoch=self.epoch,
+            step=self.step,
             world_size=self.world_size,
+            online=self.online.state_dict(),
+            target=self.target.state_dict(),
+            criterion=to_cpu(self.criterion.state_dict()),  # predictor, PSL queue, pseudo-labels, PSL switch
+            estep=to_cpu(self.estep.state_dict()),
+            optimizer=self.optimizer.state_dict(),
+            scheduler={"step": self.step, "total_steps": self.total_steps, "warmup_steps": self.warmup_steps},
+            momentum=self.momentum.state_dict(),
+            rng=rng_state(),
+            log_lines=self.metrics_log.lines,
+            log_bytes=self.metrics_log.size,
             data_sha256=self.data_sha256,
-            data_name=self.dataset.name,
-            num_samples=len(self.dataset),
+            config_sha256=config_fingerprint(self.config),
+        )
+        self.metrics_log.sync()  # the checkpoint promises log_bytes bytes of log: they must survive an OS crash
+        atomic_write_bytes(self.output_dir / CHECKPOINT_NAME, checkpoint_bytes(checkpoint))
+
+    def _restore(self, checkpoint: Checkpoint) -> None:
+        """Check that ``checkpoint`` belongs to this configuration and data, then load it (writes nothing)."""
+        checkpoint.check_resumable(
+            self.config,
+            world_size=self.world_size,
+            dataset=self.dataset,
+            data_sha256=self.data_sha256,
             steps_per_epoch=self.steps_per_epoch,
         )
-        epoch, step, mid_epoch = int(state["epoch"]), int(state["step"]), state.get("mid_epoch")
-        index = mid_epoch["index"] if mid_epoch is not None else 0
         # Raises (CheckpointError) when the log holds fewer records than the checkpoint covers.
-        self.metrics_log.restore(int(state["log_lines"]), state.get("log_bytes"))
+        self.metrics_log.restore(checkpoint.log_lines, checkpoint.log_bytes)
+        mid_epoch = checkpoint.mid_epoch
         try:
-            self.online.load_state_dict(state["online"])
-            self.target.load_state_dict(state["target"])
-            self.criterion.load_state_dict(state["criterion"])  # checks the pseudo-labels (< K) and the switch
-            self.estep.load_state_dict(_to_device(state["estep"], self.device))
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.momentum.load_state_dict(state["momentum"])
-            set_rng_state(state["rng"])
+            self.online.load_state_dict(checkpoint.online)
+            self.target.load_state_dict(checkpoint.target)
+            self.criterion.load_state_dict(checkpoint.criterion)  # checks the pseudo-labels (< K) and the switch
+            estep = {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in checkpoint.estep.items()}
+            self.estep.load_state_dict(estep)
+            self.optimizer.load_state_dict(checkpoint.optimizer)
+            self.momentum.load_state_dict(checkpoint.momentum)
+            set_rng_state(checkpoint.rng)
             if mid_epoch is not None:
                 self._mid_epoch = {
-                    "index": index,
+                    "index": checkpoint.steps_into_epoch,
                     "totals": mid_epoch["totals"].to(self.device, torch.float64).reshape(3),
                     "generator": mid_epoch["generator"],
                     "psa_generator": mid_epoch["psa_generator"],
@@ -407,20 +360,8 @@ class Trainer:
                 }
         except (RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError) as exc:
             raise CheckpointError(f"checkpoint does not match this configuration: {exc}") from None
-        self.epoch, self.step = epoch, step
+        self.epoch, self.step = checkpoint.epoch, checkpoint.step
         self._resumed = True
-
-    def _prepare_resumed_outputs(self) -> None:
-        """Drop log bytes written after the checkpoint (an interrupted epoch, a torn line) and stale temporaries."""
-        remove_stale_temporaries(self.output_dir)
-        if self._resumed:
-            self.metrics_log.truncate()
-
-    def _set_learning_rate(self) -> float:
-        factor = learning_rate_factor(self.step, self.total_steps, self.warmup_steps)
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.config.lr * group["lr_scale"] * factor
-        return self.config.lr * factor
 
     def _train_epoch(self) -> Dict[str, Any]:
         config = self.config
@@ -448,7 +389,7 @@ class Trainer:
                 lr = self._step(index, batch, generator, totals)
                 done = index + 1
                 # The running loss is read back (a host sync) only when the bar refreshes.
-                self.progress.step(functools.partial(running_mean, totals, done))
+                self.progress.step(lambda done=done: float(totals[0]) / done)
                 if self._stop_signal is not None:
                     break
         finally:
@@ -474,11 +415,13 @@ class Trainer:
         # Value checks (host syncs) on the first step of every epoch, the sync-free fast path after.
         checked = index == 0
         self.criterion.validate_args = checked
-        lr = self._set_learning_rate()
+        factor = learning_rate_factor(self.step, self.total_steps, self.warmup_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.config.lr * group["lr_scale"] * factor
         with torch.no_grad():
             images = self.images.index_select(0, batch).float() / 255.0
-            view1 = self._prepare(self.augment(images, generator=generator))
-            view2 = self._prepare(self.augment(images, generator=generator))
+            view1 = normalize(self.augment(images, generator=generator), self.mean, self.std)
+            view2 = normalize(self.augment(images, generator=generator), self.mean, self.std)
             _, target_both = self.target(torch.cat((view1, view2)))
             target1, target2 = target_both.chunk(2)
         loss = (self.checked_model if checked else self.model)(view1, view2, target1, target2, batch)
@@ -489,7 +432,7 @@ class Trainer:
         terms = self.criterion.last_terms  # detached, on the device: no host sync
         totals += torch.stack((loss.detach(), terms["psa"], terms["psl"])).double()
         self.step += 1
-        return lr
+        return self.config.lr * factor
 
     def _epoch_stats(self, totals: Tensor, lr: float) -> Dict[str, Any]:
         all_reduce_sum_(totals)
@@ -507,11 +450,6 @@ class Trainer:
             "momentum": self.momentum.momentum,
         }
 
-    def _sync_target_buffers(self) -> None:
-        """Every rank's target BN statistics come from its own batches; use rank 0's."""
-        for buffer in self.target.buffers():
-            broadcast_(buffer)
-
     def fit(self, stop_after: Optional[int] = None) -> Dict[str, Any]:
         """Train until ``config.epochs`` (or until epoch ``stop_after``), then evaluate.
 
@@ -525,7 +463,9 @@ class Trainer:
         config = self.config
         if self.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            self._prepare_resumed_outputs()
+            remove_stale_temporaries(self.output_dir)
+            if self._resumed:  # drop log bytes written after the checkpoint (an interrupted epoch, a torn line)
+                self.metrics_log.truncate()
         last = config.epochs if stop_after is None else min(stop_after, config.epochs)
         start_time = time.perf_counter()
         while self.epoch < last:
@@ -539,7 +479,9 @@ class Trainer:
             stats = self._train_epoch()
             self.epoch += 1
             seconds = time.perf_counter() - begin
-            self._record({"event": "epoch", "epoch": self.epoch, "step": self.step, **stats, "time_s": seconds})
+            self.metrics_log.append(
+                {"event": "epoch", "epoch": self.epoch, "step": self.step, **stats, "time_s": seconds}
+            )
             self.info(
                 f"epoch {self.epoch}/{config.epochs}  loss {stats['loss']:.4f}  psa {stats['psa']:.4f}  "
                 f"psl {stats['psl']:.4f}  lr {stats['lr']:.4g}  m {stats['momentum']:.5f}  ({seconds:.1f}s)"
@@ -553,7 +495,8 @@ class Trainer:
 
     def _evaluate(self, event: str, start_time: Optional[float] = None) -> Dict[str, Any]:
         """An ``"estep"``, ``"eval"`` or ``"final"`` pass: logged, and the final one's assignments written."""
-        self._sync_target_buffers()
+        for buffer in self.target.buffers():  # each rank's target BN statistics come from its own batches: use rank 0's
+            broadcast_(buffer)
         final = event == "final"
         name = {"estep": "E-step", "eval": "eval", "final": "final evaluation"}[event]
         if len(self.dataset) >= ANNOUNCE_FROM:
@@ -566,7 +509,7 @@ class Trainer:
         )
         seconds = time.perf_counter() - begin
         if not final:
-            self._record({"event": event, "epoch": self.epoch, **record, "time_s": seconds})
+            self.metrics_log.append({"event": event, "epoch": self.epoch, **record, "time_s": seconds})
             self.info(f"{format_record(name, self.epoch, record)}  ({seconds:.1f}s)")
             return record
         record.update(cluster_stats("projector", projector_labels, self.eval_clusters))
@@ -579,18 +522,15 @@ class Trainer:
                 "train longer, or start PSL at a fixed epoch (--psl-start warmup --psl-warmup-epochs N)"
             )
         elapsed = time.perf_counter() - cast(float, start_time)
-        self._record({"event": "final", "epoch": self.epoch, **record, "time_s": seconds, "elapsed_s": elapsed})
+        self.metrics_log.append(
+            {"event": "final", "epoch": self.epoch, **record, "time_s": seconds, "elapsed_s": elapsed}
+        )
         if self.is_main:
-            pseudo = cast(Tensor, self.criterion.pseudo_labels)
             write_assignments(
                 self.output_dir / ASSIGNMENTS_NAME,
                 self.dataset.labels,
                 backbone=backbone_labels,
                 projector=projector_labels,
-                pseudo=pseudo,
+                pseudo=cast(Tensor, self.criterion.pseudo_labels),
             )
         return record
-
-
-def _to_device(state: Dict[str, Any], device: torch.device) -> Dict[str, Any]:
-    return {key: value.to(device) if isinstance(value, Tensor) else value for key, value in state.items()}
