@@ -106,16 +106,17 @@ def check_integer_dtype(name: str, value: Tensor) -> None:
         raise TypeError(f"{name} must have an integer dtype, got {value.dtype}")
 
 
-def check_label_range(name: str, low: int, high: int, num_classes: int, *, bound: str = "") -> None:
+def check_label_range(name: str, low: int, high: int, num_classes: int, *, bound: str = "", hint: str = "") -> None:
     """Raise a ValueError unless the smallest label ``low`` and the largest ``high`` lie in ``[0, num_classes)``.
 
     The one label range check of the package (tensors, NumPy arrays, stored
     queue labels). ``bound`` names the limit in the message, e.g.
-    ``"num_clusters="`` gives ``"[0, num_clusters=10)"``.
+    ``"num_clusters="`` gives ``"[0, num_clusters=10)"``; ``hint`` is appended
+    to the message (e.g. what to do about it).
     """
     if low < 0 or high >= num_classes:
         bad = low if low < 0 else high
-        raise ValueError(f"{name} must be in [0, {bound}{num_classes}), got label {bad}")
+        raise ValueError(f"{name} must be in [0, {bound}{num_classes}), got label {bad}{hint}")
 
 
 def check_labels(name: str, labels: Tensor, num_classes: int, *, bound: str = "") -> None:

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from propos_losses import defaults
-from propos_losses._validation import check_bool, check_int
+from propos_losses._validation import check_bool, check_int, check_labels
 from propos_losses.distributed import broadcast_, check_on_every_rank, is_distributed
 from propos_losses.features import extract_features
 from propos_losses.kmeans import SphericalKMeans
@@ -206,11 +206,7 @@ class EStep:
                     f"state's labels must be a non-empty (N,) int64 tensor, got {getattr(labels, 'dtype', labels)!r} "
                     f"of shape {tuple(getattr(labels, 'shape', ()))}"
                 )
-            low, high = int(labels.min()), int(labels.max())
-            if low < 0 or high >= self.num_clusters:
-                raise ValueError(
-                    f"state's labels must be in [0, num_clusters={self.num_clusters}), got label {low if low < 0 else high}"
-                )
+            check_labels("state's labels", labels, self.num_clusters, bound="num_clusters=")
             if (
                 not isinstance(centers, Tensor)
                 or centers.dim() != 2

@@ -187,7 +187,7 @@ class ProPosLoss(nn.Module):
         if self.pseudo_labels is not None:
             self.agreement = float(nmi(self.pseudo_labels.cpu().numpy(), labels.cpu().numpy()))
         if self.psl.queue is not None and len(self.psl.queue):
-            self.psl.relabel_queue(labels.to(self.psl.queue.labels.device))
+            self.psl.unchecked_relabel_queue(labels.to(self.psl.queue.labels.device))  # checked above
         self.pseudo_labels = labels
         self._apply_switch()
 

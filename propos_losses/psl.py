@@ -350,7 +350,7 @@ class PrototypeScatteringLoss(nn.Module):
         self.feature_dim = feature_dim
         self.queue = PrototypeQueue(self.queue_size, feature_dim) if self.queue_size > 0 and feature_dim else None
         if self.queue is not None:
-            self.queue._label_limit = self.num_clusters  # a loaded queue must hold labels in [0, K)
+            self.queue.label_limit = self.num_clusters  # a loaded queue must hold labels in [0, K)
         self._last_scores = self._last_terms = None
         self.validate_args = validate_args
 
@@ -470,7 +470,7 @@ class PrototypeScatteringLoss(nn.Module):
         self._last_scores, self._last_terms = scores.detach(), None
         if self.queue is not None and (self.training if enqueue is None else enqueue):
             # Checked above as push would check it; uneven batches between ranks only on the checked path.
-            self.queue.push_unchecked(z_target, assignments.long(), indices, uneven=validate)
+            self.queue.unchecked_push(z_target, assignments.long(), indices, uneven=validate)
         return scores.loss
 
     @property
@@ -592,9 +592,18 @@ class PrototypeScatteringLoss(nn.Module):
             raise ValueError("relabel_queue needs a queue, but this loss has queue_size=0")
         check_tensor("new_labels", new_labels, ndim=1)
         check_labels("new_labels", new_labels, self.num_clusters)
+        self.unchecked_relabel_queue(new_labels)
+
+    def unchecked_relabel_queue(self, new_labels: Tensor) -> None:
+        """:meth:`relabel_queue` for ``(N,)`` labels in ``[0, K)`` checked by the caller (e.g. ProPosLoss).
+
+        Only the queue's own state is checked (under ``validate_args``): every
+        queued sample needs a known index below ``N``. Needs a queue.
+        """
+        assert self.queue is not None, "unchecked_relabel_queue needs a queue"
         if self.queue.validate_args:
             self.queue.check_relabel(new_labels, labels_checked=True)
-        self.queue.relabel_unchecked(new_labels)
+        self.queue.unchecked_relabel(new_labels)
 
     def reset_queue(self) -> None:
         """Empty the queue (no-op without one), e.g. when the number of clusters changes.

@@ -30,6 +30,7 @@ from propos_losses._validation import (
     check_indices,
     check_int,
     check_integer_dtype,
+    check_label_range,
     check_tensor,
     checked_state_dict,
 )
@@ -120,7 +121,7 @@ class PrototypeQueue(nn.Module):
         self.register_buffer("fill", torch.zeros((), dtype=torch.int64))
         #: Exclusive upper bound of the labels a loaded state may hold (the number of clusters), set by
         #: the loss that owns the queue; ``None``: any label ``>= 0`` (push and relabel do not use it).
-        self._label_limit: Optional[int] = None
+        self.label_limit: Optional[int] = None
 
     def extra_repr(self) -> str:
         return f"size={self.size}, feature_dim={self.feature_dim}, dtype={self.features.dtype}"
@@ -186,12 +187,16 @@ class PrototypeQueue(nn.Module):
         another ``K`` is used); ``remedy`` tells the caller what to call.
         """
         if self.labels.numel():
+            # Empty slots hold -1: only the largest label can be out of range.
             high = int(self.labels.max())
-            if high >= num_clusters:
-                raise ValueError(
-                    f"queue labels must be in [0, num_clusters={num_clusters}): the queue holds label {high}, "
-                    f"not below num_clusters={num_clusters}; {remedy} after changing the number of clusters"
-                )
+            check_label_range(
+                "queue labels",
+                0,
+                high,
+                num_clusters,
+                bound="num_clusters=",
+                hint=f", not below num_clusters={num_clusters}: {remedy} after changing the number of clusters",
+            )
 
     def unchecked_cluster_sums(self, num_clusters: int, dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
         """Unchecked core of :meth:`cluster_sums` (static shapes, no host sync)."""
@@ -288,9 +293,9 @@ class PrototypeQueue(nn.Module):
             )
         else:
             features, labels, indices = check()
-        self.push_unchecked(features, labels, indices, uneven=self.validate_args)
+        self.unchecked_push(features, labels, indices, uneven=self.validate_args)
 
-    def push_unchecked(self, features: Tensor, labels: Tensor, indices: Optional[Tensor], *, uneven: bool) -> None:
+    def unchecked_push(self, features: Tensor, labels: Tensor, indices: Optional[Tensor], *, uneven: bool) -> None:
         """Unchecked core of :meth:`push` (the caller checked its arguments as :meth:`push` does).
 
         ``uneven=True`` exchanges the ranks' row counts before the gather
@@ -356,7 +361,7 @@ class PrototypeQueue(nn.Module):
         check_integer_dtype("new_labels", new_labels)
         if self.validate_args:
             self.check_relabel(new_labels)
-        self.relabel_unchecked(new_labels)
+        self.unchecked_relabel(new_labels)
 
     def check_relabel(self, new_labels: Tensor, *, labels_checked: bool = False) -> None:
         """The value checks of :meth:`relabel` against the stored indices (host syncs).
@@ -383,7 +388,7 @@ class PrototypeQueue(nn.Module):
                 raise ValueError(f"new_labels must be >= 0 for queued samples, got {lowest}")
 
     @torch.no_grad()
-    def relabel_unchecked(self, new_labels: Tensor) -> None:
+    def unchecked_relabel(self, new_labels: Tensor) -> None:
         """Unchecked core of :meth:`relabel`: no host sync.
 
         Every slot with a label and a known index is relabelled in place;
@@ -422,7 +427,7 @@ class PrototypeQueue(nn.Module):
         load of other weights) is fine and changes nothing, some of them is
         an error even without ``strict`` (it would mix two queues). Then
         shapes and dtype kinds, ``ptr`` and ``fill`` in range, labels ``>= 0``
-        exactly in the filled slots (and below :attr:`_label_limit` when an
+        exactly in the filled slots (and below :attr:`label_limit` when an
         owner set one), indices ``>= 0`` or ``-1`` in filled slots and ``-1``
         in empty ones, finite features in filled slots. Reads values back
         (a few syncs): a load is no hot path.
@@ -469,12 +474,19 @@ class PrototypeQueue(nn.Module):
         filled[torch.remainder(ptr - fill + torch.arange(fill), self.size)] = True
         if bool((labels[filled] < 0).any()) or bool((labels[~filled] != _UNKNOWN).any()):
             return f"labels contradict fill={fill} (ptr={ptr}): filled slots need labels >= 0 and empty slots -1"
-        limit = self._label_limit
-        if limit is not None and fill and int(labels[filled].max()) >= limit:
-            return (
-                f"queue labels must be in [0, num_clusters={limit}), got label {int(labels[filled].max())} "
-                "(a queue saved with another number of clusters: reset it instead of loading it)"
-            )
+        limit = self.label_limit
+        if limit is not None and fill:
+            try:
+                check_label_range(
+                    "queue labels",
+                    0,
+                    int(labels[filled].max()),
+                    limit,
+                    bound="num_clusters=",
+                    hint=" (a queue saved with another number of clusters: reset it instead of loading it)",
+                )
+            except ValueError as problem:
+                return str(problem)
         if bool((indices[filled] < _UNKNOWN).any()) or bool((indices[~filled] != _UNKNOWN).any()):
             return (
                 f"indices contradict fill={fill} (ptr={ptr}): filled slots need indices >= 0 "
