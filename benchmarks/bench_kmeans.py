@@ -95,7 +95,8 @@ from _machine import machine_info  # noqa: E402
 from _mnist import DEFAULT_DATA_DIR, load_mnist  # noqa: E402
 
 from propos_losses.defaults import KMEANS_MAX_ITER, KMEANS_N_INIT, KMEANS_TOL  # noqa: E402
-from propos_losses.kmeans import SphericalKMeans, _auto_sample_size  # noqa: E402
+from propos_losses.kmeans import SphericalKMeans  # noqa: E402
+from propos_losses.kmeans._init import auto_sample_size  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "bench_kmeans.json")
 PCA_DIM = 256
@@ -185,7 +186,7 @@ def run_ours(
     )
     _, wall, cpu, other = timed(lambda: km.fit(data), device)
     predict_s = min(timed(lambda: km.predict(data), device)[1] for _ in range(3))
-    sample_size = km.sample_size if km.sample_size != "auto" else _auto_sample_size(k)
+    sample_size = km.sample_size if km.sample_size != "auto" else auto_sample_size(k)
     return {
         "wall_s": wall,
         "cpu_s": cpu,

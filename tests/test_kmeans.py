@@ -495,14 +495,14 @@ def test_rows_with_huge_finite_values_are_normalised_not_rejected() -> None:
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_unit_rows_are_used_as_they_are_and_other_rows_are_normalised(dtype: torch.dtype) -> None:
-    from propos_losses.kmeans import _normalise_rows
+    from propos_losses.kmeans._rows import normalise_rows
 
     X = random_rows(50, 7, seed=21).to(dtype)
     X = X / torch.linalg.vector_norm(X, dim=1, keepdim=True)
-    assert _normalise_rows("X", X) is X  # no copy of data that is already unit-norm
+    assert normalise_rows("X", X) is X  # no copy of data that is already unit-norm
     stretched = X.clone()
     stretched[3] *= 1 + 1e-4  # visibly off the sphere: divided by its norm
-    out = _normalise_rows("X", stretched)
+    out = normalise_rows("X", stretched)
     assert out is not stretched
     assert torch.allclose(torch.linalg.vector_norm(out, dim=1), torch.ones(50, dtype=dtype), atol=1e-6)
     # Either way the clustering sees the same directions.

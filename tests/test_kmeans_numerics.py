@@ -3,11 +3,24 @@ bounded full-data iterations and the ``sample_size="auto"`` default (propos_loss
 
 from __future__ import annotations
 
+from typing import Optional
+
 import pytest
 import torch
 
-import propos_losses.kmeans as kmeans_module
+import propos_losses.kmeans._kernels as kernels_module
+import propos_losses.kmeans._lloyd as lloyd_module
 from propos_losses.kmeans import SphericalKMeans, spherical_kmeans
+from propos_losses.kmeans._init import auto_sample_size, kmeans_plus_plus
+from propos_losses.kmeans._lloyd import lloyd, lloyd_bounded
+from propos_losses.kmeans._params import Settings
+from propos_losses.kmeans._rows import DenseRows
+
+
+def lloyd_settings(n_clusters: int, max_iter: int, tol: float, chunk_size: Optional[int]) -> Settings:
+    """The checked settings that the Lloyd loops get from SphericalKMeans(n_clusters, ...)."""
+    estimator = SphericalKMeans(n_clusters, max_iter=max_iter, tol=tol, chunk_size=chunk_size, verbose=False)
+    return Settings.from_params(estimator.get_params())
 
 
 def rows(n: int, dim: int, seed: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
@@ -107,14 +120,14 @@ def test_bounded_iterations_take_the_same_steps_as_plain_lloyd(
 ) -> None:
     # Skipping the rows whose bounds prove their label cannot change must not change any step.
     if not elkan:  # per-centre bounds do not fit: one bound for all other centres (Hamerly)
-        monkeypatch.setattr(kmeans_module, "DEFAULT_CHUNK_BYTES", 64)
+        monkeypatch.setattr(kernels_module, "DEFAULT_CHUNK_BYTES", 64)
     X = blobs(40, 7, 5, noise=1.2, seed=seed).to(torch.float64)
     unit = X / X.norm(dim=1, keepdim=True)
     start = unit[torch.randperm(unit.shape[0], generator=torch.Generator().manual_seed(seed))[:7]]
-    settings = kmeans_module._Iterations(max_iter=60, tol=0.0, chunk_size=64, verbose=False)
-    rows = kmeans_module._DenseRows(unit)
-    plain, n_plain, history = kmeans_module._lloyd(rows, start.unsqueeze(0), settings)
-    bounded, n_bounded, bounded_history = kmeans_module._lloyd_bounded(rows, start, settings)
+    settings = lloyd_settings(7, max_iter=60, tol=0.0, chunk_size=64)
+    rows = DenseRows(unit)
+    plain, n_plain, history = lloyd(rows, start.unsqueeze(0), settings)
+    bounded, n_bounded, bounded_history = lloyd_bounded(rows, start, settings)
     n = int(n_plain[0])
     assert n_bounded in (n, n - 1)  # it also stops as soon as no label changed
     assert torch.allclose(bounded, plain[0], atol=1e-12)
@@ -133,10 +146,10 @@ def test_auto_is_the_default_and_equals_the_unsampled_run_on_small_data() -> Non
 
 
 def test_auto_subsamples_large_data_with_its_documented_size() -> None:
-    size = kmeans_module._auto_sample_size(2)
+    size = auto_sample_size(2)
     assert size == 1024  # 512 rows per cluster at most
-    assert kmeans_module._auto_sample_size(10) == 5_120 and kmeans_module._auto_sample_size(100) == 25_600
-    assert kmeans_module._auto_sample_size(1000) == 16_000 and kmeans_module._auto_sample_size(10_000) == 160_000
+    assert auto_sample_size(10) == 5_120 and auto_sample_size(100) == 25_600
+    assert auto_sample_size(1000) == 16_000 and auto_sample_size(10_000) == 160_000
     X = blobs(700, 2, 4, noise=1.0, seed=6)
     auto = spherical_kmeans(X, 2, n_init=3, random_state=2)
     explicit = spherical_kmeans(X, 2, n_init=3, random_state=2, sample_size=size)
@@ -162,13 +175,13 @@ def test_restarts_continued_alone_with_bounds_take_the_same_steps_as_the_batched
 ) -> None:
     # With K >= 32 the batched restarts go on one by one with the bounded iterations once few rows move.
     X = blobs(60, 40, 6, noise=1.5, seed=8).to(torch.float64)
-    unit = kmeans_module._DenseRows(X / X.norm(dim=1, keepdim=True))
-    start = kmeans_module._kmeans_plus_plus(unit, 40, 3, torch.Generator().manual_seed(0), None)
-    settings = kmeans_module._Iterations(max_iter=100, tol=1e-6, chunk_size=None, verbose=False)
-    assert 40 >= kmeans_module._BOUNDED_MIN_CLUSTERS
-    hybrid = kmeans_module._lloyd(unit, start, settings)
-    monkeypatch.setattr(kmeans_module, "_BOUNDED_SWITCH_FRACTION", -1.0)  # never switch: batched to the end
-    batched = kmeans_module._lloyd(unit, start, settings)
+    unit = DenseRows(X / X.norm(dim=1, keepdim=True))
+    start = kmeans_plus_plus(unit, 40, 3, torch.Generator().manual_seed(0), None)
+    settings = lloyd_settings(40, max_iter=100, tol=1e-6, chunk_size=None)
+    assert 40 >= lloyd_module._BOUNDED_MIN_CLUSTERS
+    hybrid = lloyd(unit, start, settings)
+    monkeypatch.setattr(lloyd_module, "_BOUNDED_SWITCH_FRACTION", -1.0)  # never switch: batched to the end
+    batched = lloyd(unit, start, settings)
     # The bounded iterations also stop as soon as no label changed (the batched ones need one more pass).
     assert torch.all((batched[1] - hybrid[1] >= 0) & (batched[1] - hybrid[1] <= 1))
     assert torch.allclose(hybrid[0], batched[0], atol=1e-10)

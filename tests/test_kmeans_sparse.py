@@ -9,8 +9,10 @@ import pytest
 import scipy.sparse
 import torch
 
-import propos_losses.kmeans as kmeans_module
+import propos_losses.kmeans._init as init_module
+import propos_losses.kmeans._rows as rows_module
 from propos_losses import SphericalKMeans, spherical_kmeans
+from propos_losses.kmeans._rows import DenseRows, SparseRows, normalise_rows
 
 
 def documents(n: int, d: int, n_topics: int, seed: int, density: float = 0.05) -> scipy.sparse.csr_matrix:
@@ -79,13 +81,13 @@ def test_integer_counts_in_a_sparse_matrix_are_clustered_as_float64() -> None:
 def test_the_data_set_is_never_densified(monkeypatch: pytest.MonkeyPatch) -> None:
     # Only gathered rows are made dense: sampled candidates (R x (2 + ln K) per step) and re-seeding rows.
     densified: List[int] = []
-    original = kmeans_module._SparseRows.to_dense
+    original = SparseRows.to_dense
 
-    def recording(self: kmeans_module._SparseRows) -> torch.Tensor:
+    def recording(self: SparseRows) -> torch.Tensor:
         densified.append(self.n)
         return original(self)
 
-    monkeypatch.setattr(kmeans_module._SparseRows, "to_dense", recording)
+    monkeypatch.setattr(SparseRows, "to_dense", recording)
     X = documents(2000, 300, 5, seed=9, density=0.02)
     SphericalKMeans(5, n_init=4, random_state=0, sample_size=None).fit(X)
     assert densified and max(densified) <= 4 * (2 + int(np.log(5)))
@@ -98,8 +100,8 @@ def test_sparse_rows_are_normalised_like_dense_rows_even_at_extreme_scales() -> 
     X = documents(50, 40, 2, seed=10)
     dense = torch.from_numpy(X.toarray())
     for scale in (1.0, 1e300, 1e-300):
-        rows = kmeans_module._normalise_sparse("X", kmeans_module._scipy_sparse_rows("X", X * scale))
-        expected = kmeans_module._normalise_rows("X", dense * scale, allow_zero=True)
+        rows = rows_module._normalise_sparse("X", rows_module._scipy_sparse_rows("X", X * scale))
+        expected = normalise_rows("X", dense * scale, allow_zero=True)
         torch.testing.assert_close(rows.to_dense(), expected, rtol=1e-14, atol=1e-15)
 
 
@@ -154,8 +156,8 @@ def test_integer_weights_equal_repeated_rows_from_the_same_centres(sparse: bool)
 
 def test_weighted_k_means_plus_plus_samples_in_proportion_to_the_weights() -> None:
     X = np.eye(4)
-    rows = kmeans_module._DenseRows(torch.from_numpy(X), weight=torch.tensor([0.0, 1.0, 3.0, 0.0]))
-    draws = kmeans_module._sample_rows(rows, None, 1, 8000, torch.Generator().manual_seed(0))[0]
+    rows = DenseRows(torch.from_numpy(X), weight=torch.tensor([0.0, 1.0, 3.0, 0.0]))
+    draws = init_module._sample_rows(rows, None, 1, 8000, torch.Generator().manual_seed(0))[0]
     counts = draws.sum(dim=0)
     assert counts[0] == 0 and counts[3] == 0
     assert float(counts[2] / counts[1]) == pytest.approx(3.0, rel=0.1)
