@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from propos_losses.prototypes import normalize_features
+
 __all__ = [
     "ArrayLike",
     "DataLike",
@@ -323,63 +325,47 @@ def _nonfinite_error(name: str, values: Tensor) -> ValueError:
     return ValueError(f"Input {name} contains infinity or a value too large for dtype({str(numpy_dtype)!r}).")
 
 
-def _rescale_extreme_rows(X: Tensor, norms: Tensor) -> Tuple[Tensor, Tensor]:
-    """Rows whose squared norm over- or underflows, divided by their largest ``|entry|``, and the new norms.
-
-    ``vector_norm`` sums squares: a finite row with entries near the dtype's
-    maximum gets an infinite norm, one with entries below about
-    ``sqrt(tiny)`` (1e-19 in float32) a norm that is inaccurate or 0. Divided by
-    its largest entry, such a row keeps its direction and gets a norm in
-    ``[1, sqrt(d)]``. All-zero rows stay zero (norm 0). ``X`` must be finite
-    where ``norms`` is not; other rows are returned as they are.
-
-    Args:
-        X: ``(N, d)`` floating rows; ``norms``: ``(N,)`` their L2 norms.
-
-    Returns:
-        ``(X', norms')``: ``X`` itself when no row needed it, else a copy.
-    """
-    finfo = torch.finfo(X.dtype)
-    suspect = ~torch.isfinite(norms) | (norms < math.sqrt(finfo.tiny) / finfo.eps)
-    if not bool(suspect.any()):
-        return X, norms
-    rows = X[suspect]
-    scale = rows.abs().amax(dim=1, keepdim=True)
-    X = X.clone()
-    X[suspect] = rows / torch.where(scale > 0, scale, torch.ones_like(scale))
-    norms = norms.clone()
-    norms[suspect] = torch.linalg.vector_norm(X[suspect], dim=1)
-    return X, norms
-
-
 def normalise_rows(name: str, X: Tensor, allow_zero: bool = False) -> Tensor:
     """L2-normalise the rows; raise on NaN/Inf, and on all-zero rows unless ``allow_zero`` (they stay zero)."""
     return _normalise_dense(name, X, allow_zero)[0]
 
 
 def _normalise_dense(name: str, X: Tensor, allow_zero: bool) -> Tuple[Tensor, Optional[Tensor]]:
-    """:func:`normalise_rows` and the ``(N,)`` bool mask of the non-zero rows (``None`` when none is zero)."""
+    """:func:`normalise_rows` and the ``(N,)`` bool mask of the non-zero rows (``None`` when none is zero).
+
+    The checks are the k-means' own (NaN/Inf, all-zero rows, rows that are unit already); the rows
+    whose squared norm over- or underflows are normalised by
+    :func:`propos_losses.prototypes.normalize_features`, the package's one row normaliser.
+    """
     # NaN/Inf make the row norm non-finite, so only such rows need the element-wise check
     # (a full isfinite pass over X costs as much as a k-means iteration).
     norms = torch.linalg.vector_norm(X, dim=1)
-    suspect = ~torch.isfinite(norms)
-    if bool(suspect.any()) and not bool(torch.isfinite(X[suspect]).all()):
-        raise _nonfinite_error(name, X[suspect])
-    # Rows so large or so small that their squared norm overflows or underflows: scaled first.
-    X, norms = _rescale_extreme_rows(X, norms)
-    zero = norms == 0
-    if bool(zero.any()):
-        if not allow_zero:
-            first = int(torch.nonzero(zero)[0, 0])
-            raise ValueError(
-                f"{name} has all-zero rows (e.g. row {first}); their direction, hence their cosine similarity, "
-                f"is undefined"
-            )
-        return X / torch.where(zero, torch.ones_like(norms), norms).unsqueeze(1), ~zero
-    if X.shape[0] and float((norms - 1).abs().max()) <= _unit_norm_tolerance(X):
-        # Already unit rows (e.g. normalised features): dividing would only copy X.
-        return X, None
-    return X / norms.unsqueeze(1), None
+    nonfinite = ~torch.isfinite(norms)
+    if bool(nonfinite.any()) and not bool(torch.isfinite(X[nonfinite]).all()):
+        raise _nonfinite_error(name, X[nonfinite])
+    # vector_norm sums squares: a finite row with entries near the dtype's maximum gets an infinite norm, one
+    # with entries below about sqrt(tiny) (1e-19 in float32) an inaccurate or zero norm; all-zero rows are
+    # among these rows too.
+    finfo = torch.finfo(X.dtype)
+    extreme = nonfinite | (norms < math.sqrt(finfo.tiny) / finfo.eps)
+    if not bool(extreme.any()):
+        if X.shape[0] and float((norms - 1).abs().max()) <= _unit_norm_tolerance(X):
+            # Already unit rows (e.g. normalised features): dividing would only copy X.
+            return X, None
+        return X / norms.unsqueeze(1), None
+    # Rare: normalize_features divides these rows by their largest |entry| before their norm (zero rows stay
+    # zero); the other rows are divided by their norm as above.
+    rows = X[extreme]
+    zero = torch.zeros_like(extreme)
+    zero[extreme] = ~(rows != 0).any(dim=1)
+    if bool(zero.any()) and not allow_zero:
+        first = int(torch.nonzero(zero)[0, 0])
+        raise ValueError(
+            f"{name} has all-zero rows (e.g. row {first}); their direction, hence their cosine similarity, is undefined"
+        )
+    unit = X / torch.where(extreme, torch.ones_like(norms), norms).unsqueeze(1)
+    unit[extreme] = normalize_features(rows)
+    return unit, (~zero if bool(zero.any()) else None)
 
 
 def _normalise_sparse(name: str, X: SparseRows) -> SparseRows:
