@@ -1,10 +1,8 @@
 """Reference ProPos trainer (``propos-train``).
 
-An end-to-end example of the library: the paper's EM loop (k-means E-step on
-target projector features, PSA + ``lambda_psl`` x PSL M-step, momentum target)
-with presets, a command line, atomic checkpoints with bit-for-bit resume on CPU,
-JSONL logs, plots and ``torchrun`` support. The trainer only uses the public API
-of :mod:`propos_losses`; nothing in the library imports this package.
+An end-to-end example of the library: the paper's EM loop with presets, a command
+line, checkpoints with bit-for-bit resume, logs, plots and ``torchrun`` support, on the
+public API of :mod:`propos_losses` only (nothing in the library imports this package).
 
 Run ``propos-train --help`` or ``python -m propos_losses.train --help``.
 """

@@ -1,10 +1,7 @@
 """``python -m propos_losses.train``: the same as the ``propos-train`` console script.
 
-:func:`launch` is the whole program: it imports the trainer (torch,
-scikit-learn: seconds) and runs :func:`propos_losses.train.cli.main`, turning
-Ctrl-C during the imports into one line and exit status 130 instead of a
-traceback. Only the standard library is imported here; whatever a package
-``__init__`` imports before this module runs is outside its reach.
+Only the standard library is imported here, so that Ctrl-C during the trainer's
+imports (seconds) prints one line and exits with status 130 instead of a traceback.
 """
 
 from __future__ import annotations
@@ -23,8 +20,7 @@ def launch(argv: Optional[Sequence[str]] = None) -> int:
         argv: arguments without the program name (``sys.argv[1:]`` when ``None``).
 
     Returns:
-        What :func:`~propos_losses.train.cli.main` returns, or 130 (``128 + SIGINT``)
-        when interrupted before it could take over SIGINT.
+        What :func:`~propos_losses.train.cli.main` returns, or 130 when interrupted before it took over SIGINT.
     """
     try:
         from propos_losses.train.cli import main

@@ -1,22 +1,12 @@
 """Batched image augmentation in plain PyTorch (no torchvision).
 
-:class:`Augmentation` transforms a whole ``(B, C, H, W)`` batch on the batch's
-device with one random draw per sample and per parameter, all taken from a
-``torch.Generator`` so that a seeded run is reproducible. The geometric part
-(random resized crop, rotation, translation, scale) is folded into one affine
-matrix per sample and applied with a single ``F.affine_grid`` +
-``F.grid_sample``; flips, colour jitter and grayscale are ``torch.where``
-selections of vectorised operations. There is no per-sample Python loop.
-
-The colour operations follow torchvision's definitions (``ColorJitter`` with
-factors drawn uniformly from ``[max(0, 1 - s), 1 + s]``, a hue shift from
-``[-hue, hue]``, the four operations in a random order per sample;
-``RandomGrayscale`` with the ITU-R 601 luma weights), so the SimCLR recipe the
-paper uses carries over.
+:class:`Augmentation` transforms a whole ``(B, C, H, W)`` batch on its device, each
+sample with its own parameters drawn from one ``torch.Generator`` (a seeded run is
+reproducible), without a per-sample Python loop: the geometry is one ``grid_sample``,
+the rest ``torch.where`` selections. The colour operations follow torchvision's
+``ColorJitter`` and ``RandomGrayscale``, so the paper's SimCLR recipe carries over.
 
 Example:
-    >>> import torch
-    >>> from propos_losses.train.augment import build_augmentation
     >>> augment = build_augmentation("color", image_size=32, channels=3)
     >>> images = torch.rand(4, 3, 32, 32)
     >>> views = augment(images, generator=torch.Generator().manual_seed(0))
@@ -55,13 +45,9 @@ _CROP_TRIALS = 10
 _BRIGHTNESS, _CONTRAST, _SATURATION, _HUE = range(4)
 _NUM_JITTER_OPS = 4
 
-#: Presets of :func:`build_augmentation`, the single place these strengths live.
-#: ``"color"`` is SimCLR's recipe without blur (the paper's CIFAR setting);
-#: ``"digits"`` is a small affine jitter with a mild crop and no flip (a flipped
-#: digit is another digit, or none); ``"mnist"`` adds shear, a smooth elastic
-#: distortion and stroke thickening/thinning, the handwriting variations that
-#: 28x28 digits need to be invariant to (with the affine jitter alone, BYOL on
-#: MNIST learns little beyond pixel overlap).
+#: Presets of :func:`build_augmentation`: ``"color"`` is SimCLR's recipe without blur (the paper's
+#: CIFAR setting), ``"digits"`` a small affine jitter and mild crop without flip, ``"mnist"`` adds
+#: the handwriting variations (shear, elastic distortion, stroke thickness; docs/trainer.rst).
 _DIGIT_JITTER: Mapping[str, Any] = {
     "crop_scale": (0.7, 1.0),
     "crop_ratio": (3 / 4, 4 / 3),
@@ -72,7 +58,6 @@ _DIGIT_JITTER: Mapping[str, Any] = {
 AUGMENTATION_PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
     {
         "digits": MappingProxyType(dict(_DIGIT_JITTER)),
-        # The digits jitter with a wider scale range, plus the handwriting variations.
         "mnist": MappingProxyType(
             {
                 **_DIGIT_JITTER,
@@ -119,8 +104,6 @@ def rgb_to_grayscale(images: Tensor) -> Tensor:
     """Luma of RGB images, ``(B, 3, H, W) -> (B, 1, H, W)``; one channel passes through.
 
     Example:
-        >>> import torch
-        >>> from propos_losses.train.augment import rgb_to_grayscale
         >>> rgb_to_grayscale(torch.ones(2, 3, 4, 4)).shape
         torch.Size([2, 1, 4, 4])
     """
@@ -207,47 +190,34 @@ def _dilate3x3(images: Tensor) -> Tensor:
 class Augmentation(nn.Module):
     """Random augmentation of an image batch, each sample with its own parameters.
 
-    The pipeline (each stage skipped when its strength is zero): random resized
-    crop -> random affine (rotation, translation, scale, shear) plus a smooth
-    elastic displacement, in one resampling -> stroke thickening/thinning ->
-    horizontal flip ->
-    colour jitter (brightness, contrast, saturation, hue in a random order,
-    applied with probability ``jitter_p``) -> random grayscale. Output size
-    equals input size. Saturation, hue and grayscale leave one-channel images
-    unchanged, as in torchvision.
+    Stages, each skipped at strength zero: random resized crop, affine and elastic
+    displacement (one resampling), stroke thickness, flip, colour jitter (its four
+    operations in a random order), grayscale. One-channel images skip saturation, hue and grayscale.
 
     Args:
         image_size: height and width ``H = W`` of the images it is given.
         channels: ``C``, 1 or 3.
         crop_scale: range of the crop's area as a fraction of the image.
-        crop_ratio: range of the crop's aspect ratio (width / height), drawn
-            log-uniformly.
+        crop_ratio: range of the crop's aspect ratio (width / height), drawn log-uniformly.
         degrees: rotation drawn from ``[-degrees, degrees]``.
-        translate: translation drawn from ``[-translate, translate]`` times the
-            image size, independently along x and y.
+        translate: translation along x and y drawn from ``[-translate, translate]`` times the image size.
         scale: zoom factor range of the affine stage.
         shear: horizontal shear angle drawn from ``[-shear, shear]`` degrees.
-        elastic_alpha: largest elastic displacement in pixels (Simard et al.,
-            2003): per-pixel uniform noise in ``[-1, 1]``, smoothed by a
-            Gaussian of ``elastic_sigma`` pixels, times ``elastic_alpha``.
+        elastic_alpha: largest elastic displacement in pixels (Simard et al., 2003): uniform noise
+            in ``[-1, 1]`` per pixel, smoothed by a Gaussian of ``elastic_sigma`` pixels, times this.
         elastic_sigma: smoothness of the elastic displacement, in pixels.
-        stroke_p: probability of changing stroke thickness: with ``p / 2`` a
-            3x3 grey-level dilation (thicker), with ``p / 2`` squared
-            intensities (thinner, fading anti-aliased edges).
+        stroke_p: probability of changing stroke thickness: with ``p / 2`` a 3x3 grey-level
+            dilation (thicker), with ``p / 2`` squared intensities (thinner).
         flip_p: probability of a horizontal flip.
-        brightness, contrast, saturation: jitter strength ``s``; the factor is
-            drawn from ``[max(0, 1 - s), 1 + s]``.
+        brightness, contrast, saturation: jitter strength ``s``: a factor from ``[max(0, 1 - s), 1 + s]``.
         hue: hue shift drawn from ``[-hue, hue]`` (in turns), ``hue <= 0.5``.
         jitter_p: probability that the colour jitter is applied to a sample.
         grayscale_p: probability of converting a sample to grayscale.
 
     Shapes:
-        ``images``: ``(B, C, H, W)`` float in ``[0, 1]`` on any device; output
-        the same shape, dtype and device, values in ``[0, 1]``.
+        ``(B, C, H, W)`` float in ``[0, 1]`` -> the same shape, dtype and device, in ``[0, 1]``.
 
     Example:
-        >>> import torch
-        >>> from propos_losses.train.augment import Augmentation
         >>> augment = Augmentation(28, 1, degrees=15.0, translate=0.1)
         >>> augment(torch.rand(8, 1, 28, 28), torch.Generator().manual_seed(0)).shape
         torch.Size([8, 1, 28, 28])
@@ -276,46 +246,28 @@ class Augmentation(nn.Module):
         grayscale_p: float = 0.0,
     ) -> None:
         super().__init__()
-        image_size = check_int("image_size", image_size, minimum=1)
-        channels = check_int("channels", channels, minimum=1)
-        if channels not in (1, 3):
+        self.image_size = check_int("image_size", image_size, minimum=1)
+        self.channels = check_int("channels", channels, minimum=1)
+        if self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {channels}")
-        crop_scale = _check_range("crop_scale", crop_scale, minimum=0.0, maximum=1.0, strict=True)
-        crop_ratio = _check_range("crop_ratio", crop_ratio, minimum=0.0, strict=True)
-        degrees = check_float("degrees", degrees, minimum=0.0, maximum=180.0)
-        translate = check_float("translate", translate, minimum=0.0, maximum=1.0)
-        scale = _check_range("scale", scale, minimum=0.0, strict=True)
-        shear = check_float("shear", shear, minimum=0.0, maximum=60.0)
-        elastic_alpha = check_float("elastic_alpha", elastic_alpha, minimum=0.0)
-        elastic_sigma = check_float("elastic_sigma", elastic_sigma, minimum=0.0, strict_minimum=True)
-        stroke_p = check_float("stroke_p", stroke_p, minimum=0.0, maximum=1.0)
-        flip_p = check_float("flip_p", flip_p, minimum=0.0, maximum=1.0)
-        brightness = check_float("brightness", brightness, minimum=0.0)
-        contrast = check_float("contrast", contrast, minimum=0.0)
-        saturation = check_float("saturation", saturation, minimum=0.0)
-        hue = check_float("hue", hue, minimum=0.0, maximum=0.5)
-        jitter_p = check_float("jitter_p", jitter_p, minimum=0.0, maximum=1.0)
-        grayscale_p = check_float("grayscale_p", grayscale_p, minimum=0.0, maximum=1.0)
-
-        self.image_size = image_size
-        self.channels = channels
-        self.crop_scale = crop_scale
-        self.crop_ratio = crop_ratio
-        self.degrees = degrees
-        self.translate = translate
-        self.scale = scale
-        self.shear = shear
-        self.elastic_alpha = elastic_alpha
-        self.elastic_sigma = elastic_sigma
-        self.stroke_p = stroke_p
-        self.flip_p = flip_p
-        self.brightness = brightness
-        self.contrast = contrast
-        # Saturation and hue are undefined for one channel (torchvision skips them too).
-        self.saturation = saturation if channels == 3 else 0.0
-        self.hue = hue if channels == 3 else 0.0
-        self.jitter_p = jitter_p
-        self.grayscale_p = grayscale_p if channels == 3 else 0.0
+        self.crop_scale = _check_range("crop_scale", crop_scale, minimum=0.0, maximum=1.0, strict=True)
+        self.crop_ratio = _check_range("crop_ratio", crop_ratio, minimum=0.0, strict=True)
+        self.degrees = check_float("degrees", degrees, minimum=0.0, maximum=180.0)
+        self.translate = check_float("translate", translate, minimum=0.0, maximum=1.0)
+        self.scale = _check_range("scale", scale, minimum=0.0, strict=True)
+        self.shear = check_float("shear", shear, minimum=0.0, maximum=60.0)
+        self.elastic_alpha = check_float("elastic_alpha", elastic_alpha, minimum=0.0)
+        self.elastic_sigma = check_float("elastic_sigma", elastic_sigma, minimum=0.0, strict_minimum=True)
+        self.stroke_p = check_float("stroke_p", stroke_p, minimum=0.0, maximum=1.0)
+        self.flip_p = check_float("flip_p", flip_p, minimum=0.0, maximum=1.0)
+        self.brightness = check_float("brightness", brightness, minimum=0.0)
+        self.contrast = check_float("contrast", contrast, minimum=0.0)
+        self.saturation = check_float("saturation", saturation, minimum=0.0)
+        self.hue = check_float("hue", hue, minimum=0.0, maximum=0.5)
+        self.jitter_p = check_float("jitter_p", jitter_p, minimum=0.0, maximum=1.0)
+        self.grayscale_p = check_float("grayscale_p", grayscale_p, minimum=0.0, maximum=1.0)
+        if channels == 1:  # saturation, hue and grayscale are undefined for one channel (torchvision skips them too)
+            self.saturation = self.hue = self.grayscale_p = 0.0
 
     def extra_repr(self) -> str:
         names = (
@@ -529,26 +481,16 @@ def build_augmentation(kind: str, image_size: int, channels: int, **overrides: A
     """Build one of the preset augmentations, optionally overriding options.
 
     Args:
-        kind: ``"digits"`` (small affine and mild crop, no flip), ``"mnist"``
-            (the same plus shear, elastic distortion and stroke thickness, for
-            28x28 digits) or ``"color"`` (SimCLR without blur:
-            random resized crop with area in ``[0.08, 1]``, horizontal flip,
-            colour jitter 0.4/0.4/0.4/0.1 with ``p=0.8``, grayscale ``p=0.2``).
-            The values are in :data:`AUGMENTATION_PRESETS`.
+        kind: ``"digits"``, ``"mnist"`` or ``"color"``; the values are in :data:`AUGMENTATION_PRESETS`.
         image_size: ``H = W`` of the images.
         channels: 1 or 3.
-        **overrides: any keyword argument of :class:`Augmentation`, replacing
-            the preset's value (e.g. ``flip_p=0.0``).
-
-    Returns:
-        The :class:`Augmentation` module.
+        **overrides: keyword arguments of :class:`Augmentation` replacing the preset's (``flip_p=0.0``).
 
     Raises:
         ValueError: unknown ``kind`` or an invalid option value.
         TypeError: an option that :class:`Augmentation` does not take.
 
     Example:
-        >>> from propos_losses.train.augment import build_augmentation
         >>> build_augmentation("mnist", 28, 1, degrees=5.0).degrees
         5.0
     """
@@ -556,11 +498,11 @@ def build_augmentation(kind: str, image_size: int, channels: int, **overrides: A
         raise TypeError(f"kind must be a str, got {kind!r} of type {type(kind).__name__}")
     if kind not in AUGMENTATION_PRESETS:
         raise ValueError(f"kind must be one of {', '.join(AUGMENTATION_KINDS)}, got {kind!r}")
-    options = _AUGMENTATION_OPTIONS
-    unknown = sorted(set(overrides) - options)
+    unknown = sorted(set(overrides) - _AUGMENTATION_OPTIONS)
     if unknown:
         raise TypeError(
-            f"unknown augmentation option(s) {', '.join(map(repr, unknown))}; expected some of {', '.join(sorted(options))}"
+            f"unknown augmentation option(s) {', '.join(map(repr, unknown))}; expected some of "
+            f"{', '.join(sorted(_AUGMENTATION_OPTIONS))}"
         )
     return Augmentation(image_size, channels, **{**AUGMENTATION_PRESETS[kind], **overrides})
 
@@ -577,8 +519,6 @@ def normalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Te
         A new tensor of the same shape, dtype and device.
 
     Example:
-        >>> import torch
-        >>> from propos_losses.train.augment import normalize
         >>> normalize(torch.full((1, 1, 2, 2), 0.5), [0.25], [0.5])[0, 0, 0, 0].item()
         0.5
     """

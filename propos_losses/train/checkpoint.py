@@ -317,8 +317,9 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     if version != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{where!r} has checkpoint format {version!r}, expected {CHECKPOINT_FORMAT}")
     payload, digest = outer.get("payload"), outer.get("sha256")
-    valid = isinstance(payload, Tensor) and payload.dtype == torch.uint8 and payload.dim() == 1
-    if not (valid and isinstance(digest, str)):
+    if not (
+        isinstance(payload, Tensor) and payload.dtype == torch.uint8 and payload.dim() == 1 and isinstance(digest, str)
+    ):
         raise CheckpointError(f"{where!r} is not a propos-train checkpoint")
     data = payload.numpy().tobytes()
     if hashlib.sha256(data).hexdigest() != digest:

@@ -4,7 +4,7 @@ Every field of :class:`~propos_losses.train.config.TrainConfig` has a flag
 (``lambda_psl`` -> ``--lambda-psl``). User errors print one line on stderr and
 exit with :data:`EXIT_USER_ERROR` before anything is written; failures during a
 run print one line and keep the last checkpoint (exit statuses and signals:
-:doc:`trainer`).
+docs/trainer.rst).
 
 Example:
     >>> main(["--preset", "nope"])  # prints "propos-train: error: unknown preset 'nope'; ..." on stderr
@@ -517,10 +517,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return _run(args, progress)
     except KeyboardInterrupt as exc:  # from handle() or TrainingInterrupted: args[0] is the signal
-        signum = exc.args[0] if exc.args and isinstance(exc.args[0], int) else signal.SIGINT
+        number = int(exc.args[0]) if exc.args and isinstance(exc.args[0], int) else int(signal.SIGINT)
         if get_rank() == 0:
-            print(_interrupt_message(signum, progress), file=sys.stderr, flush=True)
-        return 128 + int(signum)
+            print(_interrupt_message(number, progress), file=sys.stderr, flush=True)
+        return 128 + number
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)

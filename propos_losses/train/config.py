@@ -1,16 +1,11 @@
 """Training configuration and presets of the reference trainer, in one place.
 
-Precedence, lowest first: the paper's defaults (:mod:`propos_losses.defaults`),
-the preset table :data:`PRESETS`, a ``--config`` file (JSON or TOML), then
-explicit command-line flags. The resolved :class:`TrainConfig` is validated
-before anything is read or written, and is saved as ``config.json`` next to
-the checkpoints.
+Precedence, lowest first: the paper's defaults (:mod:`propos_losses.defaults`), the preset
+table :data:`PRESETS`, a ``--config`` file (JSON or TOML), then explicit command-line flags.
 
 >>> cfg = resolve_config("digits", overrides={"epochs": 3})
 >>> cfg.dataset, cfg.epochs, cfg.method
 ('digits', 3, 'propos')
->>> resolve_config("cifar10", overrides={"data_dir": "data"}).temperature
-0.5
 """
 
 from __future__ import annotations
@@ -36,16 +31,6 @@ __all__ = [
     "TrainConfig",
     "PRESETS",
     "PRESET_NAMES",
-    "METHODS",
-    "OPTIMIZERS",
-    "DEVICES",
-    "ESTEP_FEATURES",
-    "TARGET_BUFFERS",
-    "PSL_STARTS",
-    "PSL_PAIRINGS",
-    "ESTEP_INITS",
-    "AUGMENTATIONS",
-    "COMPILE_BACKENDS",
     "RUN_ONLY_KEYS",
     "resolve_config",
     "setting_help",
@@ -60,36 +45,12 @@ __all__ = [
     "check_batch_split",
 ]
 
-METHODS: Tuple[str, ...] = ("propos", "byol")
-OPTIMIZERS: Tuple[str, ...] = ("sgd", "lars")
-DEVICES: Tuple[str, ...] = ("auto", "cpu", "cuda")
-ESTEP_FEATURES: Tuple[str, ...] = ("projector", "backbone")
-#: How the E-step's k-means starts: fresh k-means++ restarts, or from the previous E-step's centres.
-ESTEP_INITS: Tuple[str, ...] = ("cold", "warm")
-#: When PSL starts: after ``psl_warmup_epochs`` (``warmup``) or once successive E-steps agree (``auto``).
-PSL_STARTS: Tuple[str, ...] = ("warmup", "auto")
-#: How PSL pairs online and target prototypes (ProPosLoss's ``psl_pairing``).
-PSL_PAIRINGS: Tuple[str, ...] = ("cross", "same")
-#: What the momentum update does with the target's BatchNorm statistics (MomentumUpdater's ``buffers``).
-TARGET_BUFFERS: Tuple[str, ...] = ("none", "copy", "ema")
-#: ``torch.compile`` backend of the M-step module (``none``: eager).
-COMPILE_BACKENDS: Tuple[str, ...] = ("none", "inductor", "aot_eager")
-# Declared once, where they are implemented.
-AUGMENTATIONS: Tuple[str, ...] = AUGMENTATION_KINDS
-DATASETS: Tuple[str, ...] = DATASET_NAMES
-BACKBONES: Tuple[str, ...] = BACKBONE_NAMES
-
 
 class ConfigError(ValueError):
     """A user error in the configuration (bad flag value, unknown preset or key)."""
 
 
-_QUICK_GRAY: Dict[str, Any] = {
-    "backbone": "small_cnn",
-    "optimizer": "sgd",
-    "estep_every": 1,
-    "queue_size": 0,
-}
+_QUICK_GRAY: Dict[str, Any] = {"backbone": "small_cnn", "optimizer": "sgd", "estep_every": 1, "queue_size": 0}
 
 #: Preset table: only the fields that differ from :class:`TrainConfig`'s defaults
 #: (which are the paper's CIFAR settings from :mod:`propos_losses.defaults`).
@@ -127,11 +88,7 @@ PRESETS: Dict[str, Dict[str, Any]] = {
         "out_dim": 64,
         "kmeans_n_init": 3,
     },
-    # The authors' configs (Hzzone/ProPos config/cifar10_r18_propos.yml, cifar20_r18_propos.yml;
-    # table and deviations in docs/trainer.rst): the defaults (ResNet-18, 1000 epochs, tau 0.5,
-    # lambda 0.1, sigma 1e-3, m_0 0.996, 50 warm-up epochs, lr 0.05 x batch/256, predictor lr x10,
-    # weight decay 5e-4) plus, for CIFAR-10, 128 images on each of 4 GPUs and a fixed target
-    # momentum (momentum_increase: false); CIFAR-20 used 64 x 4 = 256 and the cosine schedule to 1.
+    # The authors' configs (Hzzone/ProPos): the defaults plus their batch and target momentum (docs/trainer.rst).
     "cifar10": {"dataset": "cifar10", "backbone": "resnet18", "batch_size": 512, "final_momentum": 0.996},
     "cifar20": {"dataset": "cifar20", "backbone": "resnet18"},
 }
@@ -147,16 +104,8 @@ def _setting(default: Any, text: str, *, choices: Optional[Tuple[str, ...]] = No
 class TrainConfig:
     """Every setting of a training run (one flag per field, ``--lambda-psl`` for ``lambda_psl``).
 
-    The learning rate actually used is ``base_lr * batch_size / LR_REFERENCE_BATCH``
-    (``batch_size`` is the *global* batch, split evenly over ``torchrun``
-    processes), times ``predictor_lr_multiplier`` for the predictor. PSL is
-    off (``lambda_psl`` treated as 0) and the PSA noise is off (``sigma`` treated
-    as 0) during the first ``psl_warmup_epochs`` epochs; ``method="byol"`` keeps
-    both off for the whole run on the same code path.
-
-    Each field's text, allowed values and run-only mark are its metadata (see
-    :func:`setting_help`), read by ``propos-train --help``, by
-    :func:`validate_config` and for the list below.
+    Each field's help text, allowed values and run-only mark are its metadata
+    (:func:`setting_help`), read by ``propos-train --help``, :func:`validate_config` and the list below.
 
     Example:
         >>> TrainConfig().kmeans_n_init == D.KMEANS_N_INIT
@@ -164,26 +113,26 @@ class TrainConfig:
     """
 
     preset: str = _setting("digits", "table of settings applied before --config and the flags", choices=PRESET_NAMES)
-    dataset: str = _setting("digits", "data set; all but digits read --data-dir", choices=DATASETS)
+    dataset: str = _setting("digits", "data set; all but digits read --data-dir", choices=DATASET_NAMES)
     data_dir: Optional[str] = _setting(
         None,
         "directory of the data files (mnist: IDX files; cifar: python pickles; folder: images, in one sub-folder per class when labelled)",
     )
     max_samples: Optional[int] = _setting(None, "use only the first n images (smoke tests); none: all")
     method: str = _setting(
-        "propos", "byol: lambda_psl 0 and sigma 0 for the whole run, on the same code path", choices=METHODS
+        "propos", "byol: lambda_psl 0 and sigma 0 for the whole run, on the same code path", choices=("propos", "byol")
     )
     epochs: int = _setting(D.EPOCHS, "training epochs")
     batch_size: int = _setting(D.BATCH_SIZE, "global batch size (split over torchrun processes)")
     seed: int = _setting(0, "seed of the initialisation, data order, augmentations and k-means")
-    device: str = _setting("auto", "auto: CUDA when available", choices=DEVICES, run_only=True)
-    backbone: str = _setting("resnet18", "encoder network", choices=BACKBONES)
+    device: str = _setting("auto", "auto: CUDA when available", choices=("auto", "cpu", "cuda"), run_only=True)
+    backbone: str = _setting("resnet18", "encoder network", choices=BACKBONE_NAMES)
     hidden_dim: int = _setting(D.HIDDEN_DIM, "hidden width of the projector and predictor")
     out_dim: int = _setting(
         D.PROJECTION_DIM, "output width of the projector and predictor (the features of PSL and PSA)"
     )
     augmentation: Optional[str] = _setting(
-        None, "augmentation kind; none: digits/mnist for those data sets, color otherwise", choices=AUGMENTATIONS
+        None, "augmentation kind; none: digits/mnist for those data sets, color otherwise", choices=AUGMENTATION_KINDS
     )
     crop_min_scale: Optional[float] = _setting(
         None, "smallest random-crop area fraction; none: the augmentation kind's"
@@ -193,7 +142,7 @@ class TrainConfig:
         None, "translation range as a fraction of the image size; none: the augmentation kind's"
     )
     optimizer: str = _setting(
-        "sgd", "SGD with momentum, or LARS (layer-wise trust ratio) around it", choices=OPTIMIZERS
+        "sgd", "SGD with momentum, or LARS (layer-wise trust ratio) around it", choices=("sgd", "lars")
     )
     base_lr: float = _setting(D.BASE_LR, "learning rate for a batch of 256; scaled linearly with batch_size")
     weight_decay: float = _setting(D.WEIGHT_DECAY, "L2 weight decay (with LARS: not of biases and BatchNorm)")
@@ -205,14 +154,14 @@ class TrainConfig:
         "warmup",
         "warmup: PSL from epoch psl_warmup_epochs on; auto: from the first E-step whose pseudo-labels agree "
         "with the previous E-step's with NMI >= psl_agreement",
-        choices=PSL_STARTS,
+        choices=("warmup", "auto"),
     )
     psl_agreement: float = _setting(D.PSL_AUTO_AGREEMENT, "NMI of successive E-steps that starts PSL under auto")
     psl_pairing: str = _setting(
         D.PSL_PAIRING,
         "cross: each view's online prototypes against the other view's target prototypes (the authors' code); "
         "same: against the same view's",
-        choices=PSL_PAIRINGS,
+        choices=("cross", "same"),
     )
     lambda_psl: float = _setting(D.LAMBDA_PSL, "weight of PSL in L = L_psa + lambda_psl L_psl (Eq. 12)")
     sigma: float = _setting(D.SIGMA, "standard deviation of the PSA positive sampling noise (Eq. 9)")
@@ -222,7 +171,7 @@ class TrainConfig:
     estep_features: str = _setting(
         "projector",
         "target features the E-step clusters: projector outputs (paper) or backbone",
-        choices=ESTEP_FEATURES,
+        choices=("projector", "backbone"),
     )
     queue_size: int = _setting(0, "slots of the PSL memory queue; 0: no queue")
     base_momentum: float = _setting(D.BASE_MOMENTUM, "m_0 of the target's cosine momentum schedule (Eq. 11)")
@@ -230,14 +179,14 @@ class TrainConfig:
     target_buffers: str = _setting(
         "none",
         "the target's BatchNorm statistics: none: its own (BYOL); copy or ema: from the online network",
-        choices=TARGET_BUFFERS,
+        choices=("none", "copy", "ema"),
     )
     kmeans_n_init: int = _setting(D.KMEANS_N_INIT, "k-means++ restarts of the E-step and evaluations")
     estep_init: str = _setting(
         "cold",
         "cold: every E-step runs kmeans_n_init fresh restarts; warm: one run from the previous E-step's "
         "centres (the first E-step is cold; evaluations stay cold)",
-        choices=ESTEP_INITS,
+        choices=("cold", "warm"),
     )
     final_kmeans_n_init: int = _setting(
         D.KMEANS_N_INIT, "k-means restarts of the final evaluation (a local minimum there would misreport the run)"
@@ -255,7 +204,7 @@ class TrainConfig:
         "none",
         "torch.compile the M-step (online encoder, predictor, PSA, PSL) with this backend; none: eager. "
         "On a CPU it does not pay (docs/trainer.rst)",
-        choices=COMPILE_BACKENDS,
+        choices=("none", "inductor", "aot_eager"),
         run_only=True,
     )
     output_dir: Optional[str] = _setting(None, "run directory, new or empty; none: ./runs/<timestamp>", run_only=True)
@@ -294,9 +243,7 @@ def _optional(name: str) -> bool:
 
 
 def setting_help(name: str) -> str:
-    """The help text of the :class:`TrainConfig` field ``name``, with its allowed values.
-
-    ``propos-train --help`` shows it for the flag, and the class documentation lists it.
+    """The help text of the :class:`TrainConfig` field ``name``, with its allowed values (``--help`` shows it).
 
     Raises:
         ConfigError: ``name`` is not a field.
@@ -490,8 +437,6 @@ def resolve_config(
         # gets the mnist preset, not the digits one), else digits.
         dataset = overrides.get("dataset", file_values.get("dataset"))
         name = dataset if isinstance(dataset, str) and dataset in PRESETS else "digits"
-    if name not in PRESETS:
-        raise ConfigError(f"unknown preset {name!r}; choose one of {list(PRESET_NAMES)}")
     config = config_from_dict({**PRESETS[name], "preset": name})
     config = config_from_dict({k: v for k, v in file_values.items() if k != "preset"}, base=config)
     config = config_from_dict({k: v for k, v in overrides.items() if k != "preset"}, base=config)
@@ -499,9 +444,7 @@ def resolve_config(
 
 
 def resolve_device(name: str) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; ``"cuda"`` without CUDA is a ConfigError.
-
-    Under ``torchrun`` on CUDA, the process uses GPU ``LOCAL_RANK``.
+    """``"auto"`` -> CUDA when available, else CPU; ``"cuda"`` (GPU ``LOCAL_RANK``) without CUDA is a ConfigError.
 
     Example:
         >>> resolve_device("cpu")
@@ -539,9 +482,7 @@ def augmentation_settings(config: TrainConfig, channels: int) -> Tuple[str, Dict
 def build_criterion(config: TrainConfig, predictor: nn.Module, num_clusters: int) -> ProPosLoss:
     """The library's :class:`~propos_losses.ProPosLoss` with the run's settings (it owns ``predictor``).
 
-    ``method="byol"`` is the same criterion with PSL and the PSA noise off
-    (``lambda_psl = sigma = 0``); ``psl_start="warmup"`` starts PSL at epoch
-    ``psl_warmup_epochs``.
+    ``method="byol"`` is the same criterion with ``lambda_psl = sigma = 0``.
 
     Example:
         >>> criterion = build_criterion(resolve_config("digits"), nn.Linear(64, 64), num_clusters=10)

@@ -1,27 +1,11 @@
 """Image data sets for the reference trainer, read without torchvision.
 
-Every loader returns an :class:`ImageDataset` holding the whole set in memory as
-a ``(N, C, H, W)`` ``uint8`` tensor (the sets the trainer targets fit easily:
-MNIST is 55 MB, CIFAR-10 184 MB), so that augmentation can run batched on the
-training device. Bad input (a missing or truncated file, a corrupt header, image
-and label counts that disagree, an unknown data set name) raises
-:class:`DatasetError` naming the file and what is wrong.
-
-Supported names (:data:`DATASET_NAMES`):
-
-* ``"digits"``: scikit-learn's 1,797 8x8 hand-written digits, embedded.
-* ``"mnist"``: every MNIST-format IDX pair (images ``idx3``, labels ``idx1``,
-  gzipped or plain) in a directory, e.g. MNIST or Fashion-MNIST; the training
-  set first, then the test set.
-* ``"cifar10"``: the CIFAR-10 python pickles (``data_batch_1..5``,
-  ``test_batch``); train + test.
-* ``"cifar20"``: the CIFAR-100 python pickles (``train``, ``test``) with the 20
-  coarse super-class labels; train + test.
-* ``"folder"``: ``data_dir/<class>/<image>`` (labelled) or
-  ``data_dir/<image>`` (unlabelled), read with Pillow.
+:func:`load_dataset` holds a whole set in memory as a ``(N, C, H, W)`` ``uint8`` tensor
+(:class:`ImageDataset`), so that augmentation runs batched on the training device;
+bad input raises :class:`DatasetError` naming the file and what is wrong. The names
+(:data:`DATASET_NAMES`) and their files are listed in ``docs/trainer.rst``.
 
 Example:
-    >>> from propos_losses.train.data import load_dataset
     >>> dataset = load_dataset("digits", max_samples=100)
     >>> dataset.images.shape, dataset.images.dtype, dataset.num_classes
     (torch.Size([100, 1, 8, 8]), torch.uint8, 10)
@@ -60,8 +44,7 @@ DATASET_NAMES: tuple[str, ...] = ("digits", "mnist", "cifar10", "cifar20", "fold
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-# IDX header: two zero bytes, a dtype code, the number of dimensions, then one
-# big-endian uint32 per dimension (http://yann.lecun.com/exdb/mnist/).
+# IDX header: two zero bytes, a dtype code, the number of dimensions, one big-endian uint32 per dimension.
 _IDX_DTYPES: dict[int, np.dtype] = {
     0x08: np.dtype(np.uint8),
     0x09: np.dtype(np.int8),
@@ -89,7 +72,6 @@ class DatasetError(ValueError):
     """A data set could not be read: the message names the file and what is wrong.
 
     Example:
-        >>> from propos_losses.train.data import DatasetError, load_dataset
         >>> try:
         ...     load_dataset("imagenet")
         ... except DatasetError as error:
@@ -104,14 +86,11 @@ class ImageDataset:
 
     Attributes:
         images: ``(N, C, H, W)`` ``torch.uint8`` tensor with ``C`` in ``{1, 3}``.
-        labels: ``(N,)`` ``torch.int64`` class indices in ``[0, num_classes)``,
-            or ``None`` for an unlabelled set.
+        labels: ``(N,)`` ``torch.int64`` class indices in ``[0, num_classes)``, or ``None`` (unlabelled).
         num_classes: number of classes, or ``None`` when unlabelled.
         name: a short description (data set name, source).
 
     Example:
-        >>> import torch
-        >>> from propos_losses.train.data import ImageDataset
         >>> dataset = ImageDataset(torch.zeros(4, 1, 8, 8, dtype=torch.uint8),
         ...                        torch.tensor([0, 1, 1, 0]), 2, "toy")
         >>> len(dataset)
@@ -155,11 +134,7 @@ class ImageDataset:
         return int(self.images.shape[0])
 
 
-# --------------------------------------------------------------------------- IDX
-
-
 def _read_file(path: Path) -> bytes:
-    """The bytes of ``path``, or a :class:`DatasetError` naming it."""
     try:
         return path.read_bytes()
     except FileNotFoundError:
@@ -169,7 +144,7 @@ def _read_file(path: Path) -> bytes:
 
 
 def _read_bytes(path: Path) -> bytes:
-    """Read a file, decompressing it when it starts with the gzip magic number."""
+    """The bytes of ``path``, decompressed when they start with the gzip magic number."""
     raw = _read_file(path)
     if raw[:2] != _GZIP_MAGIC:
         return raw
@@ -184,12 +159,10 @@ def read_idx(path: PathLike) -> np.ndarray:
     """Read one IDX file (gzipped or plain) into a numpy array.
 
     Args:
-        path: the file, e.g. ``train-images-idx3-ubyte.gz``. Compression is
-            detected from the content, not the name.
+        path: the file, e.g. ``train-images-idx3-ubyte.gz`` (compression is detected from the content).
 
     Returns:
-        An array of the header's shape in native byte order; ``uint8`` for
-        MNIST (dtype code ``0x08``).
+        An array of the header's shape in native byte order (``uint8`` for MNIST).
 
     Raises:
         DatasetError: the file is missing, the magic number is wrong, or the
@@ -197,7 +170,6 @@ def read_idx(path: PathLike) -> np.ndarray:
 
     Example:
         >>> import tempfile, pathlib
-        >>> from propos_losses.train.data import read_idx
         >>> path = pathlib.Path(tempfile.mkdtemp()) / "toy-labels-idx1-ubyte"
         >>> _ = path.write_bytes(bytes([0, 0, 8, 1, 0, 0, 0, 3, 7, 8, 9]))
         >>> read_idx(path)
@@ -312,8 +284,6 @@ def _load_mnist(data_dir: Path) -> ImageDataset:
     return ImageDataset(torch.from_numpy(images), torch.from_numpy(labels), num_classes, f"mnist ({names})")
 
 
-# ------------------------------------------------------------------------ CIFAR
-
 # The only globals a CIFAR pickle needs: numpy array reconstruction, and
 # _codecs.encode, which Python 3 uses for bytes under pickle protocol 2.
 # Anything else is refused, so a malicious file cannot run code.
@@ -402,9 +372,6 @@ def _load_cifar(
     return ImageDataset(torch.from_numpy(images), torch.from_numpy(labels), num_classes, f"{name} ({folder})")
 
 
-# ----------------------------------------------------------------------- folder
-
-
 def _list_images(folder: Path) -> list[Path]:
     return sorted(path for path in folder.iterdir() if path.is_file() and path.suffix.lower() in _IMAGE_SUFFIXES)
 
@@ -465,9 +432,6 @@ def _load_folder(data_dir: Path) -> ImageDataset:
     )
 
 
-# ----------------------------------------------------------------------- digits
-
-
 def _load_digits() -> ImageDataset:
     try:
         from sklearn.datasets import load_digits
@@ -481,9 +445,6 @@ def _load_digits() -> ImageDataset:
     return ImageDataset(images, labels, int(len(digits.target_names)), "digits (scikit-learn)")
 
 
-# ------------------------------------------------------------------------- API
-
-
 def load_dataset(
     name: str,
     data_dir: Optional[PathLike] = None,
@@ -493,18 +454,13 @@ def load_dataset(
     """Load a whole image data set into memory.
 
     Args:
-        name: one of :data:`DATASET_NAMES` (``"digits"``, ``"mnist"``,
-            ``"cifar10"``, ``"cifar20"``, ``"folder"``).
-        data_dir: the directory holding the files; ignored for ``"digits"``,
-            required otherwise. For CIFAR either the extracted
-            ``cifar-10-batches-py``/``cifar-100-python`` folder or its parent.
-        max_samples: keep only the first ``max_samples`` samples (a
-            deterministic subset for smoke tests); ``None`` keeps all.
+        name: one of :data:`DATASET_NAMES`.
+        data_dir: the directory holding the files (not for ``"digits"``); for CIFAR the
+            extracted ``cifar-10-batches-py`` / ``cifar-100-python`` folder or its parent.
+        max_samples: keep only the first ``max_samples`` samples; ``None`` keeps all.
 
     Returns:
-        An :class:`ImageDataset` with ``(N, C, H, W)`` ``uint8`` images and
-        ``int64`` labels (``None`` for an unlabelled folder). Train and test
-        splits are concatenated, train first.
+        An :class:`ImageDataset`; train and test splits are concatenated, train first.
 
     Raises:
         DatasetError: unknown name, missing ``data_dir`` or files, corrupt or
@@ -512,7 +468,6 @@ def load_dataset(
         TypeError: ``name`` is not a string or ``max_samples`` not an int.
 
     Example:
-        >>> from propos_losses.train.data import load_dataset
         >>> digits = load_dataset("digits")
         >>> len(digits), tuple(digits.images.shape[1:]), digits.num_classes
         (1797, (1, 8, 8), 10)
@@ -553,14 +508,11 @@ def load_dataset(
 def check_clusterable(dataset: ImageDataset, num_clusters: Optional[int], eval_clusters: int) -> None:
     """Refuse data the trainer cannot train on or cluster, before anything is written.
 
-    Args:
-        dataset: the loaded data set.
-        num_clusters: ``K`` asked for explicitly (``None``: the class count).
-        eval_clusters: clusters of the evaluations (the class count when there are labels).
+    ``num_clusters`` is a ``K`` asked for explicitly (``None``: the class count), ``eval_clusters``
+    the clusters of the evaluations.
 
     Raises:
-        DatasetError: non-square images, a single class, more clusters than
-            samples, or identical images.
+        DatasetError: non-square images, a single class, more clusters than samples, or identical images.
     """
     n = len(dataset)
     _, _, height, width = dataset.images.shape

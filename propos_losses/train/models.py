@@ -1,27 +1,13 @@
 """Backbones and MLP heads for the reference trainer (no torchvision).
 
-* ``"small_cnn"``: four conv-BN-ReLU blocks and global average pooling, 256
-  features; meant for 8x8 and 28x28 grayscale digits and fast on a CPU.
-* ``"tiny_cnn"``: the same blocks, narrower where the map is 4x4 (32, 64, 96,
-  128 channels, 128 features), fitted to scikit-learn's 8x8 digits (the
-  ``digits`` preset): those blocks are most of the small CNN's work, and a
-  training step costs ~1.8x less CPU time at the same final NMI (3 seeds;
-  ``benchmarks/bench_train.py throughput``).
-* ``"flat_cnn"``: three stride-2 conv-BN-ReLU blocks, then the flattened map
-  through ``Linear-BN1d-ReLU`` (256 features). It keeps *where* strokes are,
-  which global average pooling loses, and is the one to use for 28x28 digits
-  (MNIST): about 1.3 ms per image for a BYOL step on one CPU thread.
-* ``"resnet18"``/``"resnet34"``: ResNets with BasicBlocks and the CIFAR stem the
-  paper uses (a 3x3 stride-1 convolution and no max-pool), 512 features.
-* :func:`mlp_head`: ``Linear-BN1d-ReLU-Linear``, the BYOL/ProPos projector and
-  predictor.
+:func:`build_backbone` builds the networks of :data:`BACKBONE_NAMES`: ``tiny_cnn`` and
+``small_cnn`` (:class:`SmallCNN`) for 8x8 digits, ``flat_cnn`` (:class:`FlatCNN`) for
+28x28 digits, ``resnet18`` / ``resnet34`` (:class:`CifarResNet`, the paper's CIFAR stem).
+:func:`mlp_head` is the projector and predictor.
 
 Example:
-    >>> import torch
-    >>> from propos_losses.train.models import build_backbone, mlp_head
     >>> backbone, feature_dim = build_backbone("small_cnn", in_channels=1, image_size=28)
-    >>> projector = mlp_head(feature_dim, 64, 32)
-    >>> projector(backbone(torch.rand(4, 1, 28, 28))).shape
+    >>> mlp_head(feature_dim, 64, 32)(backbone(torch.rand(4, 1, 28, 28))).shape
     torch.Size([4, 32])
 """
 
@@ -52,13 +38,9 @@ __all__ = [
 BACKBONE_NAMES: tuple[str, ...] = ("tiny_cnn", "small_cnn", "flat_cnn", "resnet18", "resnet34")
 
 _SMALL_CNN_WIDTHS = (32, 64, 128, 256)
-# Narrower where the map is 4x4 (blocks 3 and 4 do ~95% of the small CNN's multiply-adds on
-# 8x8 inputs). On the digits preset (3 seeds): backbone NMI 0.925 +- 0.027 against 0.922 +- 0.008
-# for small_cnn at 1.5x less CPU per run; 32-64-64-128 was 2.3x cheaper per step but lost NMI
-# (0.904 +- 0.014, one seed at 0.889), 32-64-96-192 gave 0.907 +- 0.017.
+# Narrower where the map is 4x4 (why: docs/trainer.rst, "Speed").
 _TINY_CNN_WIDTHS = (32, 64, 96, 128)
-# The small CNN stops halving the feature map once it is this small, so 8x8
-# digits keep 4x4 maps and 28x28 ones end at 4x4 too.
+# The small CNN stops halving the feature map once it is this small (8x8 and 28x28 inputs end at 4x4).
 _SMALL_CNN_MIN_SIZE = 4
 _FLAT_CNN_WIDTHS = (32, 64, 128)
 _FLAT_CNN_FEATURES = 256
@@ -74,7 +56,6 @@ def _check_images(module: nn.Module, images: Tensor, in_channels: int) -> None:
 
 
 def _check_cnn_args(in_channels: int, image_size: int, widths: Sequence[int]) -> tuple[int, int, tuple[int, ...]]:
-    """Validated ``(in_channels, image_size, widths)`` of the small CNN backbones."""
     in_channels = check_int("in_channels", in_channels, minimum=1)
     image_size = check_int("image_size", image_size, minimum=1)
     widths = tuple(check_int(f"widths[{index}]", width, minimum=1) for index, width in enumerate(widths))
@@ -85,7 +66,6 @@ def _check_cnn_args(in_channels: int, image_size: int, widths: Sequence[int]) ->
 
 def _conv_bn_relu(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
     return nn.Sequential(
-        # No bias: the BatchNorm that follows has its own shift.
         nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1, bias=False),
         nn.BatchNorm2d(out_channels),
         nn.ReLU(inplace=True),
@@ -93,7 +73,7 @@ def _conv_bn_relu(in_channels: int, out_channels: int, stride: int) -> nn.Sequen
 
 
 def _init_weights(module: nn.Module) -> None:
-    # He initialisation for ReLU networks, as torchvision's ResNet.
+    """He initialisation for ReLU networks, as torchvision's ResNet."""
     for layer in module.modules():
         if isinstance(layer, nn.Conv2d):
             nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
@@ -114,8 +94,6 @@ class SmallCNN(nn.Module):
         ``(B, C, H, W)`` float -> ``(B, widths[-1])``.
 
     Example:
-        >>> import torch
-        >>> from propos_losses.train.models import SmallCNN
         >>> SmallCNN(1, 8)(torch.rand(2, 1, 8, 8)).shape
         torch.Size([2, 256])
     """
@@ -126,7 +104,6 @@ class SmallCNN(nn.Module):
         blocks = []
         channels = self.in_channels
         for index, width in enumerate(widths):
-            # Keep full resolution in the first block: 8x8 inputs have little to spare.
             stride = 2 if index > 0 and size > _SMALL_CNN_MIN_SIZE else 1
             blocks.append(_conv_bn_relu(channels, width, stride))
             size = (size + 1) // 2 if stride == 2 else size
@@ -142,32 +119,20 @@ class SmallCNN(nn.Module):
 
 
 class FlatCNN(nn.Module):
-    """Stride-2 conv-BN-ReLU blocks, then ``Flatten-Linear-BN1d-ReLU`` of the whole map.
-
-    Each block halves the map (28 -> 14 -> 7 -> 4 with the default three), and
-    the last map is flattened rather than averaged, so the features keep the
-    spatial layout of the strokes; on 28x28 digits this is what separates the
-    classes (global average pooling of the small CNN's 4x4 map does not).
+    """Stride-2 conv-BN-ReLU blocks, then ``Flatten-Linear-BN1d-ReLU`` of the whole map (keeps where strokes are).
 
     Args:
         in_channels: ``C`` of the input images.
         image_size: ``H = W`` of the input images (sets the flattened width).
         widths: output channels of the conv blocks.
         feature_dim: width of the output features.
-        memory_format: layout of the conv weights and feature maps; the
-            default ``torch.channels_last`` makes a training step ~15% faster
-            on a CPU than ``torch.contiguous_format`` (oneDNN's native
-            layout, no reordering around each convolution), with the same
-            results up to floating-point rounding.
+        memory_format: layout of the conv weights and maps: ``torch.channels_last`` (a CPU step
+            ~15% faster) or ``torch.contiguous_format``; the same results up to rounding.
 
     Shapes:
-        ``(B, C, H, W)`` float -> ``(B, feature_dim)``. In training mode the
-        final BatchNorm1d uses batch statistics (needs ``B > 1``). The images
-        may have any memory format.
+        ``(B, C, H, W)`` float (any memory format) -> ``(B, feature_dim)``; training needs ``B > 1``.
 
     Example:
-        >>> import torch
-        >>> from propos_losses.train.models import FlatCNN
         >>> FlatCNN(1, 28).eval()(torch.rand(2, 1, 28, 28)).shape
         torch.Size([2, 256])
     """
@@ -211,7 +176,6 @@ class FlatCNN(nn.Module):
             raise ValueError(
                 f"FlatCNN was built for {self.image_size}x{self.image_size} images, got {tuple(images.shape)}"
             )
-        # Flatten reads the map in (C, H, W) order whatever its layout: the Linear sees the same vector.
         return self.head(self.features(images.contiguous(memory_format=self.memory_format)))
 
 
@@ -219,8 +183,6 @@ class BasicBlock(nn.Module):
     """ResNet basic block: two 3x3 conv-BN with an identity or 1x1 conv-BN shortcut.
 
     Example:
-        >>> import torch
-        >>> from propos_losses.train.models import BasicBlock
         >>> BasicBlock(64, 128, stride=2)(torch.rand(2, 64, 8, 8)).shape
         torch.Size([2, 128, 4, 4])
     """
@@ -257,8 +219,6 @@ class CifarResNet(nn.Module):
         ``(B, C, H, W)`` float -> ``(B, 512)`` after global average pooling.
 
     Example:
-        >>> import torch
-        >>> from propos_losses.train.models import CifarResNet
         >>> CifarResNet((1, 1, 1, 1), in_channels=3)(torch.rand(2, 3, 16, 16)).shape
         torch.Size([2, 512])
     """
@@ -298,14 +258,12 @@ def build_backbone(name: str, in_channels: int, image_size: int) -> tuple[nn.Mod
         image_size: ``H = W`` of the input images.
 
     Returns:
-        ``(backbone, feature_dim)``; ``backbone(x)`` maps ``(B, C, H, W)`` to
-        ``(B, feature_dim)``.
+        ``(backbone, feature_dim)``; ``backbone`` maps ``(B, C, H, W)`` to ``(B, feature_dim)``.
 
     Raises:
         ValueError: unknown name, or a non-positive size.
 
     Example:
-        >>> from propos_losses.train.models import build_backbone
         >>> backbone, feature_dim = build_backbone("resnet18", in_channels=3, image_size=32)
         >>> feature_dim
         512
@@ -329,18 +287,12 @@ def build_backbone(name: str, in_channels: int, image_size: int) -> tuple[nn.Mod
 
 
 def fuse_batchnorm_for_inference(module: nn.Module) -> nn.Module:
-    """An eval-mode copy of ``module`` with BatchNorm folded into the layer before it.
+    """An eval-mode, inference-only copy of ``module`` with BatchNorm folded into the layer before it.
 
-    In every ``nn.Sequential`` of the copy, a ``Conv2d`` followed by a
-    ``BatchNorm2d`` and a ``Linear`` followed by a ``BatchNorm1d`` become one
-    layer whose weights and bias include the BatchNorm's running statistics
-    and affine parameters (the BatchNorm is replaced by ``nn.Identity``).
-    Outputs equal the eval-mode module's up to floating-point rounding, and a
-    feature pass skips one memory-bound op per pair (on one CPU thread a third of the
-    ``flat_cnn`` encoder's inference time). Pairs written as separate
-    attributes (the two convolutions of a ResNet block) are left as they are. ``module`` itself is
-    not changed; the copy is for inference only (its fused layers have no
-    batch statistics to train).
+    In every ``nn.Sequential``, a ``Conv2d`` + ``BatchNorm2d`` or ``Linear`` + ``BatchNorm1d``
+    pair becomes one layer (the BatchNorm an ``nn.Identity``): the same outputs up to
+    rounding, one memory-bound op less per pair. Pairs that are separate attributes (a
+    ResNet block's) stay as they are; ``module`` itself is not changed.
 
     Args:
         module: any module; BatchNorms without running statistics are not fused.
@@ -349,8 +301,6 @@ def fuse_batchnorm_for_inference(module: nn.Module) -> nn.Module:
         The fused copy, in eval mode, with ``requires_grad=False`` parameters.
 
     Example:
-        >>> import torch
-        >>> from propos_losses.train.models import fuse_batchnorm_for_inference, mlp_head
         >>> head = mlp_head(4, 8, 2).eval()
         >>> fused = fuse_batchnorm_for_inference(head)
         >>> type(fused[1]).__name__
@@ -388,12 +338,9 @@ def mlp_head(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
         out_dim: output features (256 in the paper).
 
     Returns:
-        ``nn.Sequential`` mapping ``(B, in_dim)`` to ``(B, out_dim)``. In
-        training mode the BatchNorm uses batch statistics (needs ``B > 1``).
+        ``nn.Sequential`` mapping ``(B, in_dim)`` to ``(B, out_dim)`` (training needs ``B > 1``).
 
     Example:
-        >>> import torch
-        >>> from propos_losses.train.models import mlp_head
         >>> mlp_head(512, 4096, 256)(torch.rand(8, 512)).shape
         torch.Size([8, 256])
     """

@@ -77,8 +77,7 @@ class LARS(torch.optim.Optimizer):
 def learning_rate_factor(step: int, total_steps: int, warmup_steps: int) -> float:
     """Multiplier of the peak learning rate at ``step`` (0-based).
 
-    Linear warm-up ``(step + 1) / warmup_steps`` over the first ``warmup_steps``
-    steps, then cosine decay to 0 at ``total_steps``.
+    Linear warm-up ``(step + 1) / warmup_steps``, then cosine decay to 0 at ``total_steps``.
 
     Example:
         >>> [round(learning_rate_factor(s, 10, 2), 3) for s in (0, 1, 2, 6, 9)]
@@ -91,11 +90,7 @@ def learning_rate_factor(step: int, total_steps: int, warmup_steps: int) -> floa
 
 
 def build_optimizer(config: Any, online: nn.Module, predictor: nn.Module) -> torch.optim.Optimizer:
-    """SGD (or LARS around it) over the online network and the predictor, whose group gets the lr multiplier.
-
-    ``config`` is a :class:`~propos_losses.train.config.TrainConfig`; each
-    group's ``lr_scale`` multiplies the scheduled learning rate.
-    """
+    """SGD (or LARS) over the online network and the predictor; each group's ``lr_scale`` multiplies the lr."""
     groups = [
         {"params": list(online.parameters()), "lr_scale": 1.0},
         {"params": list(predictor.parameters()), "lr_scale": config.predictor_lr_multiplier},

@@ -1,8 +1,4 @@
-"""Plots of a finished run (needs matplotlib; skipped quietly without it).
-
-``metrics.png``: loss terms and learning rate per epoch, and NMI / ACC of the
-k-means evaluations over the epochs. ``cluster_sizes.png``: sorted cluster
-sizes of the final k-means on target backbone and projector features.
+"""Plots of a finished run, ``metrics.png`` and ``cluster_sizes.png`` (needs matplotlib; skipped without it).
 
 Example:
     >>> import tempfile
@@ -37,9 +33,9 @@ def read_metrics(path: str | os.PathLike) -> List[Dict[str, Any]]:
 
 
 def plot_run(run_dir: str | os.PathLike) -> List[Path]:
-    """Draw ``metrics.png`` and ``cluster_sizes.png`` in ``run_dir``; returns the files written.
+    """Draw ``metrics.png`` (losses, learning rate and scores per epoch) and ``cluster_sizes.png`` (final clusters).
 
-    Returns an empty list when matplotlib is missing or the run holds no log.
+    Returns the files written: none when matplotlib is missing or the run holds no log.
     """
     run_dir = Path(run_dir)
     records = read_metrics(run_dir / "metrics.jsonl")

@@ -315,9 +315,10 @@ def check_name_lengths(paths: Sequence[tuple[str, Optional[str]]]) -> None:
         OutputDirError: ``os.stat`` of a path fails with ``ENAMETOOLONG``.
     """
     for flag, value in paths:
+        if value is None:
+            continue
         try:
-            if value is not None:
-                os.stat(value)
+            os.stat(value)
         except OSError as exc:
             if exc.errno == errno.ENAMETOOLONG:
                 raise OutputDirError(f"{flag}: {name_too_long(value)}") from None

@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import random
 import time
@@ -102,6 +103,10 @@ def _seed_for(seed: int, *parts: int) -> int:
     for part in parts:
         value = (value * 1_000_003 + part + 1) % (2**63 - 1)
     return value
+
+
+def _mean_loss(totals: Tensor, steps: int) -> float:
+    return float(totals[0]) / steps
 
 
 class Trainer:
@@ -389,7 +394,7 @@ class Trainer:
                 lr = self._step(index, batch, generator, totals)
                 done = index + 1
                 # The running loss is read back (a host sync) only when the bar refreshes.
-                self.progress.step(lambda done=done: float(totals[0]) / done)
+                self.progress.step(functools.partial(_mean_loss, totals, done))
                 if self._stop_signal is not None:
                     break
         finally:
