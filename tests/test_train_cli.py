@@ -17,7 +17,6 @@ from hypothesis import strategies as st
 from propos_losses import defaults as D
 from propos_losses.train.cli import EXIT_USER_ERROR, build_parser, main
 from propos_losses.train.config import (
-    BACKBONES,
     PRESET_NAMES,
     PRESETS,
     ConfigError,
@@ -26,6 +25,7 @@ from propos_losses.train.config import (
     setting_help,
     validate_config,
 )
+from propos_losses.train.models import BACKBONE_NAMES
 from propos_losses.train.optim import learning_rate_factor
 from propos_losses.train.rundir import atomic_write_bytes
 
@@ -318,7 +318,7 @@ def test_every_setting_has_a_help_text_with_its_allowed_values(capsys):
     for spec in dataclasses.fields(TrainConfig):
         assert helps[spec.name] == setting_help(spec.name) and len(setting_help(spec.name)) > 10, spec.name
         assert setting_help(spec.name) in (TrainConfig.__doc__ or ""), spec.name
-    assert setting_help("backbone").endswith(f"(one of: {', '.join(BACKBONES)})")
+    assert setting_help("backbone").endswith(f"(one of: {', '.join(BACKBONE_NAMES)})")
     assert setting_help("preset").endswith(f"(one of: {', '.join(PRESET_NAMES)})")
     assert main(["--help"]) == 0
     assert "--estep-init ESTEP_INIT" in capsys.readouterr().out

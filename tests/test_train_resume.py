@@ -137,11 +137,7 @@ def test_checkpoint_is_written_without_leftover_temporary_files(tmp_path):
     assert main(TINY + ["--output-dir", str(run_dir), "--stop-after", "1"]) == 0
     assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoint.pt", "config.json", "metrics.jsonl"]
     state = load_checkpoint(run_dir / "checkpoint.pt")
-    assert (
-        state.epoch == 1
-        and state.step == 3
-        and state.criterion["_extra_state"]["pseudo_labels"].shape == (200,)
-    )
+    assert state.epoch == 1 and state.step == 3 and state.criterion["_extra_state"]["pseudo_labels"].shape == (200,)
 
 
 def test_a_stop_requested_between_steps_checkpoints_mid_epoch_and_resumes_bit_for_bit(tmp_path, monkeypatch, capsys):
