@@ -148,7 +148,7 @@ def test_auto_is_the_default_and_equals_the_unsampled_run_on_small_data() -> Non
 def test_auto_subsamples_large_data_with_its_documented_size() -> None:
     size = auto_sample_size(2)
     assert size == 1024  # 512 rows per cluster at most
-    assert auto_sample_size(10) == 5_120 and auto_sample_size(100) == 25_600
+    assert auto_sample_size(10) == 5_120 and auto_sample_size(100) == 19_200
     assert auto_sample_size(1000) == 16_000 and auto_sample_size(10_000) == 160_000
     X = blobs(700, 2, 4, noise=1.0, seed=6)
     auto = spherical_kmeans(X, 2, n_init=3, random_state=2)

@@ -221,7 +221,7 @@ class SphericalKMeans(_Base):
         chunk_size: rows per matrix multiply (memory ``O(R * chunk_size * K)``).
         verbose: print progress.
         sample_size: rows of the restarts: ``"auto"`` (default:
-            ``2,560,000 / K`` rows, 16 to 512 per cluster), an int, or
+            ``1,920,000 / K`` rows, 16 to 512 per cluster), an int, or
             ``None`` (all rows for every restart). On a subsample, only the
             winning restart is iterated on all rows.
         distributed: ``None`` (default): data-parallel over the ranks whenever
