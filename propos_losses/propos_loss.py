@@ -68,15 +68,16 @@ class ProPosLoss(nn.Module):
         psa: the :class:`~propos_losses.PSA` module (its ``sigma`` is the
             value used once PSL is on).
         psl: the :class:`~propos_losses.PSL` module.
-        lambda_psl: weight ``lambda_psl >= 0`` of PSL (Eq. 12).
-        psl_start: epoch from which PSL is on (``int >= 0``), or ``"auto"``.
+        lambda_psl: weight ``lambda_psl >= 0`` of PSL (Eq. 12). Default 3.0,
+            measured in a lightly-style loop (docs/dropin.rst); the paper's
+            CIFAR value is 0.1 over 1,000 epochs.
+        psl_start: epoch from which PSL is on (``int >= 0``, default 5), or ``"auto"``.
         agreement_threshold: NMI in ``(0, 1]`` between successive
             pseudo-labelings that switches PSL on under ``"auto"``.
-        psl_pairing: ``"same"`` (default): online and target prototypes of
-            the same view, ``L_psl(q1, z'1)`` and ``L_psl(q2, z'2)``;
-            ``"cross"``: of the two views, ``L_psl(q1, z'2)`` and
-            ``L_psl(q2, z'1)``, as in the authors' code and the reference
-            trainer. The drop-in measurements used ``"same"``.
+        psl_pairing: ``"cross"`` (default): online and target prototypes of
+            the two views, ``L_psl(q1, z'2)`` and ``L_psl(q2, z'1)``, as in
+            the authors' code and the reference trainer; ``"same"``: of the
+            same view, ``L_psl(q1, z'1)`` and ``L_psl(q2, z'2)``.
 
     Attributes:
         pseudo_labels: ``(N,)`` int64 labels of the data set, or ``None``.

@@ -102,7 +102,7 @@ def test_paper_presets_read_their_values_from_the_defaults_module():
         D.EPOCHS,
         D.BATCH_SIZE,
         D.TEMPERATURE,
-        D.LAMBDA_PSL,
+        D.LAMBDA_PSL_CIFAR,
         D.SIGMA,
     )
     assert (config.base_momentum, config.hidden_dim, config.out_dim, config.warmup_epochs) == (
@@ -124,7 +124,7 @@ def test_cifar10_preset_follows_the_authors_config():
     assert (config.epochs, config.temperature, config.lambda_psl, config.sigma) == (
         D.EPOCHS,
         D.TEMPERATURE,
-        D.LAMBDA_PSL,
+        D.LAMBDA_PSL_CIFAR,
         D.SIGMA,
     )
 
