@@ -28,9 +28,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import torch  # noqa: E402
-
 from _mnist import DEFAULT_DATA_DIR  # noqa: E402
 from bench_kmeans import busy_cpu_seconds, kmeans_machine_info, mnist_sets, set_threads  # noqa: E402
+
 from propos_losses import spherical_kmeans  # noqa: E402
 
 
@@ -67,7 +67,10 @@ def main() -> None:
     summary = []
     for size in args.sample_sizes:
         rows = [r for r in runs if r["sample_size"] == size]
-        row = {key: statistics.mean(r[key] for r in rows) for key in ("wall_s", "cpu_s", "other_cpu_s", "inertia", "n_iter")}
+        row = {
+            key: statistics.mean(r[key] for r in rows)
+            for key in ("wall_s", "cpu_s", "other_cpu_s", "inertia", "n_iter")
+        }
         row["sample_size"] = size
         summary.append(row)
         print(
@@ -77,7 +80,13 @@ def main() -> None:
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(args.output, "w") as handle:
         json.dump(
-            {"machine": kmeans_machine_info("cpu"), "k": args.k, "threads": args.threads, "runs": runs, "summary": summary},
+            {
+                "machine": kmeans_machine_info("cpu"),
+                "k": args.k,
+                "threads": args.threads,
+                "runs": runs,
+                "summary": summary,
+            },
             handle,
             indent=1,
         )

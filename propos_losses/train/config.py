@@ -91,10 +91,20 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     },
     # The authors' configs (Hzzone/ProPos): the defaults plus their batch and target momentum (docs/trainer.rst).
     # The paper's lambda_psl at CIFAR scale, and PSL on after the learning-rate warm-up (psl_warmup_epochs None).
-    "cifar10": {"dataset": "cifar10", "backbone": "resnet18", "batch_size": 512, "final_momentum": 0.996,
-                "lambda_psl": D.LAMBDA_PSL_CIFAR, "psl_warmup_epochs": None},
-    "cifar20": {"dataset": "cifar20", "backbone": "resnet18", "lambda_psl": D.LAMBDA_PSL_CIFAR,
-                "psl_warmup_epochs": None},
+    "cifar10": {
+        "dataset": "cifar10",
+        "backbone": "resnet18",
+        "batch_size": 512,
+        "final_momentum": 0.996,
+        "lambda_psl": D.LAMBDA_PSL_CIFAR,
+        "psl_warmup_epochs": None,
+    },
+    "cifar20": {
+        "dataset": "cifar20",
+        "backbone": "resnet18",
+        "lambda_psl": D.LAMBDA_PSL_CIFAR,
+        "psl_warmup_epochs": None,
+    },
 }
 PRESET_NAMES: Tuple[str, ...] = tuple(PRESETS)
 
