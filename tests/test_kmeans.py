@@ -493,6 +493,37 @@ def test_rows_with_huge_finite_values_are_normalised_not_rejected() -> None:
     assert torch.equal(a.labels, b.labels)
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    scales=st.lists(st.sampled_from(["tiny", "small", "one", "large", "huge"]), min_size=1, max_size=12),
+    zero_row=st.booleans(),
+    double=st.booleans(),
+)
+def test_kmeans_rows_follow_the_package_row_normaliser(seed: int, scales: list, zero_row: bool, double: bool) -> None:
+    """One rule: k-means' row normalisation equals ``normalize_features`` (a few ulp), zero rows stay zero.
+
+    Ordinary rows take a plain division by their norm (the k-means' fast path); rows whose squared
+    norm over- or underflows ("tiny", "huge") go through ``normalize_features`` itself.
+    """
+    from propos_losses.kmeans._rows import normalise_rows
+    from propos_losses.prototypes import normalize_features
+
+    dtype = torch.float64 if double else torch.float32
+    exponent = {"tiny": -200 if double else -25, "small": -3, "one": 0, "large": 3, "huge": 300 if double else 30}
+    generator = torch.Generator().manual_seed(seed)
+    X = torch.randn(len(scales), 6, generator=generator, dtype=torch.float64)
+    X = (X * torch.tensor([10.0 ** exponent[s] for s in scales], dtype=torch.float64).unsqueeze(1)).to(dtype)
+    if zero_row:
+        X[0] = 0
+    out = normalise_rows("X", X, allow_zero=True)
+    eps = torch.finfo(dtype).eps
+    torch.testing.assert_close(out, normalize_features(X), rtol=4 * eps, atol=4 * eps)
+    if zero_row:
+        assert bool((out[0] == 0).all())
+    assert bool(torch.isfinite(out).all())
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_unit_rows_are_used_as_they_are_and_other_rows_are_normalised(dtype: torch.dtype) -> None:
     from propos_losses.kmeans._rows import normalise_rows
