@@ -154,7 +154,11 @@ def _table(rows: List[Dict[str, Any]], keys: Sequence[str]) -> str:
         for key in keys:
             s = row["summary"].get(key)
             cells.append(f"{s['mean']:.4f} +- {s['std']:.4f}".rjust(22) if s else " " * 22)
-        lines.append(f"{row['variant']:<{width}}" + "".join(cells) + f"{row['wall_s_mean']:>10.0f}")
+        lines.append(
+            f"{row['variant']:<{width}}"
+            + "".join(cells)
+            + (f"{row['wall_s_mean']:>10.0f}" if row["wall_s_mean"] is not None else f"{'-':>10}")
+        )
     return "\n".join(lines)
 
 
@@ -275,8 +279,11 @@ def summary() -> int:
                     k: summarise([r["final"][k] for r in runs])
                     for k in ("backbone_nmi", "backbone_acc", "backbone_ari", "projector_nmi", "projector_acc")
                 },
-                "wall_s_mean": statistics.fmean(r["wall_s"] for r in runs),
-                "wall_s_max": max(r["wall_s"] for r in runs),
+                # A run resumed in another process (or on a shared machine) may store no wall time.
+                "wall_s_mean": statistics.fmean(walls)
+                if (walls := [r["wall_s"] for r in runs if r.get("wall_s")])
+                else None,
+                "wall_s_max": max(walls) if walls else None,
             }
         )
     rows.sort(key=lambda r: (r["dataset"], r["variant"]))

@@ -261,7 +261,7 @@ def train_section(name: str, data: Dict[str, Any]) -> str:
                 _mean_std(s, "backbone_acc"),
                 _mean_std(s, "projector_nmi"),
                 _mean_std(s, "projector_acc"),
-                f"{row['wall_s_mean']:.0f}",
+                f"{row['wall_s_mean']:.0f}" if row["wall_s_mean"] is not None else "-",
             ]
         )
     header = ["variant", "backbone NMI", "backbone ACC", "projector NMI", "projector ACC", "wall s / run"]
@@ -307,7 +307,7 @@ def train_summary_section(data: Dict[str, Any]) -> str:
                     _mean_std(s, "backbone_acc"),
                     _mean_std(s, "projector_nmi"),
                     _mean_std(s, "projector_acc"),
-                    f"{row['wall_s_mean']:.0f}",
+                    f"{row['wall_s_mean']:.0f}" if row["wall_s_mean"] is not None else "-",
                 ]
             )
         header = ["variant", "seeds", "backbone NMI", "backbone ACC", "projector NMI", "projector ACC", "wall s / run"]
