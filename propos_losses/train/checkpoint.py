@@ -1,9 +1,7 @@
 """Checkpoint files of the reference trainer: the :class:`Checkpoint` schema, verified files, fingerprints, RNG state.
 
-A checkpoint (format 3) is a :class:`Checkpoint` saved with ``torch.save`` and
-wrapped with its SHA-256, so a damaged or edited file is refused instead of
-resumed; it carries fingerprints of the data (:func:`data_fingerprint`) and of
-the settings (:func:`config_fingerprint`) that resume compares.
+A checkpoint (format 3) is a :class:`Checkpoint` saved with ``torch.save`` and wrapped with its SHA-256, so a
+damaged or edited file is refused instead of resumed.
 """
 
 from __future__ import annotations
@@ -45,7 +43,7 @@ __all__ = [
 CHECKPOINT_FORMAT = 3
 #: Formats of earlier releases: refused with a message naming the release that reads them.
 _OLD_FORMATS = {1: "0.1.0", 2: "0.1.x"}
-#: Entries whose floating-point tensors must all be finite (the RNG states are bytes).
+#: Entries whose floating-point tensors must all be finite (:meth:`Checkpoint.check_finite`; RNG states are bytes).
 FINITE_STATE_KEYS = ("online", "target", "criterion", "estep", "optimizer", "momentum", "mid_epoch")
 
 
@@ -57,9 +55,8 @@ class CheckpointError(ValueError):
 class Checkpoint:
     """The training state saved in ``checkpoint.pt``: the one place its layout is written.
 
-    :class:`~propos_losses.train.trainer.Trainer` fills it, :func:`load_checkpoint`
-    reads and checks it (:meth:`from_dict`), and the command line reads its counters.
-    Every field but ``path`` is saved (:meth:`to_dict`), in this order, and required in a file.
+    :class:`~propos_losses.train.trainer.Trainer` fills it, :func:`load_checkpoint` reads and checks it
+    (:meth:`from_dict`). Every field but ``path`` is saved (:meth:`to_dict`), in this order, and required.
 
     Attributes:
         config: the run's settings (:func:`~propos_losses.train.config.config_to_dict`).
@@ -150,8 +147,6 @@ class Checkpoint:
     def check_finite(self) -> None:
         """Refuse NaN or infinity in the weights or optimiser state (a recomputed SHA-256 would pass them).
 
-        Every floating-point tensor under :data:`FINITE_STATE_KEYS` is checked.
-
         Raises:
             CheckpointError: naming the first entry that is not finite.
 
@@ -193,9 +188,9 @@ class Checkpoint:
     ) -> None:
         """Refuse a checkpoint that does not belong to this run, before anything loads.
 
-        Checks the number of processes, the data and settings fingerprints, the
-        pseudo-labels' length and that epoch, step and a mid-epoch position fit the
-        schedule. The criterion's and E-step's own states are checked by their ``load_state_dict``.
+        Checks the number of processes, the data and settings fingerprints, the pseudo-labels' length and
+        that epoch, step and a mid-epoch position fit the schedule (the criterion's and E-step's own states
+        are checked by their ``load_state_dict``).
 
         Raises:
             CheckpointError: naming what does not match.
@@ -290,10 +285,8 @@ def _load_torch(source: Any, where: str) -> Any:
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Read and verify a trainer checkpoint (a file, or a run directory holding ``checkpoint.pt``).
 
-    The state is checked against the SHA-256 stored with it, so a damaged or
-    edited file is refused rather than resumed, then by :meth:`Checkpoint.from_dict`.
-    Checkpoints of earlier releases (formats 1 and 2) are refused with a message
-    saying which release resumes them.
+    The state is checked against the SHA-256 stored with it, then by :meth:`Checkpoint.from_dict`;
+    earlier formats (1, 2) are refused with a message naming the release that resumes them.
 
     Raises:
         CheckpointError: missing, unreadable, truncated, corrupt or foreign file.

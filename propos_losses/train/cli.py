@@ -1,10 +1,7 @@
 """Command line of the reference trainer: ``propos-train`` / ``python -m propos_losses.train``.
 
-Every field of :class:`~propos_losses.train.config.TrainConfig` has a flag
-(``lambda_psl`` -> ``--lambda-psl``). User errors print one line on stderr and
-exit with :data:`EXIT_USER_ERROR` before anything is written; failures during a
-run print one line and keep the last checkpoint (exit statuses and signals:
-docs/trainer.rst).
+Every field of :class:`~propos_losses.train.config.TrainConfig` has a flag (``lambda_psl`` -> ``--lambda-psl``).
+Errors print one line on stderr (exit statuses and signals: docs/trainer.rst, "Errors").
 
 Example:
     >>> main(["--preset", "nope"])  # prints "propos-train: error: unknown preset 'nope'; ..." on stderr
@@ -169,13 +166,12 @@ def _init_distributed(device: str) -> bool:
 
 
 def _final_lines(final: Dict[str, Any]) -> List[str]:
-    lines = []
-    for prefix, where in (("projector", "target projector"), ("backbone", "target backbone")):
-        if f"{prefix}_nmi" in final:
-            lines.append(
-                f"final NMI {final[prefix + '_nmi']:.4f}  AMI {final[prefix + '_ami']:.4f}  "
-                f"ARI {final[prefix + '_ari']:.4f}  ACC {final[prefix + '_acc']:.4f}  (k-means on {where} features)"
-            )
+    lines = [
+        f"final NMI {final[p + '_nmi']:.4f}  AMI {final[p + '_ami']:.4f}  ARI {final[p + '_ari']:.4f}  "
+        f"ACC {final[p + '_acc']:.4f}  (k-means on target {p} features)"
+        for p in ("projector", "backbone")
+        if f"{p}_nmi" in final
+    ]
     return lines or ["final: the data set has no labels; cluster assignments written to assignments.csv"]
 
 
@@ -222,13 +218,13 @@ def _header(config: TrainConfig, trainer: Any) -> str:
     )
 
 
+@dataclasses.dataclass
 class _Progress:
     """What an interrupted run has written (for the message that tells how to continue it)."""
 
-    def __init__(self) -> None:
-        self.run_dir: Optional[Path] = None
-        self.trainer: Any = None
-        self.epochs = 0
+    run_dir: Optional[Path] = None
+    trainer: Any = None
+    epochs: int = 0
 
 
 def _divergence(exc: Exception, trainer: Any) -> Optional[str]:
@@ -466,11 +462,8 @@ def _interrupt_message(signum: int, progress: _Progress) -> str:
         checkpoint = load_checkpoint(run_dir)
     except CheckpointError:
         return f"propos-train: interrupted by {name} before the first checkpoint; start the run again with: {command}"
-    saved, epochs, steps = (
-        checkpoint.epoch,
-        checkpoint.config.get("epochs", progress.epochs),
-        checkpoint.steps_into_epoch,
-    )
+    saved, steps = checkpoint.epoch, checkpoint.steps_into_epoch
+    epochs = checkpoint.config.get("epochs", progress.epochs)
     if saved >= epochs:
         return (
             f"propos-train: interrupted by {name} after all {saved} epochs were saved; finish the run with: {command}"
@@ -482,11 +475,8 @@ def _interrupt_message(signum: int, progress: _Progress) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``propos-train``; returns the exit status.
 
-    SIGINT and SIGTERM (what cluster schedulers send before pre-empting a job)
-    let the training step in progress finish and checkpoint the run there (an
-    E-step or evaluation in progress, or a ``torchrun`` run, is abandoned and the
-    last epoch's checkpoint kept), print the command that continues the run and
-    return ``128 + signal number`` (130, 143).
+    SIGINT and SIGTERM checkpoint the run between two training steps (docs/trainer.rst, "Resume"), print
+    the command that continues it and return ``128 + signal number`` (130, 143).
 
     Args:
         argv: arguments without the program name (``sys.argv[1:]`` when ``None``).

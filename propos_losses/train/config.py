@@ -50,62 +50,23 @@ class ConfigError(ValueError):
     """A user error in the configuration (bad flag value, unknown preset or key)."""
 
 
-_QUICK_GRAY: Dict[str, Any] = {"backbone": "small_cnn", "optimizer": "sgd", "estep_every": 1, "queue_size": 0}
+# What the two gray-scale presets share (how they were tuned: docs/trainer.rst, "How the presets were tuned").
+_GRAY: Dict[str, Any] = dict(
+    optimizer="sgd", estep_every=1, queue_size=0, weight_decay=2.5e-4, base_momentum=0.99, lambda_psl=1.0
+)
+_GRAY.update(hidden_dim=512, out_dim=64, kmeans_n_init=3)
+# The cifar presets: the authors' configs (docs/trainer.rst), the paper's lambda_psl, PSL after the lr warm-up.
+_CIFAR: Dict[str, Any] = dict(backbone="resnet18", lambda_psl=D.LAMBDA_PSL_CIFAR, psl_warmup_epochs=None)
 
-#: Preset table: only the fields that differ from :class:`TrainConfig`'s defaults
-#: (the paper's CIFAR settings from :mod:`propos_losses.defaults`, except ``lambda_psl`` and
-#: ``psl_warmup_epochs``, which are the library's measured defaults; the cifar presets restore the paper's).
+#: Preset table: only the fields that differ from :class:`TrainConfig`'s defaults (the library's, docs/trainer.rst).
 PRESETS: Dict[str, Dict[str, Any]] = {
-    # How these values were found: docs/trainer.rst, "How the presets were tuned".
-    "digits": {
-        **_QUICK_GRAY,
-        "dataset": "digits",
-        "backbone": "tiny_cnn",
-        "epochs": 60,
-        "batch_size": 32,
-        "base_lr": 0.8,
-        "weight_decay": 2.5e-4,
-        "base_momentum": 0.99,
-        "warmup_epochs": 5,
-        "psl_warmup_epochs": 20,
-        "lambda_psl": 1.0,
-        "hidden_dim": 512,
-        "out_dim": 64,
-        "kmeans_n_init": 3,
-    },
-    "mnist": {
-        **_QUICK_GRAY,
-        "dataset": "mnist",
-        "backbone": "flat_cnn",
-        "epochs": 25,
-        "batch_size": 128,
-        "base_lr": 0.2,
-        "weight_decay": 2.5e-4,
-        "base_momentum": 0.99,
-        "warmup_epochs": 1,
-        "psl_warmup_epochs": 5,
-        "lambda_psl": 1.0,
-        "hidden_dim": 512,
-        "out_dim": 64,
-        "kmeans_n_init": 3,
-    },
-    # The authors' configs (Hzzone/ProPos): the defaults plus their batch and target momentum (docs/trainer.rst).
-    # The paper's lambda_psl at CIFAR scale, and PSL on after the learning-rate warm-up (psl_warmup_epochs None).
-    "cifar10": {
-        "dataset": "cifar10",
-        "backbone": "resnet18",
-        "batch_size": 512,
-        "final_momentum": 0.996,
-        "lambda_psl": D.LAMBDA_PSL_CIFAR,
-        "psl_warmup_epochs": None,
-    },
-    "cifar20": {
-        "dataset": "cifar20",
-        "backbone": "resnet18",
-        "lambda_psl": D.LAMBDA_PSL_CIFAR,
-        "psl_warmup_epochs": None,
-    },
+    "digits": dict(_GRAY, dataset="digits", backbone="tiny_cnn", epochs=60, batch_size=32, base_lr=0.8),
+    "mnist": dict(_GRAY, dataset="mnist", backbone="flat_cnn", epochs=25, batch_size=128, base_lr=0.2),
+    "cifar10": dict(_CIFAR, dataset="cifar10", batch_size=512, final_momentum=0.996),
+    "cifar20": dict(_CIFAR, dataset="cifar20"),
 }
+PRESETS["digits"].update(warmup_epochs=5, psl_warmup_epochs=20)
+PRESETS["mnist"].update(warmup_epochs=1, psl_warmup_epochs=5)
 PRESET_NAMES: Tuple[str, ...] = tuple(PRESETS)
 
 
@@ -118,8 +79,7 @@ def _setting(default: Any, text: str, *, choices: Optional[Tuple[str, ...]] = No
 class TrainConfig:
     """Every setting of a training run (one flag per field, ``--lambda-psl`` for ``lambda_psl``).
 
-    Each field's help text, allowed values and run-only mark are its metadata
-    (:func:`setting_help`), read by ``propos-train --help``, :func:`validate_config` and the list below.
+    Each field's metadata hold its help text, allowed values and run-only mark (:func:`setting_help`).
 
     Example:
         >>> TrainConfig().kmeans_n_init == D.KMEANS_N_INIT
@@ -363,13 +323,12 @@ def validate_config(config: TrainConfig) -> TrainConfig:
         'digits'
     """
 
-    def at_least(name: str, minimum: float, *, strict: bool = False, allow_none: bool = False) -> None:
+    def at_least(name: str, minimum: float, *, strict: bool = False) -> None:
         value = getattr(config, name)
-        if value is None and allow_none:
+        if value is None and _optional(name):
             return
         if value is None or not math.isfinite(value) or value < minimum or (strict and value == minimum):
-            op = ">" if strict else ">="
-            raise ConfigError(f"{name} must be {op} {minimum}, got {value!r}")
+            raise ConfigError(f"{name} must be {'>' if strict else '>='} {minimum}, got {value!r}")
 
     if config.preset not in PRESETS:
         raise ConfigError(f"unknown preset {config.preset!r}; choose one of {list(PRESET_NAMES)}")
@@ -380,26 +339,17 @@ def validate_config(config: TrainConfig) -> TrainConfig:
             raise ConfigError(f"{name} must be one of {list(options)}, got {value!r}")
     if not 0.0 < config.psl_agreement <= 1.0:
         raise ConfigError(f"psl_agreement must be in (0, 1], got {config.psl_agreement!r}")
-    for name in (
-        "epochs",
-        "batch_size",
-        "hidden_dim",
-        "out_dim",
-        "estep_every",
-        "kmeans_n_init",
-        "kmeans_max_iter",
-        "final_kmeans_n_init",
-    ):
+    for name in ("epochs", "batch_size", "hidden_dim", "out_dim", "estep_every", "kmeans_n_init", "kmeans_max_iter"):
         at_least(name, 1)
-    for name in ("seed", "warmup_epochs", "queue_size", "eval_every"):
+    at_least("final_kmeans_n_init", 1)
+    for name in ("seed", "warmup_epochs", "queue_size", "eval_every", "psl_warmup_epochs"):
         at_least(name, 0)
-    at_least("psl_warmup_epochs", 0, allow_none=True)
-    at_least("rotation_degrees", 0.0, allow_none=True)
-    at_least("translate", 0.0, allow_none=True)
+    at_least("rotation_degrees", 0.0)
+    at_least("translate", 0.0)
     if config.crop_min_scale is not None and not 0.0 < config.crop_min_scale <= 1.0:
         raise ConfigError(f"crop_min_scale must be in (0, 1], got {config.crop_min_scale!r}")
-    at_least("max_samples", 1, allow_none=True)
-    at_least("num_clusters", 2, allow_none=True)
+    at_least("max_samples", 1)
+    at_least("num_clusters", 2)
     for name in ("base_lr", "temperature", "kmeans_tol"):
         at_least(name, 0.0, strict=True)
     for name in ("weight_decay", "sgd_momentum", "predictor_lr_multiplier", "lambda_psl", "sigma"):

@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import gzip
+import importlib
 import io
 import math
 import os
@@ -22,7 +23,7 @@ import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Union
+from typing import Any, List, Optional, Union
 
 import numpy as np
 import torch
@@ -54,14 +55,7 @@ _IDX_DTYPES: dict[int, np.dtype] = {
     0x0E: np.dtype(">f8"),
 }
 _GZIP_MAGIC = b"\x1f\x8b"
-
-_CIFAR10_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
-_CIFAR10_TEST = "test_batch"
-_CIFAR10_DIR = "cifar-10-batches-py"
-_CIFAR100_FILES = ("train", "test")
-_CIFAR100_DIR = "cifar-100-python"
-_CIFAR_SIDE = 32
-_CIFAR_CHANNELS = 3
+_CIFAR_SHAPE = (3, 32, 32)
 
 _IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"})
 # Pillow modes that hold a single grey channel; anything else is read as RGB.
@@ -233,10 +227,7 @@ def _find_idx_pairs(data_dir: Path) -> list[tuple[Path, Path]]:
         pairs.append((images_path, labels_path))
 
     # The training set first, as torchvision's MNIST(train=True) + MNIST(train=False).
-    def order(pair: tuple[Path, Path]) -> tuple[bool, str]:
-        return (not pair[0].name.startswith("train"), pair[0].name)
-
-    return sorted(pairs, key=order)
+    return sorted(pairs, key=lambda pair: (not pair[0].name.startswith("train"), pair[0].name))
 
 
 def _load_mnist(data_dir: Path) -> ImageDataset:
@@ -284,36 +275,23 @@ def _load_mnist(data_dir: Path) -> ImageDataset:
     return ImageDataset(torch.from_numpy(images), torch.from_numpy(labels), num_classes, f"mnist ({names})")
 
 
-# The only globals a CIFAR pickle needs: numpy array reconstruction, and
-# _codecs.encode, which Python 3 uses for bytes under pickle protocol 2.
-# Anything else is refused, so a malicious file cannot run code.
-_SAFE_GLOBALS: dict[tuple[str, str], Callable[..., Any]] = {
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
-}
-
-
-def _numpy_multiarray() -> Any:
-    """numpy's ``multiarray`` module without the numpy 2 ``numpy.core`` deprecation warning."""
-    import importlib
-
-    try:
-        return importlib.import_module("numpy._core.multiarray")
-    except ImportError:  # numpy < 2
-        return importlib.import_module("numpy.core.multiarray")
-
-
 class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Allows only the globals a CIFAR pickle needs, so that a malicious file cannot run code: numpy array
+    reconstruction, and ``_codecs.encode``, which Python 3 uses for bytes under pickle protocol 2."""
+
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _SAFE_GLOBALS:
-            return _SAFE_GLOBALS[module, name]
+        if module == "numpy" and name in ("ndarray", "dtype"):
+            return getattr(np, name)
         if module == "_codecs" and name == "encode":
             import _codecs
 
             return _codecs.encode
         # Pickles written by numpy 1.x name numpy.core, numpy 2.x numpy._core.
         if module in ("numpy.core.multiarray", "numpy._core.multiarray") and name in ("_reconstruct", "scalar"):
-            return getattr(_numpy_multiarray(), name)
+            try:  # numpy 2's module, without the numpy.core deprecation warning
+                return getattr(importlib.import_module("numpy._core.multiarray"), name)
+            except ImportError:  # numpy < 2
+                return getattr(importlib.import_module("numpy.core.multiarray"), name)
         raise pickle.UnpicklingError(f"global '{module}.{name}' is not allowed in a CIFAR pickle")
 
 
@@ -335,7 +313,7 @@ def _cifar_batch(path: Path, label_key: str, num_classes: int) -> tuple[np.ndarr
         if key not in content:
             raise DatasetError(f"{path}: missing key b'{key}' (found {sorted(content)})")
     data = content["data"]
-    row = _CIFAR_CHANNELS * _CIFAR_SIDE * _CIFAR_SIDE
+    row = math.prod(_CIFAR_SHAPE)
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != row:
         shape = data.shape if isinstance(data, np.ndarray) else type(data).__name__
         dtype = getattr(data, "dtype", "")
@@ -350,22 +328,14 @@ def _cifar_batch(path: Path, label_key: str, num_classes: int) -> tuple[np.ndarr
         raise DatasetError(
             f"{path}: b'{label_key}' must be in [0, {num_classes}), got range [{labels.min()}, {labels.max()}]"
         )
-    # Rows are the red, green then blue planes of a 32x32 image, each row-major.
-    images = data.reshape(-1, _CIFAR_CHANNELS, _CIFAR_SIDE, _CIFAR_SIDE)
-    return images, labels
-
-
-def _cifar_folder(data_dir: Path, subdir: str, marker: str) -> Path:
-    """Accept either the extracted folder itself or its parent."""
-    if (data_dir / marker).is_file() or not (data_dir / subdir).is_dir():
-        return data_dir
-    return data_dir / subdir
+    return data.reshape(-1, *_CIFAR_SHAPE), labels  # rows: the red, green, blue planes, each row-major
 
 
 def _load_cifar(
     data_dir: Path, files: tuple[str, ...], subdir: str, label_key: str, num_classes: int, name: str
 ) -> ImageDataset:
-    folder = _cifar_folder(data_dir, subdir, files[-1])
+    # The extracted folder itself or its parent.
+    folder = data_dir if (data_dir / files[-1]).is_file() or not (data_dir / subdir).is_dir() else data_dir / subdir
     batches = [_cifar_batch(folder / file, label_key, num_classes) for file in files]
     images = np.concatenate([images for images, _ in batches])
     labels = np.concatenate([labels for _, labels in batches])
@@ -425,11 +395,9 @@ def _load_folder(data_dir: Path) -> ImageDataset:
         images = _list_images(class_dir)
         paths.extend(images)
         labels.extend([label] * len(images))
+    name = f"folder ({data_dir}: {', '.join(path.name for path in class_dirs)})"
     pixels = torch.from_numpy(_read_images(paths))
-    classes = ", ".join(path.name for path in class_dirs)
-    return ImageDataset(
-        pixels, torch.tensor(labels, dtype=torch.int64), len(class_dirs), f"folder ({data_dir}: {classes})"
-    )
+    return ImageDataset(pixels, torch.tensor(labels, dtype=torch.int64), len(class_dirs), name)
 
 
 def _load_digits() -> ImageDataset:
@@ -491,9 +459,10 @@ def load_dataset(
         if key == "mnist":
             dataset = _load_mnist(directory)
         elif key == "cifar10":
-            dataset = _load_cifar(directory, (*_CIFAR10_TRAIN, _CIFAR10_TEST), _CIFAR10_DIR, "labels", 10, "cifar10")
+            files = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch")
+            dataset = _load_cifar(directory, files, "cifar-10-batches-py", "labels", 10, "cifar10")
         elif key == "cifar20":
-            dataset = _load_cifar(directory, _CIFAR100_FILES, _CIFAR100_DIR, "coarse_labels", 20, "cifar20")
+            dataset = _load_cifar(directory, ("train", "test"), "cifar-100-python", "coarse_labels", 20, "cifar20")
         else:
             dataset = _load_folder(directory)
 

@@ -38,12 +38,9 @@ __all__ = [
 BACKBONE_NAMES: tuple[str, ...] = ("tiny_cnn", "small_cnn", "flat_cnn", "resnet18", "resnet34")
 
 _SMALL_CNN_WIDTHS = (32, 64, 128, 256)
-# Narrower where the map is 4x4 (why: docs/trainer.rst, "Speed").
-_TINY_CNN_WIDTHS = (32, 64, 96, 128)
-# The small CNN stops halving the feature map once it is this small (8x8 and 28x28 inputs end at 4x4).
-_SMALL_CNN_MIN_SIZE = 4
-_FLAT_CNN_WIDTHS = (32, 64, 128)
-_FLAT_CNN_FEATURES = 256
+_TINY_CNN_WIDTHS = (32, 64, 96, 128)  # narrower where the map is 4x4 (docs/trainer.rst, "Speed")
+_SMALL_CNN_MIN_SIZE = 4  # the small CNN halves its map only while it is larger (8x8, 28x28 end at 4x4)
+_FLAT_CNN_WIDTHS, _FLAT_CNN_FEATURES = (32, 64, 128), 256
 _RESNET_WIDTHS = (64, 128, 256, 512)
 _RESNET_LAYERS = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
 
@@ -180,12 +177,7 @@ class FlatCNN(nn.Module):
 
 
 class BasicBlock(nn.Module):
-    """ResNet basic block: two 3x3 conv-BN with an identity or 1x1 conv-BN shortcut.
-
-    Example:
-        >>> BasicBlock(64, 128, stride=2)(torch.rand(2, 64, 8, 8)).shape
-        torch.Size([2, 128, 4, 4])
-    """
+    """ResNet basic block: two 3x3 conv-BN with an identity or 1x1 conv-BN shortcut."""
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
         super().__init__()
@@ -202,8 +194,7 @@ class BasicBlock(nn.Module):
             )
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
+        out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
         return self.relu(out + self.shortcut(x))
 
 
@@ -244,8 +235,7 @@ class CifarResNet(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         _check_images(self, images, self.in_channels)
-        x = self.stem(images)
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(self.stem(images)))))
         return self.pool(x).flatten(1)
 
 
@@ -289,10 +279,9 @@ def build_backbone(name: str, in_channels: int, image_size: int) -> tuple[nn.Mod
 def fuse_batchnorm_for_inference(module: nn.Module) -> nn.Module:
     """An eval-mode, inference-only copy of ``module`` with BatchNorm folded into the layer before it.
 
-    In every ``nn.Sequential``, a ``Conv2d`` + ``BatchNorm2d`` or ``Linear`` + ``BatchNorm1d``
-    pair becomes one layer (the BatchNorm an ``nn.Identity``): the same outputs up to
-    rounding, one memory-bound op less per pair. Pairs that are separate attributes (a
-    ResNet block's) stay as they are; ``module`` itself is not changed.
+    In every ``nn.Sequential``, a ``Conv2d`` + ``BatchNorm2d`` or ``Linear`` + ``BatchNorm1d`` pair becomes
+    one layer (the BatchNorm an ``nn.Identity``): the same outputs up to rounding. Pairs that are separate
+    attributes (a ResNet block's) stay as they are; ``module`` itself is not changed.
 
     Args:
         module: any module; BatchNorms without running statistics are not fused.

@@ -1,9 +1,4 @@
-"""What a person watching ``propos-train`` sees: an in-epoch progress bar on a terminal, plain lines otherwise.
-
-The bar (tqdm, rank 0, only when stderr is a terminal) shows the step count, the
-running loss, samples per second and the time left for the epoch and the run; the
-running loss (a host sync) is read at most every ``refresh_s`` seconds, never per step.
-"""
+"""The in-epoch progress bar (tqdm, rank 0, on a terminal); what it shows: docs/trainer.rst, "Progress"."""
 
 from __future__ import annotations
 
@@ -37,8 +32,7 @@ class Progress:
         steps_per_epoch: optimiser steps per epoch.
         samples_per_step: global batch size (all ranks).
         enabled: show anything at all (``False`` on ranks other than 0).
-        bar: draw the in-epoch bar; ``None`` (default) draws it when
-            ``stream`` is a terminal.
+        bar: draw the in-epoch bar; ``None`` (default) draws it when ``stream`` is a terminal.
         stream: where the bar goes (default ``sys.stderr``).
         refresh_s: least seconds between two reads of the running loss.
 
@@ -122,8 +116,7 @@ class Progress:
             self._last_refresh = now
             elapsed = max(now - self._epoch_start, 1e-9)
             rate = self._epoch_steps * self.samples_per_step / elapsed
-            # This epoch's pace for the steps left, plus the last gap between epochs (E-step,
-            # evaluation, checkpoint) for each epoch still to come.
+            # This epoch's pace for the steps left, plus the last gap between epochs for each epoch to come.
             run_left = (elapsed / self._epoch_steps) * (self._steps_left_before - self._epoch_steps)
             run_left += self._between_epochs * self._remaining_epochs
             self._bar.set_postfix_str(

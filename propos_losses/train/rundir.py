@@ -41,19 +41,15 @@ class OutputDirError(ValueError):
     """An output directory that would overwrite (or mix with) another run."""
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)  # os.umask can only be read by setting it; set it straight back
-    os.umask(mask)
-    return mask
-
-
 def _temporary(path: Path, data: bytes) -> str:
     """A fsynced temporary copy of ``data`` next to ``path`` with the permissions of ``open()``."""
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             if hasattr(os, "fchmod"):  # mkstemp makes 0600 files; open() would honour the umask
-                os.fchmod(fh.fileno(), 0o666 & ~_umask())
+                mask = os.umask(0o022)  # os.umask can only be read by setting it; set it straight back
+                os.umask(mask)
+                os.fchmod(fh.fileno(), 0o666 & ~mask)
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
@@ -116,22 +112,19 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def exclusive_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Create ``path`` holding ``data``, complete or not at all; ``FileExistsError`` if it exists.
 
-    ``os.link`` of a fsynced temporary both refuses an existing name and
-    publishes the whole content at once; where hard links are not supported
-    an ``O_EXCL`` create is used instead.
+    ``os.link`` of a fsynced temporary (an ``O_EXCL`` create where there are no hard links).
     """
     path = Path(path)
     tmp_name = _temporary(path, data)
     try:
-        try:
-            os.link(tmp_name, path)
-        except FileExistsError:
-            raise
-        except OSError:  # no hard links here (some network or FAT file systems)
-            with open(path, "xb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
+        os.link(tmp_name, path)
+    except FileExistsError:
+        raise
+    except OSError:  # no hard links here (some network or FAT file systems)
+        with open(path, "xb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
     finally:
         _quietly(os.unlink, tmp_name)
     fsync_dir(path.parent)
@@ -236,9 +229,8 @@ def claim_run_dir(
 ) -> Tuple[Path, RunDirLock]:
     """Create the run directory ``path`` (or, for a default name, ``path-2``, ``path-3``, ...) with its config.
 
-    The directory is created with ``os.mkdir``, locked, and ``config.json`` is
-    created with :func:`exclusive_write_bytes`, so of two processes claiming one
-    name exactly one succeeds. A name the user chose may also be an existing *empty* directory.
+    ``os.mkdir``, a lock and :func:`exclusive_write_bytes` of ``config.json``: of two processes claiming
+    one name exactly one succeeds. A name the user chose may also be an existing *empty* directory.
 
     Args:
         path: the directory wanted.

@@ -1,10 +1,4 @@
-"""The run's machine-readable log, ``metrics.jsonl``: one JSON record per line.
-
-Rank 0 appends; the checkpoint records how many lines and bytes of the log it
-covers, the log is fsynced before each checkpoint, and on resume anything
-after those bytes (an interrupted epoch's records, a torn last line) is cut
-off, so the log always matches the checkpoint it resumes from.
-"""
+"""The run's machine-readable log, ``metrics.jsonl``: one JSON record per line (docs/trainer.rst, "Resume")."""
 
 from __future__ import annotations
 
@@ -21,10 +15,9 @@ __all__ = ["MetricsLog"]
 class MetricsLog:
     """A run's ``metrics.jsonl`` and how much of it the next checkpoint covers.
 
-    Every rank counts the records (``lines``); only the writing rank (rank 0)
-    appends them and counts their ``size`` in bytes. Both go into the
-    checkpoint, and :meth:`restore` / :meth:`truncate` bring the file back to
-    exactly what a checkpoint covers.
+    Every rank counts the records (``lines``); the writing rank (rank 0) appends them and counts their
+    ``size`` in bytes. Both go into the checkpoint; :meth:`restore` / :meth:`truncate` bring the file back
+    to what a checkpoint covers (an interrupted epoch's records, a torn last line are cut off).
 
     Args:
         path: the log file.

@@ -232,10 +232,8 @@ class Trainer:
     def request_stop(self, signum: int) -> bool:
         """Ask the run to stop after the training step in progress and checkpoint where it is.
 
-        Meant for a signal handler. Returns ``False`` when the run is not
-        between training steps (E-step, evaluation, setup) or runs on several
-        processes, which cannot agree on the step without a collective; the
-        caller then stops the run at once (the last epoch's checkpoint stands).
+        Meant for a signal handler. Returns ``False`` when the run is not between training steps (E-step,
+        evaluation, setup) or runs on several processes: the caller then stops the run at once.
         """
         if not self._in_steps or self.world_size > 1:
             return False
@@ -259,10 +257,8 @@ class Trainer:
         The permutation is seeded by ``(seed, epoch)``, the same on every rank; the incomplete last batch is dropped.
         """
         generator = torch.Generator().manual_seed(_seed_for(self.config.seed, 10, epoch))
-        perm = torch.randperm(len(self.dataset), generator=generator)
-        used = perm[: self.steps_per_epoch * self.config.batch_size]
-        blocks = used.view(self.steps_per_epoch, self.world_size, self.local_batch)
-        return blocks[:, self.rank].to(self.device)
+        used = torch.randperm(len(self.dataset), generator=generator)[: self.steps_per_epoch * self.config.batch_size]
+        return used.view(self.steps_per_epoch, self.world_size, self.local_batch)[:, self.rank].to(self.device)
 
     @torch.no_grad()
     def _estep_and_evaluate(self, *, update_labels: bool, final: bool = False) -> Tuple[Dict[str, Any], Tensor, Tensor]:
