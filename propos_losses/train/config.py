@@ -435,14 +435,9 @@ def augmentation_settings(config: TrainConfig, channels: int) -> Tuple[str, Dict
     kind = config.augmentation or {"digits": "digits", "mnist": "mnist"}.get(
         config.dataset, "color" if channels == 3 else "mnist"
     )
-    overrides: Dict[str, Any] = {}
-    if config.crop_min_scale is not None:
-        overrides["crop_scale"] = (config.crop_min_scale, 1.0)
-    if config.rotation_degrees is not None:
-        overrides["degrees"] = config.rotation_degrees
-    if config.translate is not None:
-        overrides["translate"] = config.translate
-    return kind, overrides
+    crop = None if config.crop_min_scale is None else (config.crop_min_scale, 1.0)
+    overrides = {"crop_scale": crop, "degrees": config.rotation_degrees, "translate": config.translate}
+    return kind, {key: value for key, value in overrides.items() if value is not None}
 
 
 def build_criterion(config: TrainConfig, predictor: nn.Module, num_clusters: int) -> ProPosLoss:

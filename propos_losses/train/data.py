@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from propos_losses.utils import check_int
+from propos_losses.utils import check_int, check_tensor
 
 __all__ = [
     "DATASET_NAMES",
@@ -97,8 +97,7 @@ class ImageDataset:
     name: str
 
     def __post_init__(self) -> None:
-        if not isinstance(self.images, Tensor):
-            raise TypeError(f"images must be a torch.Tensor, got {type(self.images).__name__}")
+        check_tensor("images", self.images)
         if self.images.dtype != torch.uint8:
             raise TypeError(f"images must have dtype torch.uint8, got {self.images.dtype}")
         if self.images.dim() != 4 or self.images.shape[1] not in (1, 3):
@@ -109,8 +108,7 @@ class ImageDataset:
                 f"{'None' if self.labels is None else 'a tensor'} and num_classes={self.num_classes!r}"
             )
         if self.labels is not None:
-            if not isinstance(self.labels, Tensor):
-                raise TypeError(f"labels must be a torch.Tensor, got {type(self.labels).__name__}")
+            check_tensor("labels", self.labels)
             if self.labels.dtype != torch.int64:
                 raise TypeError(f"labels must have dtype torch.int64, got {self.labels.dtype}")
             if self.labels.shape != (self.images.shape[0],):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -55,8 +56,7 @@ def plot_run(run_dir: str | os.PathLike) -> List[Path]:
     x = [r["epoch"] for r in epochs]
     for key in ("loss", "psa", "psl"):
         ax_loss.plot(x, [r[key] for r in epochs], label=key)
-    ax_loss.set_xlabel("epoch")
-    ax_loss.set_ylabel("loss")
+    ax_loss.set(xlabel="epoch", ylabel="loss")
     ax_lr = ax_loss.twinx()
     ax_lr.plot(x, [r["lr"] for r in epochs], color="grey", linestyle=":", label="lr")
     ax_lr.set_ylabel("learning rate")
@@ -65,8 +65,7 @@ def plot_run(run_dir: str | os.PathLike) -> List[Path]:
         points = [(r["epoch"], r[key]) for r in evals if key in r]
         if points:
             ax_eval.plot(*zip(*points), marker=".", label=key)
-    ax_eval.set_xlabel("epoch")
-    ax_eval.set_ylabel("score")
+    ax_eval.set(xlabel="epoch", ylabel="score")
     if ax_eval.lines:
         ax_eval.legend(loc="lower right")
     fig.tight_layout()
@@ -80,12 +79,9 @@ def plot_run(run_dir: str | os.PathLike) -> List[Path]:
             rows = list(csv.DictReader(fh))
         fig, ax = plt.subplots(figsize=(6, 4))
         for column in ("cluster_backbone", "cluster_projector"):
-            counts: Dict[str, int] = {}
-            for row in rows:
-                counts[row[column]] = counts.get(row[column], 0) + 1
+            counts = Counter(row[column] for row in rows)
             ax.plot(sorted(counts.values(), reverse=True), marker="o", label=column)
-        ax.set_xlabel("cluster (sorted by size)")
-        ax.set_ylabel("samples")
+        ax.set(xlabel="cluster (sorted by size)", ylabel="samples")
         ax.legend()
         fig.tight_layout()
         fig.savefig(run_dir / "cluster_sizes.png", dpi=100)

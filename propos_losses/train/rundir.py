@@ -262,32 +262,30 @@ def claim_run_dir(
             created = _mkdir_new(candidate)
         except OSError as exc:
             raise OutputDirError(f"cannot create output directory {str(candidate)!r}: {exc.strerror or exc}") from None
-        # Taken; an existing empty directory counts as taken for a default name (another run may have just made it).
-        if not created and (exclusive_name is False or created is None):
-            if exclusive_name:
-                raise OutputDirError(taken)
-            continue
-        try:
-            lock = lock_run_dir(candidate)
-        except OutputDirError:
-            if exclusive_name:
-                raise OutputDirError(taken) from None
-            continue
-        try:
-            exclusive_write_bytes(candidate / CONFIG_NAME, config_json(candidate))
-        except FileExistsError:
-            lock.release()
-            if exclusive_name:
-                raise OutputDirError(taken) from None
-            continue
-        except BaseException as exc:  # disk full, a signal: leave no empty directory behind
-            lock.release()
-            if created:
-                _quietly(os.rmdir, candidate)
-            if isinstance(exc, OSError):
-                raise OutputDirError(f"cannot write {str(candidate / CONFIG_NAME)!r}: {exc.strerror or exc}") from None
-            raise
-        return candidate, lock
+        # An existing empty directory counts as taken for a default name (another run may have just made it).
+        lock = None
+        if created or (created is False and exclusive_name):
+            try:
+                lock = lock_run_dir(candidate)
+            except OutputDirError:
+                pass
+        if lock is not None:
+            try:
+                exclusive_write_bytes(candidate / CONFIG_NAME, config_json(candidate))
+                return candidate, lock
+            except FileExistsError:
+                lock.release()
+            except BaseException as exc:  # disk full, a signal: leave no empty directory behind
+                lock.release()
+                if created:
+                    _quietly(os.rmdir, candidate)
+                if isinstance(exc, OSError):
+                    raise OutputDirError(
+                        f"cannot write {str(candidate / CONFIG_NAME)!r}: {exc.strerror or exc}"
+                    ) from None
+                raise
+        if exclusive_name:  # taken
+            raise OutputDirError(taken)
     raise OutputDirError(f"no free run directory name {str(path)!r}-2 .. -{_MAX_SUFFIX}")
 
 

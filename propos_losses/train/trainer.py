@@ -470,12 +470,10 @@ class Trainer:
         last = config.epochs if stop_after is None else min(stop_after, config.epochs)
         start_time = time.perf_counter()
         while self.epoch < last:
-            # An epoch resumed mid-way had its E-step (and evaluation) before the checkpoint.
-            resumed_mid_epoch = self._mid_epoch is not None
-            estep_due = self.epoch % config.estep_every == 0 and not resumed_mid_epoch
-            eval_due = config.eval_every > 0 and self.epoch % config.eval_every == 0 and not resumed_mid_epoch
-            if estep_due or eval_due:
-                self._evaluate("estep" if estep_due else "eval")
+            if self._mid_epoch is None:  # an epoch resumed mid-way had its E-step and evaluation before
+                estep_due = self.epoch % config.estep_every == 0
+                if estep_due or (config.eval_every > 0 and self.epoch % config.eval_every == 0):
+                    self._evaluate("estep" if estep_due else "eval")
             begin = time.perf_counter()
             stats = self._train_epoch()
             self.epoch += 1
