@@ -317,9 +317,8 @@ class Augmentation(nn.Module):
         grid = F.affine_grid(theta, list(images.shape), align_corners=False)
         if use_elastic:
             grid = grid + self._elastic_displacement(batch, generator, device).to(grid.dtype)
-        # A crop reaching the image edge samples up to half a pixel beyond the
-        # outer pixel centres: clamp there instead of blending in zeros. Rotated
-        # or shifted content is filled with black, as torchvision's fill=0.
+        # A crop reaching the image edge samples up to half a pixel beyond the outer pixel centres: clamp there instead
+        # of blending in zeros. Rotated or shifted content is filled with black, as torchvision's fill=0.
         padding = "zeros" if use_affine or use_elastic else "border"
         return F.grid_sample(images, grid, mode="bilinear", padding_mode=padding, align_corners=False)
 
@@ -365,8 +364,7 @@ class Augmentation(nn.Module):
         """Augment a batch.
 
         Args:
-            images: ``(B, C, H, W)`` float in ``[0, 1]``, ``C == channels``,
-                ``H == W == image_size``.
+            images: ``(B, C, H, W)`` float in ``[0, 1]``, ``C == channels``, ``H == W == image_size``.
             generator: source of every random parameter; must live on
                 ``images.device``. ``None`` uses the global generator.
 

@@ -375,9 +375,8 @@ def resolve_config(
 ) -> TrainConfig:
     """Defaults, then ``preset``, then ``file_values``, then ``overrides``; validated.
 
-    The preset is taken from ``preset``, else from ``overrides``/``file_values``
-    (key ``"preset"``), else the preset named like the chosen ``dataset`` (e.g.
-    ``mnist``) when there is one, else ``"digits"``.
+    The preset is taken from ``preset``, else from ``overrides``/``file_values`` (key ``"preset"``), else the preset
+    named like the chosen ``dataset`` (e.g. ``mnist``) when there is one, else ``"digits"``.
 
     Args:
         preset: name in :data:`PRESET_NAMES`.

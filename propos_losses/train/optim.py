@@ -16,8 +16,7 @@ __all__ = ["LARS", "build_optimizer", "learning_rate_factor"]
 class LARS(torch.optim.Optimizer):
     """SGD with momentum and layer-wise adaptive rate scaling (You et al., 2017).
 
-    Parameters with one dimension (biases, BatchNorm) get plain SGD without
-    weight decay, as in BYOL.
+    Parameters with one dimension (biases, BatchNorm) get plain SGD without weight decay, as in BYOL.
 
     Args:
         params: parameters or parameter groups.

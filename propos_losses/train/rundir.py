@@ -1,8 +1,7 @@
 """Run directories of the reference trainer: file names, exclusive claims, locks and atomic writes.
 
-A run directory belongs to one run (:func:`claim_run_dir`); while a run works in
-it, it holds a lock on it (:func:`lock_run_dir`). Files are written with the
-permissions a plain ``open()`` gives (``0o666`` less the umask).
+A run directory belongs to one run (:func:`claim_run_dir`); while a run works in it, it holds a lock on it
+(:func:`lock_run_dir`). Files are written with the permissions a plain ``open()`` gives (``0o666`` less the umask).
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """The ProPos EM training loop (Algorithm 1) on the library's public objects, with checkpoints and logs.
 
-Each epoch of :class:`Trainer` is an E-step (:class:`~propos_losses.EStep` on the target's
-features, every ``estep_every`` epochs) with an evaluation, then the M-step
-(:class:`~propos_losses.ProPosStep`, :class:`~propos_losses.MomentumUpdater`) and a
-checkpoint; :doc:`trainer` describes the loop, resume and ``torchrun``.
+Each epoch of :class:`Trainer` is an E-step (:class:`~propos_losses.EStep` on the target's features, every
+``estep_every`` epochs) with an evaluation, then the M-step (:class:`~propos_losses.ProPosStep`,
+:class:`~propos_losses.MomentumUpdater`) and a checkpoint; :doc:`trainer` describes the loop, resume and ``torchrun``.
 
 Example:
     >>> import tempfile
@@ -114,15 +113,13 @@ class Trainer:
 
     Args:
         config: validated configuration.
-        output_dir: run directory (created by :meth:`fit` if missing); receives
-            ``config.json``, ``metrics.jsonl``, ``checkpoint.pt``,
-            ``assignments.csv`` and plots.
+        output_dir: run directory (created by :meth:`fit` if missing); receives ``config.json``, ``metrics.jsonl``,
+            ``checkpoint.pt``, ``assignments.csv`` and plots.
         dataset: the data, loaded from ``config`` when ``None``.
         resume: a checkpoint from :func:`~propos_losses.train.checkpoint.load_checkpoint` to continue from.
         log: receives progress lines (rank 0 only); ``print`` by default.
-        progress_bar: draw the in-epoch progress bar (rank 0, on stderr):
-            ``None`` (default) when stderr is a terminal, ``False`` never
-            (``--quiet``), ``True`` always.
+        progress_bar: draw the in-epoch progress bar (rank 0, on stderr): ``None`` (default) when stderr is a terminal,
+            ``False`` never (``--quiet``), ``True`` always.
 
     Raises:
         ConfigError: settings that do not fit the data (batch larger than the
@@ -301,9 +298,8 @@ class Trainer:
         """Write ``checkpoint.pt`` atomically (rank 0), after making the metrics log it counts durable.
 
         Args:
-            mid_epoch: where the epoch in progress stands (``index`` steps done,
-                loss ``totals``, the random streams' states), for a stop
-                between steps; ``None`` at the end of an epoch.
+            mid_epoch: where the epoch in progress stands (``index`` steps done, loss ``totals``, the random streams'
+                states), for a stop between steps; ``None`` at the end of an epoch.
         """
         if not self.is_main:
             return
@@ -455,8 +451,7 @@ class Trainer:
         """Train until ``config.epochs`` (or until epoch ``stop_after``), then evaluate.
 
         Args:
-            stop_after: stop after this many epochs in total, leaving a
-                checkpoint to resume from (no final evaluation).
+            stop_after: stop after this many epochs in total, leaving a checkpoint to resume from (no final evaluation).
 
         Returns:
             ``{"epoch": int, "final": metrics dict or None, "output_dir": str}``.
