@@ -71,13 +71,12 @@ def cluster(features: Tensor, num_clusters: int, *, seed: int, n_init: int, max_
 def cluster_stats(prefix: str, labels: Tensor, num_clusters: int) -> Dict[str, Any]:
     """Smallest and largest cluster, empty clusters and the normalised entropy of the sizes (1: equal)."""
     stats = cluster_size_stats(labels.cpu(), num_clusters)
-    names = {
-        "size_min": "min",
-        "size_max": "max",
-        "empty_clusters": "num_empty",
-        "size_uniformity": "normalized_entropy",
+    return {
+        f"{prefix}_size_min": stats["min"],
+        f"{prefix}_size_max": stats["max"],
+        f"{prefix}_empty_clusters": stats["num_empty"],
+        f"{prefix}_size_uniformity": stats["normalized_entropy"],
     }
-    return {f"{prefix}_{name}": stats[key] for name, key in names.items()}
 
 
 def scores(prefix: str, true_labels: Optional[Tensor], labels: Tensor) -> Dict[str, float]:
