@@ -41,8 +41,17 @@ _NUM_JITTER_OPS = 4
 
 _DIGITS: Mapping[str, Any] = dict(crop_scale=(0.7, 1.0), crop_ratio=(3 / 4, 4 / 3), degrees=15.0, translate=0.1)
 _MNIST = dict(scale=(0.85, 1.15), shear=15.0, elastic_alpha=2.0, elastic_sigma=3.0, stroke_p=0.5)
-_COLOR = dict(crop_scale=(0.08, 1.0), crop_ratio=(3 / 4, 4 / 3), flip_p=0.5, jitter_p=0.8, grayscale_p=0.2)
-_COLOR.update(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1)
+_COLOR = dict(
+    crop_scale=(0.08, 1.0),
+    crop_ratio=(3 / 4, 4 / 3),
+    flip_p=0.5,
+    brightness=0.4,
+    contrast=0.4,
+    saturation=0.4,
+    hue=0.1,
+    jitter_p=0.8,
+    grayscale_p=0.2,
+)
 #: Presets of :func:`build_augmentation`: ``"color"`` is SimCLR's recipe without blur (the paper's
 #: CIFAR setting), ``"digits"`` a small affine jitter and mild crop without flip, ``"mnist"`` adds
 #: the handwriting variations (shear, elastic distortion, stroke thickness; docs/trainer.rst).

@@ -51,22 +51,45 @@ class ConfigError(ValueError):
 
 
 # What the two gray-scale presets share (how they were tuned: docs/trainer.rst, "How the presets were tuned").
-_GRAY: Dict[str, Any] = dict(
-    optimizer="sgd", estep_every=1, queue_size=0, weight_decay=2.5e-4, base_momentum=0.99, lambda_psl=1.0
-)
-_GRAY.update(hidden_dim=512, out_dim=64, kmeans_n_init=3)
+_GRAY: Dict[str, Any] = {
+    "optimizer": "sgd",
+    "estep_every": 1,
+    "queue_size": 0,
+    "weight_decay": 2.5e-4,
+    "base_momentum": 0.99,
+    "lambda_psl": 1.0,
+    "hidden_dim": 512,
+    "out_dim": 64,
+    "kmeans_n_init": 3,
+}
 # The cifar presets: the authors' configs (docs/trainer.rst), the paper's lambda_psl, PSL after the lr warm-up.
-_CIFAR: Dict[str, Any] = dict(backbone="resnet18", lambda_psl=D.LAMBDA_PSL_CIFAR, psl_warmup_epochs=None)
+_CIFAR: Dict[str, Any] = {"backbone": "resnet18", "lambda_psl": D.LAMBDA_PSL_CIFAR, "psl_warmup_epochs": None}
 
 #: Preset table: only the fields that differ from :class:`TrainConfig`'s defaults (the library's, docs/trainer.rst).
 PRESETS: Dict[str, Dict[str, Any]] = {
-    "digits": dict(_GRAY, dataset="digits", backbone="tiny_cnn", epochs=60, batch_size=32, base_lr=0.8),
-    "mnist": dict(_GRAY, dataset="mnist", backbone="flat_cnn", epochs=25, batch_size=128, base_lr=0.2),
+    "digits": dict(
+        _GRAY,
+        dataset="digits",
+        backbone="tiny_cnn",
+        epochs=60,
+        batch_size=32,
+        base_lr=0.8,
+        warmup_epochs=5,
+        psl_warmup_epochs=20,
+    ),
+    "mnist": dict(
+        _GRAY,
+        dataset="mnist",
+        backbone="flat_cnn",
+        epochs=25,
+        batch_size=128,
+        base_lr=0.2,
+        warmup_epochs=1,
+        psl_warmup_epochs=5,
+    ),
     "cifar10": dict(_CIFAR, dataset="cifar10", batch_size=512, final_momentum=0.996),
     "cifar20": dict(_CIFAR, dataset="cifar20"),
 }
-PRESETS["digits"].update(warmup_epochs=5, psl_warmup_epochs=20)
-PRESETS["mnist"].update(warmup_epochs=1, psl_warmup_epochs=5)
 PRESET_NAMES: Tuple[str, ...] = tuple(PRESETS)
 
 
@@ -339,9 +362,17 @@ def validate_config(config: TrainConfig) -> TrainConfig:
             raise ConfigError(f"{name} must be one of {list(options)}, got {value!r}")
     if not 0.0 < config.psl_agreement <= 1.0:
         raise ConfigError(f"psl_agreement must be in (0, 1], got {config.psl_agreement!r}")
-    for name in ("epochs", "batch_size", "hidden_dim", "out_dim", "estep_every", "kmeans_n_init", "kmeans_max_iter"):
+    for name in (
+        "epochs",
+        "batch_size",
+        "hidden_dim",
+        "out_dim",
+        "estep_every",
+        "kmeans_n_init",
+        "kmeans_max_iter",
+        "final_kmeans_n_init",
+    ):
         at_least(name, 1)
-    at_least("final_kmeans_n_init", 1)
     for name in ("seed", "warmup_epochs", "queue_size", "eval_every", "psl_warmup_epochs"):
         at_least(name, 0)
     at_least("rotation_degrees", 0.0)
