@@ -80,12 +80,12 @@ def main() -> None:
     parser.add_argument("--output", default=os.path.join(HERE, "results", "bench_before_after.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    old_ref = subprocess.run(
-        ["git", "rev-parse", "--short", args.old], cwd=ROOT, check=True, capture_output=True, text=True
-    ).stdout.strip()
-    new_ref = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, check=True, capture_output=True, text=True
-    ).stdout.strip()
+    old_ref, new_ref = (
+        subprocess.run(
+            ["git", "rev-parse", "--short", ref], cwd=ROOT, check=True, capture_output=True, text=True
+        ).stdout.strip()
+        for ref in (args.old, "HEAD")
+    )
     with tempfile.TemporaryDirectory() as tmp:
         archive = subprocess.run(
             ["git", "archive", args.old, "propos_losses"], cwd=ROOT, check=True, capture_output=True

@@ -1,11 +1,12 @@
 """Spherical k-means, ours against faiss, each fit in its own fresh process.
 
 ``bench_kmeans.py`` runs every method in one process. There, faiss (its OpenMP
-and BLAS pools) shares the process with torch's, and both ran slower than alone
-(MNIST-70k, K = 100, 2 threads each: ours 30.9 s, faiss 93.0 s in one process;
-18.5 s and 65.3 s alone). This script starts a new Python for every fit: the
-faiss child never imports torch, ours never imports faiss. Rounds alternate
-ours and faiss, so that the load of other jobs falls on both alike.
+and BLAS pools) shares the process with torch's, and both ran slower than here
+(MNIST-70k, K = 100, 2 threads each, 2026-12-05: 30.9 s and 93.0 s in one
+process, 19.4 s and 67.9 s with this script). This script starts a new Python
+for every fit: the faiss child never imports torch, ours never imports faiss.
+Rounds alternate ours and faiss, so that the load of other jobs falls on both
+alike.
 
 Data: the 70,000 MNIST images (train + test), raw 784 pixels as float32, rows
 L2-normalised. ``ours``: ``SphericalKMeans(n_clusters=K, random_state=seed)``
@@ -25,10 +26,8 @@ Writes ``benchmarks/results/bench_kmeans_standalone.json`` and prints a table.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -40,8 +39,8 @@ RESULTS = HERE / "results"
 
 
 def _rows(data_dir: str) -> Any:
-    sys.path.insert(0, str(HERE))
-    from _mnist import load_mnist  # NumPy only
+    """MNIST-70k as float32 unit rows, with NumPy only (``bench_kmeans.mnist_sets`` imports torch)."""
+    from _mnist import load_mnist
 
     images, _ = load_mnist(data_dir)
     X = images.reshape(len(images), -1).astype("float32")
@@ -101,6 +100,8 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args.child, args.k, args.threads, args.seed, data_dir)))
         return
+    from bench_kmeans import kmeans_machine_info  # the parent only: it imports torch and faiss
+
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "OPENBLAS_NUM_THREADS": str(args.threads)}
     runs: List[Dict[str, Any]] = []
     for round_index in range(args.rounds):
@@ -126,12 +127,7 @@ def main() -> None:
         "k": args.k,
         "threads": args.threads,
         "seed": args.seed,
-        "machine": {
-            "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "platform": platform.platform(),
-            "cpu_count": os.cpu_count(),
-            "python": platform.python_version(),
-        },
+        "machine": kmeans_machine_info("cpu"),
         "runs": runs,
         "best_wall_s": best,
         "speedup_best": best["faiss"] / best["ours"],

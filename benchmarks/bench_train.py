@@ -269,6 +269,8 @@ def summary() -> int:
     rows = []
     for group in groups.values():
         runs = [group["runs"][s] for s in sorted(group["runs"])]
+        # A run continued from its checkpoint in another process stores no wall time.
+        walls = [r["wall_s"] for r in runs if r.get("wall_s") is not None]
         rows.append(
             {
                 "dataset": group["config"]["dataset"],
@@ -279,10 +281,7 @@ def summary() -> int:
                     k: summarise([r["final"][k] for r in runs])
                     for k in ("backbone_nmi", "backbone_acc", "backbone_ari", "projector_nmi", "projector_acc")
                 },
-                # A run resumed in another process (or on a shared machine) may store no wall time.
-                "wall_s_mean": statistics.fmean(walls)
-                if (walls := [r["wall_s"] for r in runs if r.get("wall_s")])
-                else None,
+                "wall_s_mean": statistics.fmean(walls) if walls else None,
                 "wall_s_max": max(walls) if walls else None,
             }
         )
